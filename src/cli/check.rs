@@ -1,0 +1,376 @@
+//! `warden check` and `warden graph`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::{CheckArgs, CheckFormat, GraphArgs, GraphFormat, RegistryArgs, exit, pretty};
+use crate::config::{Endpoint, KindSpec, LoadOptions, ProbeCheck, RealSources, Registry};
+use crate::graph::{Checked, Graph, load_and_check};
+
+/// Version of the JSON shape of `check --format json`.
+pub const CHECK_JSON_VERSION: u32 = 1;
+
+fn load(args: &RegistryArgs) -> Checked {
+    let opts = LoadOptions {
+        path: args.config.clone(),
+        profile: args.profile.clone(),
+        custom_kinds: Vec::new(),
+    };
+    load_and_check(&opts, &RealSources)
+}
+
+pub fn check(args: &CheckArgs) -> u8 {
+    let checked = load(&args.registry);
+    let selected = match (&checked.graph, args.registry.only.is_empty()) {
+        (Some(g), false) => match g.select(&args.registry.only) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        },
+        (g, _) => g.clone(),
+    };
+    let connect = match (&selected, checked.registry(), args.connect) {
+        (Some(g), Some(reg), true) => Some(run_connect(reg, g, args.connect_timeout)),
+        _ => None,
+    };
+    let connect_failed = connect
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|r| r.ok == Some(false)));
+    match args.format {
+        CheckFormat::Json => println!(
+            "{}",
+            pretty(&check_json(&checked, selected.as_ref(), connect.as_deref()))
+        ),
+        CheckFormat::Text => print_text(&checked, selected.as_ref(), connect.as_deref()),
+    }
+    if selected.is_none() || connect_failed {
+        exit::INVALID
+    } else {
+        exit::OK
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[ConnectResult]>) {
+    let loaded = &checked.loaded;
+    let file = loaded
+        .registry
+        .as_ref()
+        .map(|r| r.file.display().to_string());
+    for d in loaded.diagnostics.iter() {
+        eprint!("{}", d.render(&loaded.sources));
+        eprintln!();
+    }
+    let errors = loaded.diagnostics.errors().count();
+    let warnings = loaded.diagnostics.warnings().count();
+    let (Some(reg), Some(g)) = (checked.registry(), graph) else {
+        eprintln!(
+            "error: the registry is invalid: {} and {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
+        return;
+    };
+    let profile = reg
+        .profile
+        .as_deref()
+        .map(|p| format!(" (profile {p})"))
+        .unwrap_or_default();
+    let disabled = reg.services.values().filter(|s| !s.enabled()).count();
+    println!(
+        "ok: {}{profile} is valid: {} in the plan, {} disabled, {}",
+        file.unwrap_or_default(),
+        plural(g.len(), "service"),
+        disabled,
+        plural(warnings, "warning")
+    );
+    println!();
+    println!("startup plan (each service starts as soon as its own dependencies are met):");
+    for (i, wave) in g.waves().iter().enumerate() {
+        let items: Vec<String> = wave
+            .iter()
+            .map(|n| {
+                let deps = g.dependencies(n);
+                let spec = &reg.services[*n];
+                let mut tags = Vec::new();
+                tags.push(spec.kind.kind_name().to_string());
+                if spec.common.critical {
+                    tags.push("critical".into());
+                }
+                if spec.common.oneshot {
+                    tags.push("oneshot".into());
+                }
+                let after = if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " after {}",
+                        deps.iter()
+                            .map(|(d, c)| format!("{d} {c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                format!("{n} [{}]{after}", tags.join(", "))
+            })
+            .collect();
+        println!("  wave {i}:");
+        for item in items {
+            println!("    {item}");
+        }
+    }
+    println!("shutdown order (dependents first, each wave in parallel):");
+    for (i, wave) in g.shutdown_waves().iter().enumerate() {
+        println!("  {}. {}", i + 1, wave.join(", "));
+    }
+    if let Some(results) = connect {
+        println!();
+        println!("endpoints (--connect):");
+        if results.is_empty() {
+            println!("  (none)");
+        }
+        for r in results {
+            let status = match (r.ok, &r.error) {
+                (Some(true), _) => format!("ok in {} ms", r.millis.unwrap_or(0)),
+                (Some(false), Some(e)) => format!("FAILED: {e}"),
+                (_, Some(e)) => format!("skipped: {e}"),
+                _ => "skipped".into(),
+            };
+            println!(
+                "  {} {} {}: {status}",
+                r.services.join(","),
+                r.kind,
+                r.target
+            );
+        }
+    }
+}
+
+fn check_json(checked: &Checked, graph: Option<&Graph>, connect: Option<&[ConnectResult]>) -> Json {
+    let loaded = &checked.loaded;
+    let diags = |errors: bool| -> Vec<Json> {
+        loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error() == errors)
+            .map(|d| serde_json::to_value(d.to_json(&loaded.sources)).unwrap_or(Json::Null))
+            .collect()
+    };
+    let reg = checked.registry();
+    let plan = match (reg, graph) {
+        (Some(reg), Some(g)) => json!({
+            "waves": g.waves(),
+            "shutdown": g.shutdown_waves(),
+            "services": g.plan(reg),
+        }),
+        _ => Json::Null,
+    };
+    json!({
+        "version": CHECK_JSON_VERSION,
+        "valid": reg.is_some() && graph.is_some() && !connect.is_some_and(|c| c.iter().any(|r| r.ok == Some(false))),
+        "file": loaded.sources.path(0).map(|p| p.display().to_string()),
+        "profile": reg.and_then(|r| r.profile.clone()),
+        "errors": diags(true),
+        "warnings": diags(false),
+        "plan": plan,
+        "disabled": reg.map(|r| r.services.values().filter(|s| !s.enabled()).map(|s| s.name.clone()).collect::<Vec<_>>()),
+        "services": reg.map(|r| r.services.values().filter(|s| graph.is_some_and(|g| g.contains(&s.name))).map(|s| (s.name.clone(), s.to_json())).collect::<serde_json::Map<_, _>>()),
+        "connect": connect.map(|c| serde_json::to_value(c).unwrap_or(Json::Null)),
+    })
+}
+
+/// One endpoint probed by `--connect`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectResult {
+    pub services: Vec<String>,
+    pub kind: &'static str,
+    pub target: String,
+    /// `None` when skipped.
+    pub ok: Option<bool>,
+    pub error: Option<String>,
+    pub millis: Option<u128>,
+}
+
+/// The endpoints `--connect` probes: the checks of `external` services and
+/// the stores data services talk to. A data service that depends (directly
+/// or not) on a `process` service is taken to use that managed server, which
+/// is not running during a dry run: its endpoints are listed as skipped.
+fn endpoints(reg: &Registry, g: &Graph) -> Vec<(String, Endpoint, Option<String>)> {
+    let mut out = Vec::new();
+    let mut managed_cache: HashMap<String, Option<String>> = HashMap::new();
+    for name in g.names() {
+        let s = &reg.services[name];
+        let mut eps: Vec<Endpoint> = Vec::new();
+        if matches!(s.kind, KindSpec::External) {
+            for probe in [
+                s.common.ready.as_ref().map(|p| &p.check),
+                s.common.health.as_ref().map(|p| &p.check),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                match probe {
+                    ProbeCheck::Tcp(h) => eps.push(Endpoint::Tcp(h.clone())),
+                    ProbeCheck::Http(u) => eps.push(Endpoint::Http(u.clone())),
+                    ProbeCheck::Postgres(d) => eps.push(Endpoint::Postgres(d.clone())),
+                    ProbeCheck::Redis(d) => eps.push(Endpoint::Redis(d.clone())),
+                    _ => {}
+                }
+            }
+        }
+        eps.extend(s.kind.endpoints());
+        if eps.is_empty() {
+            continue;
+        }
+        let managed = managed_dependency(reg, g, name, &mut managed_cache);
+        for e in eps {
+            out.push((name.to_string(), e, managed.clone()));
+        }
+    }
+    out
+}
+
+fn managed_dependency(
+    reg: &Registry,
+    g: &Graph,
+    name: &str,
+    cache: &mut HashMap<String, Option<String>>,
+) -> Option<String> {
+    let mut stack = vec![name.to_string()];
+    let mut seen = HashSet::new();
+    while let Some(n) = stack.pop() {
+        if let Some(c) = cache.get(&n) {
+            if c.is_some() {
+                return c.clone();
+            }
+            continue;
+        }
+        if !seen.insert(n.clone()) {
+            continue;
+        }
+        for (d, _) in g.dependencies(&n) {
+            if matches!(reg.services[d].kind, KindSpec::Process(_)) {
+                let r = Some(d.to_string());
+                cache.insert(name.to_string(), r.clone());
+                return r;
+            }
+            stack.push(d.to_string());
+        }
+    }
+    cache.insert(name.to_string(), None);
+    None
+}
+
+fn run_connect(reg: &Registry, g: &Graph, timeout: Duration) -> Vec<ConnectResult> {
+    // One probe per distinct endpoint, in parallel.
+    let mut by_target: Vec<(String, Endpoint, Vec<String>, Option<String>)> = Vec::new();
+    for (service, e, managed) in endpoints(reg, g) {
+        let key = format!(
+            "{}:{}",
+            e.kind(),
+            match &e {
+                Endpoint::Postgres(d) => d.0.expose().to_string(),
+                Endpoint::Redis(d) => d.0.expose().to_string(),
+                other => other.display(),
+            }
+        );
+        match by_target.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, _, services, m)) => {
+                services.push(service);
+                if managed.is_none() {
+                    *m = None;
+                }
+            }
+            None => by_target.push((key, e, vec![service], managed)),
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return vec![ConnectResult {
+                services: Vec::new(),
+                kind: "runtime",
+                target: String::new(),
+                ok: Some(false),
+                error: Some(format!("cannot start the async runtime: {e}")),
+                millis: None,
+            }];
+        }
+    };
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (_, e, services, managed) in by_target {
+            tasks.push(tokio::spawn(async move {
+                if let Some(m) = managed {
+                    return ConnectResult {
+                        kind: e.kind(),
+                        target: e.display(),
+                        services,
+                        ok: None,
+                        error: Some(format!("served by {m}, which warden starts itself")),
+                        millis: None,
+                    };
+                }
+                let o = crate::probe::check(&e, timeout).await;
+                ConnectResult {
+                    kind: e.kind(),
+                    target: e.display(),
+                    services,
+                    ok: Some(o.result.is_ok()),
+                    error: o.result.err(),
+                    millis: Some(o.elapsed.as_millis()),
+                }
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(r) = t.await {
+                out.push(r);
+            }
+        }
+        out
+    })
+}
+
+pub fn graph(args: &GraphArgs) -> u8 {
+    let checked = load(&args.registry);
+    let Some(g) = &checked.graph else {
+        for d in checked.loaded.diagnostics.errors() {
+            eprint!("{}", d.render(&checked.loaded.sources));
+            eprintln!();
+        }
+        eprintln!("error: the registry is invalid; run `warden check` for details");
+        return exit::INVALID;
+    };
+    let g = if args.registry.only.is_empty() {
+        g.clone()
+    } else {
+        match g.select(&args.registry.only) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    };
+    match args.format {
+        GraphFormat::Dot => print!("{}", g.to_dot()),
+        GraphFormat::Mermaid => print!("{}", g.to_mermaid()),
+        GraphFormat::Json => println!("{}", pretty(&g.to_json())),
+    }
+    exit::OK
+}

@@ -1,0 +1,129 @@
+//! The command line (DESIGN.md §1). Each command parses its arguments,
+//! calls the library, prints, and maps the outcome to a documented exit
+//! code.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, stable and documented in the README.
+pub mod exit {
+    /// Clean stop, valid registry.
+    pub const OK: u8 = 0;
+    /// Invalid configuration.
+    pub const INVALID: u8 = 1;
+    /// Usage error (bad flags, unknown `--only` names).
+    pub const USAGE: u8 = 2;
+    /// A critical service failed for good.
+    pub const CRITICAL_FAILED: u8 = 3;
+    /// A client command could not reach the daemon.
+    pub const UNREACHABLE: u8 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Supervisor of processes and data-plane workers",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the registry and print the startup plan (dry run).
+    Check(CheckArgs),
+    /// Print the dependency graph.
+    Graph(GraphArgs),
+    /// Print the JSON Schema of services.toml.
+    Schema,
+}
+
+/// Which registry to read.
+#[derive(Debug, Args, Clone)]
+pub struct RegistryArgs {
+    /// Registry file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "WARDEN_CONFIG",
+        default_value = "services.toml"
+    )]
+    pub config: PathBuf,
+    /// Profile to apply (overrides WARDEN_PROFILE and [warden] profile).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Only these services and their dependencies (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+    pub format: CheckFormat,
+    /// Also probe each external endpoint once (PostgreSQL, Redis, HTTP, TCP).
+    #[arg(long)]
+    pub connect: bool,
+    /// Time each `--connect` probe may take.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::Check(a) => check::check(&a),
+        Command::Graph(a) => check::graph(&a),
+        Command::Schema => {
+            println!("{}", pretty(&crate::config::schema::registry_schema()));
+            exit::OK
+        }
+    })
+}
+
+pub(crate) fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}

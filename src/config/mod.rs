@@ -1,0 +1,731 @@
+//! Configuration: `services.toml` text in, a typed [`Registry`] or every
+//! error out.
+//!
+//! The stages, in order: read and parse (all syntax errors), check the
+//! top-level layout, choose the profile and deep-merge its overlay, read
+//! `env_files`, interpolate `${VAR}`, merge `[defaults]` into each service,
+//! type every table, then cross-check what typing alone cannot see. The
+//! only I/O is through [`Sources`]: the registry, its env files and
+//! `*_file` secrets.
+
+pub mod decode;
+pub mod diag;
+pub mod envfile;
+pub mod interp;
+pub mod model;
+pub mod node;
+pub mod schema;
+pub mod secret;
+pub mod source;
+pub mod types;
+mod validate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use model::*;
+pub use source::{RealSources, SourceMap, Sources, Span};
+
+use decode::{Cx, Decode, Fields, TableReader};
+use diag::{did_you_mean, known_list};
+use interp::{InterpError, InterpErrorKind};
+use node::{Entry, Node, Value};
+
+/// What to load and how.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The registry file.
+    pub path: PathBuf,
+    /// The profile asked for on the command line (`--profile`); when absent
+    /// `WARDEN_PROFILE`, then `[warden] profile` decide.
+    pub profile: Option<String>,
+    /// Kinds registered by a crate that uses warden as a library.
+    pub custom_kinds: Vec<CustomKind>,
+}
+
+/// The outcome of loading: the registry when there was no error, every
+/// diagnostic (errors and warnings), and the texts they point into.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub registry: Option<Registry>,
+    pub diagnostics: Diagnostics,
+    pub sources: SourceMap,
+    /// Each service's merged table, for later stages that point at keys.
+    pub nodes: HashMap<String, Node>,
+}
+
+const TOP_KEYS: &[&str] = &["warden", "api", "defaults", "services", "profiles"];
+const PROFILE_KEYS: &[&str] = &["warden", "api", "defaults", "services"];
+
+/// Reads and loads the registry at `opts.path`.
+pub fn load(opts: &LoadOptions, sources: &dyn Sources) -> Loaded {
+    let mut map = SourceMap::default();
+    match sources.read(&opts.path) {
+        Ok(text) => load_text(opts, text, sources, map),
+        Err(e) => {
+            let mut diagnostics = Diagnostics::default();
+            diagnostics.push(
+                Diagnostic::error(
+                    "file-read",
+                    format!("cannot read {}: {e}", opts.path.display()),
+                )
+                .help("pass the registry with -c FILE or WARDEN_CONFIG"),
+            );
+            map.add(opts.path.clone(), String::new());
+            Loaded {
+                registry: None,
+                diagnostics,
+                sources: map,
+                nodes: HashMap::new(),
+            }
+        }
+    }
+}
+
+/// Loads a registry from text already read (tests, fuzzing, reload).
+pub fn load_text(
+    opts: &LoadOptions,
+    text: String,
+    sources: &dyn Sources,
+    mut map: SourceMap,
+) -> Loaded {
+    let mut diags = Diagnostics::default();
+    let file = map.add(opts.path.clone(), text);
+    let text = map.file(file).map(|f| f.text.clone()).unwrap_or_default();
+    let mut nodes = HashMap::new();
+    let registry = match node::parse(file, &text) {
+        Ok(root) => Loader {
+            opts,
+            sources,
+            diags: &mut diags,
+            map: &mut map,
+            nodes: &mut nodes,
+        }
+        .run(root),
+        Err(errors) => {
+            for e in errors {
+                let msg = e
+                    .message
+                    .lines()
+                    .next()
+                    .unwrap_or("invalid TOML")
+                    .to_string();
+                diags.push(
+                    Diagnostic::error("toml-syntax", format!("invalid TOML: {msg}")).at_opt(e.span),
+                );
+            }
+            None
+        }
+    };
+    diags.sort();
+    let registry = if diags.has_errors() { None } else { registry };
+    Loaded {
+        registry,
+        diagnostics: diags,
+        sources: map,
+        nodes,
+    }
+}
+
+struct Loader<'a> {
+    opts: &'a LoadOptions,
+    sources: &'a dyn Sources,
+    diags: &'a mut Diagnostics,
+    map: &'a mut SourceMap,
+    nodes: &'a mut HashMap<String, Node>,
+}
+
+/// Where the profile in force was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileOrigin {
+    Flag,
+    Env,
+    File,
+}
+
+impl Loader<'_> {
+    fn base_dir(&self) -> PathBuf {
+        self.opts
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn run(mut self, mut root: Node) -> Option<Registry> {
+        let root_table = root.as_table()?;
+        for (k, e) in root_table {
+            if !TOP_KEYS.contains(&k.as_str()) {
+                self.unknown_key("", k, e.key_span, TOP_KEYS);
+            } else if e.node.as_table().is_none() {
+                self.diags.push(
+                    Diagnostic::error(
+                        "type",
+                        format!("{k}: expected a table, found {}", e.node.describe()),
+                    )
+                    .at(e.node.span)
+                    .key(k.clone()),
+                );
+            }
+        }
+        if self.diags.has_errors() {
+            return None;
+        }
+
+        let profiles = root.as_table_mut().and_then(|t| t.shift_remove("profiles"));
+        let profile = self.apply_profile(&mut root, profiles);
+
+        let env = self.read_env_files(&root);
+        self.interpolate(&mut root, &env);
+
+        let services_node = root.get("services").cloned();
+        let mut services_node = services_node.unwrap_or_else(|| Node::table(root.span));
+        self.merge_defaults(&root, &mut services_node);
+
+        let mut diags = Diagnostics::default();
+        let registry = {
+            let mut cx = Cx::new(&mut diags, self.sources, self.base_dir());
+            let warden = decode_section::<WardenSpec>(&root, "warden", &mut cx);
+            let api = decode_section::<ApiSpec>(&root, "api", &mut cx);
+            let services = decode_services(
+                &services_node,
+                api.as_ref(),
+                &self.opts.custom_kinds,
+                &mut cx,
+            );
+            match (warden, api, services) {
+                (Some(warden), Some(api), Some(services)) => Some(Registry {
+                    file: self.opts.path.clone(),
+                    profile: profile.clone(),
+                    warden,
+                    api,
+                    services,
+                }),
+                _ => None,
+            }
+        };
+        self.diags.extend(diags);
+        if let Some(t) = services_node.as_table() {
+            for (k, e) in t {
+                self.nodes.insert(k.clone(), e.node.clone());
+            }
+        }
+        let registry = registry?;
+        validate::check(&registry, &root, self.nodes, self.diags);
+        Some(registry)
+    }
+
+    fn unknown_key(&mut self, path: &str, key: &str, span: Span, known: &[&str]) {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        let mut d = Diagnostic::error(
+            "unknown-key",
+            format!(
+                "{prefix}unknown key `{key}`; known: {}",
+                known_list(known.iter().copied())
+            ),
+        )
+        .at(span)
+        .key(if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        });
+        if let Some(m) = did_you_mean(key, known.iter().copied()) {
+            d = d.help(format!("did you mean `{m}`?"));
+        }
+        self.diags.push(d);
+    }
+
+    /// Chooses the profile and merges its overlay into `root`.
+    fn apply_profile(&mut self, root: &mut Node, profiles: Option<Entry>) -> Option<String> {
+        let file_profile = root
+            .get("warden")
+            .and_then(|w| w.get("profile"))
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        let (name, origin) = if let Some(p) = &self.opts.profile {
+            (p.clone(), ProfileOrigin::Flag)
+        } else if let Some(p) = self.sources.var("WARDEN_PROFILE").filter(|p| !p.is_empty()) {
+            (p, ProfileOrigin::Env)
+        } else if let Some(p) = file_profile.clone() {
+            (p, ProfileOrigin::File)
+        } else {
+            (String::new(), ProfileOrigin::File)
+        };
+
+        let mut overlays: IndexMap<String, Entry> = IndexMap::new();
+        if let Some(p) = profiles
+            && let Some(t) = p.node.as_table()
+        {
+            for (pname, e) in t {
+                match e.node.as_table() {
+                    Some(pt) => {
+                        for (k, ke) in pt {
+                            if !PROFILE_KEYS.contains(&k.as_str()) {
+                                self.unknown_key(
+                                    &format!("profiles.{pname}"),
+                                    k,
+                                    ke.key_span,
+                                    PROFILE_KEYS,
+                                );
+                            }
+                        }
+                        overlays.insert(pname.clone(), e.clone());
+                    }
+                    None => self.diags.push(
+                        Diagnostic::error(
+                            "type",
+                            format!(
+                                "profiles.{pname}: expected a table, found {}",
+                                e.node.describe()
+                            ),
+                        )
+                        .at(e.node.span)
+                        .key(format!("profiles.{pname}")),
+                    ),
+                }
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        match overlays.shift_remove(&name) {
+            Some(overlay) => {
+                self.merge_overlay(root, overlay.node);
+            }
+            None if origin != ProfileOrigin::File
+                && file_profile.as_deref() != Some(name.as_str()) =>
+            {
+                let mut known: Vec<&str> = overlays.keys().map(String::as_str).collect();
+                if let Some(fp) = &file_profile
+                    && !known.contains(&fp.as_str())
+                {
+                    known.push(fp);
+                }
+                let from = if origin == ProfileOrigin::Flag {
+                    "--profile"
+                } else {
+                    "WARDEN_PROFILE"
+                };
+                let mut d = Diagnostic::error(
+                    "unknown-profile",
+                    format!(
+                        "profile {name:?} (from {from}) is not defined; known: {}",
+                        known_list(known.iter().copied())
+                    ),
+                )
+                .key("profile");
+                if let Some(m) = did_you_mean(&name, known.iter().copied()) {
+                    d = d.help(format!("did you mean {m:?}?"));
+                }
+                self.diags.push(d);
+            }
+            // The file's own default profile may have no overlay: it names
+            // the base configuration.
+            None => {}
+        }
+        Some(name)
+    }
+
+    /// Deep-merges a profile overlay. A service whose overlay changes its
+    /// `kind` keeps only the keys the new kind accepts.
+    fn merge_overlay(&mut self, root: &mut Node, mut overlay: Node) {
+        let over_services = overlay
+            .as_table_mut()
+            .and_then(|t| t.shift_remove("services"));
+        if let (Some(os), Some(root_t)) = (over_services, root.as_table_mut()) {
+            let base = root_t
+                .entry("services".to_string())
+                .or_insert_with(|| Entry {
+                    key_span: os.key_span,
+                    node: Node::table(os.node.span),
+                });
+            if let (Some(base_services), Value::Table(over_t)) =
+                (base.node.as_table_mut(), os.node.value)
+            {
+                for (name, e) in over_t {
+                    match base_services.get_mut(&name) {
+                        Some(b) => {
+                            let old_kind = b
+                                .node
+                                .get("kind")
+                                .and_then(Node::as_str)
+                                .map(str::to_string);
+                            let new_kind = e
+                                .node
+                                .get("kind")
+                                .and_then(Node::as_str)
+                                .map(str::to_string);
+                            if let (Some(old), Some(new)) = (old_kind, new_kind)
+                                && old != new
+                            {
+                                let allowed = keys_of_kind(&new, &self.opts.custom_kinds);
+                                if let Some(t) = b.node.as_table_mut() {
+                                    t.retain(|k, _| {
+                                        allowed.as_ref().is_none_or(|a| a.contains(&k.as_str()))
+                                    });
+                                }
+                            }
+                            b.node.merge(e.node);
+                        }
+                        None => {
+                            base_services.insert(name, e);
+                        }
+                    }
+                }
+            }
+        }
+        root.merge(overlay);
+    }
+
+    /// Reads `[warden] env_files`; every bad line of every file is reported.
+    fn read_env_files(&mut self, root: &Node) -> HashMap<String, String> {
+        let mut env = HashMap::new();
+        let Some(files) = root.get("warden").and_then(|w| w.get("env_files")) else {
+            return env;
+        };
+        let Value::Array(items) = &files.value else {
+            return env; // reported by typing
+        };
+        for item in items {
+            let Some(path) = item.as_str() else { continue };
+            let full = self.base_dir().join(path);
+            match self.sources.read(&full) {
+                Ok(text) => {
+                    let id = self.map.add(full.clone(), text.clone());
+                    match envfile::parse(&text) {
+                        Ok(vars) => env.extend(vars),
+                        Err(errors) => {
+                            for e in errors {
+                                let start = text
+                                    .lines()
+                                    .take(e.line - 1)
+                                    .map(|l| l.len() + 1)
+                                    .sum::<usize>();
+                                let len = text.lines().nth(e.line - 1).map(str::len).unwrap_or(0);
+                                self.diags.push(
+                                    Diagnostic::error(
+                                        "env-file",
+                                        format!("{}: {}", full.display(), e.message),
+                                    )
+                                    .at(Span::new(id, start..start + len)),
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.diags.push(
+                    Diagnostic::error(
+                        "file-read",
+                        format!("warden.env_files: cannot read {}: {e}", full.display()),
+                    )
+                    .at(item.span)
+                    .key("warden.env_files"),
+                ),
+            }
+        }
+        env
+    }
+
+    /// Replaces `${VAR}` in every string value. Missing variables in a
+    /// disabled service are not errors: it will not run.
+    fn interpolate(&mut self, root: &mut Node, env: &HashMap<String, String>) {
+        let sources = self.sources;
+        let lookup = |name: &str| sources.var(name).or_else(|| env.get(name).cloned());
+        let Some(t) = root.as_table_mut() else { return };
+        for (section, e) in t.iter_mut() {
+            if section == "services" {
+                if let Some(st) = e.node.as_table_mut() {
+                    for (name, se) in st.iter_mut() {
+                        let enabled = se
+                            .node
+                            .get("enabled")
+                            .and_then(Node::as_bool)
+                            .unwrap_or(true);
+                        let path = format!("services.{name}");
+                        let mut errs = Vec::new();
+                        walk_strings(&mut se.node, &path, &lookup, &mut errs);
+                        for (node_span, key, err) in errs {
+                            if enabled || !matches!(err.kind, InterpErrorKind::Missing { .. }) {
+                                let d =
+                                    self.interp_diag(node_span, &key, err).service(name.clone());
+                                self.diags.push(d);
+                            }
+                        }
+                    }
+                }
+            } else {
+                let mut errs = Vec::new();
+                walk_strings(&mut e.node, section, &lookup, &mut errs);
+                for (node_span, key, err) in errs {
+                    let d = self.interp_diag(node_span, &key, err);
+                    self.diags.push(d);
+                }
+            }
+        }
+    }
+
+    fn interp_diag(&self, span: Span, key: &str, err: InterpError) -> Diagnostic {
+        // Point at the `${...}` itself when the string has no escapes (its
+        // source text is the value between quotes).
+        let precise = self.map.slice(span).and_then(|src| {
+            let q = src.chars().next()?;
+            (matches!(q, '"' | '\'') && src.len() >= 2).then_some(())?;
+            let inner = &src[1..src.len() - 1];
+            inner.get(err.offset..err.end).map(|_| Span {
+                file: span.file,
+                start: span.start + 1 + err.offset as u32,
+                end: span.start + 1 + err.end as u32,
+            })
+        });
+        let at = precise.unwrap_or(span);
+        match err.kind {
+            InterpErrorKind::Missing { var, message: None } => Diagnostic::error(
+                "missing-variable",
+                format!("{key}: environment variable {var} is not set"),
+            )
+            .help(format!("set {var} in the environment or in an env file, or give a default: ${{{var}:-default}}")),
+            InterpErrorKind::Missing { var, message: Some(m) } => {
+                Diagnostic::error("missing-variable", format!("{key}: environment variable {var} is not set: {m}"))
+            }
+            InterpErrorKind::Syntax(m) => Diagnostic::error("invalid-interpolation", format!("{key}: {m}")),
+        }
+        .at(at)
+        .key(key.to_string())
+    }
+
+    /// Merges `[defaults]` under every service table (the service wins).
+    fn merge_defaults(&mut self, root: &Node, services: &mut Node) {
+        let Some(defaults) = root.get("defaults") else {
+            return;
+        };
+        if let Some(t) = defaults.as_table() {
+            for (k, e) in t {
+                if !DEFAULTS_KEYS.contains(&k.as_str()) {
+                    self.unknown_key("defaults", k, e.key_span, DEFAULTS_KEYS);
+                }
+            }
+        }
+        let mut clean = defaults.clone();
+        if let Some(t) = clean.as_table_mut() {
+            t.retain(|k, _| DEFAULTS_KEYS.contains(&k.as_str()));
+        }
+        if let Some(st) = services.as_table_mut() {
+            for (_, e) in st.iter_mut() {
+                if e.node.as_table().is_some() {
+                    let mut merged = clean.clone();
+                    merged.span = e.node.span;
+                    let own = std::mem::replace(&mut e.node, Node::table(merged.span));
+                    merged.merge(own);
+                    e.node = merged;
+                }
+            }
+        }
+    }
+}
+
+/// The keys a service of `kind` accepts, or `None` for an unknown kind.
+fn keys_of_kind(kind: &str, custom: &[CustomKind]) -> Option<Vec<&'static str>> {
+    let mut keys: Vec<&'static str> = vec!["kind"];
+    keys.extend_from_slice(CommonSpec::KEYS);
+    if let Some(k) = Kind::parse(kind) {
+        keys.extend_from_slice(k.keys());
+        Some(keys)
+    } else if custom.iter().any(|c| c.name == kind) {
+        None
+    } else {
+        Some(keys)
+    }
+}
+
+fn walk_strings(
+    node: &mut Node,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<(Span, String, InterpError)>,
+) {
+    match &mut node.value {
+        Value::String(s) => match interp::interpolate(s, lookup) {
+            Ok(v) => *s = v,
+            Err(es) => {
+                errs.extend(es.into_iter().map(|e| (node.span, path.to_string(), e)));
+                node.value = Value::Poisoned;
+            }
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk_strings(item, &format!("{path}.{i}"), lookup, errs);
+            }
+        }
+        Value::Table(t) => {
+            for (k, e) in t.iter_mut() {
+                walk_strings(&mut e.node, &format!("{path}.{k}"), lookup, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn decode_section<T: Decode + Fields>(root: &Node, key: &str, cx: &mut Cx<'_>) -> Option<T> {
+    match root.get(key) {
+        Some(node) => cx.with_key(key, |cx| T::decode(node, cx)),
+        None => T::decode(&Node::table(root.span), cx),
+    }
+}
+
+/// Checks a service name: it appears in URLs, metrics labels and logs.
+fn valid_service_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+fn decode_services(
+    services: &Node,
+    api: Option<&ApiSpec>,
+    custom: &[CustomKind],
+    cx: &mut Cx<'_>,
+) -> Option<IndexMap<String, ServiceSpec>> {
+    let mut out = IndexMap::new();
+    let api_enabled = api.is_none_or(|a| a.enabled);
+    if api_enabled {
+        let common = CommonSpec {
+            critical: true,
+            ..CommonSpec::all_defaults()
+                .unwrap_or_else(|| unreachable!("every common key has a default"))
+        };
+        out.insert(
+            "api".to_string(),
+            ServiceSpec {
+                name: "api".into(),
+                common,
+                kind: KindSpec::Api,
+                span: services.span,
+            },
+        );
+    }
+    let table = services.as_table()?;
+    let mut ok = true;
+    for (name, e) in table {
+        if !valid_service_name(name) {
+            let d = Diagnostic::error(
+                "invalid-name",
+                format!("service name {name:?} is not valid; use letters, digits, - and _, starting with a letter or digit, at most 63 characters"),
+            )
+            .at(e.key_span)
+            .key(format!("services.{name}"));
+            cx.diags.push(d);
+            ok = false;
+            continue;
+        }
+        if name == "api" && api_enabled {
+            let d = Diagnostic::error(
+                "reserved-name",
+                "service name \"api\" is taken by the built-in API service configured under [api]; rename this service or set [api] enabled = false",
+            )
+            .at(e.key_span)
+            .key("services.api")
+            .service("api");
+            cx.diags.push(d);
+            ok = false;
+            continue;
+        }
+        cx.service = Some(name.clone());
+        let spec = cx.with_key("services", |cx| {
+            cx.with_key(name, |cx| decode_service(name, &e.node, custom, cx))
+        });
+        cx.service = None;
+        match spec {
+            Some(s) => {
+                out.insert(name.clone(), s);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn decode_service(
+    name: &str,
+    node: &Node,
+    custom: &[CustomKind],
+    cx: &mut Cx<'_>,
+) -> Option<ServiceSpec> {
+    let mut r = TableReader::new(node, cx)?;
+    let kind_name = r.field::<String>(cx, "kind", None::<fn() -> String>);
+    let builtin_names: Vec<&str> = Kind::NAMES
+        .iter()
+        .copied()
+        .filter(|k| *k != "api")
+        .collect();
+    let kind = match kind_name.as_deref() {
+        None => None,
+        Some("api") => {
+            let span = node.get("kind").map(|n| n.span).unwrap_or(node.span);
+            cx.with_key("kind", |cx| {
+                cx.error(
+                    "invalid-kind",
+                    span,
+                    "kind \"api\" is built in: configure the API under [api], not as a service",
+                )
+            });
+            None
+        }
+        Some(k) => match Kind::parse(k) {
+            Some(kind) => Some(Ok(kind)),
+            None if custom.iter().any(|c| c.name == k) => Some(Err(k.to_string())),
+            None => {
+                let span = node.get("kind").map(|n| n.span).unwrap_or(node.span);
+                let mut known = builtin_names.clone();
+                known.extend(custom.iter().map(|c| c.name.as_str()));
+                let mut d = cx.with_key("kind", |cx| {
+                    cx.diag(
+                        "unknown-kind",
+                        span,
+                        format!("unknown kind {k:?}; known: {}", known.join(", ")),
+                    )
+                });
+                if let Some(m) = did_you_mean(k, known.iter().copied()) {
+                    d = d.help(format!("did you mean {m:?}?"));
+                }
+                cx.diags.push(d);
+                None
+            }
+        },
+    };
+    let common = CommonSpec::decode_fields(&mut r, cx);
+    let kind = match kind? {
+        Ok(kind) => {
+            let spec = model::decode_kind(kind, &mut r, cx);
+            r.finish(cx);
+            spec?
+        }
+        Err(custom_name) => {
+            let settings = r.rest_json();
+            KindSpec::Custom {
+                kind: custom_name,
+                settings,
+            }
+        }
+    };
+    Some(ServiceSpec {
+        name: name.to_string(),
+        common: common?,
+        kind,
+        span: node.span,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,535 @@
+//! Validated value types of the registry: signals, SQL identifiers,
+//! connection strings, addresses, URLs, patterns.
+//!
+//! Each one is checked where the user wrote it, so that the error carries
+//! the caret; what comes out is known to be well-formed.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde_json::{Value as Json, json};
+
+use super::decode::{Cx, Decode};
+use super::node::Node;
+use super::secret::{Dsn, Secret};
+
+/// Signals a service may be stopped with, with their Linux numbers.
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", 1),
+    ("SIGINT", 2),
+    ("SIGQUIT", 3),
+    ("SIGABRT", 6),
+    ("SIGKILL", 9),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGPIPE", 13),
+    ("SIGALRM", 14),
+    ("SIGTERM", 15),
+    ("SIGCONT", 18),
+    ("SIGWINCH", 28),
+    ("SIGPWR", 30),
+];
+
+/// A POSIX signal, written `"SIGTERM"` or `"TERM"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+impl Signal {
+    pub const TERM: Signal = Signal {
+        name: "SIGTERM",
+        number: 15,
+    };
+    pub const INT: Signal = Signal {
+        name: "SIGINT",
+        number: 2,
+    };
+    pub const KILL: Signal = Signal {
+        name: "SIGKILL",
+        number: 9,
+    };
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        let upper = s.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        SIGNALS
+            .iter()
+            .find(|(n, _)| *n == full)
+            .map(|&(name, number)| Signal { name, number })
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Decode for Signal {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let names = || {
+            SIGNALS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(s) = node.as_str() else {
+            cx.type_error(node, &format!("a signal name ({})", names()));
+            return None;
+        };
+        Signal::parse(s).or_else(|| {
+            cx.error(
+                "invalid-signal",
+                node.span,
+                format!("unknown signal {s:?}; known: {}", names()),
+            );
+            None
+        })
+    }
+    fn schema() -> Json {
+        let mut names: Vec<String> = Vec::new();
+        for (n, _) in SIGNALS {
+            names.push(n.to_string());
+            names.push(n.trim_start_matches("SIG").to_string());
+        }
+        json!({"type": "string", "enum": names})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.name.into())
+    }
+}
+
+/// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_IDENT: usize = 63;
+
+fn is_ident(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_IDENT
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// A SQL identifier (a column name): letters, digits and `_`, not starting
+/// with a digit, at most 63 bytes. Always quoted when put in SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new(s: &str) -> Option<Ident> {
+        is_ident(s).then(|| Ident(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The identifier quoted for SQL: `"name"`.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+const IDENT_RULE: &str = "letters, digits and _, not starting with a digit, at most 63 characters";
+
+impl Decode for Ident {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        Ident::new(&s).or_else(|| {
+            cx.error(
+                "invalid-identifier",
+                node.span,
+                format!("{s:?} is not a valid SQL identifier ({IDENT_RULE})"),
+            );
+            None
+        })
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,62}$"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.clone())
+    }
+}
+
+/// A table name, optionally schema-qualified (`archive.events`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: Option<Ident>,
+    pub name: Ident,
+}
+
+impl TableName {
+    pub fn new(s: &str) -> Option<TableName> {
+        match s.split_once('.') {
+            Some((schema, name)) => Some(TableName {
+                schema: Some(Ident::new(schema)?),
+                name: Ident::new(name)?,
+            }),
+            None => Some(TableName {
+                schema: None,
+                name: Ident::new(s)?,
+            }),
+        }
+    }
+    /// The name quoted for SQL: `"schema"."table"`.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", s.quoted(), self.name.quoted()),
+            None => self.name.quoted(),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+impl Decode for TableName {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        TableName::new(&s).or_else(|| {
+            cx.error(
+                "invalid-identifier",
+                node.span,
+                format!("{s:?} is not a valid table name (schema.table or table; each part {IDENT_RULE})"),
+            );
+            None
+        })
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": "^([A-Za-z_][A-Za-z0-9_]{0,62}\\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.to_string())
+    }
+}
+
+/// A PostgreSQL connection string: `postgres://` / `postgresql://` URL or
+/// libpq `key=value` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresDsn(pub Dsn);
+
+impl Decode for PostgresDsn {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        let t = s.trim();
+        let ok = t.starts_with("postgres://")
+            || t.starts_with("postgresql://")
+            || (t.contains('=') && !t.contains("://"));
+        if ok {
+            Some(PostgresDsn(Dsn::new(t)))
+        } else {
+            cx.error(
+                "invalid-dsn",
+                node.span,
+                format!(
+                    "{:?} is not a PostgreSQL connection string; expected postgres://user@host:port/database or host=... dbname=...",
+                    super::secret::redact(t)
+                ),
+            );
+            None
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "PostgreSQL DSN: postgres://user:password@host:port/db"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.redacted())
+    }
+    const FILE_VARIANT: bool = true;
+}
+
+/// A Redis connection URL: `redis://`, `rediss://` or `redis+unix://`/`unix://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisDsn(pub Dsn);
+
+impl Decode for RedisDsn {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        let t = s.trim();
+        let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|p| t.starts_with(p))
+            && t.len() > t.find("://").unwrap_or(0) + 3;
+        if ok {
+            Some(RedisDsn(Dsn::new(t)))
+        } else {
+            cx.error(
+                "invalid-dsn",
+                node.span,
+                format!(
+                    "{:?} is not a Redis URL; expected redis://host:port[/db], rediss://... or unix:///path",
+                    super::secret::redact(t)
+                ),
+            );
+            None
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "Redis URL: redis://[:password@]host:port[/db]"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.redacted())
+    }
+    const FILE_VARIANT: bool = true;
+}
+
+impl Decode for Secret {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        String::decode(node, cx).map(Secret::new)
+    }
+    fn schema() -> Json {
+        json!({"type": "string"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(if self.is_empty() {
+            String::new()
+        } else {
+            "***".into()
+        })
+    }
+    const FILE_VARIANT: bool = true;
+}
+
+/// An address to listen on: `IP:PORT`.
+impl Decode for SocketAddr {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        s.trim().parse().ok().or_else(|| {
+            cx.error(
+                "invalid-address",
+                node.span,
+                format!("{s:?} is not an address to listen on; expected IP:PORT such as \"127.0.0.1:9464\" or \"[::1]:9464\""),
+            );
+            None
+        })
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "IP:PORT"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.to_string())
+    }
+}
+
+/// `host:port` of a TCP endpoint (a name or an address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Decode for HostPort {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        let parsed = s.trim().rsplit_once(':').and_then(|(h, p)| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            let port: u16 = p.parse().ok()?;
+            (!h.is_empty() && port != 0).then(|| HostPort {
+                host: h.to_string(),
+                port,
+            })
+        });
+        parsed.or_else(|| {
+            cx.error(
+                "invalid-address",
+                node.span,
+                format!("{s:?} is not host:port, such as \"127.0.0.1:5432\" or \"db:5432\""),
+            );
+            None
+        })
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": "^.+:[0-9]{1,5}$"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.to_string())
+    }
+}
+
+/// An `http://` URL (TLS is not built in: probe HTTPS with `exec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(pub String);
+
+impl Decode for HttpUrl {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        let t = s.trim();
+        let rest = t.strip_prefix("http://");
+        let host_ok = rest.is_some_and(|r| {
+            let authority = r.split(['/', '?', '#']).next().unwrap_or("");
+            !authority.is_empty() && !authority.contains(char::is_whitespace)
+        });
+        if host_ok {
+            Some(HttpUrl(t.to_string()))
+        } else if t.starts_with("https://") {
+            cx.error(
+                "invalid-url",
+                node.span,
+                format!("{:?}: https is not supported by the built-in HTTP client; use http:// or an exec probe with curl", super::secret::redact(t)),
+            );
+            None
+        } else {
+            cx.error(
+                "invalid-url",
+                node.span,
+                format!(
+                    "{:?} is not an http:// URL such as \"http://127.0.0.1:8080/healthz\"",
+                    super::secret::redact(t)
+                ),
+            );
+            None
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": "^http://"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(super::secret::redact(&self.0))
+    }
+}
+
+/// A regular expression (for the `log` probe), checked when loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(pub String);
+
+impl Decode for Pattern {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        match regex::Regex::new(&s) {
+            Ok(_) => Some(Pattern(s)),
+            Err(e) => {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                cx.error(
+                    "invalid-regex",
+                    node.span,
+                    format!("{s:?} is not a valid regular expression: {first}"),
+                );
+                None
+            }
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "format": "regex"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.clone())
+    }
+}
+
+/// A command line: program and arguments, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command(pub Vec<String>);
+
+impl Decode for Command {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        if let Some(s) = node.as_str() {
+            cx.error(
+                "type",
+                node.span,
+                format!("expected an array of strings, found {s:?}; write the program and its arguments as [\"prog\", \"arg\", ...], or [\"sh\", \"-c\", \"...\"] for a shell line"),
+            );
+            return None;
+        }
+        let v: Vec<String> = Vec::decode(node, cx)?;
+        if v.first().is_none_or(|p| p.trim().is_empty()) {
+            cx.error(
+                "invalid-value",
+                node.span,
+                "the command is empty; it needs at least the program to run",
+            );
+            return None;
+        }
+        Some(Command(v))
+    }
+    fn schema() -> Json {
+        json!({"type": "array", "items": {"type": "string"}, "minItems": 1})
+    }
+    fn to_json(&self) -> Json {
+        json!(self.0)
+    }
+}
+
+/// A number from 0 to 1 (jitter, ratios).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fraction(pub f64);
+
+impl Decode for Fraction {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let f = f64::decode(node, cx)?;
+        if (0.0..=1.0).contains(&f) {
+            Some(Fraction(f))
+        } else {
+            cx.error(
+                "invalid-value",
+                node.span,
+                format!("{f} is out of range; expected a number from 0 to 1"),
+            );
+            None
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "number", "minimum": 0, "maximum": 1})
+    }
+    fn to_json(&self) -> Json {
+        json!(self.0)
+    }
+}
+
+/// A positive whole number (batch sizes, thresholds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub u32);
+
+impl Decode for Count {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let n = u32::decode(node, cx)?;
+        if n == 0 {
+            cx.error(
+                "invalid-value",
+                node.span,
+                "0 is out of range; expected an integer of at least 1",
+            );
+            return None;
+        }
+        Some(Count(n))
+    }
+    fn schema() -> Json {
+        json!({"type": "integer", "minimum": 1, "maximum": u32::MAX})
+    }
+    fn to_json(&self) -> Json {
+        json!(self.0)
+    }
+}

@@ -1,0 +1,14 @@
+//! warden: a supervisor that replaces a fleet of small containers.
+//!
+//! The data flows through one module per stage:
+//!
+//! - [`config`]: `services.toml` text in, a typed [`config::Registry`] or
+//!   every error out (pure; I/O only through [`config::Sources`]).
+//! - [`graph`]: the dependency graph on petgraph: cycles, waves, `--only`.
+//! - [`probe`]: one-shot checks of endpoints (TCP, HTTP, PostgreSQL, Redis).
+//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
+
+pub mod cli;
+pub mod config;
+pub mod graph;
+pub mod probe;

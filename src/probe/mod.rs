@@ -1,0 +1,140 @@
+//! One-shot checks of endpoints: a TCP connect, an HTTP GET answering 2xx,
+//! a PostgreSQL connection running `SELECT 1`, a Redis `PING`.
+//!
+//! `warden check --connect` uses them once per endpoint; the supervisor's
+//! readiness and liveness probes are built on the same functions.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Endpoint;
+use crate::config::types::{HostPort, HttpUrl, PostgresDsn, RedisDsn};
+
+/// The outcome of one check: how long it took, and why it failed. Error
+/// texts never contain a password.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub elapsed: Duration,
+    pub result: Result<(), String>,
+}
+
+/// Checks an endpoint once, within `timeout`.
+pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Outcome {
+    let started = Instant::now();
+    let fut = async {
+        match endpoint {
+            Endpoint::Tcp(h) => tcp(h).await,
+            Endpoint::Http(u) => http(u).await,
+            Endpoint::Postgres(d) => postgres(d).await,
+            Endpoint::Redis(d) => redis(d).await,
+        }
+    };
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e| crate::config::secret::redact(&e)),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        )),
+    };
+    Outcome {
+        elapsed: started.elapsed(),
+        result,
+    }
+}
+
+/// A TCP connection is accepted.
+pub async fn tcp(h: &HostPort) -> Result<(), String> {
+    tokio::net::TcpStream::connect((h.host.as_str(), h.port))
+        .await
+        .map(drop)
+        .map_err(|e| format!("cannot connect to {h}: {e}"))
+}
+
+/// An HTTP/1.1 GET answers with a 2xx status.
+pub async fn http(url: &HttpUrl) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+
+    let uri: hyper::Uri = url.0.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or("URL has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or(host);
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("warden/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("HTTP request failed: {e}"));
+    driver.abort();
+    let status = res?.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {status}"))
+    }
+}
+
+/// PostgreSQL accepts a connection and answers `SELECT 1`.
+pub async fn postgres(dsn: &PostgresDsn) -> Result<(), String> {
+    let (client, conn) = tokio_postgres::connect(dsn.0.expose(), tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+    let driver = tokio::spawn(conn);
+    let r = client
+        .simple_query("SELECT 1")
+        .await
+        .map(drop)
+        .map_err(|e| format!("SELECT 1 failed: {}", pg_error(&e)));
+    drop(client);
+    driver.abort();
+    r
+}
+
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => db.message().to_string(),
+        (None, Some(src)) => format!("{e}: {src}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// Redis answers `PING`.
+pub async fn redis(dsn: &RedisDsn) -> Result<(), String> {
+    let client =
+        redis::Client::open(dsn.0.expose()).map_err(|e| format!("bad Redis URL: {}", e))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("PING failed: {e}"))?;
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("PING answered {pong:?}"))
+    }
+}
