@@ -170,14 +170,19 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    /// Records a diagnostic, dropping exact repeats (a bad value in
-    /// `[defaults]` is merged into every service but reported once).
+    /// Records a diagnostic, dropping repeats: the same problem at the same
+    /// place (a bad value in `[defaults]` is merged into every service but
+    /// reported once, for the first).
     pub fn push(&mut self, d: Diagnostic) {
+        fn without_path(m: &str) -> &str {
+            m.split_once(": ").map(|(_, rest)| rest).unwrap_or(m)
+        }
         let dup = d.span.is_some()
-            && self
-                .items
-                .iter()
-                .any(|x| x.span == d.span && x.code == d.code && x.message == d.message);
+            && self.items.iter().any(|x| {
+                x.span == d.span
+                    && x.code == d.code
+                    && without_path(&x.message) == without_path(&d.message)
+            });
         if !dup {
             self.items.push(d);
         }

@@ -51,6 +51,9 @@ pub struct LoadOptions {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub registry: Option<Registry>,
+    /// The services that typed, even when others did not: later stages
+    /// check what they can of them, so one run reports every error.
+    pub partial: Option<Registry>,
     pub diagnostics: Diagnostics,
     pub sources: SourceMap,
     /// Each service's merged table, for later stages that point at keys.
@@ -77,6 +80,7 @@ pub fn load(opts: &LoadOptions, sources: &dyn Sources) -> Loaded {
             map.add(opts.path.clone(), String::new());
             Loaded {
                 registry: None,
+                partial: None,
                 diagnostics,
                 sources: map,
                 nodes: HashMap::new(),
@@ -96,7 +100,7 @@ pub fn load_text(
     let file = map.add(opts.path.clone(), text);
     let text = map.file(file).map(|f| f.text.clone()).unwrap_or_default();
     let mut nodes = HashMap::new();
-    let registry = match node::parse(file, &text) {
+    let partial = match node::parse(file, &text) {
         Ok(root) => Loader {
             opts,
             sources,
@@ -121,9 +125,14 @@ pub fn load_text(
         }
     };
     diags.sort();
-    let registry = if diags.has_errors() { None } else { registry };
+    let registry = if diags.has_errors() {
+        None
+    } else {
+        partial.clone()
+    };
     Loaded {
         registry,
+        partial,
         diagnostics: diags,
         sources: map,
         nodes,
@@ -197,16 +206,15 @@ impl Loader<'_> {
                 &self.opts.custom_kinds,
                 &mut cx,
             );
-            match (warden, api, services) {
-                (Some(warden), Some(api), Some(services)) => Some(Registry {
-                    file: self.opts.path.clone(),
-                    profile: profile.clone(),
-                    warden,
-                    api,
-                    services,
-                }),
-                _ => None,
-            }
+            let warden = warden.or_else(WardenSpec::all_defaults);
+            let api = api.or_else(ApiSpec::all_defaults);
+            warden.zip(api).map(|(warden, api)| Registry {
+                file: self.opts.path.clone(),
+                profile: profile.clone(),
+                warden,
+                api,
+                services,
+            })
         };
         self.diags.extend(diags);
         if let Some(t) = services_node.as_table() {
@@ -596,7 +604,7 @@ fn decode_services(
     api: Option<&ApiSpec>,
     custom: &[CustomKind],
     cx: &mut Cx<'_>,
-) -> Option<IndexMap<String, ServiceSpec>> {
+) -> IndexMap<String, ServiceSpec> {
     let mut out = IndexMap::new();
     let api_enabled = api.is_none_or(|a| a.enabled);
     if api_enabled {
@@ -615,8 +623,9 @@ fn decode_services(
             },
         );
     }
-    let table = services.as_table()?;
-    let mut ok = true;
+    let Some(table) = services.as_table() else {
+        return out;
+    };
     for (name, e) in table {
         if !valid_service_name(name) {
             let d = Diagnostic::error(
@@ -626,7 +635,6 @@ fn decode_services(
             .at(e.key_span)
             .key(format!("services.{name}"));
             cx.diags.push(d);
-            ok = false;
             continue;
         }
         if name == "api" && api_enabled {
@@ -638,7 +646,6 @@ fn decode_services(
             .key("services.api")
             .service("api");
             cx.diags.push(d);
-            ok = false;
             continue;
         }
         cx.service = Some(name.clone());
@@ -646,14 +653,11 @@ fn decode_services(
             cx.with_key(name, |cx| decode_service(name, &e.node, custom, cx))
         });
         cx.service = None;
-        match spec {
-            Some(s) => {
-                out.insert(name.clone(), s);
-            }
-            None => ok = false,
+        if let Some(s) = spec {
+            out.insert(name.clone(), s);
         }
     }
-    ok.then_some(out)
+    out
 }
 
 fn decode_service(

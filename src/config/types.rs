@@ -432,6 +432,7 @@ impl Decode for Pattern {
                     .last()
                     .unwrap_or("invalid")
                     .trim()
+                    .trim_start_matches("error: ")
                     .to_string();
                 cx.error(
                     "invalid-regex",

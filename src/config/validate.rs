@@ -25,7 +25,10 @@ pub(super) fn check(
             let mut n = node;
             let mut span = s.span;
             for p in path {
-                n = n.and_then(|x| x.get(p));
+                n = n.and_then(|x| match (&x.value, p.parse::<usize>()) {
+                    (super::node::Value::Array(items), Ok(i)) => items.get(i),
+                    _ => x.get(p),
+                });
                 match n {
                     Some(x) => span = x.span,
                     None => break,

@@ -78,6 +78,12 @@ impl std::fmt::Display for SelectionError {
 /// duplicate dependencies, `completed` on services that never complete, and
 /// every cycle. All problems are returned together.
 pub fn build(reg: &Registry) -> Result<Graph, Diagnostics> {
+    build_partial(reg, &HashSet::new())
+}
+
+/// Like [`build`], for a registry some of whose services did not type:
+/// dependencies on those (`untyped`) are neither checked nor reported.
+pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut graph = DiGraph::with_capacity(reg.services.len(), reg.services.len() * 3);
     let mut index = HashMap::with_capacity(reg.services.len());
@@ -101,7 +107,7 @@ pub fn build(reg: &Registry) -> Result<Graph, Diagnostics> {
         for dep in &s.common.depends_on.0 {
             let key = format!("services.{}.depends_on", s.name);
             let err = |code: &'static str, msg: String, span: Span| {
-                Diagnostic::error(code, msg)
+                Diagnostic::error(code, format!("services.{}: {msg}", s.name))
                     .at(span)
                     .service(s.name.clone())
                     .key(key.clone())
@@ -126,6 +132,9 @@ pub fn build(reg: &Registry) -> Result<Graph, Diagnostics> {
                 continue;
             }
             let Some(target) = reg.services.get(&dep.name) else {
+                if untyped.contains(dep.name.as_str()) {
+                    continue;
+                }
                 let others: Vec<&str> = enabled.iter().copied().filter(|n| *n != s.name).collect();
                 let mut d = err(
                     "unknown-dependency",
@@ -521,7 +530,19 @@ pub fn load_and_check(
         },
         None => {
             // Graph errors are independent of typing errors elsewhere in the
-            // file; report them too when the services themselves typed.
+            // file: check what typed, so that one run reports everything.
+            if let Some(partial) = &loaded.partial {
+                let untyped: HashSet<&str> = loaded
+                    .nodes
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|n| !partial.services.contains_key(*n))
+                    .collect();
+                if let Err(d) = build_partial(partial, &untyped) {
+                    loaded.diagnostics.extend(d);
+                    loaded.diagnostics.sort();
+                }
+            }
             None
         }
     };

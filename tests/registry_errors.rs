@@ -1,0 +1,754 @@
+//! DESIGN.md §2, "every error names what the user wrote and where": a table
+//! of bad registries, each with the exact diagnostics `warden check` gives
+//! (line:column, code, message with the alternatives, help).
+
+mod support;
+
+use support::{MemSources, diagnostics, load};
+
+struct Case {
+    name: &'static str,
+    registry: &'static str,
+    expected: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "toml_syntax",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"
+"#,
+        expected: &["3:15 toml-syntax: invalid TOML: unclosed array, expected `]`"],
+    },
+    Case {
+        name: "unknown_top_level_key",
+        registry: r#"[warden]
+shutdown_timeout = "5s"
+[service.a]
+kind = "process"
+"#,
+        expected: &[
+            "3:2 unknown-key: unknown key `service`; known: warden, api, defaults, services, profiles [help: did you mean `services`?]",
+        ],
+    },
+    Case {
+        name: "unknown_service_key_suggests",
+        registry: r#"[services.a]
+kind = "process"
+comand = ["x"]
+"#,
+        expected: &[
+            "1:1 missing-key: services.a: missing required key `command`",
+            "3:1 unknown-key: services.a: unknown key `comand`; known: kind, description, enabled, critical, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, command, args, env, env_files, cwd, user [help: did you mean `command`?]",
+        ],
+    },
+    Case {
+        name: "missing_kind",
+        registry: r#"[services.a]
+command = ["x"]
+"#,
+        expected: &["1:1 missing-key: services.a: missing required key `kind`"],
+    },
+    Case {
+        name: "unknown_kind_suggests",
+        registry: r#"[services.a]
+kind = "outbox-rely"
+"#,
+        expected: &[
+            "2:8 unknown-kind: services.a.kind: unknown kind \"outbox-rely\"; known: process, external, outbox-relay, memory-sync, stream-replicator, dual-write, retention [help: did you mean \"outbox-relay\"?]",
+        ],
+    },
+    Case {
+        name: "api_kind_is_reserved",
+        registry: r#"[services.web]
+kind = "api"
+"#,
+        expected: &[
+            "2:8 invalid-kind: services.web.kind: kind \"api\" is built in: configure the API under [api], not as a service",
+        ],
+    },
+    Case {
+        name: "process_without_command",
+        registry: r#"[services.a]
+kind = "process"
+"#,
+        expected: &["1:1 missing-key: services.a: missing required key `command`"],
+    },
+    Case {
+        name: "command_as_string",
+        registry: r#"[services.a]
+kind = "process"
+command = "redis-server --port 6390"
+"#,
+        expected: &[
+            "3:11 type: services.a.command: expected an array of strings, found \"redis-server --port 6390\"; write the program and its arguments as [\"prog\", \"arg\", ...], or [\"sh\", \"-c\", \"...\"] for a shell line",
+        ],
+    },
+    Case {
+        name: "empty_command",
+        registry: r#"[services.a]
+kind = "process"
+command = []
+"#,
+        expected: &[
+            "3:11 invalid-value: services.a.command: the command is empty; it needs at least the program to run",
+        ],
+    },
+    Case {
+        name: "bad_duration",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+start_timeout = "5 parsecs"
+"#,
+        expected: &[
+            "4:17 invalid-duration: services.a.start_timeout: \"5 parsecs\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
+        ],
+    },
+    Case {
+        name: "duration_as_integer",
+        registry: r#"[warden]
+shutdown_timeout = 30
+"#,
+        expected: &[
+            "2:20 type: warden.shutdown_timeout: expected a duration string such as \"250ms\", \"5s\" or \"1h30m\", found integer 30",
+        ],
+    },
+    Case {
+        name: "unknown_signal",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+stop = { signal = "SIGSTAHP" }
+"#,
+        expected: &[
+            "4:19 invalid-signal: services.a.stop.signal: unknown signal \"SIGSTAHP\"; known: SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGKILL, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCONT, SIGWINCH, SIGPWR",
+        ],
+    },
+    Case {
+        name: "unknown_restart_policy_suggests",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+restart = { policy = "on_failure" }
+"#,
+        expected: &[
+            "4:22 invalid-value: services.a.restart.policy: unknown value \"on_failure\"; expected one of always, on-failure, never [help: did you mean \"on-failure\"?]",
+        ],
+    },
+    Case {
+        name: "negative_max_restarts",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+restart = { max_restarts = -1 }
+"#,
+        expected: &[
+            "4:28 invalid-value: services.a.restart.max_restarts: -1 is out of range; expected an integer from 0 to 4294967295",
+        ],
+    },
+    Case {
+        name: "jitter_out_of_range",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+restart = { backoff = { jitter = 1.5 } }
+"#,
+        expected: &[
+            "4:34 invalid-value: services.a.restart.backoff.jitter: 1.5 is out of range; expected a number from 0 to 1",
+        ],
+    },
+    Case {
+        name: "multiplier_below_one",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+restart = { backoff = { multiplier = 0.5 } }
+"#,
+        expected: &[
+            "4:38 invalid-value: services.a.restart.backoff.multiplier: 0.5 is below 1; the delay must not shrink between restarts",
+        ],
+    },
+    Case {
+        name: "backoff_initial_above_max",
+        registry: r#"[services.a]
+kind = "process"
+command = ["x"]
+restart = { backoff = { initial = "1m", max = "10s" } }
+"#,
+        expected: &[
+            "4:35 invalid-value: services.a.restart.backoff.initial: 1m is longer than backoff.max (10s)",
+        ],
+    },
+    Case {
+        name: "unknown_dependency_lists_known",
+        registry: r#"[services.postgres]
+kind = "process"
+command = ["postgres"]
+[services.redis]
+kind = "process"
+command = ["redis-server"]
+[services.relay]
+kind = "process"
+command = ["relay"]
+depends_on = ["pg", "redis"]
+"#,
+        expected: &[
+            "10:15 unknown-dependency: services.relay: depends_on \"pg\": no such service; known: api, postgres, redis",
+        ],
+    },
+    Case {
+        name: "unknown_dependency_suggests",
+        registry: r#"[services.postgres]
+kind = "process"
+command = ["postgres"]
+[services.relay]
+kind = "process"
+command = ["relay"]
+depends_on = ["postgre"]
+"#,
+        expected: &[
+            "7:15 unknown-dependency: services.relay: depends_on \"postgre\": no such service; known: api, postgres [help: did you mean \"postgres\"?]",
+        ],
+    },
+    Case {
+        name: "cycle_prints_whole_chain",
+        registry: r#"[api]
+enabled = false
+[services.a]
+kind = "process"
+command = ["a"]
+depends_on = ["b"]
+[services.b]
+kind = "process"
+command = ["b"]
+depends_on = ["c"]
+[services.c]
+kind = "process"
+command = ["c"]
+depends_on = ["a"]
+"#,
+        expected: &[
+            "6:15 dependency-cycle: dependency cycle: a -> b -> c -> a [help: each arrow reads \"depends on\"; remove one of these dependencies]",
+        ],
+    },
+    Case {
+        name: "two_cycles_both_reported",
+        registry: r#"[api]
+enabled = false
+[services.a]
+kind = "process"
+command = ["a"]
+depends_on = ["b"]
+[services.b]
+kind = "process"
+command = ["b"]
+depends_on = ["a"]
+[services.x]
+kind = "process"
+command = ["x"]
+depends_on = ["y"]
+[services.y]
+kind = "process"
+command = ["y"]
+depends_on = ["x"]
+"#,
+        expected: &[
+            "6:15 dependency-cycle: dependency cycle: a -> b -> a [help: each arrow reads \"depends on\"; remove one of these dependencies]",
+            "14:15 dependency-cycle: dependency cycle: x -> y -> x [help: each arrow reads \"depends on\"; remove one of these dependencies]",
+        ],
+    },
+    Case {
+        name: "self_dependency",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+depends_on = ["a"]
+"#,
+        expected: &[
+            "4:15 self-dependency: services.a: depends_on \"a\": a service cannot depend on itself",
+        ],
+    },
+    Case {
+        name: "completed_needs_oneshot",
+        registry: r#"[services.db]
+kind = "process"
+command = ["db"]
+[services.app]
+kind = "process"
+command = ["app"]
+depends_on = { db = "completed" }
+"#,
+        expected: &[
+            "7:16 completed-needs-oneshot: services.app: depends_on \"db\" = \"completed\": db is not a oneshot service, so it never completes [help: use \"ready\" or \"started\", or set oneshot = true on db]",
+        ],
+    },
+    Case {
+        name: "disabled_dependency",
+        registry: r#"[warden]
+profile = "dev"
+[services.db]
+kind = "process"
+command = ["db"]
+[services.app]
+kind = "process"
+command = ["app"]
+depends_on = ["db"]
+[profiles.dev.services.db]
+enabled = false
+"#,
+        expected: &[
+            "9:15 disabled-dependency: services.app: depends_on \"db\": that service is disabled in profile \"dev\"; enabled: api [help: enable db in this profile, or disable app too]",
+        ],
+    },
+    Case {
+        name: "duplicate_dependency",
+        registry: r#"[services.db]
+kind = "process"
+command = ["db"]
+[services.app]
+kind = "process"
+command = ["app"]
+depends_on = ["db", "db"]
+"#,
+        expected: &["7:21 duplicate-dependency: services.app: depends_on \"db\": listed twice"],
+    },
+    Case {
+        name: "unknown_condition",
+        registry: r#"[services.db]
+kind = "process"
+command = ["db"]
+[services.app]
+kind = "process"
+command = ["app"]
+depends_on = { db = "healthy" }
+"#,
+        expected: &[
+            "7:21 invalid-value: services.app.depends_on.db: unknown value \"healthy\"; expected one of started, ready, completed",
+        ],
+    },
+    Case {
+        name: "missing_variable",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "${DATABASE_URL}"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:13 missing-variable: services.relay.postgres: environment variable DATABASE_URL is not set [help: set DATABASE_URL in the environment or in an env file, or give a default: ${DATABASE_URL:-default}]",
+        ],
+    },
+    Case {
+        name: "missing_variable_with_message",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "${DATABASE_URL:?the outbox database}"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:13 missing-variable: services.relay.postgres: environment variable DATABASE_URL is not set: the outbox database",
+        ],
+    },
+    Case {
+        name: "every_missing_variable_reported",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://${PGUSER}@${PGHOST}/app"
+redis = "${REDIS_URL}"
+"#,
+        expected: &[
+            "3:24 missing-variable: services.relay.postgres: environment variable PGUSER is not set [help: set PGUSER in the environment or in an env file, or give a default: ${PGUSER:-default}]",
+            "3:34 missing-variable: services.relay.postgres: environment variable PGHOST is not set [help: set PGHOST in the environment or in an env file, or give a default: ${PGHOST:-default}]",
+            "4:10 missing-variable: services.relay.redis: environment variable REDIS_URL is not set [help: set REDIS_URL in the environment or in an env file, or give a default: ${REDIS_URL:-default}]",
+        ],
+    },
+    Case {
+        name: "bad_interpolation_syntax",
+        registry: r#"[services.a]
+kind = "process"
+command = ["echo", "${1BAD}"]
+"#,
+        expected: &[
+            "3:21 invalid-interpolation: services.a.command.1: `${1BAD}` is not a variable reference; expected ${NAME}, ${NAME:-default} or ${NAME:?message}",
+        ],
+    },
+    Case {
+        name: "bad_table_identifier",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+table = "outbox; drop table users"
+"#,
+        expected: &[
+            "5:9 invalid-identifier: services.relay.table: \"outbox; drop table users\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
+        ],
+    },
+    Case {
+        name: "bad_column_identifier",
+        registry: r#"[services.clean]
+kind = "retention"
+postgres = "postgres://db/app"
+[[services.clean.rules]]
+table = "events"
+column = "created-at"
+keep = "30d"
+"#,
+        expected: &[
+            "6:10 invalid-identifier: services.clean.rules.0.column: \"created-at\" is not a valid SQL identifier (letters, digits and _, not starting with a digit, at most 63 characters)",
+        ],
+    },
+    Case {
+        name: "retention_without_rules",
+        registry: r#"[services.clean]
+kind = "retention"
+postgres = "postgres://db/app"
+rules = []
+"#,
+        expected: &[
+            "4:9 invalid-value: services.clean.rules: no rules; add at least one [[services.NAME.rules]]",
+        ],
+    },
+    Case {
+        name: "bad_postgres_dsn",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "mysql://root:hunter2@db/app"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"mysql://root:***@db/app\" is not a PostgreSQL connection string; expected postgres://user@host:port/database or host=... dbname=...",
+        ],
+    },
+    Case {
+        name: "bad_redis_url",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "127.0.0.1:6379"
+"#,
+        expected: &[
+            "4:9 invalid-dsn: services.relay.redis: \"127.0.0.1:6379\" is not a Redis URL; expected redis://host:port[/db], rediss://... or unix:///path",
+        ],
+    },
+    Case {
+        name: "secret_and_secret_file",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+postgres_file = "/run/secrets/db"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "4:1 conflicting-keys: services.relay.postgres: both `postgres` and `postgres_file` are set; keep one",
+        ],
+    },
+    Case {
+        name: "secret_file_missing",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres_file = "secrets/db_url"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:17 file-read: services.relay.postgres_file: cannot read secret file ./secrets/db_url: No such file or directory (os error 2)",
+        ],
+    },
+    Case {
+        name: "probe_with_two_checks",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+ready = { tcp = "127.0.0.1:80", http = "http://127.0.0.1/" }
+"#,
+        expected: &[
+            "4:9 invalid-probe: services.a.ready: a probe checks one thing, found tcp and http; split them or keep one",
+        ],
+    },
+    Case {
+        name: "probe_with_no_check",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+ready = { interval = "1s" }
+"#,
+        expected: &[
+            "4:9 invalid-probe: services.a.ready: a probe needs one of tcp, http, exec, postgres, redis, log, notify",
+        ],
+    },
+    Case {
+        name: "external_without_ready",
+        registry: r#"[services.db]
+kind = "external"
+"#,
+        expected: &[
+            "1:1 missing-key: services.db: kind external needs a `ready` probe: the check of the thing warden does not run, e.g. ready = { tcp = \"db:5432\" }",
+        ],
+    },
+    Case {
+        name: "ready_on_in_process_kind",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+ready = { tcp = "127.0.0.1:6379" }
+"#,
+        expected: &[
+            "5:9 invalid-probe: services.relay.ready: kind outbox-relay says when it is ready itself; remove `ready` (use `health` for an extra liveness check)",
+        ],
+    },
+    Case {
+        name: "log_probe_on_external",
+        registry: r#"[services.db]
+kind = "external"
+ready = { log = "ready" }
+"#,
+        expected: &[
+            "3:9 invalid-probe: services.db.ready: a log probe reads a child process's output or socket; kind external has none",
+        ],
+    },
+    Case {
+        name: "notify_health_probe",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+health = { notify = true }
+"#,
+        expected: &[
+            "4:10 invalid-probe: services.a.health: a notify probe only says when a process is ready; use tcp, http, exec, postgres or redis for health",
+        ],
+    },
+    Case {
+        name: "oneshot_restart_always",
+        registry: r#"[services.seed]
+kind = "process"
+command = ["seed"]
+oneshot = true
+restart = { policy = "always" }
+"#,
+        expected: &[
+            "5:22 invalid-value: services.seed.restart.policy: a oneshot service with restart policy \"always\" would run forever; use \"on-failure\" or \"never\"",
+        ],
+    },
+    Case {
+        name: "schedule_unknown_action",
+        registry: r#"[services.dw]
+kind = "dual-write"
+redis = "redis://127.0.0.1:6379"
+stream = "orders"
+primary = { postgres = "postgres://db/app", table = "orders", key = ["id"] }
+shadow = { redis = "redis://127.0.0.1:6379" }
+[[services.dw.schedule]]
+action = "validat"
+every = "30m"
+"#,
+        expected: &[
+            "8:10 unknown-action: services.dw.schedule.0.action: \"validat\" is not an action of kind dual-write; known: enable, disable, validate, repair (did you mean \"validate\"?)",
+        ],
+    },
+    Case {
+        name: "singleton_without_postgres",
+        registry: r#"[services.cron]
+kind = "process"
+command = ["cron"]
+singleton = true
+"#,
+        expected: &[
+            "4:13 missing-key: services.cron.singleton: a singleton takes a PostgreSQL advisory lock, but this service has no `postgres` setting and [warden] postgres is not set",
+        ],
+    },
+    Case {
+        name: "public_api_without_token",
+        registry: r#"[api]
+listen = "0.0.0.0:9464"
+"#,
+        expected: &[
+            "2:10 insecure-api: api.listen: 0.0.0.0:9464 is not a loopback address and no token is set, so anyone who reaches it could stop services [help: set api.token (e.g. token = \"${WARDEN_API_TOKEN}\") or listen on 127.0.0.1]",
+        ],
+    },
+    Case {
+        name: "bad_listen_address",
+        registry: r#"[api]
+listen = "localhost"
+"#,
+        expected: &[
+            "2:10 invalid-address: api.listen: \"localhost\" is not an address to listen on; expected IP:PORT such as \"127.0.0.1:9464\" or \"[::1]:9464\"",
+        ],
+    },
+    Case {
+        name: "bad_service_name",
+        registry: r#"[services."my service"]
+kind = "process"
+command = ["x"]
+"#,
+        expected: &[
+            "1:11 invalid-name: service name \"my service\" is not valid; use letters, digits, - and _, starting with a letter or digit, at most 63 characters",
+        ],
+    },
+    Case {
+        name: "service_named_api",
+        registry: r#"[services.api]
+kind = "process"
+command = ["x"]
+"#,
+        expected: &[
+            "1:11 reserved-name: service name \"api\" is taken by the built-in API service configured under [api]; rename this service or set [api] enabled = false",
+        ],
+    },
+    Case {
+        name: "unknown_defaults_key",
+        registry: r#"[defaults]
+restart = { policy = "always" }
+command = ["x"]
+"#,
+        expected: &[
+            "3:1 unknown-key: defaults: unknown key `command`; known: critical, on_dependency_restart, start_timeout, restart, stop, health",
+        ],
+    },
+    Case {
+        name: "bad_value_in_defaults_reported_once",
+        registry: r#"[defaults]
+start_timeout = "soon"
+[services.a]
+kind = "process"
+command = ["a"]
+[services.b]
+kind = "process"
+command = ["b"]
+"#,
+        expected: &[
+            "2:17 invalid-duration: services.a.start_timeout: \"soon\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
+        ],
+    },
+    Case {
+        name: "unknown_profile_key",
+        registry: r#"[profiles.prod]
+service = {}
+"#,
+        expected: &[
+            "2:1 unknown-key: profiles.prod: unknown key `service`; known: warden, api, defaults, services [help: did you mean `services`?]",
+        ],
+    },
+    Case {
+        name: "bad_regex",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+ready = { log = "ready (" }
+"#,
+        expected: &[
+            "4:17 invalid-regex: services.a.ready.log: \"ready (\" is not a valid regular expression: unclosed group",
+        ],
+    },
+    Case {
+        name: "https_endpoint",
+        registry: r#"[services.mem]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "https://memory.internal/v1/write"
+"#,
+        expected: &[
+            "4:12 invalid-url: services.mem.endpoint: \"https://memory.internal/v1/write\": https is not supported by the built-in HTTP client; use http:// or an exec probe with curl",
+        ],
+    },
+    Case {
+        name: "empty_streams",
+        registry: r#"[services.rep]
+kind = "stream-replicator"
+redis = "redis://127.0.0.1:6379"
+postgres = "postgres://db/app"
+streams = []
+"#,
+        expected: &[
+            "5:11 invalid-value: services.rep.streams: the list is empty; name at least one stream",
+        ],
+    },
+    Case {
+        name: "where_with_semicolon",
+        registry: r#"[services.clean]
+kind = "retention"
+postgres = "postgres://db/app"
+[[services.clean.rules]]
+table = "events"
+column = "created_at"
+keep = "30d"
+where = "true; drop table events"
+"#,
+        expected: &[
+            "8:9 invalid-value: services.clean.rules.0.where: \"true; drop table events\" must be one SQL condition, without `;` or comments",
+        ],
+    },
+    Case {
+        name: "dual_write_shadow_without_table",
+        registry: r#"[services.dw]
+kind = "dual-write"
+redis = "redis://127.0.0.1:6379"
+stream = "orders"
+primary = { postgres = "postgres://db/app", table = "orders", key = ["id"] }
+shadow = { postgres = "postgres://shadow/app" }
+"#,
+        expected: &["6:10 missing-key: services.dw.shadow: missing required key `table`"],
+    },
+    Case {
+        name: "boolean_as_string",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+enabled = "yes"
+"#,
+        expected: &["4:11 type: services.a.enabled: expected true or false, found \"yes\""],
+    },
+    Case {
+        name: "several_errors_in_one_file",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+restart = { policy = "sometimes", max_restarts = "five" }
+stop = { signal = "SIGNOPE", timout = "5s" }
+[services.b]
+kind = "retention"
+postgres = "postgres://db/app"
+[[services.b.rules]]
+table = "1events"
+column = "at"
+keep = "forever"
+[services.c]
+kind = "process"
+command = ["c"]
+depends_on = ["d"]
+"#,
+        expected: &[
+            "4:22 invalid-value: services.a.restart.policy: unknown value \"sometimes\"; expected one of always, on-failure, never",
+            "4:50 type: services.a.restart.max_restarts: expected a non-negative integer, found \"five\"",
+            "5:19 invalid-signal: services.a.stop.signal: unknown signal \"SIGNOPE\"; known: SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGKILL, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCONT, SIGWINCH, SIGPWR",
+            "5:30 unknown-key: services.a.stop: unknown key `timout`; known: signal, timeout [help: did you mean `timeout`?]",
+            "10:9 invalid-identifier: services.b.rules.0.table: \"1events\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
+            "12:8 invalid-duration: services.b.rules.0.keep: \"forever\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
+            "16:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api",
+        ],
+    },
+];
+
+#[test]
+fn every_bad_registry_gets_its_exact_errors() {
+    assert!(
+        CASES.len() >= 40,
+        "the table keeps at least 40 bad registries"
+    );
+    let mut failures = Vec::new();
+    for case in CASES {
+        let sources = MemSources::new(case.registry);
+        let checked = load(&sources, None);
+        let got = diagnostics(&checked);
+        assert!(
+            checked.registry().is_none() || checked.graph.is_none(),
+            "{}: a bad registry was accepted",
+            case.name
+        );
+        if got != case.expected {
+            failures.push(format!("case {}:\n  got: {:#?}", case.name, got));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
