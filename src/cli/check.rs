@@ -27,7 +27,7 @@ pub fn check(args: &CheckArgs) -> u8 {
         (Some(g), false) => match g.select(&args.registry.only) {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return exit::USAGE;
             }
         },
@@ -41,7 +41,7 @@ pub fn check(args: &CheckArgs) -> u8 {
         .as_ref()
         .is_some_and(|c| c.iter().any(|r| r.ok == Some(false)));
     match args.format {
-        CheckFormat::Json => println!(
+        CheckFormat::Json => outln!(
             "{}",
             pretty(&check_json(&checked, selected.as_ref(), connect.as_deref()))
         ),
@@ -69,13 +69,13 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
         .as_ref()
         .map(|r| r.file.display().to_string());
     for d in loaded.diagnostics.iter() {
-        eprint!("{}", d.render(&loaded.sources));
-        eprintln!();
+        err!("{}", d.render(&loaded.sources));
+        errln!("");
     }
     let errors = loaded.diagnostics.errors().count();
     let warnings = loaded.diagnostics.warnings().count();
     let (Some(reg), Some(g)) = (checked.registry(), graph) else {
-        eprintln!(
+        errln!(
             "error: the registry is invalid: {} and {}",
             plural(errors, "error"),
             plural(warnings, "warning")
@@ -88,15 +88,15 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
         .map(|p| format!(" (profile {p})"))
         .unwrap_or_default();
     let disabled = reg.services.values().filter(|s| !s.enabled()).count();
-    println!(
+    outln!(
         "ok: {}{profile} is valid: {} in the plan, {} disabled, {}",
         file.unwrap_or_default(),
         plural(g.len(), "service"),
         disabled,
         plural(warnings, "warning")
     );
-    println!();
-    println!("startup plan (each service starts as soon as its own dependencies are met):");
+    outln!("");
+    outln!("startup plan (each service starts as soon as its own dependencies are met):");
     for (i, wave) in g.waves().iter().enumerate() {
         let items: Vec<String> = wave
             .iter()
@@ -125,20 +125,20 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
                 format!("{n} [{}]{after}", tags.join(", "))
             })
             .collect();
-        println!("  wave {i}:");
+        outln!("  wave {i}:");
         for item in items {
-            println!("    {item}");
+            outln!("    {item}");
         }
     }
-    println!("shutdown order (dependents first, each wave in parallel):");
+    outln!("shutdown order (dependents first, each wave in parallel):");
     for (i, wave) in g.shutdown_waves().iter().enumerate() {
-        println!("  {}. {}", i + 1, wave.join(", "));
+        outln!("  {}. {}", i + 1, wave.join(", "));
     }
     if let Some(results) = connect {
-        println!();
-        println!("endpoints (--connect):");
+        outln!("");
+        outln!("endpoints (--connect):");
         if results.is_empty() {
-            println!("  (none)");
+            outln!("  (none)");
         }
         for r in results {
             let status = match (r.ok, &r.error) {
@@ -147,7 +147,7 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
                 (_, Some(e)) => format!("skipped: {e}"),
                 _ => "skipped".into(),
             };
-            println!(
+            outln!(
                 "  {} {} {}: {status}",
                 r.services.join(","),
                 r.kind,
@@ -350,10 +350,10 @@ pub fn graph(args: &GraphArgs) -> u8 {
     let checked = load(&args.registry);
     let Some(g) = &checked.graph else {
         for d in checked.loaded.diagnostics.errors() {
-            eprint!("{}", d.render(&checked.loaded.sources));
-            eprintln!();
+            err!("{}", d.render(&checked.loaded.sources));
+            errln!("");
         }
-        eprintln!("error: the registry is invalid; run `warden check` for details");
+        errln!("error: the registry is invalid; run `warden check` for details");
         return exit::INVALID;
     };
     let g = if args.registry.only.is_empty() {
@@ -362,15 +362,15 @@ pub fn graph(args: &GraphArgs) -> u8 {
         match g.select(&args.registry.only) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
                 return exit::USAGE;
             }
         }
     };
     match args.format {
-        GraphFormat::Dot => print!("{}", g.to_dot()),
-        GraphFormat::Mermaid => print!("{}", g.to_mermaid()),
-        GraphFormat::Json => println!("{}", pretty(&g.to_json())),
+        GraphFormat::Dot => out!("{}", g.to_dot()),
+        GraphFormat::Mermaid => out!("{}", g.to_mermaid()),
+        GraphFormat::Json => outln!("{}", pretty(&g.to_json())),
     }
     exit::OK
 }

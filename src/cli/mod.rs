@@ -2,6 +2,39 @@
 //! calls the library, prints, and maps the outcome to a documented exit
 //! code.
 
+/// `println!` that ignores a closed pipe (`warden check | head`) instead
+/// of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed pipe.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `eprint!` that ignores a closed stderr.
+macro_rules! err {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod check;
 
 use std::path::PathBuf;
@@ -118,7 +151,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::check(&a),
         Command::Graph(a) => check::graph(&a),
         Command::Schema => {
-            println!("{}", pretty(&crate::config::schema::registry_schema()));
+            outln!("{}", pretty(&crate::config::schema::registry_schema()));
             exit::OK
         }
     })

@@ -252,6 +252,8 @@ pub struct ObjectSchema {
     description: String,
     properties: Map<String, Json>,
     required: Vec<String>,
+    /// Required keys that may be given as `KEY` or `KEY_file`.
+    required_either: Vec<String>,
 }
 
 impl ObjectSchema {
@@ -260,6 +262,7 @@ impl ObjectSchema {
             description: description.trim().to_string(),
             properties: Map::new(),
             required: Vec::new(),
+            required_either: Vec::new(),
         }
     }
 
@@ -280,8 +283,12 @@ impl ObjectSchema {
                 json!({"type": "string", "description": format!("Path of a file holding `{key}` (Docker/Kubernetes secrets)")}),
             );
         }
-        if default.is_none() && T::absent().is_none() && !T::FILE_VARIANT {
-            self.required.push(key.to_string());
+        if default.is_none() && T::absent().is_none() {
+            if T::FILE_VARIANT {
+                self.required_either.push(key.to_string());
+            } else {
+                self.required.push(key.to_string());
+            }
         }
         self.properties.insert(key.to_string(), s);
     }
@@ -308,6 +315,14 @@ impl ObjectSchema {
         o.insert("additionalProperties".into(), json!(false));
         if !self.required.is_empty() {
             o.insert("required".into(), json!(self.required));
+        }
+        if !self.required_either.is_empty() {
+            let all: Vec<Json> = self
+                .required_either
+                .iter()
+                .map(|k| json!({"anyOf": [{"required": [k]}, {"required": [format!("{k}_file")]}]}))
+                .collect();
+            o.insert("allOf".into(), Json::Array(all));
         }
         Json::Object(o)
     }
@@ -682,7 +697,7 @@ impl Decode for std::time::Duration {
         })
     }
     fn schema() -> Json {
-        json!({"type": "string", "pattern": r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$",
+        json!({"type": "string", "pattern": r"^(\s*([0-9]+\s*[a-zA-Zµ]+\s*)+|.*\$\{.+\}.*)$",
                "description": "humantime duration: 250ms, 5s, 1h30m"})
     }
     fn to_json(&self) -> Json {

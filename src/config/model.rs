@@ -350,7 +350,7 @@ impl ProbeCheck {
         );
         s.property(
             "http",
-            json!({"type": "string", "pattern": "^http://", "description": "GET answers 2xx"}),
+            json!({"type": "string", "pattern": "^(http://|.*\\$\\{)", "description": "GET answers 2xx"}),
             false,
         );
         s.property("exec", json!({"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "command exits 0"}), false);

@@ -409,7 +409,7 @@ impl Decode for HttpUrl {
         }
     }
     fn schema() -> Json {
-        json!({"type": "string", "pattern": "^http://"})
+        json!({"type": "string", "pattern": "^(http://|.*\\$\\{)"})
     }
     fn to_json(&self) -> Json {
         Json::String(super::secret::redact(&self.0))

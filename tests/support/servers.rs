@@ -1,0 +1,341 @@
+//! Real PostgreSQL and Redis servers for integration tests.
+//!
+//! Each server runs as a child process on a free port of 127.0.0.1 with its
+//! data in a temporary directory; dropping the handle stops the server and
+//! removes the directory. A missing binary is a test failure with a message
+//! saying how to install it, never a silent skip.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Where Debian's `postgresql-15` package puts the server binaries.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+const INSTALL_HINT: &str = "run scripts/install-deps (apt-get install postgresql redis-server)";
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many times a server is started on a fresh port when it dies before
+/// being ready (another process may grab the port between [`free_port`]
+/// and the server's bind).
+const START_ATTEMPTS: usize = 3;
+
+/// A port of 127.0.0.1 nobody listened on a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address of a listener").port()
+}
+
+/// A running PostgreSQL 15 server with trust authentication: user
+/// `postgres`, any password (or none) is accepted.
+pub struct Postgres {
+    pub port: u16,
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`
+    pub dsn: String,
+    child: Option<Child>,
+    dir: Option<TempDir>,
+}
+
+/// A running Redis server, no persistence.
+pub struct Redis {
+    pub port: u16,
+    /// `redis://127.0.0.1:PORT`
+    pub url: String,
+    child: Option<Child>,
+    dir: Option<TempDir>,
+}
+
+impl Postgres {
+    /// Runs `initdb` into a temporary directory and starts `postgres` on a
+    /// free port; returns once it accepts connections. Panics on failure.
+    pub fn start() -> Postgres {
+        let bin = Path::new(PG_BIN);
+        for b in ["initdb", "postgres", "pg_isready"] {
+            if !bin.join(b).is_file() {
+                panic!(
+                    "PostgreSQL 15 is not installed ({} is missing): {INSTALL_HINT}",
+                    bin.join(b).display()
+                );
+            }
+        }
+        // PostgreSQL refuses to run as root: run it as the `postgres`
+        // system user of the Debian package instead.
+        let ids = if current_uid() == 0 {
+            Some(postgres_ids())
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("warden-pg-")
+            .tempdir()
+            .expect("create a temporary directory for PostgreSQL");
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown the PostgreSQL directory to the postgres user");
+        }
+        let data = dir.path().join("data");
+        let out = as_user(Command::new(bin.join("initdb")), ids)
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+            .current_dir(dir.path())
+            .env("LC_ALL", "C")
+            .output()
+            .expect("run initdb");
+        if !out.status.success() {
+            panic!(
+                "initdb failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let log_path = dir.path().join("postgres.log");
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let log = File::create(&log_path).expect("create postgres.log");
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))
+                    .expect("chown postgres.log");
+            }
+            let child = as_user(Command::new(bin.join("postgres")), ids)
+                .arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(dir.path())
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone a file handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn postgres");
+            let mut pg = Postgres {
+                port,
+                dsn: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                child: Some(child),
+                dir: None,
+            };
+            let ready = || {
+                tcp_open(port)
+                    && Command::new(bin.join("pg_isready"))
+                        .args(["-q", "-h", "127.0.0.1", "-t", "2", "-U", "postgres"])
+                        .arg("-p")
+                        .arg(port.to_string())
+                        .stdin(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+            };
+            match wait_ready(pg.child.as_mut().expect("child"), ready) {
+                Ok(()) => {
+                    pg.dir = Some(dir);
+                    return pg;
+                }
+                Err(why) => {
+                    last_log = format!("{why}\n{}", read_log(&log_path));
+                    // `pg` is dropped here: the server is stopped, the data
+                    // directory kept for the next attempt.
+                }
+            }
+        }
+        panic!("PostgreSQL did not start after {START_ATTEMPTS} attempts: {last_log}");
+    }
+}
+
+impl Redis {
+    /// Starts `redis-server` on a free port without persistence; returns
+    /// once it answers `PING`. Panics on failure.
+    pub fn start() -> Redis {
+        let Some(server) = find_in_path("redis-server") else {
+            panic!("redis-server is not installed: {INSTALL_HINT}");
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("warden-redis-")
+            .tempdir()
+            .expect("create a temporary directory for Redis");
+        let log_path = dir.path().join("redis.log");
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let log = File::create(&log_path).expect("create redis.log");
+            let child = Command::new(&server)
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone a file handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn redis-server");
+            let mut redis = Redis {
+                port,
+                url: format!("redis://127.0.0.1:{port}"),
+                child: Some(child),
+                dir: None,
+            };
+            match wait_ready(redis.child.as_mut().expect("child"), || redis_ping(port)) {
+                Ok(()) => {
+                    redis.dir = Some(dir);
+                    return redis;
+                }
+                Err(why) => last_log = format!("{why}\n{}", read_log(&log_path)),
+            }
+        }
+        panic!("redis-server did not start after {START_ATTEMPTS} attempts: {last_log}");
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            stop(child);
+        }
+        // `dir` (a TempDir) is removed when dropped after this.
+        drop(self.dir.take());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            stop(child);
+        }
+        drop(self.dir.take());
+    }
+}
+
+/// SIGTERM, up to 10 s for the process to exit, then SIGKILL.
+fn stop(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => sleep(Duration::from_millis(25)),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `ready` until it holds, the child exits or [`START_TIMEOUT`] passes.
+fn wait_ready(child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the server exited ({status}) before being ready"));
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the server was not ready within {} s",
+                START_TIMEOUT.as_secs()
+            ));
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn tcp_open(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Sends `PING` and expects `+PONG`.
+fn redis_ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"+PONG")
+}
+
+fn read_log(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// The effective user id, from `id -u` (the tests have no libc).
+fn current_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("run `id -u`");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("`id -u` prints a number")
+}
+
+/// User and group id of the `postgres` system user.
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run `id`");
+        if !out.status.success() {
+            panic!(
+                "the tests run as root and PostgreSQL refuses to run as root, but there is no \
+                 `postgres` user to run it as: {INSTALL_HINT}"
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("`id` prints a number")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Runs `cmd` as `ids` (user, group) when given. The server is then a
+/// direct child of the test, so stopping it is a plain signal (`runuser`
+/// in between would forward signals with its own delays and messages).
+fn as_user(mut cmd: Command, ids: Option<(u32, u32)>) -> Command {
+    if let Some((uid, gid)) = ids {
+        cmd.uid(uid).gid(gid).env("HOME", "/var/lib/postgresql");
+        cmd.env("USER", "postgres").env("LOGNAME", "postgres");
+    }
+    cmd
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
