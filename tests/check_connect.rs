@@ -115,7 +115,7 @@ fn all_endpoints_reachable() {
     let redis = Redis::start();
     let (_dir, out) = check(
         &registry(pg.port, redis.port),
-        &["--connect", "--format", "json"],
+        &["--connect", "--format", "json", "--resolved"],
     );
     let (o, e) = (stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(0), "stdout:\n{o}\nstderr:\n{e}");
@@ -147,6 +147,12 @@ fn all_endpoints_reachable() {
             "no endpoint of {name}: {j:#}"
         );
     }
+    // The resolved settings are there, with the password masked.
+    assert_eq!(
+        j["services"]["db"]["ready"]["postgres"],
+        format!("postgres://postgres:***@127.0.0.1:{}/postgres", pg.port),
+        "{j:#}"
+    );
     // The password is redacted, not the whole target.
     let db = entries_of(&j, "db");
     let target = db[0]["target"].as_str().unwrap_or_default();

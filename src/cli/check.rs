@@ -23,7 +23,7 @@ fn load(args: &RegistryArgs) -> Checked {
 
 pub fn check(args: &CheckArgs) -> u8 {
     let checked = load(&args.registry);
-    let selected = match (&checked.graph, args.registry.only.is_empty()) {
+    let selection = match (&checked.graph, args.registry.only.is_empty()) {
         (Some(g), false) => match g.select(&args.registry.only) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -31,9 +31,10 @@ pub fn check(args: &CheckArgs) -> u8 {
                 return exit::USAGE;
             }
         },
-        (g, _) => g.clone(),
+        _ => None,
     };
-    let connect = match (&selected, checked.registry(), args.connect) {
+    let selected = selection.as_ref().or(checked.graph.as_ref());
+    let connect = match (selected, checked.registry(), args.connect) {
         (Some(g), Some(reg), true) => Some(run_connect(reg, g, args.connect_timeout)),
         _ => None,
     };
@@ -43,9 +44,14 @@ pub fn check(args: &CheckArgs) -> u8 {
     match args.format {
         CheckFormat::Json => outln!(
             "{}",
-            pretty(&check_json(&checked, selected.as_ref(), connect.as_deref()))
+            pretty(&check_json(
+                &checked,
+                selected,
+                connect.as_deref(),
+                args.resolved
+            ))
         ),
-        CheckFormat::Text => print_text(&checked, selected.as_ref(), connect.as_deref()),
+        CheckFormat::Text => print_text(&checked, selected, connect.as_deref()),
     }
     if selected.is_none() || connect_failed {
         exit::INVALID
@@ -157,7 +163,12 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
     }
 }
 
-fn check_json(checked: &Checked, graph: Option<&Graph>, connect: Option<&[ConnectResult]>) -> Json {
+fn check_json(
+    checked: &Checked,
+    graph: Option<&Graph>,
+    connect: Option<&[ConnectResult]>,
+    resolved: bool,
+) -> Json {
     let loaded = &checked.loaded;
     let diags = |errors: bool| -> Vec<Json> {
         loaded
@@ -185,7 +196,7 @@ fn check_json(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
         "warnings": diags(false),
         "plan": plan,
         "disabled": reg.map(|r| r.services.values().filter(|s| !s.enabled()).map(|s| s.name.clone()).collect::<Vec<_>>()),
-        "services": reg.map(|r| r.services.values().filter(|s| graph.is_some_and(|g| g.contains(&s.name))).map(|s| (s.name.clone(), s.to_json())).collect::<serde_json::Map<_, _>>()),
+        "services": reg.filter(|_| resolved).map(|r| r.services.values().filter(|s| graph.is_some_and(|g| g.contains(&s.name))).map(|s| (s.name.clone(), s.to_json())).collect::<serde_json::Map<_, _>>()),
         "connect": connect.map(|c| serde_json::to_value(c).unwrap_or(Json::Null)),
     })
 }

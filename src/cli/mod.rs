@@ -113,6 +113,10 @@ pub struct CheckArgs {
     /// Also probe each external endpoint once (PostgreSQL, Redis, HTTP, TCP).
     #[arg(long)]
     pub connect: bool,
+    /// Include each service's resolved settings (profile, defaults and
+    /// variables applied; secrets masked) in the JSON output.
+    #[arg(long)]
+    pub resolved: bool,
     /// Time each `--connect` probe may take.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub connect_timeout: std::time::Duration,

@@ -125,10 +125,12 @@ pub fn load_text(
         }
     };
     diags.sort();
-    let registry = if diags.has_errors() {
-        None
+    // Exactly one of the two is set: the registry when it is valid, the
+    // partial one (for later stages' checks) when it is not.
+    let (registry, partial) = if diags.has_errors() {
+        (None, partial)
     } else {
-        partial.clone()
+        (partial, None)
     };
     Loaded {
         registry,
@@ -191,8 +193,10 @@ impl Loader<'_> {
         let env = self.read_env_files(&root);
         self.interpolate(&mut root, &env);
 
-        let services_node = root.get("services").cloned();
-        let mut services_node = services_node.unwrap_or_else(|| Node::table(root.span));
+        let services_node = root.as_table_mut().and_then(|t| t.shift_remove("services"));
+        let mut services_node = services_node
+            .map(|e| e.node)
+            .unwrap_or_else(|| Node::table(root.span));
         self.merge_defaults(&root, &mut services_node);
 
         let mut diags = Diagnostics::default();
@@ -217,9 +221,9 @@ impl Loader<'_> {
             })
         };
         self.diags.extend(diags);
-        if let Some(t) = services_node.as_table() {
+        if let Value::Table(t) = services_node.value {
             for (k, e) in t {
-                self.nodes.insert(k.clone(), e.node.clone());
+                self.nodes.insert(k, e.node);
             }
         }
         let registry = registry?;
@@ -460,7 +464,7 @@ impl Loader<'_> {
                             .unwrap_or(true);
                         let path = format!("services.{name}");
                         let mut errs = Vec::new();
-                        walk_strings(&mut se.node, &path, &lookup, &mut errs);
+                        walk_strings(&mut se.node, &PathSeg::Root(&path), &lookup, &mut errs);
                         for (node_span, key, err) in errs {
                             if enabled || !matches!(err.kind, InterpErrorKind::Missing { .. }) {
                                 let d =
@@ -472,7 +476,7 @@ impl Loader<'_> {
                 }
             } else {
                 let mut errs = Vec::new();
-                walk_strings(&mut e.node, section, &lookup, &mut errs);
+                walk_strings(&mut e.node, &PathSeg::Root(section), &lookup, &mut errs);
                 for (node_span, key, err) in errs {
                     let d = self.interp_diag(node_span, &key, err);
                     self.diags.push(d);
@@ -554,28 +558,52 @@ fn keys_of_kind(kind: &str, custom: &[CustomKind]) -> Option<Vec<&'static str>> 
     }
 }
 
+/// A key path built only when an error needs it: each level of the walk
+/// links to its parent on the stack.
+enum PathSeg<'a> {
+    Root(&'a str),
+    Key(&'a PathSeg<'a>, &'a str),
+    Index(&'a PathSeg<'a>, usize),
+}
+
+impl PathSeg<'_> {
+    fn render(&self) -> String {
+        match self {
+            PathSeg::Root(r) => r.to_string(),
+            PathSeg::Key(p, k) => format!("{}.{k}", p.render()),
+            PathSeg::Index(p, i) => format!("{}.{i}", p.render()),
+        }
+    }
+}
+
 fn walk_strings(
     node: &mut Node,
-    path: &str,
+    path: &PathSeg<'_>,
     lookup: &dyn Fn(&str) -> Option<String>,
     errs: &mut Vec<(Span, String, InterpError)>,
 ) {
     match &mut node.value {
-        Value::String(s) => match interp::interpolate(s, lookup) {
-            Ok(v) => *s = v,
-            Err(es) => {
-                errs.extend(es.into_iter().map(|e| (node.span, path.to_string(), e)));
-                node.value = Value::Poisoned;
+        Value::String(s) => {
+            if !s.contains('$') {
+                return;
             }
-        },
+            match interp::interpolate(s, lookup) {
+                Ok(v) => *s = v,
+                Err(es) => {
+                    let rendered = path.render();
+                    errs.extend(es.into_iter().map(|e| (node.span, rendered.clone(), e)));
+                    node.value = Value::Poisoned;
+                }
+            }
+        }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk_strings(item, &format!("{path}.{i}"), lookup, errs);
+                walk_strings(item, &PathSeg::Index(path, i), lookup, errs);
             }
         }
         Value::Table(t) => {
             for (k, e) in t.iter_mut() {
-                walk_strings(&mut e.node, &format!("{path}.{k}"), lookup, errs);
+                walk_strings(&mut e.node, &PathSeg::Key(path, k), lookup, errs);
             }
         }
         _ => {}
