@@ -252,20 +252,32 @@ pub fn did_you_mean<'a>(
     best.map(|(_, c)| c)
 }
 
+/// Optimal string alignment distance: Levenshtein plus swaps of two
+/// neighbours (`prdo` is one edit from `prod`).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        d[i * w] = i;
+    }
+    for (j, cell) in d.iter_mut().enumerate().take(w) {
+        *cell = j;
+    }
     for i in 1..=a.len() {
-        cur[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[(i - 2) * w + j - 2] + 1);
+            }
+            d[i * w + j] = v;
         }
-        std::mem::swap(&mut prev, &mut cur);
     }
-    prev[b.len()]
+    d[a.len() * w + b.len()]
 }
 
 #[cfg(test)]
@@ -278,6 +290,8 @@ mod tests {
         assert_eq!(did_you_mean("postgre", names), Some("postgres"));
         assert_eq!(did_you_mean("pg", names), None);
         assert_eq!(did_you_mean("reddis", names), Some("redis"));
+        assert_eq!(did_you_mean("rlay", names), Some("relay"));
+        assert_eq!(did_you_mean("prdo", ["prod", "dev"]), Some("prod"));
     }
 
     #[test]

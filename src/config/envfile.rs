@@ -11,8 +11,8 @@ pub struct EnvFileError {
     pub message: String,
 }
 
-/// Parses a whole file; every bad line is reported.
-pub fn parse(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileError>> {
+/// Parses a whole file: the variables of the good lines, and every bad line.
+pub fn parse(text: &str) -> (Vec<(String, String)>, Vec<EnvFileError>) {
     let mut vars = Vec::new();
     let mut errors = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -47,11 +47,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, Vec<EnvFileError>> {
             }),
         }
     }
-    if errors.is_empty() {
-        Ok(vars)
-    } else {
-        Err(errors)
-    }
+    (vars, errors)
 }
 
 fn unquote(v: &str) -> Result<String, String> {
@@ -89,7 +85,8 @@ mod tests {
     #[test]
     fn reads_common_forms() {
         let text = "# comment\n\nA=1\nexport B = two words # note\nC='lit $x'\nD=\"a\\nb\"\nE=\n";
-        let vars = parse(text).unwrap();
+        let (vars, errors) = parse(text);
+        assert!(errors.is_empty());
         let want: Vec<(String, String)> = [
             ("A", "1"),
             ("B", "two words"),
@@ -105,7 +102,8 @@ mod tests {
 
     #[test]
     fn reports_every_bad_line() {
-        let errs = parse("GOOD=1\nnot a pair\n1BAD=x\nQ=\"open\n").unwrap_err();
+        let (vars, errs) = parse("GOOD=1\nnot a pair\n1BAD=x\nQ=\"open\n");
+        assert_eq!(vars, vec![("GOOD".to_string(), "1".to_string())]);
         assert_eq!(
             errs.iter().map(|e| e.line).collect::<Vec<_>>(),
             vec![2, 3, 4]

@@ -386,7 +386,7 @@ impl Loader<'_> {
                                     });
                                 }
                             }
-                            b.node.merge(e.node);
+                            merge_service(&mut b.node, e.node);
                         }
                         None => {
                             base_services.insert(name, e);
@@ -413,25 +413,23 @@ impl Loader<'_> {
             match self.sources.read(&full) {
                 Ok(text) => {
                     let id = self.map.add(full.clone(), text.clone());
-                    match envfile::parse(&text) {
-                        Ok(vars) => env.extend(vars),
-                        Err(errors) => {
-                            for e in errors {
-                                let start = text
-                                    .lines()
-                                    .take(e.line - 1)
-                                    .map(|l| l.len() + 1)
-                                    .sum::<usize>();
-                                let len = text.lines().nth(e.line - 1).map(str::len).unwrap_or(0);
-                                self.diags.push(
-                                    Diagnostic::error(
-                                        "env-file",
-                                        format!("{}: {}", full.display(), e.message),
-                                    )
-                                    .at(Span::new(id, start..start + len)),
-                                );
-                            }
-                        }
+                    let (vars, errors) = envfile::parse(&text);
+                    env.extend(vars);
+                    for e in errors {
+                        // Lines end with "\n" (or "\r\n": the span then covers the "\r").
+                        let start: usize = text
+                            .split_inclusive('\n')
+                            .take(e.line - 1)
+                            .map(str::len)
+                            .sum();
+                        let len = text.lines().nth(e.line - 1).map(str::len).unwrap_or(0);
+                        self.diags.push(
+                            Diagnostic::error(
+                                "env-file",
+                                format!("{}: {}", full.display(), e.message),
+                            )
+                            .at(Span::new(id, start..start + len)),
+                        );
                     }
                 }
                 Err(e) => self.diags.push(
@@ -536,12 +534,47 @@ impl Loader<'_> {
                     let mut merged = clean.clone();
                     merged.span = e.node.span;
                     let own = std::mem::replace(&mut e.node, Node::table(merged.span));
-                    merged.merge(own);
+                    merge_service(&mut merged, own);
                     e.node = merged;
                 }
             }
         }
     }
+}
+
+/// Deep-merges one service table over another, except for tables that
+/// hold one of several alternatives: a probe whose overlay names a check
+/// (`tcp`, `http`, ...) drops the base's check, and a dual-write `shadow`
+/// that changes store replaces the base's. Otherwise `ready = { tcp }` over
+/// `ready = { http }` would merge into a probe checking two things.
+fn merge_service(base: &mut Node, overlay: Node) {
+    if let (Some(bt), Some(ot)) = (base.as_table_mut(), overlay.as_table()) {
+        for probe in ["ready", "health"] {
+            let names_check = ot
+                .get(probe)
+                .and_then(|e| e.node.as_table())
+                .is_some_and(|t| t.keys().any(|k| is_probe_check_key(k)));
+            if names_check {
+                if let Some(t) = bt.get_mut(probe).and_then(|e| e.node.as_table_mut()) {
+                    t.retain(|k, _| !is_probe_check_key(k));
+                }
+            }
+        }
+        let store = |t: &node::Table| t.contains_key("redis") || t.contains_key("redis_file");
+        if let (Some(o), Some(b)) = (
+            ot.get("shadow").and_then(|e| e.node.as_table()),
+            bt.get("shadow").and_then(|e| e.node.as_table()),
+        ) {
+            if store(o) != store(b) {
+                bt.shift_remove("shadow");
+            }
+        }
+    }
+    base.merge(overlay);
+}
+
+fn is_probe_check_key(k: &str) -> bool {
+    ProbeCheck::KEYS.contains(&k) || k == "postgres_file" || k == "redis_file"
 }
 
 /// The keys a service of `kind` accepts, or `None` for an unknown kind.
