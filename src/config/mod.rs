@@ -554,20 +554,24 @@ fn merge_service(base: &mut Node, overlay: Node) {
                 .get(probe)
                 .and_then(|e| e.node.as_table())
                 .is_some_and(|t| t.keys().any(|k| is_probe_check_key(k)));
-            if names_check {
-                if let Some(t) = bt.get_mut(probe).and_then(|e| e.node.as_table_mut()) {
-                    t.retain(|k, _| !is_probe_check_key(k));
-                }
+            if let Some(t) = bt
+                .get_mut(probe)
+                .and_then(|e| e.node.as_table_mut())
+                .filter(|_| names_check)
+            {
+                t.retain(|k, _| !is_probe_check_key(k));
             }
         }
         let store = |t: &node::Table| t.contains_key("redis") || t.contains_key("redis_file");
-        if let (Some(o), Some(b)) = (
+        let changes_store = match (
             ot.get("shadow").and_then(|e| e.node.as_table()),
             bt.get("shadow").and_then(|e| e.node.as_table()),
         ) {
-            if store(o) != store(b) {
-                bt.shift_remove("shadow");
-            }
+            (Some(o), Some(b)) => store(o) != store(b),
+            _ => false,
+        };
+        if changes_store {
+            bt.shift_remove("shadow");
         }
     }
     base.merge(overlay);
