@@ -725,7 +725,7 @@ depends_on = ["d"]
             "5:30 unknown-key: services.a.stop: unknown key `timout`; known: signal, timeout [help: did you mean `timeout`?]",
             "10:9 invalid-identifier: services.b.rules.0.table: \"1events\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
             "12:8 invalid-duration: services.b.rules.0.keep: \"forever\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
-            "16:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api",
+            "16:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api, a, b",
         ],
     },
 ];

@@ -3,9 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use super::{CheckArgs, CheckFormat, GraphArgs, GraphFormat, RegistryArgs, exit, pretty};
+use crate::config::diag::JsonDiagnostic;
 use crate::config::{Endpoint, KindSpec, LoadOptions, ProbeCheck, RealSources, Registry};
 use crate::graph::{Checked, Graph, load_and_check};
 
@@ -42,15 +43,7 @@ pub fn check(args: &CheckArgs) -> u8 {
         .as_ref()
         .is_some_and(|c| c.iter().any(|r| r.ok == Some(false)));
     match args.format {
-        CheckFormat::Json => outln!(
-            "{}",
-            pretty(&check_json(
-                &checked,
-                selected,
-                connect.as_deref(),
-                args.resolved
-            ))
-        ),
+        CheckFormat::Json => print_json(&checked, selected, connect.as_deref(), args.resolved),
         CheckFormat::Text => print_text(&checked, selected, connect.as_deref()),
     }
     if selected.is_none() || connect_failed {
@@ -69,6 +62,13 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[ConnectResult]>) {
+    use std::fmt::Write as _;
+    // One write for the whole plan: 10,000 lines are 10,000 syscalls otherwise.
+    let mut o = String::new();
+    macro_rules! wln {
+        ($w:ident) => { let _ = writeln!($w); };
+        ($w:ident, $($t:tt)*) => { let _ = writeln!($w, $($t)*); };
+    }
     let loaded = &checked.loaded;
     let file = loaded
         .registry
@@ -94,15 +94,19 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
         .map(|p| format!(" (profile {p})"))
         .unwrap_or_default();
     let disabled = reg.services.values().filter(|s| !s.enabled()).count();
-    outln!(
+    wln!(
+        o,
         "ok: {}{profile} is valid: {} in the plan, {} disabled, {}",
         file.unwrap_or_default(),
         plural(g.len(), "service"),
         disabled,
         plural(warnings, "warning")
     );
-    outln!("");
-    outln!("startup plan (each service starts as soon as its own dependencies are met):");
+    wln!(o);
+    wln!(
+        o,
+        "startup plan (each service starts as soon as its own dependencies are met):"
+    );
     for (i, wave) in g.waves().iter().enumerate() {
         let items: Vec<String> = wave
             .iter()
@@ -131,20 +135,23 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
                 format!("{n} [{}]{after}", tags.join(", "))
             })
             .collect();
-        outln!("  wave {i}:");
+        wln!(o, "  wave {i}:");
         for item in items {
-            outln!("    {item}");
+            wln!(o, "    {item}");
         }
     }
-    outln!("shutdown order (dependents first, each wave in parallel):");
+    wln!(
+        o,
+        "shutdown order (dependents first, each wave in parallel):"
+    );
     for (i, wave) in g.shutdown_waves().iter().enumerate() {
-        outln!("  {}. {}", i + 1, wave.join(", "));
+        wln!(o, "  {}. {}", i + 1, wave.join(", "));
     }
     if let Some(results) = connect {
-        outln!("");
-        outln!("endpoints (--connect):");
+        wln!(o);
+        wln!(o, "endpoints (--connect):");
         if results.is_empty() {
-            outln!("  (none)");
+            wln!(o, "  (none)");
         }
         for r in results {
             let status = match (r.ok, &r.error) {
@@ -153,7 +160,8 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
                 (_, Some(e)) => format!("skipped: {e}"),
                 _ => "skipped".into(),
             };
-            outln!(
+            wln!(
+                o,
                 "  {} {} {}: {status}",
                 r.services.join(","),
                 r.kind,
@@ -161,44 +169,85 @@ fn print_text(checked: &Checked, graph: Option<&Graph>, connect: Option<&[Connec
             );
         }
     }
+    out!("{o}");
 }
 
-fn check_json(
+/// The JSON report of `check` (shape documented in the README; `version`
+/// changes only when a field changes meaning or goes away).
+#[derive(serde::Serialize)]
+struct CheckReport<'a> {
+    version: u32,
+    valid: bool,
+    file: Option<String>,
+    profile: Option<&'a str>,
+    errors: Vec<JsonDiagnostic>,
+    warnings: Vec<JsonDiagnostic>,
+    plan: Option<PlanReport<'a>>,
+    disabled: Option<Vec<&'a str>>,
+    services: Option<serde_json::Map<String, Json>>,
+    connect: Option<&'a [ConnectResult]>,
+}
+
+#[derive(serde::Serialize)]
+struct PlanReport<'a> {
+    waves: Vec<Vec<&'a str>>,
+    shutdown: Vec<Vec<&'a str>>,
+    services: Vec<crate::graph::PlanEntry>,
+}
+
+/// Writes the report straight to stdout, without building a JSON tree.
+fn print_json(
     checked: &Checked,
     graph: Option<&Graph>,
     connect: Option<&[ConnectResult]>,
     resolved: bool,
-) -> Json {
+) {
     let loaded = &checked.loaded;
-    let diags = |errors: bool| -> Vec<Json> {
+    let diags = |errors: bool| -> Vec<JsonDiagnostic> {
         loaded
             .diagnostics
             .iter()
             .filter(|d| d.is_error() == errors)
-            .map(|d| serde_json::to_value(d.to_json(&loaded.sources)).unwrap_or(Json::Null))
+            .map(|d| d.to_json(&loaded.sources))
             .collect()
     };
     let reg = checked.registry();
-    let plan = match (reg, graph) {
-        (Some(reg), Some(g)) => json!({
-            "waves": g.waves(),
-            "shutdown": g.shutdown_waves(),
-            "services": g.plan(reg),
+    let report = CheckReport {
+        version: CHECK_JSON_VERSION,
+        valid: reg.is_some()
+            && graph.is_some()
+            && !connect.is_some_and(|c| c.iter().any(|r| r.ok == Some(false))),
+        file: loaded.sources.path(0).map(|p| p.display().to_string()),
+        profile: reg.and_then(|r| r.profile.as_deref()),
+        errors: diags(true),
+        warnings: diags(false),
+        plan: reg.zip(graph).map(|(reg, g)| PlanReport {
+            waves: g.waves(),
+            shutdown: g.shutdown_waves(),
+            services: g.plan(reg),
         }),
-        _ => Json::Null,
+        disabled: reg.map(|r| {
+            r.services
+                .values()
+                .filter(|s| !s.enabled())
+                .map(|s| s.name.as_str())
+                .collect()
+        }),
+        services: reg.filter(|_| resolved).map(|r| {
+            r.services
+                .values()
+                .filter(|s| graph.is_some_and(|g| g.contains(&s.name)))
+                .map(|s| (s.name.clone(), s.to_json()))
+                .collect()
+        }),
+        connect,
     };
-    json!({
-        "version": CHECK_JSON_VERSION,
-        "valid": reg.is_some() && graph.is_some() && !connect.is_some_and(|c| c.iter().any(|r| r.ok == Some(false))),
-        "file": loaded.sources.path(0).map(|p| p.display().to_string()),
-        "profile": reg.and_then(|r| r.profile.clone()),
-        "errors": diags(true),
-        "warnings": diags(false),
-        "plan": plan,
-        "disabled": reg.map(|r| r.services.values().filter(|s| !s.enabled()).map(|s| s.name.clone()).collect::<Vec<_>>()),
-        "services": reg.filter(|_| resolved).map(|r| r.services.values().filter(|s| graph.is_some_and(|g| g.contains(&s.name))).map(|s| (s.name.clone(), s.to_json())).collect::<serde_json::Map<_, _>>()),
-        "connect": connect.map(|c| serde_json::to_value(c).unwrap_or(Json::Null)),
-    })
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    // A closed pipe is not an error worth reporting.
+    let _ = serde_json::to_writer_pretty(&mut w, &report);
+    let _ = std::io::Write::write_all(&mut w, b"\n");
+    let _ = std::io::Write::flush(&mut w);
 }
 
 /// One endpoint probed by `--connect`.

@@ -244,8 +244,10 @@ pub fn did_you_mean<'a>(
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(&word.to_ascii_lowercase(), &c.to_ascii_lowercase());
-        let limit = (c.len().max(word.len()) / 3).max(1);
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+        let longest = c.chars().count().max(word.chars().count());
+        let limit = (longest / 3).max(1);
+        // Replacing every character is not a typo ("d" is not "a").
+        if d <= limit && d < longest && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

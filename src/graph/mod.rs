@@ -12,7 +12,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
 use crate::config::diag::{Diagnostic, Diagnostics, did_you_mean};
-use crate::config::{Condition, Registry, Span};
+use crate::config::{Condition, DependsOn, Registry, Span};
 
 /// The validated graph of enabled (and, with `--only`, selected) services.
 #[derive(Debug, Clone)]
@@ -78,38 +78,54 @@ impl std::fmt::Display for SelectionError {
 /// duplicate dependencies, `completed` on services that never complete, and
 /// every cycle. All problems are returned together.
 pub fn build(reg: &Registry) -> Result<Graph, Diagnostics> {
-    build_partial(reg, &HashSet::new())
+    build_partial(reg, &HashMap::new())
 }
 
-/// Like [`build`], for a registry some of whose services did not type:
-/// dependencies on those (`untyped`) are neither checked nor reported.
-pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, Diagnostics> {
+/// Like [`build`], for a registry some of whose services did not type.
+/// `untyped` maps each of those to its `depends_on` (when that much could be
+/// read): their edges are checked for unknown, self and duplicate names,
+/// and dependencies on them are taken on trust.
+pub fn build_partial(
+    reg: &Registry,
+    untyped: &HashMap<&str, DependsOn>,
+) -> Result<Graph, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut graph = DiGraph::with_capacity(reg.services.len(), reg.services.len() * 3);
     let mut index = HashMap::with_capacity(reg.services.len());
     for s in reg.services.values().filter(|s| s.enabled()) {
         index.insert(s.name.clone(), graph.add_node(s.name.clone()));
     }
-    let enabled: Vec<&str> = reg
+    let mut enabled: Vec<&str> = reg
         .services
         .values()
         .filter(|s| s.enabled())
         .map(|s| s.name.as_str())
         .collect();
+    let mut untyped_names: Vec<&str> = untyped.keys().copied().collect();
+    untyped_names.sort();
+    enabled.extend(untyped_names);
     let profile_note = match &reg.profile {
         Some(p) => format!(" in profile {p:?}"),
         None => String::new(),
     };
 
-    for s in reg.services.values().filter(|s| s.enabled()) {
-        let me = index[&s.name];
+    let typed = reg
+        .services
+        .values()
+        .filter(|s| s.enabled())
+        .map(|s| (s.name.as_str(), &s.common.depends_on));
+    let mut all: Vec<(&str, &DependsOn)> =
+        typed.chain(untyped.iter().map(|(n, d)| (*n, d))).collect();
+    all.sort_by_key(|(n, _)| reg.services.get_index_of(*n).unwrap_or(usize::MAX));
+    for (name, depends_on) in all {
+        let me = index.get(name).copied();
         let mut seen = HashSet::new();
-        for dep in &s.common.depends_on.0 {
-            let key = format!("services.{}.depends_on", s.name);
+        for dep in &depends_on.0 {
+            let key = format!("services.{name}.depends_on");
             let err = |code: &'static str, msg: String, span: Span| {
-                Diagnostic::error(code, format!("services.{}: {msg}", s.name))
+                Diagnostic::error(code, format!("services.{name}: {msg}"))
                     .at(span)
-                    .service(s.name.clone())
+                    .service(name.to_string())
                     .key(key.clone())
             };
             if !seen.insert(dep.name.as_str()) {
@@ -120,7 +136,7 @@ pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, D
                 ));
                 continue;
             }
-            if dep.name == s.name {
+            if dep.name == name {
                 diags.push(err(
                     "self-dependency",
                     format!(
@@ -132,10 +148,10 @@ pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, D
                 continue;
             }
             let Some(target) = reg.services.get(&dep.name) else {
-                if untyped.contains(dep.name.as_str()) {
+                if untyped.contains_key(dep.name.as_str()) {
                     continue;
                 }
-                let others: Vec<&str> = enabled.iter().copied().filter(|n| *n != s.name).collect();
+                let others: Vec<&str> = enabled.iter().copied().filter(|n| *n != name).collect();
                 let mut d = err(
                     "unknown-dependency",
                     format!(
@@ -152,7 +168,7 @@ pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, D
                 continue;
             };
             if !target.enabled() {
-                let others: Vec<&str> = enabled.iter().copied().filter(|n| *n != s.name).collect();
+                let others: Vec<&str> = enabled.iter().copied().filter(|n| *n != name).collect();
                 diags.push(
                     err(
                         "disabled-dependency",
@@ -165,7 +181,7 @@ pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, D
                     )
                     .help(format!(
                         "enable {} in this profile, or disable {} too",
-                        dep.name, s.name
+                        dep.name, name
                     )),
                 );
                 continue;
@@ -184,7 +200,9 @@ pub fn build_partial(reg: &Registry, untyped: &HashSet<&str>) -> Result<Graph, D
                 );
                 continue;
             }
-            graph.add_edge(index[&dep.name], me, dep.condition);
+            if let Some(me) = me {
+                graph.add_edge(index[&dep.name], me, dep.condition);
+            }
         }
     }
 
@@ -532,12 +550,7 @@ pub fn load_and_check(
             // Graph errors are independent of typing errors elsewhere in the
             // file: check what typed, so that one run reports everything.
             if let Some(partial) = &loaded.partial {
-                let untyped: HashSet<&str> = loaded
-                    .nodes
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|n| !partial.services.contains_key(*n))
-                    .collect();
+                let untyped = untyped_dependencies(&loaded.nodes, partial);
                 if let Err(d) = build_partial(partial, &untyped) {
                     loaded.diagnostics.extend(d);
                     loaded.diagnostics.sort();
@@ -547,4 +560,45 @@ pub fn load_and_check(
         }
     };
     Checked { loaded, graph }
+}
+
+/// The `depends_on` of each enabled service that did not type, read on its
+/// own (its errors, if any, were reported when the service was typed).
+fn untyped_dependencies<'a>(
+    nodes: &'a HashMap<String, crate::config::node::Node>,
+    partial: &Registry,
+) -> HashMap<&'a str, DependsOn> {
+    use crate::config::decode::{Cx, Decode};
+    let mut out = HashMap::new();
+    let mut scratch = Diagnostics::default();
+    for (name, node) in nodes {
+        if partial.services.contains_key(name) {
+            continue;
+        }
+        if node.get("enabled").and_then(|n| n.as_bool()) == Some(false) {
+            continue;
+        }
+        let mut cx = Cx::new(&mut scratch, &NoSources, std::path::PathBuf::new());
+        let deps = node
+            .get("depends_on")
+            .and_then(|d| DependsOn::decode(d, &mut cx))
+            .unwrap_or_default();
+        out.insert(name.as_str(), deps);
+    }
+    out
+}
+
+/// Sources for re-reading a value that needs none.
+struct NoSources;
+
+impl crate::config::Sources for NoSources {
+    fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{} is not read here", path.display()),
+        ))
+    }
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
 }
