@@ -267,3 +267,60 @@ fn only_selects_services_and_their_dependency_closure() {
         "--only \"ap\": no such enabled service; known: api, db, cache, app (did you mean \"api\"?)"
     );
 }
+
+#[test]
+fn a_custom_kind_gets_its_settings_as_json_and_common_keys_typed() {
+    use std::path::PathBuf;
+    use warden::config::{CustomKind, LoadOptions};
+    let text = r#"
+[services.greeter]
+kind = "greeter"
+greeting = "hello"
+times = 3
+depends_on = ["api"]
+restart = { policy = "always" }
+"#;
+    let sources = MemSources::new(text);
+    let opts = LoadOptions {
+        path: PathBuf::from("services.toml"),
+        profile: None,
+        custom_kinds: vec![CustomKind {
+            name: "greeter".into(),
+            actions: vec!["greet".into()],
+        }],
+    };
+    let checked = warden::graph::load_and_check(&opts, &sources);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    let s = &checked.registry().unwrap().services["greeter"];
+    let KindSpec::Custom { kind, settings } = &s.kind else {
+        panic!("custom kind expected")
+    };
+    assert_eq!(kind, "greeter");
+    assert_eq!(
+        settings,
+        &serde_json::json!({"greeting": "hello", "times": 3})
+    );
+    assert_eq!(s.common.restart.policy, RestartPolicy::Always);
+
+    // Without the registration the kind is unknown, and the error says which
+    // kinds exist.
+    let checked = load(&sources, None);
+    assert_eq!(
+        diagnostics(&checked),
+        vec![
+            "3:8 unknown-kind: services.greeter.kind: unknown kind \"greeter\"; known: process, external, outbox-relay, memory-sync, stream-replicator, dual-write, retention"
+        ]
+    );
+}
+
+#[test]
+fn an_empty_registry_is_valid_and_runs_only_the_api() {
+    let checked = load(&MemSources::new(""), None);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    assert_eq!(
+        checked.graph.as_ref().unwrap().names().collect::<Vec<_>>(),
+        vec!["api"]
+    );
+    let checked = load(&MemSources::new("[api]\nenabled = false\n"), None);
+    assert!(checked.graph.as_ref().unwrap().is_empty());
+}
