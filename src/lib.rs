@@ -6,9 +6,12 @@
 //!   every error out (pure; I/O only through [`config::Sources`]).
 //! - [`graph`]: the dependency graph on petgraph: cycles, waves, `--only`.
 //! - [`probe`]: one-shot checks of endpoints (TCP, HTTP, PostgreSQL, Redis).
+//! - [`supervisor`]: the state machine, restart arithmetic and the event
+//!   loop that runs services.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
 pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod probe;
+pub mod supervisor;
