@@ -6,6 +6,7 @@
 //!   every error out (pure; I/O only through [`config::Sources`]).
 //! - [`graph`]: the dependency graph on petgraph: cycles, waves, `--only`.
 //! - [`probe`]: one-shot checks of endpoints (TCP, HTTP, PostgreSQL, Redis).
+//! - [`services`]: the `Service` trait, its context, and kind factories.
 //! - [`supervisor`]: the state machine, restart arithmetic and the event
 //!   loop that runs services.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
@@ -14,4 +15,5 @@ pub mod cli;
 pub mod config;
 pub mod graph;
 pub mod probe;
+pub mod services;
 pub mod supervisor;

@@ -1,5 +1,936 @@
 //! The supervisor: runs every service of a checked registry under its
 //! restart policy, event-driven, and stops them in reverse dependency order.
+//!
+//! One task owns all service states. Everything that happens — a service
+//! says it is ready, a run ends, a timer fires, an operator asks — arrives
+//! as a message on one channel; the loop applies it through the state
+//! machine ([`state::next`]) and then looks at what may start (or, during
+//! shutdown, stop) next. There is no polling: nothing happens between
+//! messages. Timers are tokio sleeps, so tests run on paused time.
 
 pub mod restart;
 pub mod state;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Condition, OnDependencyRestart, Registry, RestartPolicy, ServiceSpec};
+use crate::graph::Graph;
+use crate::services::{Context, Details, Factories, Report, ServiceError};
+use restart::{BackoffState, RestartBudget};
+use state::{Event, State};
+
+/// The `(state, event)` pairs a supervisor applied (transitions coverage).
+#[cfg(test)]
+type Coverage = Arc<std::sync::Mutex<HashSet<(State, Event)>>>;
+
+/// Exit codes of `warden run` (the same numbers as `cli::exit`).
+pub const EXIT_OK: u8 = 0;
+/// A critical service failed for good.
+pub const EXIT_CRITICAL: u8 = 3;
+
+/// What an operator (or a signal) asks of a running supervisor.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop everything in reverse order; a second request forces it.
+    Shutdown,
+    /// Start a stopped, failed or completed service.
+    Start {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop a service (it stays stopped).
+    Stop {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop a service if it runs, then start it again.
+    Restart {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// A handle to a running supervisor: send it controls, watch its states.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+    status: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+}
+
+impl Handle {
+    /// Sends a control; `false` when the supervisor has ended.
+    pub fn send(&self, c: Control) -> bool {
+        self.tx.send(Msg::Control(c)).is_ok()
+    }
+
+    /// Asks for an ordered shutdown (a second call forces it).
+    pub fn shutdown(&self) -> bool {
+        self.send(Control::Shutdown)
+    }
+
+    /// Sends a control that answers, and waits for the answer.
+    pub async fn request(
+        &self,
+        f: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Control,
+    ) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(f(tx)) {
+            return Err("the supervisor has ended".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
+    }
+
+    /// The latest status of every service.
+    pub fn status(&self) -> Arc<Vec<ServiceStatus>> {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every new status (for waiting in tests, the
+    /// API's events and sd_notify).
+    pub fn watch(&self) -> watch::Receiver<Arc<Vec<ServiceStatus>>> {
+        self.status.clone()
+    }
+}
+
+/// One service as the outside sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: State,
+    pub critical: bool,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    /// When the service entered its current state (supervisor clock).
+    pub since: Instant,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Control(Control),
+    /// A run ended (returned, failed, panicked or was aborted).
+    Ended {
+        name: Arc<str>,
+        generation: u64,
+        result: Result<(), ServiceError>,
+    },
+    StartTimeout {
+        name: Arc<str>,
+        generation: u64,
+    },
+    BackoffElapsed {
+        name: Arc<str>,
+        generation: u64,
+    },
+    StableFor {
+        name: Arc<str>,
+        generation: u64,
+    },
+    StopTimeout {
+        name: Arc<str>,
+        generation: u64,
+    },
+    ShutdownTimeout,
+}
+
+/// What to do once a service that is stopping has ended.
+#[derive(Debug, Clone, PartialEq)]
+enum AfterStop {
+    /// Stay stopped.
+    Stay,
+    /// Wait for the dependencies again (a dependency restarted).
+    Reset,
+    /// Start again at once (an operator's restart).
+    Restart,
+    /// Count it as a failure (start timeout, failed health check).
+    Failure(String),
+    /// A dependency failed for good.
+    Block,
+}
+
+struct Unit {
+    name: Arc<str>,
+    spec: ServiceSpec,
+    state: State,
+    since: Instant,
+    generation: u64,
+    cancel: Option<CancellationToken>,
+    abort: Option<AbortHandle>,
+    after_stop: AfterStop,
+    backoff: BackoffState,
+    budget: RestartBudget,
+    restarts: u64,
+    last_error: Option<String>,
+    details: Details,
+}
+
+/// The supervisor of one registry. Build it with [`Supervisor::new`], then
+/// drive it with [`Supervisor::run`].
+pub struct Supervisor {
+    units: IndexMap<Arc<str>, Unit>,
+    graph: Graph,
+    factories: Factories,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    status_tx: watch::Sender<Arc<Vec<ServiceStatus>>>,
+    status_rx: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    rng: fastrand::Rng,
+    shutdown_timeout: Duration,
+    shutting_down: bool,
+    forced: bool,
+    exit_code: u8,
+    /// Every `(state, event)` applied, for the transitions-coverage test.
+    #[cfg(test)]
+    coverage: Option<Coverage>,
+}
+
+impl Supervisor {
+    /// Prepares (without starting anything) the services of `graph`, which
+    /// was checked against `registry`.
+    pub fn new(registry: &Registry, graph: Graph, factories: Factories) -> Supervisor {
+        let now = Instant::now();
+        let mut units = IndexMap::new();
+        for name in graph.names() {
+            let spec = registry.services[name].clone();
+            let name: Arc<str> = Arc::from(name);
+            let r = &spec.common.restart;
+            units.insert(
+                name.clone(),
+                Unit {
+                    name,
+                    state: State::Pending,
+                    since: now,
+                    generation: 0,
+                    cancel: None,
+                    abort: None,
+                    after_stop: AfterStop::Stay,
+                    backoff: BackoffState::new(r.backoff.clone()),
+                    budget: RestartBudget::new(r.max_restarts, r.window),
+                    restarts: 0,
+                    last_error: None,
+                    details: Details::default(),
+                    spec,
+                },
+            );
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
+        let s = Supervisor {
+            units,
+            graph,
+            factories,
+            tx,
+            rx,
+            reports_tx,
+            reports_rx,
+            status_tx,
+            status_rx,
+            rng: fastrand::Rng::new(),
+            shutdown_timeout: registry.warden.shutdown_timeout,
+            shutting_down: false,
+            forced: false,
+            exit_code: EXIT_OK,
+            #[cfg(test)]
+            coverage: None,
+        };
+        s.publish();
+        s
+    }
+
+    /// Seeds the jitter (tests).
+    pub fn with_seed(mut self, seed: u64) -> Supervisor {
+        self.rng = fastrand::Rng::with_seed(seed);
+        self
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.tx.clone(),
+            status: self.status_rx.clone(),
+        }
+    }
+
+    /// Runs until every service has stopped: after `shutdown` resolves (a
+    /// signal), a [`Control::Shutdown`], a critical failure, or when nothing
+    /// is left that runs or could run. Returns the exit code.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> u8 {
+        tokio::pin!(shutdown);
+        let mut shutdown_done = false;
+        self.schedule();
+        while !self.finished() {
+            tokio::select! {
+                Some(msg) = self.rx.recv() => self.handle_msg(msg),
+                Some(report) = self.reports_rx.recv() => self.handle_report(report),
+                _ = &mut shutdown, if !shutdown_done => {
+                    shutdown_done = true;
+                    self.request_shutdown();
+                }
+            }
+            self.schedule();
+            self.publish();
+        }
+        self.publish();
+        self.exit_code
+    }
+
+    /// Nothing runs and nothing is waiting to: done.
+    fn finished(&self) -> bool {
+        let live = |s: State| {
+            if self.shutting_down {
+                s.is_running()
+            } else {
+                matches!(
+                    s,
+                    State::Pending
+                        | State::Starting
+                        | State::Ready
+                        | State::Stopping
+                        | State::Backoff
+                        | State::Standby
+                )
+            }
+        };
+        !self.units.values().any(|u| live(u.state))
+    }
+
+    fn publish(&self) {
+        let status: Vec<ServiceStatus> = self
+            .units
+            .values()
+            .map(|u| ServiceStatus {
+                name: u.name.to_string(),
+                kind: u.spec.kind.kind_name().to_string(),
+                state: u.state,
+                critical: u.spec.common.critical,
+                restarts: u.restarts,
+                last_error: u.last_error.clone(),
+                since: u.since,
+            })
+            .collect();
+        self.status_tx.send_if_modified(|old| {
+            if **old == status {
+                false
+            } else {
+                *old = Arc::new(status);
+                true
+            }
+        });
+    }
+
+    /// Applies `event` to a unit through the state machine.
+    fn transition(&mut self, name: &str, event: Event) -> bool {
+        let Some(u) = self.units.get_mut(name) else {
+            return false;
+        };
+        #[cfg(test)]
+        if let Some(c) = &self.coverage {
+            c.lock().unwrap().insert((u.state, event));
+        }
+        match state::next(u.state, event) {
+            Ok(to) => {
+                tracing::debug!(service = %u.name, from = %u.state, to = %to, ?event, "state");
+                u.state = to;
+                u.since = Instant::now();
+                true
+            }
+            Err(e) => {
+                // A bug in the supervisor, not in the service: say so loudly
+                // and leave the state as it was.
+                tracing::error!(service = %u.name, error = %e, "rejected state transition");
+                debug_assert!(false, "{name}: {e}");
+                false
+            }
+        }
+    }
+
+    fn timer(&self, after: Duration, msg: Msg) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(msg);
+        });
+    }
+
+    fn handle_report(&mut self, report: Report) {
+        match report {
+            Report::Ready { name, generation } => {
+                let Some(u) = self.units.get(&*name) else {
+                    return;
+                };
+                if u.generation != generation || u.state != State::Starting {
+                    return;
+                }
+                if self.transition(&name, Event::Ready) {
+                    tracing::info!(service = %name, "ready");
+                    let reset_after = self.units[&*name].spec.common.restart.reset_after;
+                    self.timer(reset_after, Msg::StableFor { name, generation });
+                }
+            }
+        }
+    }
+
+    fn handle_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Control(c) => self.handle_control(c),
+            Msg::Ended {
+                name,
+                generation,
+                result,
+            } => self.on_ended(&name, generation, result),
+            Msg::StartTimeout { name, generation } => {
+                let Some(u) = self.units.get(&*name) else {
+                    return;
+                };
+                if u.generation == generation && u.state == State::Starting {
+                    let t = humantime::format_duration(u.spec.common.start_timeout);
+                    self.stop_unit(
+                        &name,
+                        AfterStop::Failure(format!("not ready within start_timeout ({t})")),
+                    );
+                }
+            }
+            Msg::BackoffElapsed { name, generation } => {
+                let Some(u) = self.units.get(&*name) else {
+                    return;
+                };
+                if u.generation == generation && u.state == State::Backoff && !self.shutting_down {
+                    self.start_unit(&name);
+                }
+            }
+            Msg::StableFor { name, generation } => {
+                if let Some(u) = self
+                    .units
+                    .get_mut(&*name)
+                    .filter(|u| u.generation == generation && u.state == State::Ready)
+                {
+                    u.backoff.reset();
+                }
+            }
+            Msg::StopTimeout { name, generation } => {
+                if let Some(u) = self
+                    .units
+                    .get(&*name)
+                    .filter(|u| u.generation == generation && u.state == State::Stopping)
+                {
+                    tracing::warn!(service = %name, "did not stop in time; aborting");
+                    if let Some(a) = &u.abort {
+                        a.abort();
+                    }
+                }
+            }
+            Msg::ShutdownTimeout => {
+                if self.shutting_down && !self.forced {
+                    tracing::warn!("shutdown_timeout reached; forcing the rest");
+                    self.force();
+                }
+            }
+        }
+    }
+
+    fn handle_control(&mut self, c: Control) {
+        match c {
+            Control::Shutdown => self.request_shutdown(),
+            Control::Start { name, reply } => {
+                let r = self.control_start(&name);
+                let _ = reply.send(r);
+            }
+            Control::Stop { name, reply } => {
+                let r = self.control_stop(&name);
+                let _ = reply.send(r);
+            }
+            Control::Restart { name, reply } => {
+                let r = self.control_restart(&name);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn known(&self, name: &str) -> Result<(), String> {
+        if self.units.contains_key(name) {
+            Ok(())
+        } else {
+            Err(format!("no such service: {name}"))
+        }
+    }
+
+    fn control_start(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err("warden is shutting down".into());
+        }
+        let state = self.units[name].state;
+        match state {
+            State::Stopped | State::Failed | State::Completed => {
+                let u = &mut self.units[name];
+                u.budget = RestartBudget::new(
+                    u.spec.common.restart.max_restarts,
+                    u.spec.common.restart.window,
+                );
+                u.backoff.reset();
+                self.transition(name, Event::Reset);
+                self.unblock_dependents(name);
+                Ok(())
+            }
+            s => Err(format!(
+                "{name} is {s}; only a stopped, failed or completed service can be started"
+            )),
+        }
+    }
+
+    fn control_stop(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        let state = self.units[name].state;
+        match state {
+            State::Starting | State::Ready => {
+                self.stop_unit(name, AfterStop::Stay);
+                Ok(())
+            }
+            State::Pending | State::Backoff | State::Standby | State::Blocked => {
+                self.units[name].generation += 1;
+                self.transition(name, Event::Stop);
+                Ok(())
+            }
+            s => Err(format!("{name} is {s}; it is not running")),
+        }
+    }
+
+    fn control_restart(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err("warden is shutting down".into());
+        }
+        match self.units[name].state {
+            State::Starting | State::Ready => {
+                self.stop_unit(name, AfterStop::Restart);
+                self.dependency_restarting(name);
+                Ok(())
+            }
+            State::Backoff => {
+                self.start_unit(name);
+                Ok(())
+            }
+            _ => self.control_start(name),
+        }
+    }
+
+    fn request_shutdown(&mut self) {
+        if self.shutting_down {
+            if !self.forced {
+                tracing::warn!("second stop request: forcing shutdown");
+                self.force();
+            }
+            return;
+        }
+        tracing::info!("shutting down");
+        self.shutting_down = true;
+        self.timer(self.shutdown_timeout, Msg::ShutdownTimeout);
+        // Nothing waiting to start will start now.
+        let idle: Vec<Arc<str>> = self
+            .units
+            .values()
+            .filter(|u| {
+                matches!(
+                    u.state,
+                    State::Pending | State::Backoff | State::Standby | State::Blocked
+                )
+            })
+            .map(|u| u.name.clone())
+            .collect();
+        for name in idle {
+            self.units[&*name].generation += 1;
+            self.transition(&name, Event::Stop);
+        }
+    }
+
+    /// Skips every grace period: aborts what still runs.
+    fn force(&mut self) {
+        self.forced = true;
+        let running: Vec<Arc<str>> = self
+            .units
+            .values()
+            .filter(|u| u.state.is_running())
+            .map(|u| u.name.clone())
+            .collect();
+        for name in running {
+            if self.units[&*name].state != State::Stopping {
+                self.stop_unit(&name, AfterStop::Stay);
+            }
+            if let Some(a) = &self.units[&*name].abort {
+                a.abort();
+            }
+        }
+    }
+
+    /// After every message: start what may start, or (shutting down) stop
+    /// what may stop.
+    fn schedule(&mut self) {
+        if self.shutting_down {
+            let candidates: Vec<Arc<str>> = self
+                .units
+                .values()
+                .filter(|u| matches!(u.state, State::Starting | State::Ready))
+                .filter(|u| {
+                    // A service stops only after all its dependents have.
+                    self.graph
+                        .dependents(&u.name)
+                        .iter()
+                        .all(|d| !self.units[*d].state.is_running())
+                })
+                .map(|u| u.name.clone())
+                .collect();
+            for name in candidates {
+                self.stop_unit(&name, AfterStop::Stay);
+            }
+            return;
+        }
+        let ready: Vec<Arc<str>> = self
+            .units
+            .values()
+            .filter(|u| u.state == State::Pending && self.dependencies_hold(&u.name))
+            .map(|u| u.name.clone())
+            .collect();
+        for name in ready {
+            self.start_unit(&name);
+        }
+    }
+
+    fn dependencies_hold(&self, name: &str) -> bool {
+        self.graph.dependencies(name).iter().all(|(d, c)| {
+            let s = self.units[*d].state;
+            match c {
+                Condition::Started => {
+                    matches!(s, State::Starting | State::Ready | State::Completed)
+                }
+                Condition::Ready => matches!(s, State::Ready | State::Completed),
+                Condition::Completed => s == State::Completed,
+            }
+        })
+    }
+
+    /// Builds and spawns one run of a unit.
+    fn start_unit(&mut self, name: &str) {
+        if !self.transition(name, Event::Start) {
+            return;
+        }
+        let u = &mut self.units[name];
+        u.generation += 1;
+        u.after_stop = AfterStop::Stay;
+        let generation = u.generation;
+        let built = match self.factories.get(u.spec.kind.kind_name()) {
+            Some(f) => f.build(&u.spec),
+            None => Err(ServiceError(format!(
+                "kind {} has no implementation in this build of warden",
+                u.spec.kind.kind_name()
+            ))),
+        };
+        let service = match built {
+            Ok(s) => s,
+            Err(e) => {
+                // Building is part of starting: a failure like any other.
+                let name: Arc<str> = u.name.clone();
+                let _ = self.tx.send(Msg::Ended {
+                    name,
+                    generation,
+                    result: Err(e),
+                });
+                return;
+            }
+        };
+        let cancel = CancellationToken::new();
+        let ctx = Context::new(
+            u.name.clone(),
+            generation,
+            cancel.clone(),
+            self.reports_tx.clone(),
+            u.details.clone(),
+        );
+        let task = tokio::spawn(service.run(ctx));
+        u.abort = Some(task.abort_handle());
+        u.cancel = Some(cancel);
+        let tx = self.tx.clone();
+        let task_name = u.name.clone();
+        tokio::spawn(async move {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(ServiceError(format!(
+                    "panicked: {}",
+                    panic_message(e.into_panic())
+                ))),
+                Err(_) => Err(ServiceError("aborted after its stop timeout".into())),
+            };
+            let _ = tx.send(Msg::Ended {
+                name: task_name,
+                generation,
+                result,
+            });
+        });
+        tracing::info!(service = %u.name, generation, "started");
+        let timeout = u.spec.common.start_timeout;
+        let timer_name = u.name.clone();
+        if !timeout.is_zero() {
+            self.timer(
+                timeout,
+                Msg::StartTimeout {
+                    name: timer_name,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// Asks a running unit to stop; `after` says what happens once it has.
+    fn stop_unit(&mut self, name: &str, after: AfterStop) {
+        let u = &mut self.units[name];
+        if !matches!(u.state, State::Starting | State::Ready) {
+            return;
+        }
+        u.after_stop = after;
+        if let Some(c) = &u.cancel {
+            c.cancel();
+        }
+        let generation = u.generation;
+        let timeout = u.spec.common.stop.timeout;
+        let timer_name = u.name.clone();
+        self.transition(name, Event::Stop);
+        if self.forced {
+            if let Some(a) = &self.units[name].abort {
+                a.abort();
+            }
+        } else {
+            self.timer(
+                timeout,
+                Msg::StopTimeout {
+                    name: timer_name,
+                    generation,
+                },
+            );
+        }
+    }
+
+    fn on_ended(&mut self, name: &str, generation: u64, result: Result<(), ServiceError>) {
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
+        if u.generation != generation {
+            return;
+        }
+        u.cancel = None;
+        u.abort = None;
+        match u.state {
+            State::Stopping => {
+                let after = std::mem::replace(&mut u.after_stop, AfterStop::Stay);
+                if let AfterStop::Failure(reason) = after {
+                    self.failed(name, reason);
+                    return;
+                }
+                self.transition(name, Event::Stopped);
+                tracing::info!(service = %name, "stopped");
+                match after {
+                    AfterStop::Reset if !self.shutting_down => {
+                        self.transition(name, Event::Reset);
+                    }
+                    AfterStop::Restart if !self.shutting_down => {
+                        self.start_unit(name);
+                    }
+                    AfterStop::Block => {
+                        self.transition(name, Event::Block);
+                    }
+                    _ => {}
+                }
+            }
+            State::Starting | State::Ready => match result {
+                Ok(()) => {
+                    let c = &u.spec.common;
+                    if c.oneshot {
+                        tracing::info!(service = %name, "completed");
+                        self.transition(name, Event::Complete);
+                    } else if c.restart.policy == RestartPolicy::Always && !self.shutting_down {
+                        tracing::info!(service = %name, "exited; restarting (policy always)");
+                        self.retry_or_fail(name, "exited".into());
+                    } else {
+                        tracing::info!(service = %name, "exited");
+                        self.transition(name, Event::Exit);
+                    }
+                }
+                Err(e) => self.failed(name, e.0),
+            },
+            // A build failure arrives while still Starting; anything else
+            // is a stale message.
+            _ => {}
+        }
+    }
+
+    /// A run failed: restart it within its budget, or fail it for good.
+    fn failed(&mut self, name: &str, reason: String) {
+        tracing::warn!(service = %name, error = %reason, "failed");
+        let u = &mut self.units[name];
+        u.last_error = Some(reason.clone());
+        if u.spec.common.restart.policy == RestartPolicy::Never || self.shutting_down {
+            self.fail_for_good(name);
+        } else {
+            self.retry_or_fail(name, reason);
+        }
+    }
+
+    fn retry_or_fail(&mut self, name: &str, reason: String) {
+        let now = Instant::now();
+        let u = &mut self.units[name];
+        if u.budget.try_restart(now) {
+            let delay = u.backoff.next_delay(&mut self.rng);
+            u.restarts += 1;
+            let generation = u.generation;
+            let timer_name = u.name.clone();
+            tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
+            self.transition(name, Event::Retry);
+            self.timer(
+                delay,
+                Msg::BackoffElapsed {
+                    name: timer_name,
+                    generation,
+                },
+            );
+            self.dependency_restarting(name);
+        } else {
+            let r = &u.spec.common.restart;
+            u.last_error = Some(format!(
+                "{reason} (restart budget of {} in {} exhausted)",
+                r.max_restarts,
+                humantime::format_duration(r.window)
+            ));
+            self.fail_for_good(name);
+        }
+    }
+
+    fn fail_for_good(&mut self, name: &str) {
+        self.transition(name, Event::Fail);
+        let critical = self.units[name].spec.common.critical;
+        if critical && !self.shutting_down {
+            tracing::error!(service = %name, "critical service failed for good; shutting down");
+            self.exit_code = EXIT_CRITICAL;
+            self.request_shutdown();
+        } else if critical {
+            self.exit_code = EXIT_CRITICAL;
+        } else {
+            self.block_dependents(name);
+        }
+    }
+
+    /// Every service that depends on `name`, directly or not.
+    fn transitive_dependents(&self, name: &str) -> Vec<Arc<str>> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![name.to_string()];
+        let mut out = Vec::new();
+        while let Some(n) = stack.pop() {
+            for d in self.graph.dependents(&n) {
+                if seen.insert(d.to_string()) {
+                    out.push(self.units[d].name.clone());
+                    stack.push(d.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    fn block_dependents(&mut self, name: &str) {
+        let dependents = self.transitive_dependents(name);
+        if let Some(c) = dependents
+            .iter()
+            .find(|d| self.units[&***d].spec.common.critical)
+        {
+            // A critical service that can never run is a critical failure.
+            tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
+            self.units[&**c].last_error =
+                Some(format!("blocked: its dependency {name} failed for good"));
+            self.exit_code = EXIT_CRITICAL;
+        }
+        for d in dependents {
+            match self.units[&*d].state {
+                State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),
+                State::Stopping => self.units[&*d].after_stop = AfterStop::Block,
+                State::Pending | State::Backoff | State::Stopped | State::Standby => {
+                    self.units[&*d].generation += 1;
+                    self.transition(&d, Event::Block);
+                }
+                _ => {}
+            }
+        }
+        if self.exit_code == EXIT_CRITICAL && !self.shutting_down {
+            self.request_shutdown();
+        }
+    }
+
+    fn unblock_dependents(&mut self, name: &str) {
+        for d in self.transitive_dependents(name) {
+            if self.units[&*d].state == State::Blocked {
+                self.transition(&d, Event::Unblock);
+            }
+        }
+    }
+
+    /// `name` is restarting: apply each direct dependent's
+    /// `on_dependency_restart` (rest_for_one for `restart`).
+    fn dependency_restarting(&mut self, name: &str) {
+        let dependents: Vec<Arc<str>> = self
+            .graph
+            .dependents(name)
+            .iter()
+            .map(|d| self.units[*d].name.clone())
+            .collect();
+        for d in dependents {
+            let policy = self.units[&*d].spec.common.on_dependency_restart;
+            let state = self.units[&*d].state;
+            match (policy, state) {
+                (OnDependencyRestart::Ignore, _) => {}
+                (OnDependencyRestart::Restart, State::Starting | State::Ready) => {
+                    tracing::info!(service = %d, dependency = %name, "stopping for its dependency's restart");
+                    self.stop_unit(&d, AfterStop::Reset);
+                    self.dependency_restarting(&d);
+                }
+                (OnDependencyRestart::Restart, State::Backoff) => {
+                    self.units[&*d].generation += 1;
+                    self.transition(&d, Event::Stop);
+                    self.transition(&d, Event::Reset);
+                }
+                (OnDependencyRestart::Restart, State::Completed) => {
+                    self.transition(&d, Event::Reset);
+                    self.dependency_restarting(&d);
+                }
+                (OnDependencyRestart::Stop, State::Starting | State::Ready) => {
+                    tracing::info!(service = %d, dependency = %name, "stopping: its dependency restarted");
+                    self.stop_unit(&d, AfterStop::Stay);
+                }
+                (OnDependencyRestart::Stop, State::Backoff) => {
+                    self.units[&*d].generation += 1;
+                    self.transition(&d, Event::Stop);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+#[cfg(test)]
+mod tests;
