@@ -36,6 +36,7 @@ macro_rules! err {
 }
 
 mod check;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the registry: start every service and supervise it until stopped.
+    Run(RunArgs),
     /// Validate the registry and print the startup plan (dry run).
     Check(CheckArgs),
     /// Print the dependency graph.
@@ -95,6 +98,21 @@ pub struct RegistryArgs {
     /// Only these services and their dependencies (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Log format (default: text on a terminal, JSON otherwise).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +158,12 @@ pub struct GraphArgs {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
+    main_with(crate::services::Factories::new())
+}
+
+/// The command line with extra kinds: a crate that uses warden as a library
+/// registers its factories and calls this from its own `main`.
+pub fn main_with(extra: crate::services::Factories) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -152,6 +176,7 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(match cli.command {
+        Command::Run(a) => run::run(&a, &extra),
         Command::Check(a) => check::check(&a),
         Command::Graph(a) => check::graph(&a),
         Command::Schema => {

@@ -138,3 +138,66 @@ pub async fn redis(dsn: &RedisDsn) -> Result<(), String> {
         Err(format!("PING answered {pong:?}"))
     }
 }
+
+/// Runs one attempt of a probe check that needs nothing from the service
+/// (tcp, http, exec, postgres, redis), within `timeout`. `log` and `notify`
+/// are watched by the process itself and answer an error here.
+pub async fn attempt(check: &crate::config::ProbeCheck, timeout: Duration) -> Result<(), String> {
+    use crate::config::ProbeCheck as P;
+    let endpoint = match check {
+        P::Tcp(h) => Endpoint::Tcp(h.clone()),
+        P::Http(u) => Endpoint::Http(u.clone()),
+        P::Postgres(d) => Endpoint::Postgres(d.clone()),
+        P::Redis(d) => Endpoint::Redis(d.clone()),
+        P::Exec(cmd) => {
+            return match tokio::time::timeout(timeout, exec(&cmd.0)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "{} did not finish within {}",
+                    cmd.0[0],
+                    humantime::format_duration(timeout)
+                )),
+            };
+        }
+        P::Log(_) | P::Notify => {
+            return Err(format!(
+                "a {} probe is watched by its process",
+                check.name()
+            ));
+        }
+    };
+    check_endpoint(&endpoint, timeout).await
+}
+
+/// Runs `one attempt` of an endpoint check.
+async fn check_endpoint(endpoint: &Endpoint, timeout: Duration) -> Result<(), String> {
+    check(endpoint, timeout).await.result
+}
+
+/// Runs a command (through the one reaper) and succeeds when it exits 0.
+/// If the attempt is abandoned (timeout), the command's process group is
+/// killed.
+pub async fn exec(argv: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let reaper = crate::services::process::reaper::Reaper::get()
+        .map_err(|e| format!("cannot watch children: {e}"))?;
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let (child, status) = reaper
+        .spawn(&mut cmd)
+        .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+    let guard = crate::services::process::GroupGuard::new(child.id() as i32);
+    let status = status
+        .await
+        .map_err(|_| "the reaper went away".to_string())?;
+    guard.disarm_and_kill_rest();
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} {status}", argv[0]))
+    }
+}

@@ -18,6 +18,12 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::{CustomKind, ServiceSpec};
 
+pub mod external;
+pub mod logs;
+pub mod process;
+
+pub use logs::{LogLine, Logs, Stream};
+
 /// A boxed, sendable future (what `Service::run` returns).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -72,11 +78,27 @@ impl Factories {
         Factories::default()
     }
 
+    /// The factories of the built-in kinds implemented so far; `base_dir`
+    /// is the registry's directory (relative paths start there).
+    pub fn builtin(base_dir: std::path::PathBuf) -> Factories {
+        let mut f = Factories::new();
+        f.register(process::ProcessFactory { base_dir });
+        f.register(external::ExternalFactory);
+        f
+    }
+
     /// Registers a factory; a later one for the same kind replaces it.
     pub fn register(&mut self, factory: impl Factory) -> &mut Self {
         self.by_kind
             .insert(factory.kind().to_string(), Arc::new(factory));
         self
+    }
+
+    /// Adds every factory of `other` (theirs win on the same kind).
+    pub fn extend(&mut self, other: &Factories) {
+        for (k, f) in &other.by_kind {
+            self.by_kind.insert(k.clone(), f.clone());
+        }
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Factory>> {
@@ -131,6 +153,7 @@ pub struct Context {
     cancel: CancellationToken,
     reports: mpsc::UnboundedSender<Report>,
     details: Details,
+    logs: Logs,
 }
 
 impl Context {
@@ -140,6 +163,7 @@ impl Context {
         cancel: CancellationToken,
         reports: mpsc::UnboundedSender<Report>,
         details: Details,
+        logs: Logs,
     ) -> Context {
         Context {
             name,
@@ -147,7 +171,13 @@ impl Context {
             cancel,
             reports,
             details,
+            logs,
         }
+    }
+
+    /// The service's captured output lines.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
     }
 
     /// The service's name.

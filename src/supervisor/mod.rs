@@ -10,6 +10,7 @@
 
 pub mod restart;
 pub mod state;
+pub mod systemd;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Condition, OnDependencyRestart, Registry, RestartPolicy, ServiceSpec};
 use crate::graph::Graph;
-use crate::services::{Context, Details, Factories, Report, ServiceError};
+use crate::services::{Context, Details, Factories, Logs, Report, ServiceError};
 use restart::{BackoffState, RestartBudget};
 use state::{Event, State};
 
@@ -57,6 +58,8 @@ pub enum Control {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Answers at once: proves the loop is live (systemd's watchdog).
+    Ping { reply: oneshot::Sender<()> },
 }
 
 /// A handle to a running supervisor: send it controls, watch its states.
@@ -64,6 +67,7 @@ pub enum Control {
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
     status: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Handle {
@@ -93,6 +97,18 @@ impl Handle {
     /// The latest status of every service.
     pub fn status(&self) -> Arc<Vec<ServiceStatus>> {
         self.status.borrow().clone()
+    }
+
+    /// Becomes `true` the moment the shutdown begins.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.clone()
+    }
+
+    /// Whether the supervisor loop answers within `within`.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::Ping { reply: tx })
+            && matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
     }
 
     /// A receiver that sees every new status (for waiting in tests, the
@@ -140,6 +156,11 @@ enum Msg {
         name: Arc<str>,
         generation: u64,
     },
+    HealthFailed {
+        name: Arc<str>,
+        generation: u64,
+        error: String,
+    },
     ShutdownTimeout,
 }
 
@@ -172,6 +193,7 @@ struct Unit {
     restarts: u64,
     last_error: Option<String>,
     details: Details,
+    logs: Logs,
 }
 
 /// The supervisor of one registry. Build it with [`Supervisor::new`], then
@@ -186,6 +208,7 @@ pub struct Supervisor {
     reports_rx: mpsc::UnboundedReceiver<Report>,
     status_tx: watch::Sender<Arc<Vec<ServiceStatus>>>,
     status_rx: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    stopping_tx: watch::Sender<bool>,
     rng: fastrand::Rng,
     shutdown_timeout: Duration,
     shutting_down: bool,
@@ -221,6 +244,7 @@ impl Supervisor {
                     restarts: 0,
                     last_error: None,
                     details: Details::default(),
+                    logs: Logs::new(registry.warden.log_lines.0 as usize),
                     spec,
                 },
             );
@@ -228,6 +252,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
+        let (stopping_tx, _) = watch::channel(false);
         let s = Supervisor {
             units,
             graph,
@@ -238,6 +263,7 @@ impl Supervisor {
             reports_rx,
             status_tx,
             status_rx,
+            stopping_tx,
             rng: fastrand::Rng::new(),
             shutdown_timeout: registry.warden.shutdown_timeout,
             shutting_down: false,
@@ -260,6 +286,7 @@ impl Supervisor {
         Handle {
             tx: self.tx.clone(),
             status: self.status_rx.clone(),
+            stopping: self.stopping_tx.subscribe(),
         }
     }
 
@@ -376,6 +403,7 @@ impl Supervisor {
                 if self.transition(&name, Event::Ready) {
                     tracing::info!(service = %name, "ready");
                     let reset_after = self.units[&*name].spec.common.restart.reset_after;
+                    self.watch_health(&name, generation);
                     self.timer(reset_after, Msg::StableFor { name, generation });
                 }
             }
@@ -431,6 +459,18 @@ impl Supervisor {
                     }
                 }
             }
+            Msg::HealthFailed {
+                name,
+                generation,
+                error,
+            } => {
+                let Some(u) = self.units.get(&*name) else {
+                    return;
+                };
+                if u.generation == generation && u.state == State::Ready {
+                    self.stop_unit(&name, AfterStop::Failure(error));
+                }
+            }
             Msg::ShutdownTimeout => {
                 if self.shutting_down && !self.forced {
                     tracing::warn!("shutdown_timeout reached; forcing the rest");
@@ -454,6 +494,9 @@ impl Supervisor {
             Control::Restart { name, reply } => {
                 let r = self.control_restart(&name);
                 let _ = reply.send(r);
+            }
+            Control::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -536,6 +579,7 @@ impl Supervisor {
         }
         tracing::info!("shutting down");
         self.shutting_down = true;
+        self.stopping_tx.send_replace(true);
         self.timer(self.shutdown_timeout, Msg::ShutdownTimeout);
         // Nothing waiting to start will start now.
         let idle: Vec<Arc<str>> = self
@@ -656,6 +700,7 @@ impl Supervisor {
             cancel.clone(),
             self.reports_tx.clone(),
             u.details.clone(),
+            u.logs.clone(),
         );
         let task = tokio::spawn(service.run(ctx));
         u.abort = Some(task.abort_handle());
@@ -689,6 +734,48 @@ impl Supervisor {
                 },
             );
         }
+    }
+
+    /// Runs the unit's `health` probe while this run lives; crossing
+    /// `failure_threshold` consecutive failures reports a failure.
+    fn watch_health(&self, name: &str, generation: u64) {
+        let u = &self.units[name];
+        let (Some(health), Some(cancel)) = (u.spec.common.health.clone(), u.cancel.clone()) else {
+            return;
+        };
+        let tx = self.tx.clone();
+        let name = u.name.clone();
+        tokio::spawn(async move {
+            let t = &health.timing;
+            let watch = async {
+                tokio::time::sleep(t.initial_delay).await;
+                let mut failures = 0u32;
+                loop {
+                    match crate::probe::attempt(&health.check, t.timeout).await {
+                        Ok(()) => failures = 0,
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(service = %name, failures, error = %e, "health check failed");
+                            if failures >= t.failure_threshold.0 {
+                                let error =
+                                    format!("health check failed {failures} times in a row: {e}");
+                                let _ = tx.send(Msg::HealthFailed {
+                                    name: name.clone(),
+                                    generation,
+                                    error,
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(t.interval).await;
+                }
+            };
+            tokio::select! {
+                _ = watch => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
     }
 
     /// Asks a running unit to stop; `after` says what happens once it has.

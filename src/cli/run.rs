@@ -1,0 +1,128 @@
+//! `warden run`: load, check, and supervise until stopped.
+
+use std::io::IsTerminal;
+
+use super::{LogFormat, RunArgs, exit};
+use crate::config::{LoadOptions, RealSources};
+use crate::graph::load_and_check;
+use crate::services::Factories;
+use crate::services::process::base_dir_of;
+use crate::supervisor::Supervisor;
+
+/// Sets up `tracing`: `WARDEN_LOG` filters (default `info`); text on a
+/// terminal, JSON otherwise, unless `--log-format` says.
+pub fn init_logging(format: Option<LogFormat>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
+}
+
+pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
+    init_logging(args.log_format);
+    let base_dir = base_dir_of(&args.registry.config);
+    let mut factories = Factories::builtin(base_dir);
+    factories.extend(extra);
+    let opts = LoadOptions {
+        path: args.registry.config.clone(),
+        profile: args.registry.profile.clone(),
+        custom_kinds: factories.custom_kinds(),
+    };
+    let checked = load_and_check(&opts, &RealSources);
+    let (Some(registry), Some(graph)) = (checked.registry(), checked.graph.as_ref()) else {
+        for d in checked.loaded.diagnostics.iter() {
+            errln!("{}", d.render(&checked.loaded.sources));
+        }
+        errln!("error: the registry is invalid; nothing was started");
+        return exit::INVALID;
+    };
+    for d in checked.loaded.diagnostics.warnings() {
+        errln!("{}", d.render(&checked.loaded.sources));
+    }
+    let graph = if args.registry.only.is_empty() {
+        graph.clone()
+    } else {
+        match graph.select(&args.registry.only) {
+            Ok(g) => g,
+            Err(e) => {
+                errln!("error: {e}");
+                return exit::USAGE;
+            }
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            errln!("error: cannot start the async runtime: {e}");
+            return exit::CRITICAL_FAILED;
+        }
+    };
+    let code = runtime.block_on(async {
+        become_reaper();
+        // Install the reaper before the first child exists.
+        if let Err(e) = crate::services::process::reaper::Reaper::get() {
+            tracing::error!(error = %e, "cannot watch child processes");
+            return exit::CRITICAL_FAILED;
+        }
+        let supervisor = Supervisor::new(registry, graph, factories);
+        let handle = supervisor.handle();
+        tokio::spawn(crate::supervisor::systemd::notifier(handle.clone()));
+        tokio::spawn(forward_signals(handle));
+        tracing::info!(file = %registry.file.display(), profile = registry.profile.as_deref().unwrap_or(""), services = registry.services.len(), "warden starting");
+        supervisor.run(std::future::pending()).await
+    });
+    // Do not wait for stray tasks (probes, timers): everything is stopped.
+    runtime.shutdown_background();
+    code
+}
+
+/// Becomes the child subreaper (unless already PID 1), so that orphans of
+/// managed services are re-parented to warden and reaped here.
+fn become_reaper() {
+    if std::process::id() == 1 {
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become child subreaper; orphans will go to PID 1");
+    }
+}
+
+/// SIGINT and SIGTERM ask for an ordered shutdown; a second one forces it.
+async fn forward_signals(handle: crate::supervisor::Handle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => { tracing::info!("SIGINT"); handle.shutdown(); }
+            _ = term.recv() => { tracing::info!("SIGTERM"); handle.shutdown(); }
+            _ = hup.recv() => { tracing::warn!("SIGHUP: reload is not implemented yet; keeping the running registry"); }
+        }
+    }
+}

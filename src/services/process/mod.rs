@@ -1,0 +1,370 @@
+//! `kind = "process"`: a supervised executable.
+//!
+//! Each run spawns the command in its own process group (through the one
+//! [`reaper::Reaper`]), captures stdout and stderr line by line into log
+//! events and the service's ring, watches readiness (`ready` probe, or at
+//! once), and on cancellation sends `stop.signal` to the whole group, then
+//! SIGKILL after `stop.timeout`. When the main process ends, whatever it
+//! left in its group is killed, so restarts never accumulate strays.
+
+pub mod reaper;
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal as NixSignal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::{BoxFuture, Context, Factory, Service, ServiceError, Stream};
+use crate::config::{KindSpec, ProbeCheck, ProcessSpec, ServiceSpec};
+use reaper::{ExitStatus, Reaper};
+
+/// Builds process services; paths in the registry are relative to
+/// `base_dir` (the registry's directory).
+pub struct ProcessFactory {
+    pub base_dir: PathBuf,
+}
+
+impl Factory for ProcessFactory {
+    fn kind(&self) -> &str {
+        "process"
+    }
+
+    fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+        match &spec.kind {
+            KindSpec::Process(p) => Ok(Box::new(ProcessService {
+                spec: spec.clone(),
+                process: p.clone(),
+                base_dir: self.base_dir.clone(),
+            })),
+            other => Err(ServiceError(format!(
+                "the process factory got a {} service",
+                other.kind_name()
+            ))),
+        }
+    }
+}
+
+struct ProcessService {
+    spec: ServiceSpec,
+    process: ProcessSpec,
+    base_dir: PathBuf,
+}
+
+/// Kills a process group with SIGKILL when dropped, unless disarmed: a run
+/// that is aborted (or panics) never leaves its processes behind.
+pub struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl GroupGuard {
+    pub fn new(pgid: i32) -> GroupGuard {
+        GroupGuard { pgid, armed: true }
+    }
+
+    /// The leader has exited: kill what is left of its group, and stop
+    /// guarding.
+    pub fn disarm_and_kill_rest(mut self) {
+        let _ = killpg(Pid::from_raw(self.pgid), NixSignal::SIGKILL);
+        self.armed = false;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = killpg(Pid::from_raw(self.pgid), NixSignal::SIGKILL);
+        }
+    }
+}
+
+impl ProcessService {
+    fn command(
+        &self,
+        extra_env: &HashMap<String, String>,
+    ) -> Result<std::process::Command, ServiceError> {
+        let p = &self.process;
+        let argv: Vec<&String> = p.command.0.iter().chain(p.args.iter()).collect();
+        let mut cmd = std::process::Command::new(argv[0]);
+        cmd.args(&argv[1..]);
+        let cwd = match &p.cwd {
+            Some(c) => self.base_dir.join(c),
+            None => self.base_dir.clone(),
+        };
+        cmd.current_dir(&cwd);
+        for file in &p.env_files {
+            let path = self.base_dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ServiceError(format!("cannot read env file {}: {e}", path.display()))
+            })?;
+            let (vars, errors) = crate::config::envfile::parse(&text);
+            if let Some(e) = errors.first() {
+                return Err(ServiceError(format!(
+                    "{}:{}: {}",
+                    path.display(),
+                    e.line,
+                    e.message
+                )));
+            }
+            cmd.envs(vars);
+        }
+        // warden's own systemd channel is not the child's.
+        for var in [
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(p.env.iter().map(|(k, v)| (k, &v.0)));
+        cmd.envs(extra_env);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Its own process group: signals reach every process it starts.
+        cmd.process_group(0);
+        if let Some(user) = &p.user {
+            apply_user(&mut cmd, user)?;
+        }
+        Ok(cmd)
+    }
+}
+
+/// Runs the child as `user` (a name or a uid) when warden is root.
+fn apply_user(cmd: &mut std::process::Command, user: &str) -> Result<(), ServiceError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(ServiceError(format!(
+            "user = {user:?} needs warden to run as root"
+        )));
+    }
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    let u = found
+        .map_err(|e| ServiceError(format!("cannot look up user {user:?}: {e}")))?
+        .ok_or_else(|| ServiceError(format!("no such user: {user:?}")))?;
+    let gid = u.gid;
+    cmd.uid(u.uid.as_raw()).gid(gid.as_raw());
+    // Drop warden's supplementary groups too (std sets uid and gid only).
+    // SAFETY: setgroups is async-signal-safe and touches no Rust state.
+    unsafe {
+        cmd.pre_exec(move || nix::unistd::setgroups(&[gid]).map_err(std::io::Error::from));
+    }
+    Ok(())
+}
+
+fn to_nix(sig: i32) -> NixSignal {
+    NixSignal::try_from(sig).unwrap_or(NixSignal::SIGTERM)
+}
+
+/// Reads lines from a child's pipe into log events, the ring, and (for a
+/// `log` probe) a channel.
+fn pump(
+    ctx: &Context,
+    stream: Stream,
+    pipe: impl std::os::fd::AsFd + Into<std::os::fd::OwnedFd>,
+    lines: Option<mpsc::UnboundedSender<String>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe.into())?;
+    let name = ctx.name().to_string();
+    let logs = ctx.logs().clone();
+    Ok(tokio::spawn(async move {
+        let mut reader = BufReader::new(rx);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    tracing::info!(target: "warden::output", service = %name, stream = stream.as_str(), "{line}");
+                    if let Some(tx) = &lines {
+                        let _ = tx.send(line.clone());
+                    }
+                    logs.push(stream, line);
+                }
+            }
+        }
+    }))
+}
+
+impl Service for ProcessService {
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
+        Box::pin(async move {
+            let reaper = Reaper::get()
+                .map_err(|e| ServiceError(format!("cannot watch child processes: {e}")))?;
+            let ready = self.spec.common.ready.clone();
+            let mut extra_env = HashMap::new();
+            let notify = match ready.as_ref().map(|r| &r.check) {
+                Some(ProbeCheck::Notify) => {
+                    let (socket, path) = notify_socket(ctx.name())?;
+                    extra_env.insert("NOTIFY_SOCKET".to_string(), path.display().to_string());
+                    Some((socket, path))
+                }
+                _ => None,
+            };
+            let mut cmd = self.command(&extra_env)?;
+            let program = self.process.command.0[0].clone();
+            let (mut child, status) = reaper
+                .spawn(&mut cmd)
+                .map_err(|e| ServiceError(format!("cannot start {program}: {e}")))?;
+            let pid = child.id() as i32;
+            let guard = GroupGuard::new(pid);
+            tracing::info!(service = %ctx.name(), pid, "spawned {program}");
+
+            let wants_lines = matches!(ready.as_ref().map(|r| &r.check), Some(ProbeCheck::Log(_)));
+            let (line_tx, line_rx) = mpsc::unbounded_channel();
+            let mut pumps = Vec::new();
+            if let Some(out) = child.stdout.take() {
+                pumps.push(pump(
+                    &ctx,
+                    Stream::Stdout,
+                    out,
+                    wants_lines.then(|| line_tx.clone()),
+                )?);
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.push(pump(
+                    &ctx,
+                    Stream::Stderr,
+                    err,
+                    wants_lines.then(|| line_tx.clone()),
+                )?);
+            }
+            drop(line_tx);
+
+            let notify_path = notify.as_ref().map(|(_, p)| p.clone());
+            let readiness =
+                watch_readiness(ctx.clone(), ready, line_rx, notify.as_ref().map(|(s, _)| s));
+            tokio::pin!(readiness);
+            tokio::pin!(status);
+            let mut readiness_done = false;
+            let outcome = loop {
+                tokio::select! {
+                    s = &mut status => break Ok(s.unwrap_or(ExitStatus::Code(-1))),
+                    _ = &mut readiness, if !readiness_done => readiness_done = true,
+                    _ = ctx.cancelled() => break Err(()),
+                }
+            };
+            let result = match outcome {
+                Ok(s) => {
+                    guard.disarm_and_kill_rest();
+                    if s.success() {
+                        Ok(())
+                    } else {
+                        Err(ServiceError(s.to_string()))
+                    }
+                }
+                Err(()) => {
+                    let stop = &self.spec.common.stop;
+                    let _ = killpg(Pid::from_raw(pid), to_nix(stop.signal.number));
+                    match tokio::time::timeout(stop.timeout, &mut status).await {
+                        Ok(_) => {}
+                        Err(_) => {
+                            tracing::warn!(service = %ctx.name(), "did not stop within {}; sending SIGKILL", humantime::format_duration(stop.timeout));
+                            let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
+                            let _ = status.await;
+                        }
+                    }
+                    guard.disarm_and_kill_rest();
+                    Ok(())
+                }
+            };
+            // The pipes close once every process holding them is gone;
+            // give the readers a moment to drain the last lines.
+            for p in pumps {
+                let _ = tokio::time::timeout(Duration::from_millis(200), p).await;
+            }
+            if let Some(path) = notify_path {
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        })
+    }
+}
+
+/// The datagram socket a `notify` child reports to (sd_notify protocol).
+fn notify_socket(name: &str) -> Result<(tokio::net::UnixDatagram, PathBuf), ServiceError> {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("warden-{}-{name}.notify", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixDatagram::bind(&path).map_err(|e| {
+        ServiceError(format!(
+            "cannot create NOTIFY_SOCKET {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((socket, path))
+}
+
+/// Says `ready` when the service's readiness holds: at once without a
+/// probe; on a matching line for `log`; on `READY=1` for `notify`; when an
+/// attempt passes for the other checks (polled every `interval`).
+async fn watch_readiness(
+    ctx: Context,
+    ready: Option<crate::config::Probe<crate::config::ReadyTiming>>,
+    mut lines: mpsc::UnboundedReceiver<String>,
+    notify: Option<&tokio::net::UnixDatagram>,
+) {
+    let Some(probe) = ready else {
+        ctx.ready();
+        return;
+    };
+    match &probe.check {
+        ProbeCheck::Log(pattern) => {
+            let Ok(re) = regex::Regex::new(&pattern.0) else {
+                return;
+            };
+            while let Some(line) = lines.recv().await {
+                if re.is_match(&line) {
+                    ctx.ready();
+                    break;
+                }
+            }
+            // Keep draining so the pumps never block on a full channel.
+            while lines.recv().await.is_some() {}
+        }
+        ProbeCheck::Notify => {
+            let Some(socket) = notify else { return };
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                if msg.lines().any(|l| l.trim() == "READY=1") {
+                    ctx.ready();
+                    return;
+                }
+            }
+        }
+        check => loop {
+            if crate::probe::attempt(check, probe.timing.timeout)
+                .await
+                .is_ok()
+            {
+                ctx.ready();
+                return;
+            }
+            tokio::time::sleep(probe.timing.interval).await;
+        },
+    }
+}
+
+/// The registry directory of a registry file (where relative paths start).
+pub fn base_dir_of(registry_file: &Path) -> PathBuf {
+    match registry_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

@@ -1,0 +1,105 @@
+//! The systemd side (`Type=notify`): `READY=1` once every critical service
+//! is ready, `STATUS=` summaries as states change, `STOPPING=1` when the
+//! shutdown begins, and `WATCHDOG=1` at half of `WATCHDOG_USEC` while the
+//! supervisor loop is live. Without `NOTIFY_SOCKET` every call is a no-op.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use super::ServiceStatus;
+use super::state::State;
+
+/// A one-line summary for `STATUS=`.
+pub fn summary(status: &[ServiceStatus]) -> String {
+    let count = |s: State| status.iter().filter(|x| x.state == s).count();
+    let mut parts = vec![format!(
+        "{}/{} ready",
+        count(State::Ready) + count(State::Completed),
+        status.len()
+    )];
+    for s in [
+        State::Starting,
+        State::Backoff,
+        State::Failed,
+        State::Blocked,
+        State::Stopping,
+    ] {
+        let n = count(s);
+        if n > 0 {
+            parts.push(format!("{n} {s}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// Every enabled critical service is ready (completed counts for oneshots).
+pub fn critical_ready(status: &[ServiceStatus]) -> bool {
+    status
+        .iter()
+        .filter(|s| s.critical)
+        .all(|s| matches!(s.state, State::Ready | State::Completed))
+}
+
+/// Follows the supervisor's status and speaks the sd_notify protocol until
+/// the status channel closes. `stopping` resolves when shutdown begins.
+pub async fn notifier(handle: super::Handle) {
+    let mut status = handle.watch();
+    let mut stopping = handle.stopping();
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ready_sent = false;
+    let mut stopping_sent = false;
+    let mut last_status = String::new();
+    loop {
+        let snapshot = status.borrow_and_update().clone();
+        if *stopping.borrow_and_update() && !stopping_sent {
+            stopping_sent = true;
+            let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        }
+        if !stopping_sent {
+            let line = summary(&snapshot);
+            if !ready_sent && critical_ready(&snapshot) {
+                ready_sent = true;
+                let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+                last_status = line;
+            } else if line != last_status {
+                let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
+                last_status = line;
+            }
+        }
+        tokio::select! {
+            r = status.changed() => if r.is_err() { return },
+            r = stopping.changed() => if r.is_err() { return },
+            _ = ticker.tick(), if watchdog.is_some() => {
+                // Only a loop that answers earns the ping.
+                if handle.ping(watchdog.unwrap_or_default()).await {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+}
+
+/// Tells systemd a reload is under way (`RELOADING=1` with the monotonic
+/// time systemd asks for), then `READY=1` once done.
+pub fn reloading() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
+pub fn reloaded() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    }
+}
