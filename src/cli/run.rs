@@ -87,7 +87,24 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         let supervisor = Supervisor::new(registry, graph, factories);
         let handle = supervisor.handle();
         tokio::spawn(crate::supervisor::systemd::notifier(handle.clone()));
-        tokio::spawn(forward_signals(handle));
+        let only = args.registry.only.clone();
+        let reload = move || -> Result<(crate::config::Registry, crate::graph::Graph), String> {
+            let checked = load_and_check(&opts, &RealSources);
+            match (checked.registry(), checked.graph.as_ref()) {
+                (Some(r), Some(g)) => {
+                    let g = if only.is_empty() { g.clone() } else { g.select(&only).map_err(|e| e.to_string())? };
+                    Ok((r.clone(), g))
+                }
+                _ => Err(checked
+                    .loaded
+                    .diagnostics
+                    .errors()
+                    .map(|d| d.render(&checked.loaded.sources))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            }
+        };
+        tokio::spawn(forward_signals(handle, reload));
         tracing::info!(file = %registry.file.display(), profile = registry.profile.as_deref().unwrap_or(""), services = registry.services.len(), "warden starting");
         supervisor.run(std::future::pending()).await
     });
@@ -108,7 +125,12 @@ fn become_reaper() {
 }
 
 /// SIGINT and SIGTERM ask for an ordered shutdown; a second one forces it.
-async fn forward_signals(handle: crate::supervisor::Handle) {
+/// SIGHUP reloads the registry: an invalid one is reported and the running
+/// services are left as they are.
+async fn forward_signals(
+    handle: crate::supervisor::Handle,
+    reload: impl Fn() -> Result<(crate::config::Registry, crate::graph::Graph), String>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -122,7 +144,25 @@ async fn forward_signals(handle: crate::supervisor::Handle) {
         tokio::select! {
             _ = int.recv() => { tracing::info!("SIGINT"); handle.shutdown(); }
             _ = term.recv() => { tracing::info!("SIGTERM"); handle.shutdown(); }
-            _ = hup.recv() => { tracing::warn!("SIGHUP: reload is not implemented yet; keeping the running registry"); }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the registry");
+                crate::supervisor::systemd::reloading();
+                match reload() {
+                    Err(errors) => {
+                        tracing::error!(errors = %errors, "reload rejected: the registry is invalid; keeping the running one");
+                    }
+                    Ok((registry, graph)) => {
+                        let r = handle
+                            .request_reload(registry, graph)
+                            .await;
+                        match r {
+                            Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "reload applied"),
+                            Err(e) => tracing::error!(error = %e, "reload failed"),
+                        }
+                    }
+                }
+                crate::supervisor::systemd::reloaded();
+            }
         }
     }
 }

@@ -60,6 +60,22 @@ pub enum Control {
     },
     /// Answers at once: proves the loop is live (systemd's watchdog).
     Ping { reply: oneshot::Sender<()> },
+    /// Switch to a new, already checked registry: stop removed services,
+    /// start added ones, restart changed ones, leave the others alone.
+    Reload {
+        registry: Box<Registry>,
+        graph: Graph,
+        reply: oneshot::Sender<Result<ReloadSummary, String>>,
+    },
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
 }
 
 /// A handle to a running supervisor: send it controls, watch its states.
@@ -97,6 +113,25 @@ impl Handle {
     /// The latest status of every service.
     pub fn status(&self) -> Arc<Vec<ServiceStatus>> {
         self.status.borrow().clone()
+    }
+
+    /// Applies a new, checked registry and says what changed.
+    pub async fn request_reload(
+        &self,
+        registry: Registry,
+        graph: Graph,
+    ) -> Result<ReloadSummary, String> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Control::Reload {
+            registry: Box::new(registry),
+            graph,
+            reply: tx,
+        });
+        if !sent {
+            return Err("the supervisor has ended".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
     }
 
     /// Becomes `true` the moment the shutdown begins.
@@ -177,6 +212,13 @@ enum AfterStop {
     Failure(String),
     /// A dependency failed for good.
     Block,
+    /// Reload turned it off.
+    Disable,
+    /// Reload removed it.
+    Remove,
+    /// Reload changed it: take `Unit::next_spec`, then wait for the
+    /// dependencies again.
+    Replace,
 }
 
 struct Unit {
@@ -194,6 +236,53 @@ struct Unit {
     last_error: Option<String>,
     details: Details,
     logs: Logs,
+    /// The spec a reload will apply once this run has stopped.
+    next_spec: Option<ServiceSpec>,
+}
+
+impl Unit {
+    fn new(spec: ServiceSpec, state: State, log_lines: usize) -> Unit {
+        let r = &spec.common.restart;
+        Unit {
+            name: Arc::from(spec.name.as_str()),
+            state,
+            since: Instant::now(),
+            generation: 0,
+            cancel: None,
+            abort: None,
+            after_stop: AfterStop::Stay,
+            backoff: BackoffState::new(r.backoff.clone()),
+            budget: RestartBudget::new(r.max_restarts, r.window),
+            restarts: 0,
+            last_error: None,
+            details: Details::default(),
+            logs: Logs::new(log_lines),
+            next_spec: None,
+            spec,
+        }
+    }
+
+    /// Takes a new spec: restart arithmetic starts over.
+    fn replace_spec(&mut self, spec: ServiceSpec) {
+        let r = &spec.common.restart;
+        self.backoff = BackoffState::new(r.backoff.clone());
+        self.budget = RestartBudget::new(r.max_restarts, r.window);
+        self.spec = spec;
+    }
+}
+
+/// The spec without source positions: two registries that differ only in
+/// where things were written configure the same service.
+fn same_config(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    fn strip(s: &ServiceSpec) -> ServiceSpec {
+        let mut s = s.clone();
+        s.span = Default::default();
+        for d in &mut s.common.depends_on.0 {
+            d.span = Default::default();
+        }
+        s
+    }
+    strip(a) == strip(b)
 }
 
 /// The supervisor of one registry. Build it with [`Supervisor::new`], then
@@ -223,31 +312,18 @@ impl Supervisor {
     /// Prepares (without starting anything) the services of `graph`, which
     /// was checked against `registry`.
     pub fn new(registry: &Registry, graph: Graph, factories: Factories) -> Supervisor {
-        let now = Instant::now();
         let mut units = IndexMap::new();
-        for name in graph.names() {
-            let spec = registry.services[name].clone();
-            let name: Arc<str> = Arc::from(name);
-            let r = &spec.common.restart;
-            units.insert(
-                name.clone(),
-                Unit {
-                    name,
-                    state: State::Pending,
-                    since: now,
-                    generation: 0,
-                    cancel: None,
-                    abort: None,
-                    after_stop: AfterStop::Stay,
-                    backoff: BackoffState::new(r.backoff.clone()),
-                    budget: RestartBudget::new(r.max_restarts, r.window),
-                    restarts: 0,
-                    last_error: None,
-                    details: Details::default(),
-                    logs: Logs::new(registry.warden.log_lines.0 as usize),
-                    spec,
-                },
-            );
+        let log_lines = registry.warden.log_lines.0 as usize;
+        for spec in registry.services.values() {
+            let state = if graph.contains(&spec.name) {
+                State::Pending
+            } else if !spec.enabled() {
+                State::Disabled
+            } else {
+                continue; // left out by --only
+            };
+            let unit = Unit::new(spec.clone(), state, log_lines);
+            units.insert(unit.name.clone(), unit);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
@@ -498,6 +574,14 @@ impl Supervisor {
             Control::Ping { reply } => {
                 let _ = reply.send(());
             }
+            Control::Reload {
+                registry,
+                graph,
+                reply,
+            } => {
+                let r = self.reload(*registry, graph);
+                let _ = reply.send(r);
+            }
         }
     }
 
@@ -567,6 +651,113 @@ impl Supervisor {
             }
             _ => self.control_start(name),
         }
+    }
+
+    /// Applies a new registry (already loaded and checked).
+    fn reload(&mut self, registry: Registry, graph: Graph) -> Result<ReloadSummary, String> {
+        if self.shutting_down {
+            return Err("warden is shutting down".into());
+        }
+        let mut summary = ReloadSummary::default();
+        let log_lines = registry.warden.log_lines.0 as usize;
+        self.shutdown_timeout = registry.warden.shutdown_timeout;
+        let removed: Vec<Arc<str>> = self
+            .units
+            .keys()
+            .filter(|n| !registry.services.contains_key(&***n))
+            .cloned()
+            .collect();
+        for name in removed {
+            summary.removed.push(name.to_string());
+            match self.units[&*name].state {
+                State::Starting | State::Ready => self.stop_unit(&name, AfterStop::Remove),
+                State::Stopping => self.units[&*name].after_stop = AfterStop::Remove,
+                _ => {
+                    self.units.shift_remove(&*name);
+                }
+            }
+        }
+        for spec in registry.services.values() {
+            let in_graph = graph.contains(&spec.name);
+            let Some(u) = self.units.get(spec.name.as_str()) else {
+                let state = if in_graph {
+                    State::Pending
+                } else if !spec.enabled() {
+                    State::Disabled
+                } else {
+                    continue;
+                };
+                summary.added.push(spec.name.clone());
+                let unit = Unit::new(spec.clone(), state, log_lines);
+                self.units.insert(unit.name.clone(), unit);
+                continue;
+            };
+            if same_config(&u.spec, spec) {
+                summary.unchanged += 1;
+                continue;
+            }
+            summary.changed.push(spec.name.clone());
+            let name = spec.name.as_str();
+            let state = u.state;
+            if !spec.enabled() {
+                self.units[name].next_spec = None;
+                match state {
+                    State::Starting | State::Ready => self.stop_unit(name, AfterStop::Disable),
+                    State::Backoff | State::Standby => {
+                        self.units[name].generation += 1;
+                        self.transition(name, Event::Stop);
+                        self.transition(name, Event::Disable);
+                    }
+                    State::Disabled | State::Stopping => {}
+                    _ => {
+                        self.transition(name, Event::Disable);
+                    }
+                }
+                self.units[name].replace_spec(spec.clone());
+                continue;
+            }
+            match state {
+                State::Starting | State::Ready => {
+                    tracing::info!(service = %name, "configuration changed; restarting");
+                    self.units[name].next_spec = Some(spec.clone());
+                    self.stop_unit(name, AfterStop::Replace);
+                }
+                State::Stopping => {
+                    self.units[name].next_spec = Some(spec.clone());
+                    self.units[name].after_stop = AfterStop::Replace;
+                }
+                State::Disabled => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Enable);
+                }
+                State::Backoff => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.units[name].generation += 1;
+                    self.transition(name, Event::Stop);
+                    self.transition(name, Event::Reset);
+                }
+                State::Blocked => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Unblock);
+                }
+                State::Stopped | State::Completed | State::Failed => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Reset);
+                }
+                State::Pending | State::Standby => {
+                    self.units[name].replace_spec(spec.clone());
+                }
+            }
+        }
+        self.graph = graph;
+        tracing::info!(
+            added = summary.added.len(),
+            removed = summary.removed.len(),
+            changed = summary.changed.len(),
+            unchanged = summary.unchanged,
+            "reloaded"
+        );
+        Ok(summary)
     }
 
     fn request_shutdown(&mut self) {
@@ -834,6 +1025,21 @@ impl Supervisor {
                     }
                     AfterStop::Block => {
                         self.transition(name, Event::Block);
+                    }
+                    AfterStop::Disable => {
+                        self.transition(name, Event::Disable);
+                    }
+                    AfterStop::Remove => {
+                        self.units.shift_remove(name);
+                    }
+                    AfterStop::Replace => {
+                        let u = &mut self.units[name];
+                        if let Some(spec) = u.next_spec.take() {
+                            u.replace_spec(spec);
+                        }
+                        if !self.shutting_down {
+                            self.transition(name, Event::Reset);
+                        }
                     }
                     _ => {}
                 }
