@@ -340,11 +340,17 @@ async fn watch_readiness(
         ProbeCheck::Notify => {
             let Some(socket) = notify else { return };
             let mut buf = vec![0u8; 4096];
+            // Read for as long as the process lives: later messages (STATUS=,
+            // systemd-notify's BARRIER=1, whose passed descriptor is closed
+            // by reading it) must not pile up unread.
             while let Ok(n) = socket.recv(&mut buf).await {
                 let msg = String::from_utf8_lossy(&buf[..n]);
-                if msg.lines().any(|l| l.trim() == "READY=1") {
-                    ctx.ready();
-                    return;
+                for line in msg.lines().map(str::trim) {
+                    if line == "READY=1" {
+                        ctx.ready();
+                    } else if let Some(status) = line.strip_prefix("STATUS=") {
+                        ctx.details().set("status", status.to_string());
+                    }
                 }
             }
         }

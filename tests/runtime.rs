@@ -1,0 +1,466 @@
+//! DESIGN.md §3 with the real `warden` binary and real processes: critical
+//! failure and exit 3, no process left behind, PID 1 reaping, sd_notify in
+//! both directions, reload with a broken file.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+/// A running `warden run`, its JSON log lines arriving on a channel.
+struct Warden {
+    child: Child,
+    logs: mpsc::Receiver<Json>,
+    seen: Vec<Json>,
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+fn write_registry(dir: &Path, text: &str) {
+    std::fs::write(dir.join("services.toml"), text).unwrap();
+}
+
+impl Warden {
+    fn start(registry: &str) -> Warden {
+        Warden::start_with(registry, &[], None)
+    }
+
+    fn start_with(registry: &str, env: &[(&str, &str)], wrapper: Option<&[&str]>) -> Warden {
+        let dir = tempfile::tempdir().unwrap();
+        write_registry(dir.path(), registry);
+        let bin = env!("CARGO_BIN_EXE_warden");
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(["run", "--log-format", "json"])
+            .current_dir(dir.path())
+            .env("WARDEN_LOG", "warden=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start warden");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"raw": line}));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let path = dir.path().to_path_buf();
+        Warden {
+            child,
+            logs: rx,
+            seen: Vec::new(),
+            _dir: dir,
+            dir: path,
+        }
+    }
+
+    /// Waits up to 20 s for a log line matching `pred`.
+    fn wait_log(&mut self, what: &str, pred: impl Fn(&Json) -> bool) -> Json {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.logs.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no log line for {what}; saw:\n{}", self.dump());
+    }
+
+    fn wait_event(&mut self, service: &str, message: &str) -> Json {
+        let (s, m) = (service.to_string(), message.to_string());
+        self.wait_log(&format!("{service}: {message}"), move |v| {
+            v["service"] == s.as_str() && v["message"] == m.as_str()
+        })
+    }
+
+    fn dump(&mut self) -> String {
+        while let Ok(v) = self.logs.try_recv() {
+            self.seen.push(v);
+        }
+        self.seen
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn signal(&self, sig: &str) {
+        signal_pid(self.child.id(), sig);
+    }
+
+    /// The pid (as this test sees it) of warden's first child: warden
+    /// itself when it runs under `unshare --fork`.
+    fn inner_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("unshare has a child")
+    }
+
+    /// Waits for the exit code (20 s at most).
+    fn exit_code(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("warden did not exit; log:\n{}", self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Children of `ppid` in state Z.
+fn zombie_children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let (state, parent) = (rest.next(), rest.next().and_then(|p| p.parse::<u32>().ok()));
+        if state == Some("Z") && parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -s {sig} {pid}");
+}
+
+/// Processes whose command line contains `marker`, as (pid, state).
+fn processes_with(marker: &str) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(marker) {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.trim().chars().next())
+                .unwrap_or('?');
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_crash_looping_critical_process_ends_in_an_ordered_shutdown_and_exit_3() {
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.db]
+kind = "process"
+command = ["sh", "-c", "echo starting; exit 1"]
+critical = true
+restart = { max_restarts = 2, backoff = { initial = "10ms" } }
+[services.app]
+kind = "process"
+command = ["sleep", "876543"]
+depends_on = { db = "started" }
+"#,
+    );
+    assert_eq!(w.exit_code(), 3, "log:\n{}", w.dump());
+    w.wait_log("the budget message", |v| {
+        v["service"] == "db"
+            && v["message"] == "failed"
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("exited with status 1"))
+    });
+    w.wait_event("db", "critical service failed for good; shutting down");
+    assert!(processes_with("876543").is_empty(), "app was stopped");
+}
+
+#[test]
+fn sigterm_leaves_no_process_behind_grandchildren_included() {
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.family]
+kind = "process"
+command = ["sh", "-c", "sleep 765431 & sleep 765432 & sleep 765433"]
+[services.stubborn]
+kind = "process"
+command = ["sh", "-c", "trap '' TERM; sleep 765434 & sleep 765435"]
+stop = { timeout = "500ms" }
+"#,
+    );
+    w.wait_event("family", "ready");
+    w.wait_event("stubborn", "ready");
+    wait_until("all five sleeps running", || {
+        processes_with("76543").len() >= 5
+    });
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0, "log:\n{}", w.dump());
+    let left = processes_with("76543");
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn as_pid_1_warden_reaps_orphans_and_still_sees_its_childrens_exit_codes() {
+    if Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        panic!(
+            "`unshare --pid --fork` does not work here (it needs root or user namespaces; util-linux provides it)"
+        );
+    }
+    let mut w = Warden::start_with(
+        r#"
+[api]
+enabled = false
+[services.parent]
+kind = "process"
+# The sleep leaves the group and outlives its parent: an orphan for PID 1.
+command = ["sh", "-c", "setsid sleep 0.3 & echo parent pid $$; exit 7"]
+restart = { policy = "never" }
+[services.keeper]
+kind = "process"
+command = ["sleep", "654321"]
+"#,
+        &[],
+        Some(&["unshare", "--pid", "--fork"]),
+    );
+    let ended = w.wait_log("parent failing with status 7", |v| {
+        v["service"] == "parent" && v["message"] == "failed"
+    });
+    assert_eq!(ended["error"], "exited with status 7");
+    let pid1 = w.wait_log("the parent's pid", |v| {
+        v["service"] == "parent" && v["stream"] == "stdout"
+    });
+    assert_ne!(
+        pid1["message"], "parent pid 1",
+        "warden, not the service, is PID 1"
+    );
+    w.wait_log("the orphan reaped", |v| v["message"] == "reaped an orphan");
+    // No zombie is left under warden (a zombie has no command line, so
+    // look for children of warden in state Z).
+    std::thread::sleep(Duration::from_millis(200));
+    let zombies = zombie_children_of(w.inner_pid());
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+    // unshare does not forward signals: stop warden itself.
+    signal_pid(w.inner_pid(), "TERM");
+    assert_eq!(w.exit_code(), 0, "log:\n{}", w.dump());
+}
+
+#[test]
+fn a_child_that_speaks_sd_notify_becomes_ready_through_notify() {
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.notifier]
+kind = "process"
+command = ["sh", "-c", "sleep 0.3; systemd-notify --status='warming up'; systemd-notify --ready; exec sleep 543210"]
+ready = { notify = true }
+[services.after]
+kind = "process"
+command = ["sleep", "543211"]
+depends_on = ["notifier"]
+"#,
+    );
+    let spawned = w.wait_log("notifier spawned", |v| {
+        v["service"] == "notifier"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("spawned"))
+    });
+    let ready = w.wait_event("notifier", "ready");
+    let after = w.wait_log("after started", |v| {
+        v["service"] == "after" && v["message"] == "started"
+    });
+    let ts = |v: &Json| v["timestamp"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ts(&spawned) < ts(&ready) && ts(&ready) <= ts(&after),
+        "ready only after READY=1, and `after` after that"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn wardens_own_ready_watchdog_and_stopping_reach_notify_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut w = Warden::start_with(
+        r#"
+[api]
+enabled = false
+[services.db]
+kind = "process"
+command = ["sh", "-c", "sleep 0.5; echo up; exec sleep 432100"]
+ready = { log = "^up$" }
+critical = true
+[services.optional]
+kind = "process"
+command = ["sleep", "432101"]
+"#,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+        None,
+    );
+    let mut messages: Vec<(Instant, String)> = Vec::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut recv_until = |messages: &mut Vec<(Instant, String)>,
+                          stop: &dyn Fn(&[(Instant, String)]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !stop(messages) && Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    messages.push((Instant::now(), line.to_string()));
+                }
+            }
+        }
+    };
+    let has = |m: &[(Instant, String)], s: &str| m.iter().any(|(_, l)| l == s);
+    recv_until(&mut messages, &|m| {
+        has(m, "READY=1") && m.iter().filter(|(_, l)| l == "WATCHDOG=1").count() >= 2
+    });
+    let ready_at = messages
+        .iter()
+        .find(|(_, l)| l == "READY=1")
+        .map(|(t, _)| *t)
+        .expect("READY=1 was sent");
+    assert!(
+        ready_at.duration_since(t0) >= Duration::from_millis(400),
+        "READY=1 waits for the critical service's readiness"
+    );
+    let db_ready = w.wait_event("db", "ready");
+    assert!(db_ready.is_object());
+    assert!(
+        messages.iter().any(|(_, l)| l.starts_with("STATUS=")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().filter(|(_, l)| l == "WATCHDOG=1").count() >= 2,
+        "watchdog pings at half of 300 ms: {messages:?}"
+    );
+    assert!(!has(&messages, "STOPPING=1"));
+    w.signal("TERM");
+    recv_until(&mut messages, &|m| has(m, "STOPPING=1"));
+    assert!(has(&messages, "STOPPING=1"), "{messages:?}");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn a_reload_with_a_broken_file_keeps_the_old_services_running() {
+    let registry = r#"
+[api]
+enabled = false
+[services.steady]
+kind = "process"
+command = ["sleep", "321987"]
+"#;
+    let mut w = Warden::start(registry);
+    w.wait_event("steady", "ready");
+    let before = processes_with("321987");
+    assert_eq!(before.len(), 1);
+    write_registry(
+        &w.dir,
+        "[services.steady]\nkind = \"process\"\ncommand = \"not an array\"\n",
+    );
+    w.signal("HUP");
+    let rejected = w.wait_log("reload rejected", |v| {
+        v["message"] == "reload rejected: the registry is invalid; keeping the running one"
+    });
+    assert!(
+        rejected["errors"]
+            .as_str()
+            .is_some_and(|e| e.contains("services.steady.command: expected an array of strings")),
+        "{rejected}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        processes_with("321987"),
+        before,
+        "the same process still runs"
+    );
+
+    // A valid change is applied: the service is restarted with its new command.
+    write_registry(&w.dir, &registry.replace("321987", "321988"));
+    w.signal("HUP");
+    w.wait_log("reload applied", |v| v["message"] == "reload applied");
+    wait_until("the new command runs", || {
+        processes_with("321988").len() == 1 && processes_with("321987").is_empty()
+    });
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
