@@ -151,6 +151,9 @@ impl Drop for Warden {
     }
 }
 
+/// A line received on the notify socket, and when.
+type Message = (Instant, String);
+
 /// Children of `ppid` in state Z.
 fn zombie_children_of(ppid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -376,11 +379,10 @@ command = ["sleep", "432101"]
         ],
         None,
     );
-    let mut messages: Vec<(Instant, String)> = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
     let t0 = Instant::now();
     let mut buf = [0u8; 4096];
-    let mut recv_until = |messages: &mut Vec<(Instant, String)>,
-                          stop: &dyn Fn(&[(Instant, String)]) -> bool| {
+    let mut recv_until = |messages: &mut Vec<Message>, stop: &dyn Fn(&[Message]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !stop(messages) && Instant::now() < deadline {
             if let Ok(n) = sock.recv(&mut buf) {
@@ -390,7 +392,7 @@ command = ["sleep", "432101"]
             }
         }
     };
-    let has = |m: &[(Instant, String)], s: &str| m.iter().any(|(_, l)| l == s);
+    let has = |m: &[Message], s: &str| m.iter().any(|(_, l)| l == s);
     recv_until(&mut messages, &|m| {
         has(m, "READY=1") && m.iter().filter(|(_, l)| l == "WATCHDOG=1").count() >= 2
     });
