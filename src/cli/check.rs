@@ -9,21 +9,22 @@ use super::{CheckArgs, CheckFormat, GraphArgs, GraphFormat, RegistryArgs, exit, 
 use crate::config::diag::JsonDiagnostic;
 use crate::config::{Endpoint, KindSpec, LoadOptions, ProbeCheck, RealSources, Registry};
 use crate::graph::{Checked, Graph, load_and_check};
+use crate::services::Factories;
 
 /// Version of the JSON shape of `check --format json`.
 pub const CHECK_JSON_VERSION: u32 = 1;
 
-fn load(args: &RegistryArgs) -> Checked {
+fn load(args: &RegistryArgs, extra: &Factories) -> Checked {
     let opts = LoadOptions {
         path: args.config.clone(),
         profile: args.profile.clone(),
-        custom_kinds: Vec::new(),
+        custom_kinds: extra.custom_kinds(),
     };
     load_and_check(&opts, &RealSources)
 }
 
-pub fn check(args: &CheckArgs) -> u8 {
-    let checked = load(&args.registry);
+pub fn check(args: &CheckArgs, extra: &Factories) -> u8 {
+    let checked = load(&args.registry, extra);
     let selection = match (&checked.graph, args.registry.only.is_empty()) {
         (Some(g), false) => match g.select(&args.registry.only) {
             Ok(s) => Some(s),
@@ -406,8 +407,8 @@ fn run_connect(reg: &Registry, g: &Graph, timeout: Duration) -> Vec<ConnectResul
     })
 }
 
-pub fn graph(args: &GraphArgs) -> u8 {
-    let checked = load(&args.registry);
+pub fn graph(args: &GraphArgs, extra: &Factories) -> u8 {
+    let checked = load(&args.registry, extra);
     let Some(g) = &checked.graph else {
         for d in checked.loaded.diagnostics.errors() {
             err!("{}", d.render(&checked.loaded.sources));

@@ -177,8 +177,8 @@ pub fn main_with(extra: crate::services::Factories) -> ExitCode {
     };
     ExitCode::from(match cli.command {
         Command::Run(a) => run::run(&a, &extra),
-        Command::Check(a) => check::check(&a),
-        Command::Graph(a) => check::graph(&a),
+        Command::Check(a) => check::check(&a, &extra),
+        Command::Graph(a) => check::graph(&a, &extra),
         Command::Schema => {
             outln!("{}", pretty(&crate::config::schema::registry_schema()));
             exit::OK
