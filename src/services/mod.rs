@@ -65,6 +65,21 @@ pub trait Factory: Send + Sync + 'static {
     }
     /// Builds one run of the service described by `spec`.
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError>;
+    /// Runs one of the kind's actions (`replay-failed`, `validate`...) for
+    /// the service described by `spec`, with JSON arguments, and answers
+    /// JSON. Actions do not need the running instance: they work on the
+    /// stores the service uses. The default knows no action.
+    fn action(
+        &self,
+        spec: &ServiceSpec,
+        action: &str,
+        args: Json,
+        details: Details,
+    ) -> BoxFuture<Result<Json, ServiceError>> {
+        let _ = (args, details);
+        let msg = format!("kind {} has no action {action:?}", spec.kind.kind_name());
+        Box::pin(async move { Err(ServiceError(msg)) })
+    }
 }
 
 /// The factories known to a supervisor, by kind.

@@ -58,6 +58,13 @@ pub enum Control {
         name: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Run one of a service's kind-specific actions.
+    Action {
+        name: String,
+        action: String,
+        args: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
     /// Answers at once: proves the loop is live (systemd's watchdog).
     Ping { reply: oneshot::Sender<()> },
     /// Switch to a new, already checked registry: stop removed services,
@@ -134,6 +141,27 @@ impl Handle {
             .unwrap_or_else(|_| Err("the supervisor has ended".into()))
     }
 
+    /// Runs one of a service's actions and waits for its answer.
+    pub async fn request_action(
+        &self,
+        name: &str,
+        action: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Control::Action {
+            name: name.into(),
+            action: action.into(),
+            args,
+            reply: tx,
+        });
+        if !sent {
+            return Err("the supervisor has ended".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
+    }
+
     /// Becomes `true` the moment the shutdown begins.
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.stopping.clone()
@@ -164,6 +192,18 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
     /// When the service entered its current state (supervisor clock).
     pub since: Instant,
+    /// The last run of each `[[schedule]]` entry, in order (`None`: not run
+    /// yet).
+    pub schedules: Vec<Option<ActionRun>>,
+}
+
+/// One finished run of an action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRun {
+    pub action: String,
+    pub finished: std::time::SystemTime,
+    pub duration: Duration,
+    pub result: Result<serde_json::Value, String>,
 }
 
 #[derive(Debug)]
@@ -195,6 +235,17 @@ enum Msg {
         name: Arc<str>,
         generation: u64,
         error: String,
+    },
+    /// A `[[schedule]]` entry is due.
+    ScheduleTick {
+        name: Arc<str>,
+        index: usize,
+    },
+    /// A scheduled run finished.
+    ScheduleDone {
+        name: Arc<str>,
+        index: usize,
+        run: ActionRun,
     },
     ShutdownTimeout,
 }
@@ -238,6 +289,11 @@ struct Unit {
     logs: Logs,
     /// The spec a reload will apply once this run has stopped.
     next_spec: Option<ServiceSpec>,
+    /// Per `[[schedule]]` entry: whether a run is in flight, the last run.
+    schedule_busy: Vec<bool>,
+    schedule_last: Vec<Option<ActionRun>>,
+    /// Cancels the schedule timers (on reload or removal).
+    schedule_cancel: CancellationToken,
 }
 
 impl Unit {
@@ -258,6 +314,9 @@ impl Unit {
             details: Details::default(),
             logs: Logs::new(log_lines),
             next_spec: None,
+            schedule_busy: vec![false; spec.common.schedule.len()],
+            schedule_last: vec![None; spec.common.schedule.len()],
+            schedule_cancel: CancellationToken::new(),
             spec,
         }
     }
@@ -267,6 +326,12 @@ impl Unit {
         let r = &spec.common.restart;
         self.backoff = BackoffState::new(r.backoff.clone());
         self.budget = RestartBudget::new(r.max_restarts, r.window);
+        if spec.common.schedule != self.spec.common.schedule {
+            self.schedule_cancel.cancel();
+            self.schedule_cancel = CancellationToken::new();
+            self.schedule_busy = vec![false; spec.common.schedule.len()];
+            self.schedule_last = vec![None; spec.common.schedule.len()];
+        }
         self.spec = spec;
     }
 }
@@ -372,6 +437,10 @@ impl Supervisor {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> u8 {
         tokio::pin!(shutdown);
         let mut shutdown_done = false;
+        let names: Vec<Arc<str>> = self.units.keys().cloned().collect();
+        for name in names {
+            self.start_schedules(&name);
+        }
         self.schedule();
         while !self.finished() {
             tokio::select! {
@@ -421,6 +490,7 @@ impl Supervisor {
                 restarts: u.restarts,
                 last_error: u.last_error.clone(),
                 since: u.since,
+                schedules: u.schedule_last.clone(),
             })
             .collect();
         self.status_tx.send_if_modified(|old| {
@@ -547,6 +617,23 @@ impl Supervisor {
                     self.stop_unit(&name, AfterStop::Failure(error));
                 }
             }
+            Msg::ScheduleTick { name, index } => self.schedule_tick(&name, index),
+            Msg::ScheduleDone { name, index, run } => {
+                if let Some(u) = self.units.get_mut(&*name) {
+                    if index < u.schedule_busy.len() {
+                        u.schedule_busy[index] = false;
+                        match &run.result {
+                            Ok(_) => {
+                                tracing::info!(service = %name, action = %run.action, duration = ?run.duration, "scheduled action done")
+                            }
+                            Err(e) => {
+                                tracing::warn!(service = %name, action = %run.action, error = %e, "scheduled action failed")
+                            }
+                        }
+                        u.schedule_last[index] = Some(run);
+                    }
+                }
+            }
             Msg::ShutdownTimeout => {
                 if self.shutting_down && !self.forced {
                     tracing::warn!("shutdown_timeout reached; forcing the rest");
@@ -573,6 +660,21 @@ impl Supervisor {
             }
             Control::Ping { reply } => {
                 let _ = reply.send(());
+            }
+            Control::Action {
+                name,
+                action,
+                args,
+                reply,
+            } => {
+                let Some(u) = self.units.get(name.as_str()) else {
+                    let _ = reply.send(Err(format!("no such service: {name}")));
+                    return;
+                };
+                let fut = self.action_future(u, &action, args);
+                tokio::spawn(async move {
+                    let _ = reply.send(fut.await.map_err(|e| e.0));
+                });
             }
             Control::Reload {
                 registry,
@@ -673,7 +775,9 @@ impl Supervisor {
                 State::Starting | State::Ready => self.stop_unit(&name, AfterStop::Remove),
                 State::Stopping => self.units[&*name].after_stop = AfterStop::Remove,
                 _ => {
-                    self.units.shift_remove(&*name);
+                    if let Some(u) = self.units.shift_remove(&*name) {
+                        u.schedule_cancel.cancel();
+                    }
                 }
             }
         }
@@ -750,6 +854,16 @@ impl Supervisor {
             }
         }
         self.graph = graph;
+        // Timers of removed services and of changed schedules were
+        // cancelled; start those of added services and new schedules.
+        for name in summary.added.iter().chain(summary.changed.iter()) {
+            let Some(u) = self.units.get_mut(name.as_str()) else {
+                continue;
+            };
+            u.schedule_cancel.cancel();
+            u.schedule_cancel = CancellationToken::new();
+            self.start_schedules(name);
+        }
         tracing::info!(
             added = summary.added.len(),
             removed = summary.removed.len(),
@@ -758,6 +872,89 @@ impl Supervisor {
             "reloaded"
         );
         Ok(summary)
+    }
+
+    /// The future of one action run, built by the service's factory.
+    fn action_future(
+        &self,
+        u: &Unit,
+        action: &str,
+        args: serde_json::Value,
+    ) -> crate::services::BoxFuture<Result<serde_json::Value, ServiceError>> {
+        match self.factories.get(u.spec.kind.kind_name()) {
+            Some(f) => f.action(&u.spec, action, args, u.details.clone()),
+            None => {
+                let msg = format!(
+                    "kind {} has no implementation in this build of warden",
+                    u.spec.kind.kind_name()
+                );
+                Box::pin(async move { Err(ServiceError(msg)) })
+            }
+        }
+    }
+
+    /// Starts one timer per `[[schedule]]` entry of a unit.
+    fn start_schedules(&self, name: &str) {
+        let u = &self.units[name];
+        for (index, entry) in u.spec.common.schedule.iter().enumerate() {
+            let tx = self.tx.clone();
+            let every = entry.every;
+            let cancel = u.schedule_cancel.clone();
+            let name = u.name.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            if tx.send(Msg::ScheduleTick { name: name.clone(), index }).is_err() {
+                                return;
+                            }
+                        }
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            });
+        }
+    }
+
+    /// A schedule is due: run it if the service is ready and the last run
+    /// has finished (runs never overlap).
+    fn schedule_tick(&mut self, name: &str, index: usize) {
+        let Some(u) = self.units.get(name) else {
+            return;
+        };
+        let Some(entry) = u.spec.common.schedule.get(index) else {
+            return;
+        };
+        if self.shutting_down || u.state != State::Ready {
+            tracing::debug!(service = %name, action = %entry.action, state = %u.state, "scheduled action skipped: not ready");
+            return;
+        }
+        if u.schedule_busy[index] {
+            tracing::warn!(service = %name, action = %entry.action, "scheduled action skipped: the previous run is still going");
+            return;
+        }
+        let action = entry.action.clone();
+        let fut = self.action_future(u, &action, entry.args.clone());
+        let tx = self.tx.clone();
+        let name_arc = u.name.clone();
+        self.units[name].schedule_busy[index] = true;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = fut.await.map_err(|e| e.0);
+            let run = ActionRun {
+                action,
+                finished: std::time::SystemTime::now(),
+                duration: started.elapsed(),
+                result,
+            };
+            let _ = tx.send(Msg::ScheduleDone {
+                name: name_arc,
+                index,
+                run,
+            });
+        });
     }
 
     fn request_shutdown(&mut self) {
@@ -1030,7 +1227,9 @@ impl Supervisor {
                         self.transition(name, Event::Disable);
                     }
                     AfterStop::Remove => {
-                        self.units.shift_remove(name);
+                        if let Some(u) = self.units.shift_remove(name) {
+                            u.schedule_cancel.cancel();
+                        }
                     }
                     AfterStop::Replace => {
                         let u = &mut self.units[name];

@@ -66,6 +66,28 @@ impl Factory for MockFactory {
     fn actions(&self) -> Vec<String> {
         vec!["poke".into()]
     }
+    fn action(
+        &self,
+        spec: &ServiceSpec,
+        action: &str,
+        args: Json,
+        _details: crate::services::Details,
+    ) -> BoxFuture<Result<Json, ServiceError>> {
+        let log = self.log.clone();
+        let t0 = self.t0;
+        let name = spec.name.clone();
+        let action = action.to_string();
+        Box::pin(async move {
+            log.push(t0, format!("action {name} {action}"));
+            let takes = args.get("takes").and_then(dur).unwrap_or_default();
+            tokio::time::sleep(takes).await;
+            match action.as_str() {
+                "poke" => Ok(serde_json::json!({"poked": name})),
+                other => Err(ServiceError(format!("no action {other}"))),
+            }
+        })
+    }
+
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         let KindSpec::Custom { settings, .. } = &spec.kind else {
             return Err(ServiceError("not a mock".into()));
@@ -841,6 +863,41 @@ depends_on = ["keep"]
     assert!(h.handle.status().iter().all(|s| s.name != "drop"));
     let (code, _) = h.shutdown().await;
     assert_eq!(code, EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduled_actions_run_when_ready_never_overlap_and_record_results() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "25s"
+[[services.db.schedule]]
+action = "poke"
+every = "10s"
+args = { takes = "15s" }
+"#,
+    );
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    // Ticks at 10 and 20 s find db not ready; at 30 s a run starts that
+    // takes 15 s, so the 40 s tick is skipped; runs at 30 and 50 s.
+    assert_eq!(h.log.times("action db poke"), vec![30_000, 50_000]);
+    let last = h.status("db").schedules[0].clone().expect("a recorded run");
+    assert_eq!(last.action, "poke");
+    assert_eq!(last.result, Ok(serde_json::json!({"poked": "db"})));
+    assert_eq!(last.duration, Duration::from_secs(15));
+    let answer = h
+        .handle
+        .request_action("db", "poke", serde_json::json!({}))
+        .await;
+    assert_eq!(answer, Ok(serde_json::json!({"poked": "db"})));
+    assert_eq!(
+        h.handle
+            .request_action("db", "nope", serde_json::json!({}))
+            .await,
+        Err("no action nope".to_string())
+    );
+    h.shutdown().await;
 }
 
 /// Every transition the supervisor makes today, exercised by the scenarios
