@@ -619,20 +619,23 @@ impl Supervisor {
             }
             Msg::ScheduleTick { name, index } => self.schedule_tick(&name, index),
             Msg::ScheduleDone { name, index, run } => {
-                if let Some(u) = self.units.get_mut(&*name) {
-                    if index < u.schedule_busy.len() {
-                        u.schedule_busy[index] = false;
-                        match &run.result {
-                            Ok(_) => {
-                                tracing::info!(service = %name, action = %run.action, duration = ?run.duration, "scheduled action done")
-                            }
-                            Err(e) => {
-                                tracing::warn!(service = %name, action = %run.action, error = %e, "scheduled action failed")
-                            }
-                        }
-                        u.schedule_last[index] = Some(run);
+                let Some(u) = self
+                    .units
+                    .get_mut(&*name)
+                    .filter(|u| index < u.schedule_busy.len())
+                else {
+                    return;
+                };
+                u.schedule_busy[index] = false;
+                match &run.result {
+                    Ok(_) => {
+                        tracing::info!(service = %name, action = %run.action, duration = ?run.duration, "scheduled action done")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, action = %run.action, error = %e, "scheduled action failed")
                     }
                 }
+                u.schedule_last[index] = Some(run);
             }
             Msg::ShutdownTimeout => {
                 if self.shutting_down && !self.forced {
