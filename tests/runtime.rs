@@ -146,6 +146,17 @@ impl Warden {
 
 impl Drop for Warden {
     fn drop(&mut self) {
+        // Stop it the way an operator would, so that a failed test leaves
+        // no process behind; kill it only if that does not work.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -450,9 +461,10 @@ command = ["sleep", "321987"]
         "{rejected}"
     );
     std::thread::sleep(Duration::from_millis(200));
+    let pids = |v: Vec<(u32, char)>| v.into_iter().map(|(p, _)| p).collect::<Vec<_>>();
     assert_eq!(
-        processes_with("321987"),
-        before,
+        pids(processes_with("321987")),
+        pids(before),
         "the same process still runs"
     );
 

@@ -8,6 +8,7 @@
 //! shutdown, stop) next. There is no polling: nothing happens between
 //! messages. Timers are tokio sleeps, so tests run on paused time.
 
+pub mod leader;
 pub mod restart;
 pub mod state;
 pub mod systemd;
@@ -270,6 +271,8 @@ enum AfterStop {
     /// Reload changed it: take `Unit::next_spec`, then wait for the
     /// dependencies again.
     Replace,
+    /// A singleton that lost its lock: wait in standby.
+    Standby,
 }
 
 struct Unit {
@@ -294,6 +297,10 @@ struct Unit {
     schedule_last: Vec<Option<ActionRun>>,
     /// Cancels the schedule timers (on reload or removal).
     schedule_cancel: CancellationToken,
+    /// Singletons: this instance holds the service's lock.
+    leader: bool,
+    /// Singletons: the task holding (or waiting for) the lock.
+    leadership: Option<CancellationToken>,
 }
 
 impl Unit {
@@ -317,8 +324,19 @@ impl Unit {
             schedule_busy: vec![false; spec.common.schedule.len()],
             schedule_last: vec![None; spec.common.schedule.len()],
             schedule_cancel: CancellationToken::new(),
+            leader: false,
+            leadership: None,
             spec,
         }
+    }
+
+    /// Gives up the singleton lock (its session ends, so another instance
+    /// takes over).
+    fn release_leadership(&mut self) {
+        if let Some(c) = self.leadership.take() {
+            c.cancel();
+        }
+        self.leader = false;
     }
 
     /// Takes a new spec: restart arithmetic starts over.
@@ -363,6 +381,10 @@ pub struct Supervisor {
     status_tx: watch::Sender<Arc<Vec<ServiceStatus>>>,
     status_rx: watch::Receiver<Arc<Vec<ServiceStatus>>>,
     stopping_tx: watch::Sender<bool>,
+    leader_tx: mpsc::UnboundedSender<(Arc<str>, leader::Leadership)>,
+    leader_rx: mpsc::UnboundedReceiver<(Arc<str>, leader::Leadership)>,
+    /// `[warden] postgres`: where singletons without their own take locks.
+    coordination: Option<crate::config::types::PostgresDsn>,
     rng: fastrand::Rng,
     shutdown_timeout: Duration,
     shutting_down: bool,
@@ -394,6 +416,7 @@ impl Supervisor {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
         let (stopping_tx, _) = watch::channel(false);
+        let (leader_tx, leader_rx) = mpsc::unbounded_channel();
         let s = Supervisor {
             units,
             graph,
@@ -405,6 +428,9 @@ impl Supervisor {
             status_tx,
             status_rx,
             stopping_tx,
+            leader_tx,
+            leader_rx,
+            coordination: registry.warden.postgres.clone(),
             rng: fastrand::Rng::new(),
             shutdown_timeout: registry.warden.shutdown_timeout,
             shutting_down: false,
@@ -446,6 +472,7 @@ impl Supervisor {
             tokio::select! {
                 Some(msg) = self.rx.recv() => self.handle_msg(msg),
                 Some(report) = self.reports_rx.recv() => self.handle_report(report),
+                Some((name, l)) = self.leader_rx.recv() => self.handle_leadership(&name, l),
                 _ = &mut shutdown, if !shutdown_done => {
                     shutdown_done = true;
                     self.request_shutdown();
@@ -732,6 +759,7 @@ impl Supervisor {
             }
             State::Pending | State::Backoff | State::Standby | State::Blocked => {
                 self.units[name].generation += 1;
+                self.units[name].release_leadership();
                 self.transition(name, Event::Stop);
                 Ok(())
             }
@@ -986,6 +1014,7 @@ impl Supervisor {
             .collect();
         for name in idle {
             self.units[&*name].generation += 1;
+            self.units[&*name].release_leadership();
             self.transition(&name, Event::Stop);
         }
     }
@@ -1034,11 +1063,84 @@ impl Supervisor {
         let ready: Vec<Arc<str>> = self
             .units
             .values()
-            .filter(|u| u.state == State::Pending && self.dependencies_hold(&u.name))
+            .filter(|u| {
+                matches!(u.state, State::Pending | State::Standby)
+                    && self.dependencies_hold(&u.name)
+            })
             .map(|u| u.name.clone())
             .collect();
         for name in ready {
-            self.start_unit(&name);
+            let u = &self.units[&*name];
+            if !u.spec.common.singleton || u.leader {
+                self.start_unit(&name);
+            } else {
+                self.seek_leadership(&name);
+            }
+        }
+    }
+
+    /// A singleton wants to run: make sure a task is after its lock.
+    fn seek_leadership(&mut self, name: &str) {
+        let u = &self.units[name];
+        if u.leadership.is_some() {
+            return;
+        }
+        let Some(dsn) = singleton_dsn(&u.spec).or_else(|| self.coordination.clone()) else {
+            // Validation requires a database; be safe all the same.
+            let _ = self.tx.send(Msg::Ended {
+                name: u.name.clone(),
+                generation: u.generation,
+                result: Err(ServiceError(
+                    "a singleton needs a PostgreSQL database for its lock".into(),
+                )),
+            });
+            return;
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn(leader::hold(
+            u.name.clone(),
+            dsn,
+            self.leader_tx.clone(),
+            cancel.clone(),
+        ));
+        self.units[name].leadership = Some(cancel);
+    }
+
+    fn handle_leadership(&mut self, name: &str, l: leader::Leadership) {
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
+        if u.leadership.is_none() {
+            return; // released since; a stale report
+        }
+        match l {
+            leader::Leadership::Acquired => {
+                tracing::info!(service = %name, "leader: this instance runs the singleton");
+                u.leader = true;
+            }
+            leader::Leadership::Standby => {
+                tracing::info!(service = %name, "standby: another instance runs the singleton");
+                u.leader = false;
+                if u.state == State::Pending {
+                    self.transition(name, Event::Standby);
+                }
+            }
+            leader::Leadership::Lost(why) => {
+                u.leader = false;
+                u.last_error = Some(format!("singleton lock lost: {why}"));
+                match u.state {
+                    State::Starting | State::Ready => self.stop_unit(name, AfterStop::Standby),
+                    State::Backoff => {
+                        self.units[name].generation += 1;
+                        self.transition(name, Event::Stop);
+                        self.transition(name, Event::Standby);
+                    }
+                    State::Pending => {
+                        self.transition(name, Event::Standby);
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -1216,6 +1318,13 @@ impl Supervisor {
                 }
                 self.transition(name, Event::Stopped);
                 tracing::info!(service = %name, "stopped");
+                if !matches!(
+                    after,
+                    AfterStop::Standby | AfterStop::Restart | AfterStop::Reset | AfterStop::Replace
+                ) || self.shutting_down
+                {
+                    self.units[name].release_leadership();
+                }
                 match after {
                     AfterStop::Reset if !self.shutting_down => {
                         self.transition(name, Event::Reset);
@@ -1233,6 +1342,9 @@ impl Supervisor {
                         if let Some(u) = self.units.shift_remove(name) {
                             u.schedule_cancel.cancel();
                         }
+                    }
+                    AfterStop::Standby if !self.shutting_down => {
+                        self.transition(name, Event::Standby);
                     }
                     AfterStop::Replace => {
                         let u = &mut self.units[name];
@@ -1414,6 +1526,24 @@ impl Supervisor {
                 _ => {}
             }
         }
+    }
+}
+
+/// The database a singleton takes its lock in: its own `postgres` setting.
+fn singleton_dsn(spec: &ServiceSpec) -> Option<crate::config::types::PostgresDsn> {
+    use crate::config::KindSpec as K;
+    use crate::config::types::PostgresDsn;
+    match &spec.kind {
+        K::OutboxRelay(s) => Some(s.postgres.clone()),
+        K::MemorySync(s) => Some(s.postgres.clone()),
+        K::StreamReplicator(s) => Some(s.postgres.clone()),
+        K::DualWrite(s) => Some(s.primary.postgres.clone()),
+        K::Retention(s) => Some(s.postgres.clone()),
+        K::Custom { settings, .. } => settings
+            .get("postgres")
+            .and_then(|v| v.as_str())
+            .map(|d| PostgresDsn(crate::config::secret::Dsn::new(d))),
+        _ => None,
     }
 }
 
