@@ -448,9 +448,10 @@ class Pm2(Peer):
             "max_restarts": 1000000000,
             "kill_timeout": 10000,
             "kill_signal": "SIGTERM",
+            # pm2 special-cases /dev/null for logs (opens no file). Never
+            # point pid_file there: pm2 unlinks the pid file on stop.
             "out_file": "/dev/null",
             "error_file": "/dev/null",
-            "pid_file": "/dev/null",
             "merge_logs": True,
             "watch": False,
             "vizion": False,
