@@ -267,3 +267,40 @@ command = ["sleep", "321987"]
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn user_drops_privileges_when_warden_is_root() {
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.unprivileged]
+kind = "process"
+command = ["sh", "-c", "echo uid=$(id -u) gids=$(id -G); exec sleep 313131"]
+user = "nobody"
+restart = { policy = "never" }
+"#,
+    );
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        let line = w.wait_log("the child's ids", |v| {
+            v["service"] == "unprivileged" && v["stream"] == "stdout"
+        });
+        assert_eq!(
+            line["message"], "uid=65534 gids=65534",
+            "runs as nobody, without root's groups"
+        );
+    } else {
+        let failed = w.wait_event("unprivileged", "failed");
+        assert_eq!(
+            failed["error"],
+            "user = \"nobody\" needs warden to run as root"
+        );
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

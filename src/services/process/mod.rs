@@ -168,13 +168,9 @@ fn apply_user(cmd: &mut std::process::Command, user: &str) -> Result<(), Service
     let u = found
         .map_err(|e| ServiceError(format!("cannot look up user {user:?}: {e}")))?
         .ok_or_else(|| ServiceError(format!("no such user: {user:?}")))?;
-    let gid = u.gid;
-    cmd.uid(u.uid.as_raw()).gid(gid.as_raw());
-    // Drop warden's supplementary groups too (std sets uid and gid only).
-    // SAFETY: setgroups is async-signal-safe and touches no Rust state.
-    unsafe {
-        cmd.pre_exec(move || nix::unistd::setgroups(&[gid]).map_err(std::io::Error::from));
-    }
+    // std drops the supplementary groups itself (setgroups(0)) before
+    // setuid when it runs as root.
+    cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     Ok(())
 }
 
