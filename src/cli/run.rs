@@ -89,6 +89,16 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         }
         let supervisor = Supervisor::new(registry, graph, factories);
         let handle = supervisor.handle();
+        // Loading the registry and starting every service leave freed heap
+        // behind that glibc keeps; give it back once things have settled:
+        // a supervisor stays resident all day.
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            // SAFETY: malloc_trim only walks glibc's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
         tokio::spawn(crate::supervisor::systemd::notifier(handle.clone()));
         let only = args.registry.only.clone();
         let reload = move || -> Result<(crate::config::Registry, crate::graph::Graph), String> {

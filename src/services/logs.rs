@@ -39,8 +39,9 @@ pub struct Logs {
 
 impl Logs {
     pub fn new(capacity: usize) -> Logs {
+        // Grows as lines come: a quiet service costs next to nothing.
         Logs {
-            lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(1024)))),
+            lines: Arc::new(Mutex::new(VecDeque::new())),
             capacity: capacity.max(1),
         }
     }

@@ -190,7 +190,8 @@ fn pump(
     let name = ctx.name().to_string();
     let logs = ctx.logs().clone();
     Ok(tokio::spawn(async move {
-        let mut reader = BufReader::new(rx);
+        // A small buffer: 100 services are 200 pipes; long lines still work.
+        let mut reader = BufReader::with_capacity(1024, rx);
         let mut buf = Vec::new();
         loop {
             buf.clear();
