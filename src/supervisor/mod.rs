@@ -34,6 +34,19 @@ use state::{Event, State};
 #[cfg(test)]
 type Coverage = Arc<std::sync::Mutex<HashSet<(State, Event)>>>;
 
+/// How a singleton's lock is held: given the service, its database, where
+/// to report leadership, and a token that releases the lock when cancelled.
+pub type Locker = Arc<
+    dyn Fn(
+            Arc<str>,
+            crate::config::types::PostgresDsn,
+            mpsc::UnboundedSender<(Arc<str>, leader::Leadership)>,
+            CancellationToken,
+        ) -> crate::services::BoxFuture<()>
+        + Send
+        + Sync,
+>;
+
 /// Exit codes of `warden run` (the same numbers as `cli::exit`).
 pub const EXIT_OK: u8 = 0;
 /// A critical service failed for good.
@@ -385,6 +398,8 @@ pub struct Supervisor {
     leader_rx: mpsc::UnboundedReceiver<(Arc<str>, leader::Leadership)>,
     /// `[warden] postgres`: where singletons without their own take locks.
     coordination: Option<crate::config::types::PostgresDsn>,
+    /// Holds singleton locks ([`leader::hold`] on PostgreSQL).
+    locker: Locker,
     rng: fastrand::Rng,
     shutdown_timeout: Duration,
     shutting_down: bool,
@@ -431,6 +446,7 @@ impl Supervisor {
             leader_tx,
             leader_rx,
             coordination: registry.warden.postgres.clone(),
+            locker: Arc::new(|name, dsn, tx, cancel| Box::pin(leader::hold(name, dsn, tx, cancel))),
             rng: fastrand::Rng::new(),
             shutdown_timeout: registry.warden.shutdown_timeout,
             shutting_down: false,
@@ -441,6 +457,12 @@ impl Supervisor {
         };
         s.publish();
         s
+    }
+
+    /// Holds singleton locks with `locker` instead of PostgreSQL (tests).
+    pub fn with_locker(mut self, locker: Locker) -> Supervisor {
+        self.locker = locker;
+        self
     }
 
     /// Seeds the jitter (tests).
@@ -838,9 +860,13 @@ impl Supervisor {
                 self.units[name].next_spec = None;
                 match state {
                     State::Starting | State::Ready => self.stop_unit(name, AfterStop::Disable),
-                    State::Backoff | State::Standby => {
+                    State::Backoff => {
                         self.units[name].generation += 1;
                         self.transition(name, Event::Stop);
+                        self.transition(name, Event::Disable);
+                    }
+                    State::Standby => {
+                        self.units[name].release_leadership();
                         self.transition(name, Event::Disable);
                     }
                     State::Disabled | State::Stopping => {}
@@ -1097,7 +1123,7 @@ impl Supervisor {
             return;
         };
         let cancel = CancellationToken::new();
-        tokio::spawn(leader::hold(
+        tokio::spawn((self.locker)(
             u.name.clone(),
             dsn,
             self.leader_tx.clone(),
@@ -1469,6 +1495,7 @@ impl Supervisor {
                 State::Stopping => self.units[&*d].after_stop = AfterStop::Block,
                 State::Pending | State::Backoff | State::Stopped | State::Standby => {
                     self.units[&*d].generation += 1;
+                    self.units[&*d].release_leadership();
                     self.transition(&d, Event::Block);
                 }
                 _ => {}
