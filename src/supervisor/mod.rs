@@ -119,10 +119,10 @@ impl Handle {
     }
 
     /// Sends a control that answers, and waits for the answer.
-    pub async fn request(
+    pub async fn request<T>(
         &self,
-        f: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Control,
-    ) -> Result<(), String> {
+        f: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Control,
+    ) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
         if !self.send(f(tx)) {
             return Err("the supervisor has ended".into());
@@ -142,17 +142,13 @@ impl Handle {
         registry: Registry,
         graph: Graph,
     ) -> Result<ReloadSummary, String> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Control::Reload {
-            registry: Box::new(registry),
+        let registry = Box::new(registry);
+        self.request(|reply| Control::Reload {
+            registry,
             graph,
-            reply: tx,
-        });
-        if !sent {
-            return Err("the supervisor has ended".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
+            reply,
+        })
+        .await
     }
 
     /// Runs one of a service's actions and waits for its answer.
@@ -162,18 +158,14 @@ impl Handle {
         action: &str,
         args: serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.send(Control::Action {
-            name: name.into(),
-            action: action.into(),
+        let (name, action) = (name.to_string(), action.to_string());
+        self.request(|reply| Control::Action {
+            name,
+            action,
             args,
-            reply: tx,
-        });
-        if !sent {
-            return Err("the supervisor has ended".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
+            reply,
+        })
+        .await
     }
 
     /// Becomes `true` the moment the shutdown begins.

@@ -205,27 +205,7 @@ fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
 }
 
 fn supervisor(registry: &str, coverage: Option<Coverage>) -> (Supervisor, Log, Instant) {
-    let text = format!("[api]\nenabled = false\n{registry}");
-    let opts = LoadOptions {
-        path: PathBuf::from("test.toml"),
-        profile: None,
-        custom_kinds: vec![CustomKind {
-            name: "mock".into(),
-            actions: vec!["poke".into()],
-        }],
-    };
-    let loaded = crate::config::load_text(&opts, text, &NoFiles, Default::default());
-    let reg = loaded.registry.clone().unwrap_or_else(|| {
-        panic!(
-            "bad test registry: {:?}",
-            loaded
-                .diagnostics
-                .iter()
-                .map(|d| d.message.clone())
-                .collect::<Vec<_>>()
-        )
-    });
-    let graph = crate::graph::build(&reg).unwrap();
+    let (reg, graph) = checked(registry);
     let log = Log::default();
     let t0 = Instant::now();
     let mut factories = Factories::new();
