@@ -68,7 +68,8 @@ impl Service for Greeter {
             let mut count = 0u64;
             loop {
                 count += 1;
-                tracing::info!(service = ctx.name(), count, "{}", self.settings.greeting);
+                // warden wraps the run in a span carrying `service = NAME`.
+                tracing::info!(count, "{}", self.settings.greeting);
                 ctx.details().set("greetings", count);
                 tokio::select! {
                     _ = tokio::time::sleep(self.settings.every) => {}

@@ -29,7 +29,10 @@ pub fn init_logging(format: Option<LogFormat>) {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The `service` span (around every service's run) shows as
+            // "span": {"name": "service", "service": NAME}.
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init()
     } else {
         builder

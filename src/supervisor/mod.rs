@@ -1213,7 +1213,9 @@ impl Supervisor {
             u.details.clone(),
             u.logs.clone(),
         );
-        let task = tokio::spawn(service.run(ctx));
+        // Every event the service emits carries its name (the span's field).
+        let span = tracing::info_span!("service", service = %u.name);
+        let task = tokio::spawn(tracing::Instrument::instrument(service.run(ctx), span));
         u.abort = Some(task.abort_handle());
         u.cancel = Some(cancel);
         let tx = self.tx.clone();
