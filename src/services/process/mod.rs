@@ -131,22 +131,6 @@ impl ProcessService {
             .stderr(Stdio::piped());
         // Its own process group: signals reach every process it starts.
         cmd.process_group(0);
-        // If warden dies without stopping it (SIGKILL, OOM killer), the
-        // kernel kills the child: the runtime is single-threaded, so the
-        // thread that spawned it lives as long as warden does.
-        let warden_pid = std::process::id() as i32;
-        // SAFETY: prctl and getppid are async-signal-safe and touch no Rust
-        // state.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).map_err(std::io::Error::from)?;
-                if nix::unistd::getppid().as_raw() != warden_pid {
-                    // warden died before the line above: do not run orphaned.
-                    std::process::exit(1);
-                }
-                Ok(())
-            });
-        }
         if let Some(user) = &p.user {
             apply_user(&mut cmd, user)?;
         }
