@@ -207,7 +207,7 @@ def pids_under(workdir):
     return out
 
 
-def wait_all_gone(pids, timeout=60.0):
+def wait_all_gone(pids, timeout=120.0):
     deadline = time.monotonic() + timeout
     while any(alive(p) for p in pids):
         if time.monotonic() > deadline:
@@ -263,8 +263,8 @@ class Peer(Supervisor):
         tree = pids_of_tree(self.root_pid())
         self.request_stop()
         if self.proc:
-            self.proc.wait(timeout=60)
-        wait_all_gone(tree)
+            self.proc.wait(timeout=120)
+        wait_all_gone(tree, timeout=120)
 
     def cleanup(self):
         if getattr(self, "workdir", None):
