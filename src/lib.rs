@@ -9,8 +9,10 @@
 //! - [`services`]: the `Service` trait, its context, and kind factories.
 //! - [`supervisor`]: the state machine, restart arithmetic and the event
 //!   loop that runs services.
+//! - [`api`]: the `api` service: health, readiness and control over HTTP.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod graph;

@@ -73,6 +73,35 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             }
         }
     };
+    let only = args.registry.only.clone();
+    let reload_opts = opts.clone();
+    let reloader: crate::api::Reloader = std::sync::Arc::new(move || {
+        let checked = load_and_check(&reload_opts, &RealSources);
+        match (checked.registry(), checked.graph.as_ref()) {
+            (Some(r), Some(g)) => {
+                let g = if only.is_empty() {
+                    g.clone()
+                } else {
+                    g.select(&only).map_err(|e| e.to_string())?
+                };
+                Ok((r.clone(), g))
+            }
+            _ => Err(checked
+                .loaded
+                .diagnostics
+                .errors()
+                .map(|d| d.render(&checked.loaded.sources))
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    });
+    let api = crate::api::ApiState {
+        handle: Default::default(),
+        spec: registry.api.clone(),
+        graph: std::sync::Arc::new(std::sync::Mutex::new(graph.clone())),
+        reloader: Some(reloader),
+    };
+    factories.register(crate::api::ApiFactory { state: api.clone() });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,9 +121,11 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         }
         let supervisor = Supervisor::new(registry, graph, factories);
         let handle = supervisor.handle();
+        let _ = api.handle.set(handle.clone());
         // Loading the registry and starting every service leave freed heap
-        // behind that glibc keeps; give it back once things have settled:
-        // a supervisor stays resident all day.
+        // behind that glibc keeps, and start-up code that never runs again;
+        // give both back once things have settled: a supervisor stays
+        // resident all day.
         tokio::spawn(async {
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             // SAFETY: malloc_trim only walks glibc's own free lists.
@@ -104,25 +135,13 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             drop_cold_code();
         });
         tokio::spawn(crate::supervisor::systemd::notifier(handle.clone()));
-        let only = args.registry.only.clone();
-        let reload = move || -> Result<(crate::config::Registry, crate::graph::Graph), String> {
-            let checked = load_and_check(&opts, &RealSources);
-            match (checked.registry(), checked.graph.as_ref()) {
-                (Some(r), Some(g)) => {
-                    let g = if only.is_empty() { g.clone() } else { g.select(&only).map_err(|e| e.to_string())? };
-                    Ok((r.clone(), g))
-                }
-                _ => Err(checked
-                    .loaded
-                    .diagnostics
-                    .errors()
-                    .map(|d| d.render(&checked.loaded.sources))
-                    .collect::<Vec<_>>()
-                    .join("\n")),
-            }
-        };
-        tokio::spawn(forward_signals(handle, reload));
-        tracing::info!(file = %registry.file.display(), profile = registry.profile.as_deref().unwrap_or(""), services = registry.services.len(), "warden starting");
+        tokio::spawn(forward_signals(handle, api));
+        tracing::info!(
+            file = %registry.file.display(),
+            profile = registry.profile.as_deref().unwrap_or(""),
+            services = registry.services.len(),
+            "warden starting"
+        );
         supervisor.run(std::future::pending()).await
     });
     // Do not wait for stray tasks (probes, timers): everything is stopped.
@@ -144,10 +163,7 @@ fn become_reaper() {
 /// SIGINT and SIGTERM ask for an ordered shutdown; a second one forces it.
 /// SIGHUP reloads the registry: an invalid one is reported and the running
 /// services are left as they are.
-async fn forward_signals(
-    handle: crate::supervisor::Handle,
-    reload: impl Fn() -> Result<(crate::config::Registry, crate::graph::Graph), String>,
-) {
+async fn forward_signals(handle: crate::supervisor::Handle, api: crate::api::ApiState) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -163,22 +179,13 @@ async fn forward_signals(
             _ = term.recv() => { tracing::info!("SIGTERM"); handle.shutdown(); }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the registry");
-                crate::supervisor::systemd::reloading();
-                match reload() {
-                    Err(errors) => {
+                match api.reload().await {
+                    Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "reload applied"),
+                    Err(crate::api::ReloadError::Invalid(errors)) => {
                         tracing::error!(errors = %errors, "reload rejected: the registry is invalid; keeping the running one");
                     }
-                    Ok((registry, graph)) => {
-                        let r = handle
-                            .request_reload(registry, graph)
-                            .await;
-                        match r {
-                            Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "reload applied"),
-                            Err(e) => tracing::error!(error = %e, "reload failed"),
-                        }
-                    }
+                    Err(crate::api::ReloadError::Unavailable(e)) => tracing::error!(error = %e, "reload failed"),
                 }
-                crate::supervisor::systemd::reloaded();
             }
         }
     }

@@ -148,6 +148,13 @@ pub(crate) enum Report {
 #[derive(Debug, Clone, Default)]
 pub struct Details(Arc<Mutex<Map<String, Json>>>);
 
+/// Two handles are equal when they share the same map.
+impl PartialEq for Details {
+    fn eq(&self, other: &Details) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl Details {
     pub fn set(&self, key: &str, value: impl Into<Json>) {
         if let Ok(mut m) = self.0.lock() {

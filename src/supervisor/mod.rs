@@ -201,6 +201,10 @@ pub struct ServiceStatus {
     /// The last run of each `[[schedule]]` entry, in order (`None`: not run
     /// yet).
     pub schedules: Vec<Option<ActionRun>>,
+    /// The details the service publishes (shared, live).
+    pub details: Details,
+    /// The service's captured output (shared, live).
+    pub logs: Logs,
 }
 
 /// One finished run of an action.
@@ -532,6 +536,8 @@ impl Supervisor {
                 last_error: u.last_error.clone(),
                 since: u.since,
                 schedules: u.schedule_last.clone(),
+                details: u.details.clone(),
+                logs: u.logs.clone(),
             })
             .collect();
         self.status_tx.send_if_modified(|old| {
@@ -1065,11 +1071,18 @@ impl Supervisor {
                 .values()
                 .filter(|u| matches!(u.state, State::Starting | State::Ready))
                 .filter(|u| {
-                    // A service stops only after all its dependents have.
-                    self.graph
-                        .dependents(&u.name)
-                        .iter()
-                        .all(|d| !self.units[*d].state.is_running())
+                    // A service stops only after all its dependents have;
+                    // the API stops last, so that it can say so meanwhile.
+                    if matches!(u.spec.kind, crate::config::KindSpec::Api) {
+                        self.units
+                            .values()
+                            .all(|o| o.name == u.name || !o.state.is_running())
+                    } else {
+                        self.graph
+                            .dependents(&u.name)
+                            .iter()
+                            .all(|d| !self.units[*d].state.is_running())
+                    }
                 })
                 .map(|u| u.name.clone())
                 .collect();

@@ -1,0 +1,162 @@
+//! The `api` service: health, readiness and control over HTTP (DESIGN.md
+//! §4), on hyper 1 directly (a handful of routes does not need a router,
+//! and a supervisor stays small).
+//!
+//! It is supervised like any other service: it says `ready` once it
+//! listens, and a failure to bind is a failure (critical by default).
+//!
+//! Security: mutating routes (every `POST`) need `Authorization: Bearer
+//! TOKEN`, compared in constant time, when a token is configured; without a
+//! token they are allowed only when the listener is a loopback address.
+//! Bodies are bounded (`max_body`), header reads time out, connections are
+//! capped (`max_connections`). Errors are `{"error": "..."}`.
+
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+
+use crate::config::{ApiSpec, Registry, ServiceSpec};
+use crate::graph::Graph;
+use crate::services::{BoxFuture, Context, Factory, Service, ServiceError};
+use crate::supervisor::Handle;
+
+/// Loads and checks the registry again (for `POST /v1/reload`).
+pub type Reloader = Arc<dyn Fn() -> Result<(Registry, Graph), String> + Send + Sync>;
+
+/// What the API serves from: the supervisor's handle (set once the
+/// supervisor exists), the registry's graph, and how to reload.
+#[derive(Clone)]
+pub struct ApiState {
+    pub handle: Arc<OnceLock<Handle>>,
+    pub spec: ApiSpec,
+    pub graph: Arc<std::sync::Mutex<Graph>>,
+    pub reloader: Option<Reloader>,
+}
+
+impl ApiState {
+    /// Loads the registry again and applies it: the one reload path of
+    /// SIGHUP and `POST /v1/reload`. An invalid registry is refused with
+    /// its rendered errors and the running services are left alone.
+    pub async fn reload(&self) -> Result<crate::supervisor::ReloadSummary, ReloadError> {
+        let handle = self
+            .handle
+            .get()
+            .cloned()
+            .ok_or(ReloadError::Unavailable("warden is starting".into()))?;
+        let reloader = self
+            .reloader
+            .clone()
+            .ok_or(ReloadError::Unavailable("reload is not available".into()))?;
+        crate::supervisor::systemd::reloading();
+        let outcome = match reloader() {
+            Err(errors) => Err(ReloadError::Invalid(errors)),
+            Ok((registry, graph)) => {
+                let new_graph = graph.clone();
+                let r = handle.request_reload(registry, graph).await;
+                if let (true, Ok(mut g)) = (r.is_ok(), self.graph.lock()) {
+                    *g = new_graph;
+                }
+                r.map_err(ReloadError::Unavailable)
+            }
+        };
+        crate::supervisor::systemd::reloaded();
+        outcome
+    }
+}
+
+/// Why a reload was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The new registry is invalid (its rendered diagnostics).
+    Invalid(String),
+    /// The supervisor could not take it.
+    Unavailable(String),
+}
+
+/// Builds the `api` service.
+pub struct ApiFactory {
+    pub state: ApiState,
+}
+
+impl Factory for ApiFactory {
+    fn kind(&self) -> &str {
+        "api"
+    }
+
+    fn build(&self, _spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+        Ok(Box::new(Api {
+            state: self.state.clone(),
+        }))
+    }
+}
+
+struct Api {
+    state: ApiState,
+}
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Service for Api {
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
+        Box::pin(async move {
+            let addr: SocketAddr = self.state.spec.listen;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServiceError(format!("cannot listen on {addr}: {e}")))?;
+            tracing::info!(%addr, "API listening");
+            ctx.details().set("listen", addr.to_string());
+            ctx.ready();
+            let limit = Arc::new(Semaphore::new(self.state.spec.max_connections.0 as usize));
+            let shared = Arc::new(self.state);
+            loop {
+                let permit = tokio::select! {
+                    p = limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return Ok(()),
+                    },
+                    _ = ctx.cancelled() => return Ok(()),
+                };
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    },
+                    _ = ctx.cancelled() => return Ok(()),
+                };
+                let state = shared.clone();
+                let cancel = ctx.token();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await)
+                        }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = cancel.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                        }
+                    }
+                });
+            }
+        })
+    }
+}

@@ -1,0 +1,438 @@
+//! The routes of DESIGN.md §4, one function per route family.
+
+use std::time::SystemTime;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value as Json, json};
+
+use super::ApiState;
+use crate::supervisor::state::State;
+use crate::supervisor::{Control, Handle, ServiceStatus};
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Json) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_response(status, &json!({ "error": message.into() }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; allowed: {allow}"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+/// Compares in time independent of where the inputs first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `None` when the request may mutate; else the refusal.
+fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
+    match state.spec.token() {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => None,
+                Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+                None => Some(error(
+                    StatusCode::UNAUTHORIZED,
+                    "this route needs Authorization: Bearer TOKEN",
+                )),
+            }
+        }
+        None if state.spec.listen.ip().is_loopback() => None,
+        None => Some(error(
+            StatusCode::FORBIDDEN,
+            "no API token is configured, so changes are refused on a non-loopback listener",
+        )),
+    }
+}
+
+/// Reads a JSON body of at most `max_body` bytes (an empty body is `{}`).
+async fn json_body(state: &ApiState, req: Request<Incoming>) -> Result<Json, Resp> {
+    let limit = state.spec.max_body.0 as usize;
+    let bytes = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {limit} bytes"),
+            ));
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            ));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn wall_clock(since: tokio::time::Instant) -> String {
+    let ago = tokio::time::Instant::now().saturating_duration_since(since);
+    let t = SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn is_ready(s: State) -> bool {
+    matches!(s, State::Ready | State::Completed)
+}
+
+fn service_json(s: &ServiceStatus) -> Json {
+    json!({
+        "kind": s.kind,
+        "state": s.state.as_str(),
+        "ready": is_ready(s.state),
+        "critical": s.critical,
+        "restarts": s.restarts,
+        "since": wall_clock(s.since),
+        "last_error": s.last_error,
+        "details": Json::Object(s.details.snapshot()),
+    })
+}
+
+/// `ok`, `degraded` (a non-critical service failed, blocked or restarting)
+/// or `down` (a critical service is not ready, or warden is stopping).
+fn overall(status: &[ServiceStatus], stopping: bool) -> &'static str {
+    let enabled = status.iter().filter(|s| s.state != State::Disabled);
+    let mut degraded = false;
+    for s in enabled {
+        if s.critical && !is_ready(s.state) {
+            return "down";
+        }
+        if matches!(s.state, State::Failed | State::Blocked | State::Backoff) {
+            degraded = true;
+        }
+    }
+    if stopping {
+        "down"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    }
+}
+
+fn stopping(handle: &Handle) -> bool {
+    *handle.stopping().borrow()
+}
+
+pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
+    let Some(handle) = state.handle.get().cloned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "warden is starting");
+    };
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), &method) {
+        (["livez"], &Method::GET) => json_response(StatusCode::OK, &json!({"status": "live"})),
+        (["livez"], _) => method_not_allowed("GET"),
+        (["readyz"], &Method::GET) => {
+            let status = handle.status();
+            let ready = !stopping(&handle)
+                && status
+                    .iter()
+                    .filter(|s| s.critical && s.state != State::Disabled)
+                    .all(|s| is_ready(s.state));
+            if ready {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready"}),
+                )
+            }
+        }
+        (["readyz"], _) => method_not_allowed("GET"),
+        (["v1", "health"], &Method::GET) => {
+            let status = handle.status();
+            let overall = overall(&status, stopping(&handle));
+            let services: serde_json::Map<String, Json> = status
+                .iter()
+                .map(|s| (s.name.clone(), service_json(s)))
+                .collect();
+            let code = if overall == "down" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            json_response(code, &json!({"status": overall, "services": services}))
+        }
+        (["v1", "health"], _) => method_not_allowed("GET"),
+        (["v1", "services"], &Method::GET) => {
+            let status = handle.status();
+            let list: Vec<Json> = status
+                .iter()
+                .map(|s| {
+                    let mut j = service_json(s);
+                    j["name"] = json!(s.name);
+                    j
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({"services": list}))
+        }
+        (["v1", "services"], _) => method_not_allowed("GET"),
+        (["v1", "services", name], m) => {
+            if m != Method::GET {
+                return method_not_allowed("GET");
+            }
+            match handle.status().iter().find(|s| s.name == *name) {
+                Some(s) => {
+                    let mut j = service_json(s);
+                    j["name"] = json!(s.name);
+                    j["schedules"] = Json::Array(
+                        s.schedules
+                            .iter()
+                            .map(|r| match r {
+                                None => Json::Null,
+                                Some(r) => json!({
+                                    "action": r.action,
+                                    "finished": humantime::format_rfc3339_seconds(r.finished).to_string(),
+                                    "duration_ms": r.duration.as_millis() as u64,
+                                    "result": r.result.as_ref().ok(),
+                                    "error": r.result.as_ref().err(),
+                                }),
+                            })
+                            .collect(),
+                    );
+                    json_response(StatusCode::OK, &j)
+                }
+                None => unknown_service(&handle, name),
+            }
+        }
+        (["v1", "services", name, "logs"], m) => {
+            if m != Method::GET {
+                return method_not_allowed("GET");
+            }
+            let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
+                return unknown_service(&handle, name);
+            };
+            let tail = match query_param(&query, "tail").map(|t| t.parse::<usize>()) {
+                None => 100,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "tail must be a non-negative integer",
+                    );
+                }
+            };
+            let lines: Vec<Json> = s
+                .logs
+                .tail(tail)
+                .into_iter()
+                .map(|l| {
+                    json!({
+                        "at": humantime::format_rfc3339_millis(l.at).to_string(),
+                        "stream": l.stream.as_str(),
+                        "line": l.line,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({"service": s.name, "lines": lines}))
+        }
+        (["v1", "services", name, op @ ("start" | "stop" | "restart")], m) => {
+            if m != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if let Some(r) = refuse_mutation(state, &req) {
+                return r;
+            }
+            if !handle.status().iter().any(|s| s.name == *name) {
+                return unknown_service(&handle, name);
+            }
+            let n = name.to_string();
+            let result = match *op {
+                "start" => {
+                    handle
+                        .request(|reply| Control::Start { name: n, reply })
+                        .await
+                }
+                "stop" => {
+                    handle
+                        .request(|reply| Control::Stop { name: n, reply })
+                        .await
+                }
+                _ => {
+                    handle
+                        .request(|reply| Control::Restart { name: n, reply })
+                        .await
+                }
+            };
+            match result {
+                Ok(()) => json_response(
+                    StatusCode::OK,
+                    &json!({"ok": true, "service": name, "requested": op}),
+                ),
+                Err(e) => error(StatusCode::CONFLICT, e),
+            }
+        }
+        (["v1", "services", name, "actions", action], m) => {
+            if m != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if let Some(r) = refuse_mutation(state, &req) {
+                return r;
+            }
+            let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
+                return unknown_service(&handle, name);
+            };
+            if let Some(kind) =
+                crate::config::Kind::parse(&s.kind).filter(|k| !k.actions().contains(action))
+            {
+                let known = kind.actions().join(", ");
+                let known = if known.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    known
+                };
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("kind {} has no action {action:?}; known: {known}", s.kind),
+                );
+            }
+            let (name, action) = (name.to_string(), action.to_string());
+            let args = match json_body(state, req).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            match handle.request_action(&name, &action, args).await {
+                Ok(result) => json_response(
+                    StatusCode::OK,
+                    &json!({"service": name, "action": action, "result": result}),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        (["v1", "reload"], m) => {
+            if m != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if let Some(r) = refuse_mutation(state, &req) {
+                return r;
+            }
+            match state.reload().await {
+                Ok(s) => json_response(
+                    StatusCode::OK,
+                    &json!({"added": s.added, "removed": s.removed, "changed": s.changed, "unchanged": s.unchanged}),
+                ),
+                Err(super::ReloadError::Invalid(errors)) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the registry is invalid; the running one is kept:\n{errors}"),
+                ),
+                Err(super::ReloadError::Unavailable(e)) => error(StatusCode::CONFLICT, e),
+            }
+        }
+        (["v1", "shutdown"], m) => {
+            if m != Method::POST {
+                return method_not_allowed("POST");
+            }
+            if let Some(r) = refuse_mutation(state, &req) {
+                return r;
+            }
+            handle.shutdown();
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({"ok": true, "shutting_down": true}),
+            )
+        }
+        (["v1", "graph"], &Method::GET) => {
+            let Ok(g) = state.graph.lock().map(|g| g.clone()) else {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the graph is unavailable",
+                );
+            };
+            match query_param(&query, "format").unwrap_or("json") {
+                "json" => json_response(StatusCode::OK, &g.to_json()),
+                "dot" => text_response(StatusCode::OK, "text/vnd.graphviz", g.to_dot()),
+                "mermaid" => {
+                    text_response(StatusCode::OK, "text/plain; charset=utf-8", g.to_mermaid())
+                }
+                other => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown format {other:?}; expected json, dot or mermaid"),
+                ),
+            }
+        }
+        (["v1", "graph"], _) => method_not_allowed("GET"),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route for {method} {path}"),
+        ),
+    }
+}
+
+fn unknown_service(handle: &Handle, name: &str) -> Resp {
+    let known: Vec<String> = handle.status().iter().map(|s| s.name.clone()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such service: {name:?}; known: {}", known.join(", ")),
+    )
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
