@@ -89,7 +89,10 @@ class Warden(Supervisor):
 
     def setup(self, workdir, services):
         self.workdir = workdir
-        lines = ["[api]", "enabled = false", ""]
+        # The API up, as the issue measures it (it answers /v1/health).
+        port = free_port()
+        self.api = f"http://127.0.0.1:{port}"
+        lines = ["[api]", f'listen = "127.0.0.1:{port}"', ""]
         for s in services:
             argv = ", ".join(f'"{a}"' for a in s.argv)
             policy = "always" if s.restart else "never"
@@ -129,6 +132,13 @@ class Warden(Supervisor):
             self.proc.wait()
         if getattr(self, "log", None):
             self.log.close()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def all_supervisors(warden_binary):
