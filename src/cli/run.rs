@@ -73,6 +73,12 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             }
         }
     };
+    // Keep the typed registry only: the parse trees and source texts of the
+    // check go now, before the services start (a supervisor stays
+    // resident; see drop_cold_code).
+    let registry = registry.clone();
+    let registry = &registry;
+    drop(checked);
     let only = args.registry.only.clone();
     let reload_opts = opts.clone();
     let reloader: crate::api::Reloader = std::sync::Arc::new(move || {
@@ -191,15 +197,17 @@ async fn forward_signals(handle: crate::supervisor::Handle, api: crate::api::Api
     }
 }
 
-/// Unmaps warden's own machine code once start-up is over, so that only
-/// the code the running supervisor executes comes back (on its next use).
+/// Unmaps warden's own code and constants once start-up is over, so that
+/// only what the running supervisor uses comes back (on its next use).
 ///
 /// Start-up (argument parsing, the TOML parser, validation) touches code
 /// that never runs again, and the kernel maps code 64 KiB around every
 /// page touched; for a process that stays resident all day that is most of
-/// the binary. Only the executable mapping (`r-xp`) is dropped: it is never
-/// written, so discarding its pages loses nothing. Data and relocated
-/// read-only pages are left alone.
+/// the binary. Only mappings the process never writes are dropped: the
+/// executable one (`r-xp`) and the read-only one at the start of the file
+/// (offset 0: headers, symbols, `.rodata`). The read-only mapping after the
+/// code is RELRO, written by the loader's relocations: it is left alone, as
+/// is everything writable.
 fn drop_cold_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
@@ -208,12 +216,13 @@ fn drop_cold_code() {
         return;
     };
     for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [range, perms, offset, _dev, _inode, path] = fields[..] else {
             continue;
         };
-        let path = fields.nth(3).unwrap_or("");
-        if perms != "r-xp" || std::path::Path::new(path) != exe {
+        let never_written =
+            perms == "r-xp" || (perms == "r--p" && offset.trim_start_matches('0').is_empty());
+        if !never_written || std::path::Path::new(path) != exe {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -225,9 +234,9 @@ fn drop_cold_code() {
         ) else {
             continue;
         };
-        // SAFETY: a private, read-only, executable file mapping of our own
-        // binary: MADV_DONTNEED drops its pages, which fault back in from the
-        // file unchanged when executed again.
+        // SAFETY: a private, read-only file mapping of our own binary that
+        // nothing writes: MADV_DONTNEED drops its pages, which fault back in
+        // from the file unchanged when used again.
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
