@@ -299,3 +299,79 @@ fn mutations_need_the_token_when_one_is_set() {
     assert_eq!(status, 202);
     assert_eq!(w.exit_code(), 0);
 }
+
+fn client(port: u16, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
+        .env_remove("WARDEN_API_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_client_commands_talk_to_the_daemon() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, ""));
+    // Not ready yet (db takes 0.6 s): health says so.
+    wait_http(port, "/livez", 200);
+    assert_eq!(client(port, &["health"]).0, 1);
+    wait_http(port, "/readyz", 200);
+    w.wait_event("app", "ready");
+    assert_eq!(client(port, &["health"]).0, 0);
+
+    let (code, table, _) = client(port, &["status"]);
+    assert_eq!(code, 0);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("NAME") && header.contains("STATE") && header.contains("LAST ERROR"),
+        "{table}"
+    );
+    let db = table
+        .lines()
+        .find(|l| l.starts_with("db "))
+        .unwrap_or_default();
+    assert!(db.contains("ready") && db.contains("yes"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("broken ") && l.contains("exited with status 1")),
+        "{table}"
+    );
+    let (code, json, _) = client(port, &["status", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["services"].as_array().unwrap().len(), 5);
+
+    assert_eq!(client(port, &["stop", "app"]).0, 0);
+    w.wait_event("app", "stopped");
+    let (code, _, err) = client(port, &["stop", "app"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("HTTP 409") && err.contains("not running"),
+        "{err}"
+    );
+    assert_eq!(client(port, &["start", "app"]).0, 0);
+    let (code, _, err) = client(port, &["action", "db", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no action"), "{err}");
+    let (code, _, err) = client(port, &["action", "janitor", "run", "{not json"]);
+    assert_eq!(code, 2, "{err}");
+
+    // A daemon that is not there: exit 4, with a clear message.
+    let dead = free_port();
+    let (code, _, err) = client(dead, &["status"]);
+    assert_eq!(code, 4);
+    assert!(
+        err.contains("cannot reach warden at http://127.0.0.1:"),
+        "{err}"
+    );
+    assert_eq!(client(dead, &["health"]).0, 4);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

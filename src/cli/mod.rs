@@ -36,6 +36,7 @@ macro_rules! err {
 }
 
 mod check;
+mod client;
 mod run;
 
 use std::path::PathBuf;
@@ -79,6 +80,51 @@ pub enum Command {
     Graph(GraphArgs),
     /// Print the JSON Schema of services.toml.
     Schema,
+    /// Show every service of a running daemon.
+    Status {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+    },
+    /// Exit 0 when the daemon is ready (`/readyz` is 200): for Docker's HEALTHCHECK.
+    Health {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Start a stopped, failed or completed service.
+    Start {
+        name: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Stop a service.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Restart a service.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Run a kind-specific action of a service, with JSON arguments.
+    Action {
+        name: String,
+        action: String,
+        /// Arguments as a JSON object.
+        args: Option<String>,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Reload the daemon's registry.
+    Reload {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
 }
 
 /// Which registry to read.
@@ -179,6 +225,28 @@ pub fn main_with(extra: crate::services::Factories) -> ExitCode {
         Command::Run(a) => run::run(&a, &extra),
         Command::Check(a) => check::check(&a, &extra),
         Command::Graph(a) => check::graph(&a, &extra),
+        Command::Status { client, format } => client::status(&client, format == CheckFormat::Json),
+        Command::Health { client } => client::health(&client),
+        Command::Start { name, client } => {
+            client::control(&client, &format!("/v1/services/{name}/start"), None)
+        }
+        Command::Stop { name, client } => {
+            client::control(&client, &format!("/v1/services/{name}/stop"), None)
+        }
+        Command::Restart { name, client } => {
+            client::control(&client, &format!("/v1/services/{name}/restart"), None)
+        }
+        Command::Action {
+            name,
+            action,
+            args,
+            client,
+        } => client::control(
+            &client,
+            &format!("/v1/services/{name}/actions/{action}"),
+            Some(args.as_deref().unwrap_or("{}")),
+        ),
+        Command::Reload { client } => client::control(&client, "/v1/reload", None),
         Command::Schema => {
             outln!("{}", pretty(&crate::config::schema::registry_schema()));
             exit::OK
