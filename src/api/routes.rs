@@ -9,7 +9,7 @@ use serde_json::{Value as Json, json};
 
 use super::ApiState;
 use crate::supervisor::state::State;
-use crate::supervisor::{Control, Handle, ServiceStatus};
+use crate::supervisor::{Handle, ServiceStatus};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -286,23 +286,10 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
             if !handle.status().iter().any(|s| s.name == *name) {
                 return unknown_service(&handle, name);
             }
-            let n = name.to_string();
             let result = match *op {
-                "start" => {
-                    handle
-                        .request(|reply| Control::Start { name: n, reply })
-                        .await
-                }
-                "stop" => {
-                    handle
-                        .request(|reply| Control::Stop { name: n, reply })
-                        .await
-                }
-                _ => {
-                    handle
-                        .request(|reply| Control::Restart { name: n, reply })
-                        .await
-                }
+                "start" => handle.start(name).await,
+                "stop" => handle.stop(name).await,
+                _ => handle.restart(name).await,
             };
             match result {
                 Ok(()) => json_response(

@@ -136,6 +136,24 @@ impl Handle {
         self.status.borrow().clone()
     }
 
+    /// Starts a stopped, failed or completed service.
+    pub async fn start(&self, name: &str) -> Result<(), String> {
+        let name = name.to_string();
+        self.request(|reply| Control::Start { name, reply }).await
+    }
+
+    /// Stops a service (it stays stopped).
+    pub async fn stop(&self, name: &str) -> Result<(), String> {
+        let name = name.to_string();
+        self.request(|reply| Control::Stop { name, reply }).await
+    }
+
+    /// Stops a service if it runs, then starts it again.
+    pub async fn restart(&self, name: &str) -> Result<(), String> {
+        let name = name.to_string();
+        self.request(|reply| Control::Restart { name, reply }).await
+    }
+
     /// Applies a new, checked registry and says what changed.
     pub async fn request_reload(
         &self,

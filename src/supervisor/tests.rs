@@ -689,23 +689,15 @@ on_dependency_restart = "restart"
 "#,
     );
     h.wait("app", State::Ready).await;
-    let ask = |c: fn(String, oneshot::Sender<Result<(), String>>) -> Control, n: &str| {
-        let n = n.to_string();
-        let handle = h.handle.clone();
-        async move { handle.request(|tx| c(n, tx)).await }
-    };
-    let stop = |n, reply| Control::Stop { name: n, reply };
-    let start_c = |n, reply| Control::Start { name: n, reply };
-    let restart = |n, reply| Control::Restart { name: n, reply };
-    assert_eq!(ask(stop, "app").await, Ok(()));
+    assert_eq!(h.handle.stop("app").await, Ok(()));
     h.wait("app", State::Stopped).await;
     assert_eq!(
-        ask(stop, "app").await,
+        h.handle.stop("app").await,
         Err("app is stopped; it is not running".into())
     );
-    assert_eq!(ask(start_c, "app").await, Ok(()));
+    assert_eq!(h.handle.start("app").await, Ok(()));
     h.wait("app", State::Ready).await;
-    assert_eq!(ask(restart, "db").await, Ok(()));
+    assert_eq!(h.handle.restart("db").await, Ok(()));
     h.wait("db", State::Ready).await;
     h.wait("app", State::Ready).await;
     assert_eq!(h.log.times("start db").len(), 2);
@@ -715,7 +707,7 @@ on_dependency_restart = "restart"
         "rest_for_one on an operator's restart too"
     );
     assert_eq!(
-        ask(start_c, "nope").await,
+        h.handle.start("nope").await,
         Err("no such service: nope".into())
     );
     h.shutdown().await;
@@ -743,13 +735,7 @@ kind = "mock"
         vec![1000],
         "a running dependent is stopped, then blocked"
     );
-    h.handle
-        .request(|tx| Control::Start {
-            name: "dep".into(),
-            reply: tx,
-        })
-        .await
-        .unwrap();
+    h.handle.start("dep").await.unwrap();
     h.wait("user", State::Ready).await;
     h.shutdown().await;
 }
@@ -1183,20 +1169,8 @@ restart = { policy = "never" }
     let b = start_singleton(&text, &locks, 2, Some(cov.clone()));
     b.wait("cron", State::Standby).await;
     b.wait("blocked_single", State::Standby).await;
-    b.handle
-        .request(|tx| Control::Stop {
-            name: "cron".into(),
-            reply: tx,
-        })
-        .await
-        .unwrap();
-    b.handle
-        .request(|tx| Control::Start {
-            name: "cron".into(),
-            reply: tx,
-        })
-        .await
-        .unwrap();
+    b.handle.stop("cron").await.unwrap();
+    b.handle.start("cron").await.unwrap();
     b.wait("cron", State::Standby).await;
     // dep fails for good on both: B's standby singleton is blocked.
     b.wait("blocked_single", State::Blocked).await;
@@ -1232,45 +1206,19 @@ restart = { policy = "never" }
 
 /// Starts, restarts, stops and starts again every service (but the keeper).
 async fn operate_everything(h: &Harness) {
-    // Operator actions on whatever each scenario left behind.
+    // Operator actions on whatever each scenario left behind; refusals
+    // (a running service cannot be started) are part of the exercise.
     for s in h.handle.status().iter() {
-        let n = s.name.clone();
-        let _ = h
-            .handle
-            .request(|tx| Control::Start {
-                name: n.clone(),
-                reply: tx,
-            })
-            .await;
-        let _ = h
-            .handle
-            .request(|tx| Control::Restart {
-                name: n.clone(),
-                reply: tx,
-            })
-            .await;
+        let _ = h.handle.start(&s.name).await;
+        let _ = h.handle.restart(&s.name).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     for s in h.handle.status().iter().filter(|s| s.name != "keeper") {
-        let n = s.name.clone();
-        let _ = h
-            .handle
-            .request(|tx| Control::Stop {
-                name: n.clone(),
-                reply: tx,
-            })
-            .await;
+        let _ = h.handle.stop(&s.name).await;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     for s in h.handle.status().iter() {
-        let n = s.name.clone();
-        let _ = h
-            .handle
-            .request(|tx| Control::Start {
-                name: n.clone(),
-                reply: tx,
-            })
-            .await;
+        let _ = h.handle.start(&s.name).await;
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
