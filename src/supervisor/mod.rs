@@ -251,10 +251,6 @@ enum Msg {
         name: Arc<str>,
         generation: u64,
     },
-    StableFor {
-        name: Arc<str>,
-        generation: u64,
-    },
     StopTimeout {
         name: Arc<str>,
         generation: u64,
@@ -324,6 +320,10 @@ struct Unit {
     schedule_last: Vec<Option<ActionRun>>,
     /// Cancels the schedule timers (on reload or removal).
     schedule_cancel: CancellationToken,
+    /// When the current run became ready (for `reset_after`).
+    ready_since: Option<Instant>,
+    /// The current run's start_timeout timer, cancelled once it is ready.
+    start_timer: Option<AbortHandle>,
     /// Singletons: this instance holds the service's lock.
     leader: bool,
     /// Singletons: the task holding (or waiting for) the lock.
@@ -351,6 +351,8 @@ impl Unit {
             schedule_busy: vec![false; spec.common.schedule.len()],
             schedule_last: vec![None; spec.common.schedule.len()],
             schedule_cancel: CancellationToken::new(),
+            ready_since: None,
+            start_timer: None,
             leader: false,
             leadership: None,
             spec,
@@ -594,12 +596,13 @@ impl Supervisor {
         }
     }
 
-    fn timer(&self, after: Duration, msg: Msg) {
+    fn timer(&self, after: Duration, msg: Msg) -> AbortHandle {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let _ = tx.send(msg);
-        });
+        })
+        .abort_handle()
     }
 
     fn handle_report(&mut self, report: Report) {
@@ -613,9 +616,12 @@ impl Supervisor {
                 }
                 if self.transition(&name, Event::Ready) {
                     tracing::info!(service = %name, "ready");
-                    let reset_after = self.units[&*name].spec.common.restart.reset_after;
+                    let u = &mut self.units[&*name];
+                    u.ready_since = Some(Instant::now());
+                    if let Some(t) = u.start_timer.take() {
+                        t.abort();
+                    }
                     self.watch_health(&name, generation);
-                    self.timer(reset_after, Msg::StableFor { name, generation });
                 }
             }
         }
@@ -647,15 +653,6 @@ impl Supervisor {
                 };
                 if u.generation == generation && u.state == State::Backoff && !self.shutting_down {
                     self.start_unit(&name);
-                }
-            }
-            Msg::StableFor { name, generation } => {
-                if let Some(u) = self
-                    .units
-                    .get_mut(&*name)
-                    .filter(|u| u.generation == generation && u.state == State::Ready)
-                {
-                    u.backoff.reset();
                 }
             }
             Msg::StopTimeout { name, generation } => {
@@ -1214,6 +1211,10 @@ impl Supervisor {
         let u = &mut self.units[name];
         u.generation += 1;
         u.after_stop = AfterStop::Stay;
+        u.ready_since = None;
+        if let Some(t) = u.start_timer.take() {
+            t.abort();
+        }
         let generation = u.generation;
         let built = match self.factories.get(u.spec.kind.kind_name()) {
             Some(f) => f.build(&u.spec),
@@ -1270,13 +1271,14 @@ impl Supervisor {
         let timeout = u.spec.common.start_timeout;
         let timer_name = u.name.clone();
         if !timeout.is_zero() {
-            self.timer(
+            let t = self.timer(
                 timeout,
                 Msg::StartTimeout {
                     name: timer_name,
                     generation,
                 },
             );
+            self.units[name].start_timer = Some(t);
         }
     }
 
@@ -1446,6 +1448,12 @@ impl Supervisor {
     fn retry_or_fail(&mut self, name: &str, reason: String) {
         let now = Instant::now();
         let u = &mut self.units[name];
+        // Stable readiness for reset_after starts the backoff over (judged
+        // when the run ends: no timer per service is needed).
+        let stable = u.ready_since.take().map(|t| now.duration_since(t));
+        if stable.is_some_and(|d| d >= u.spec.common.restart.reset_after) {
+            u.backoff.reset();
+        }
         if u.budget.try_restart(now) {
             let delay = u.backoff.next_delay(&mut self.rng);
             u.restarts += 1;

@@ -174,8 +174,9 @@ fn pump(
     let name = ctx.name().to_string();
     let logs = ctx.logs().clone();
     Ok(tokio::spawn(async move {
-        // A small buffer: 100 services are 200 pipes; long lines still work.
-        let mut reader = BufReader::with_capacity(1024, rx);
+        // A small buffer: 100 services are 200 pipes; long lines still work
+        // (read_until keeps appending), they just take more reads.
+        let mut reader = BufReader::with_capacity(256, rx);
         let mut buf = Vec::new();
         loop {
             buf.clear();
