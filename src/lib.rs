@@ -9,13 +9,15 @@
 //! - [`services`]: the `Service` trait, its context, and kind factories.
 //! - [`supervisor`]: the state machine, restart arithmetic and the event
 //!   loop that runs services.
-//! - [`api`]: the `api` service: health, readiness and control over HTTP.
+//! - [`api`]: the `api` service: health, readiness and control over HTTP;
+//!   [`metrics`] holds the Prometheus families it renders.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod graph;
+pub mod metrics;
 pub mod probe;
 pub mod services;
 pub mod supervisor;

@@ -4,67 +4,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
 use support::daemon::Warden;
+use support::http::{get_json, http, wait_http};
 use support::servers::free_port;
-
-/// One HTTP/1.1 request; returns (status, headers, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), rest.as_bytes().to_vec())
-}
-
-fn get_json(port: u16, path: &str) -> (u16, Json) {
-    let (status, _, body) = http(port, "GET", path, &[], b"");
-    (status, serde_json::from_slice(&body).unwrap_or(Json::Null))
-}
-
-fn wait_http(port: u16, path: &str, want: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| http(port, "GET", path, &[], b"").0);
-        if status == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {want} (last: {status:?})"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn registry(port: u16, extra_api: &str) -> String {
     format!(

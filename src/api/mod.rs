@@ -37,6 +37,9 @@ pub struct ApiState {
     pub spec: ApiSpec,
     pub graph: Arc<std::sync::Mutex<Graph>>,
     pub reloader: Option<Reloader>,
+    /// What `/metrics` renders from (`None`: no recorder installed, only
+    /// the state families).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl ApiState {
@@ -66,6 +69,11 @@ impl ApiState {
             }
         };
         crate::supervisor::systemd::reloaded();
+        crate::metrics::reloaded(match &outcome {
+            Ok(_) => "ok",
+            Err(ReloadError::Invalid(_)) => "invalid",
+            Err(ReloadError::Unavailable(_)) => "refused",
+        });
         outcome
     }
 }
@@ -149,10 +157,13 @@ impl Service for Api {
                 let cancel = ctx.token();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let closing = cancel.clone();
                     let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
+                        let (state, closing) = (state.clone(), closing.clone());
                         async move {
-                            Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await)
+                            Ok::<_, std::convert::Infallible>(
+                                routes::handle(&state, &closing, req).await,
+                            )
                         }
                     });
                     let conn = http1::Builder::new()

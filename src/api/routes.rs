@@ -1,20 +1,33 @@
 //! The routes of DESIGN.md §4, one function per route family.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value as Json, json};
 
 use super::ApiState;
 use crate::supervisor::state::State;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::LogLine;
 use crate::supervisor::{Handle, ServiceStatus};
 
-type Resp = Response<Full<Bytes>>;
+/// A whole answer, or a stream of server-sent events.
+pub type Body = Either<Full<Bytes>, Channel<Bytes>>;
+type Resp = Response<Body>;
+
+/// How often a quiet event stream sends a comment (proxies keep it open,
+/// and a client that went away is noticed).
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The OpenAPI 3 description of every route (served at `/openapi.json`).
+const OPENAPI: &str = include_str!("openapi.json");
 
 fn json_response(status: StatusCode, body: &Json) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -24,7 +37,7 @@ fn json_response(status: StatusCode, body: &Json) -> Resp {
 }
 
 fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -32,6 +45,38 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
     );
     r
 }
+
+/// Starts a `text/event-stream` answer; frames go through the sender.
+fn sse_response() -> (Sender<Bytes>, Resp) {
+    let (tx, body) = Channel::new(16);
+    let mut r = Response::new(Either::Right(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    // nginx: pass events through as they come.
+    h.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    (tx, r)
+}
+
+/// One server-sent event (serde_json never writes a raw newline, so the
+/// data is one line).
+fn sse_frame(event: &str, data: &Json) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn keepalive() -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+const KEEPALIVE_FRAME: &[u8] = b": keep-alive\n\n";
 
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     json_response(status, &json!({ "error": message.into() }))
@@ -118,15 +163,11 @@ fn wall_clock(since: tokio::time::Instant) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn is_ready(s: State) -> bool {
-    matches!(s, State::Ready | State::Completed)
-}
-
 fn service_json(s: &ServiceStatus) -> Json {
     json!({
         "kind": s.kind,
         "state": s.state.as_str(),
-        "ready": is_ready(s.state),
+        "ready": s.state.is_ready(),
         "critical": s.critical,
         "restarts": s.restarts,
         "since": wall_clock(s.since),
@@ -135,13 +176,116 @@ fn service_json(s: &ServiceStatus) -> Json {
     })
 }
 
+/// Every service as `GET /v1/services` lists it.
+fn service_list(status: &[ServiceStatus]) -> Vec<Json> {
+    status
+        .iter()
+        .map(|s| {
+            let mut j = service_json(s);
+            j["name"] = json!(s.name);
+            j
+        })
+        .collect()
+}
+
+fn line_json(l: &LogLine) -> Json {
+    json!({
+        "seq": l.seq,
+        "at": humantime::format_rfc3339_millis(l.at).to_string(),
+        "stream": l.stream.as_str(),
+        "line": l.line,
+    })
+}
+
+/// `GET /v1/events`: a snapshot, then every state change, restart and
+/// action result as it happens.
+fn events(handle: &Handle, closing: CancellationToken) -> Resp {
+    // Subscribed before the snapshot is taken: an event in between comes
+    // after it (states are absolute, so seeing one twice is harmless).
+    let mut rx = handle.subscribe();
+    let (mut tx, resp) = sse_response();
+    let handle = handle.clone();
+    let snapshot = move || {
+        sse_frame(
+            "snapshot",
+            &json!({"services": service_list(&handle.status())}),
+        )
+    };
+    tokio::spawn(async move {
+        if tx.send_data(snapshot()).await.is_err() {
+            return;
+        }
+        let mut tick = keepalive();
+        loop {
+            use tokio::sync::broadcast::error::RecvError;
+            let frame = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(e) => sse_frame(e.name(), &e.to_json()),
+                    Err(RecvError::Lagged(missed)) => {
+                        let mut b = sse_frame("lagged", &json!({"missed": missed})).to_vec();
+                        b.extend_from_slice(&snapshot());
+                        Bytes::from(b)
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
+                _ = closing.cancelled() => return,
+            };
+            if tx.send_data(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    resp
+}
+
+/// `GET /v1/services/NAME/logs?follow=true`: the last `tail` lines, then
+/// each new one as it comes.
+fn follow_logs(logs: crate::services::Logs, tail: usize, closing: CancellationToken) -> Resp {
+    let (mut tx, resp) = sse_response();
+    tokio::spawn(async move {
+        let held = logs.since(0).lines;
+        let mut last = held.last().map_or(0, |l| l.seq);
+        let first = held.len().saturating_sub(tail);
+        let mut frames = Vec::new();
+        for l in &held[first..] {
+            frames.extend_from_slice(&sse_frame("line", &line_json(l)));
+        }
+        if !frames.is_empty() && tx.send_data(Bytes::from(frames)).await.is_err() {
+            return;
+        }
+        let mut tick = keepalive();
+        loop {
+            let frame = tokio::select! {
+                s = logs.follow(last) => {
+                    let mut b = Vec::new();
+                    if s.missed > 0 {
+                        b.extend_from_slice(&sse_frame("missed", &json!({"missed": s.missed})));
+                    }
+                    for l in &s.lines {
+                        b.extend_from_slice(&sse_frame("line", &line_json(l)));
+                        last = l.seq;
+                    }
+                    Bytes::from(b)
+                }
+                _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
+                _ = closing.cancelled() => return,
+            };
+            if tx.send_data(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    resp
+}
+
 /// `ok`, `degraded` (a non-critical service failed, blocked or restarting)
 /// or `down` (a critical service is not ready, or warden is stopping).
 fn overall(status: &[ServiceStatus], stopping: bool) -> &'static str {
     let enabled = status.iter().filter(|s| s.state != State::Disabled);
     let mut degraded = false;
     for s in enabled {
-        if s.critical && !is_ready(s.state) {
+        if s.critical && !s.state.is_ready() {
             return "down";
         }
         if matches!(s.state, State::Failed | State::Blocked | State::Backoff) {
@@ -161,7 +305,9 @@ fn stopping(handle: &Handle) -> bool {
     *handle.stopping().borrow()
 }
 
-pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
+/// Answers one request. `closing` is cancelled when the API stops: event
+/// streams then end cleanly.
+pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<Incoming>) -> Resp {
     let Some(handle) = state.handle.get().cloned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "warden is starting");
     };
@@ -178,7 +324,7 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
                 && status
                     .iter()
                     .filter(|s| s.critical && s.state != State::Disabled)
-                    .all(|s| is_ready(s.state));
+                    .all(|s| s.state.is_ready());
             if ready {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             } else {
@@ -204,18 +350,10 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
             json_response(code, &json!({"status": overall, "services": services}))
         }
         (["v1", "health"], _) => method_not_allowed("GET"),
-        (["v1", "services"], &Method::GET) => {
-            let status = handle.status();
-            let list: Vec<Json> = status
-                .iter()
-                .map(|s| {
-                    let mut j = service_json(s);
-                    j["name"] = json!(s.name);
-                    j
-                })
-                .collect();
-            json_response(StatusCode::OK, &json!({"services": list}))
-        }
+        (["v1", "services"], &Method::GET) => json_response(
+            StatusCode::OK,
+            &json!({"services": service_list(&handle.status())}),
+        ),
         (["v1", "services"], _) => method_not_allowed("GET"),
         (["v1", "services", name], m) => {
             if m != Method::GET {
@@ -262,18 +400,12 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
                     );
                 }
             };
-            let lines: Vec<Json> = s
-                .logs
-                .tail(tail)
-                .into_iter()
-                .map(|l| {
-                    json!({
-                        "at": humantime::format_rfc3339_millis(l.at).to_string(),
-                        "stream": l.stream.as_str(),
-                        "line": l.line,
-                    })
-                })
-                .collect();
+            match query_param(&query, "follow") {
+                None | Some("false" | "0") => {}
+                Some("true" | "1") => return follow_logs(s.logs.clone(), tail, closing.clone()),
+                Some(_) => return error(StatusCode::BAD_REQUEST, "follow must be true or false"),
+            }
+            let lines: Vec<Json> = s.logs.tail(tail).iter().map(line_json).collect();
             json_response(StatusCode::OK, &json!({"service": s.name, "lines": lines}))
         }
         (["v1", "services", name, op @ ("start" | "stop" | "restart")], m) => {
@@ -388,6 +520,18 @@ pub async fn handle(state: &ApiState, req: Request<Incoming>) -> Resp {
             }
         }
         (["v1", "graph"], _) => method_not_allowed("GET"),
+        (["v1", "events"], &Method::GET) => events(&handle, closing.clone()),
+        (["v1", "events"], _) => method_not_allowed("GET"),
+        (["metrics"], &Method::GET) => text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(state.metrics.as_ref(), &handle.status()),
+        ),
+        (["metrics"], _) => method_not_allowed("GET"),
+        (["openapi.json"], &Method::GET) => {
+            text_response(StatusCode::OK, "application/json", OPENAPI.to_string())
+        }
+        (["openapi.json"], _) => method_not_allowed("GET"),
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no route for {method} {path}"),

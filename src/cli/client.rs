@@ -1,9 +1,10 @@
 //! The client commands of a running daemon (`status`, `health`, `start`,
-//! `stop`, `restart`, `reload`, `action`): one HTTP request each to the
-//! API, with a blocking std socket (no runtime to start: `warden status`
-//! is a whole command in a few milliseconds).
+//! `stop`, `restart`, `reload`, `action`, `logs`): one HTTP request each to
+//! the API, with a blocking std socket (no runtime to start: `warden
+//! status` is a whole command in a few milliseconds). `logs -f` and
+//! `status --watch` read the API's server-sent events.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -58,13 +59,13 @@ fn host_port(url: &str) -> Result<(String, u16), Unreachable> {
     }
 }
 
-/// Sends one request and reads the whole reply.
-pub fn request(
+/// Connects and sends a request; the stream is ready for the reply.
+fn send(
     args: &ClientArgs,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
-) -> Result<Reply, Unreachable> {
+) -> Result<TcpStream, Unreachable> {
     let (host, port) = host_port(&args.url)?;
     let mut stream = TcpStream::connect((host.as_str(), port))
         .map_err(|e| Unreachable(format!("cannot reach warden at {}: {e}", args.url)))?;
@@ -84,6 +85,22 @@ pub fn request(
     let io = |e: std::io::Error| Unreachable(format!("talking to warden at {}: {e}", args.url));
     stream.write_all(head.as_bytes()).map_err(io)?;
     stream.write_all(body).map_err(io)?;
+    Ok(stream)
+}
+
+fn io_error(args: &ClientArgs) -> impl Fn(std::io::Error) -> Unreachable + '_ {
+    |e| Unreachable(format!("talking to warden at {}: {e}", args.url))
+}
+
+/// Sends one request and reads the whole reply.
+pub fn request(
+    args: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Reply, Unreachable> {
+    let mut stream = send(args, method, path, body)?;
+    let io = io_error(args);
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let split = raw
@@ -99,6 +116,150 @@ pub fn request(
         status,
         body: raw[split + 4..].to_vec(),
     })
+}
+
+/// Reads an HTTP/1.1 chunked body as plain bytes.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            if line.trim().is_empty() {
+                // The CRLF that ends the previous chunk.
+                line.clear();
+                if self.inner.read_line(&mut line)? == 0 {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+/// Why an event stream ended.
+enum Ended {
+    /// The daemon closed it (it is stopping).
+    Closed,
+    /// The handler asked to stop.
+    Stopped,
+}
+
+/// Opens a stream of server-sent events at `path` and hands each event
+/// (name, data) to `on_event`, and `None` whenever `tick` passes without
+/// one; `on_event` returns `false` to stop. A non-200 answer is an error
+/// with the API's message.
+fn events(
+    args: &ClientArgs,
+    path: &str,
+    tick: Option<Duration>,
+    mut on_event: impl FnMut(Option<(&str, &str)>) -> bool,
+) -> Result<Result<Ended, String>, Unreachable> {
+    let stream = send(args, "GET", path, None)?;
+    let _ = stream.set_read_timeout(tick);
+    let io = io_error(args);
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(&io)? == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Unreachable("a malformed HTTP status line".into()))?;
+    if status != 200 {
+        let mut body = Vec::new();
+        let _ = reader.read_to_end(&mut body);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        // The body of an error is small; it may be chunked.
+        let json_start = text.find('{').unwrap_or(0);
+        let reply = Reply {
+            status,
+            body: text[json_start..].trim_end().as_bytes().to_vec(),
+        };
+        return Ok(Err(format!("HTTP {status}: {}", reply.error_text())));
+    }
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body: Box<dyn Read> = if chunked {
+        Box::new(Chunked {
+            inner: reader,
+            left: 0,
+            done: false,
+        })
+    } else {
+        Box::new(reader)
+    };
+    let mut lines = BufReader::new(body);
+    let (mut event, mut data) = (String::new(), String::new());
+    // Kept across a timeout: a line read in part is finished next time.
+    let mut line = String::new();
+    loop {
+        match lines.read_line(&mut line) {
+            Ok(0) => return Ok(Ok(Ended::Closed)),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !on_event(None) {
+                    return Ok(Ok(Ended::Stopped));
+                }
+                continue;
+            }
+            Err(e) => return Err(io(e)),
+        }
+        if !line.ends_with('\n') {
+            continue; // the rest of the line comes with the next read
+        }
+        let whole = std::mem::take(&mut line);
+        let line = whole.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            if !event.is_empty() && !on_event(Some((&event, &data))) {
+                return Ok(Ok(Ended::Stopped));
+            }
+            event.clear();
+            data.clear();
+        } else if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        }
+    }
 }
 
 fn unreachable(e: Unreachable) -> u8 {
@@ -149,7 +310,19 @@ pub fn status(args: &ClientArgs, json: bool) -> u8 {
         outln!("");
         return exit::OK;
     }
-    let v = reply.json();
+    out!(
+        "{}",
+        table(
+            reply.json()["services"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
+        )
+    );
+    exit::OK
+}
+
+/// The status table of `services` (the items of `GET /v1/services`).
+fn table(services: &[Json]) -> String {
     let mut rows = vec![[
         "NAME".to_string(),
         "STATE".into(),
@@ -158,7 +331,7 @@ pub fn status(args: &ClientArgs, json: bool) -> u8 {
         "UPTIME".into(),
         "LAST ERROR".into(),
     ]];
-    for s in v["services"].as_array().into_iter().flatten() {
+    for s in services {
         rows.push([
             s["name"].as_str().unwrap_or("?").to_string(),
             s["state"].as_str().unwrap_or("?").to_string(),
@@ -183,8 +356,114 @@ pub fn status(args: &ClientArgs, json: bool) -> u8 {
         text.push_str(&r[5]);
         text.push('\n');
     }
-    out!("{text}");
-    exit::OK
+    text
+}
+
+/// `warden status --watch`: the table, redrawn as states change (and every
+/// second, for the uptimes), until interrupted or the daemon stops.
+pub fn watch(args: &ClientArgs) -> u8 {
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    let mut services: Vec<Json> = Vec::new();
+    let draw = |services: &[Json]| {
+        if terminal {
+            // Home, clear, then the table.
+            out!("\x1b[H\x1b[2J{}", table(services));
+        } else {
+            out!("{}\n", table(services));
+        }
+        let _ = std::io::stdout().flush();
+    };
+    let r = events(args, "/v1/events", Some(Duration::from_secs(1)), |e| {
+        match e {
+            None if terminal => draw(&services),
+            None => {}
+            Some(("snapshot", data)) => {
+                let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
+                services = v["services"].as_array().cloned().unwrap_or_default();
+                draw(&services);
+            }
+            Some(("state", data)) => {
+                let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
+                if let Some(s) = services.iter_mut().find(|s| s["name"] == v["service"]) {
+                    for k in ["state", "ready", "restarts", "last_error"] {
+                        s[k] = v[k].clone();
+                    }
+                    s["since"] = v["at"].clone();
+                }
+                draw(&services);
+            }
+            Some(_) => {}
+        }
+        true
+    });
+    match r {
+        Ok(Ok(_)) => {
+            errln!("warden closed the stream (it is stopping)");
+            exit::OK
+        }
+        Ok(Err(e)) => {
+            errln!("error: {e}");
+            1
+        }
+        Err(e) => unreachable(e),
+    }
+}
+
+/// `warden logs NAME [-f] [--tail N]`: a service's captured output, each
+/// line to the stream it came from; `-f` keeps printing new lines.
+pub fn logs(args: &ClientArgs, name: &str, tail: usize, follow: bool) -> u8 {
+    fn print(line: &Json) {
+        let text = line["line"].as_str().unwrap_or("");
+        if line["stream"] == "stderr" {
+            errln!("{text}");
+        } else {
+            outln!("{text}");
+        }
+    }
+    if !follow {
+        let reply = match request(
+            args,
+            "GET",
+            &format!("/v1/services/{name}/logs?tail={tail}"),
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return unreachable(e),
+        };
+        if reply.status != 200 {
+            errln!("error: HTTP {}: {}", reply.status, reply.error_text());
+            return 1;
+        }
+        for line in reply.json()["lines"].as_array().into_iter().flatten() {
+            print(line);
+        }
+        return exit::OK;
+    }
+    let path = format!("/v1/services/{name}/logs?tail={tail}&follow=true");
+    let r = events(args, &path, None, |e| {
+        match e {
+            Some(("line", data)) => print(&serde_json::from_str(data).unwrap_or(Json::Null)),
+            Some(("missed", data)) => {
+                let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
+                errln!(
+                    "[warden: {} lines dropped from the ring while following]",
+                    v["missed"]
+                );
+            }
+            _ => {}
+        }
+        let _ = std::io::stdout().flush();
+        true
+    });
+    match r {
+        Ok(Ok(_)) => exit::OK,
+        Ok(Err(e)) => {
+            errln!("error: {e}");
+            1
+        }
+        Err(e) => unreachable(e),
+    }
 }
 
 /// `warden start|stop|restart NAME`, `reload`, `action NAME ACTION [JSON]`.

@@ -87,6 +87,21 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,
+        /// Keep the table on screen, redrawn as states change.
+        #[arg(long, conflicts_with = "format")]
+        watch: bool,
+    },
+    /// Print a service's captured output.
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come, like `tail -f`.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[command(flatten)]
+        client: client::ClientArgs,
     },
     /// Exit 0 when the daemon is ready (`/readyz` is 200): for Docker's HEALTHCHECK.
     Health {
@@ -225,7 +240,20 @@ pub fn main_with(extra: crate::services::Factories) -> ExitCode {
         Command::Run(a) => run::run(&a, &extra),
         Command::Check(a) => check::check(&a, &extra),
         Command::Graph(a) => check::graph(&a, &extra),
-        Command::Status { client, format } => client::status(&client, format == CheckFormat::Json),
+        Command::Status {
+            client,
+            watch: true,
+            ..
+        } => client::watch(&client),
+        Command::Status { client, format, .. } => {
+            client::status(&client, format == CheckFormat::Json)
+        }
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            client,
+        } => client::logs(&client, &name, tail, follow),
         Command::Health { client } => client::health(&client),
         Command::Start { name, client } => {
             client::control(&client, &format!("/v1/services/{name}/start"), None)

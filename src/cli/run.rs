@@ -101,11 +101,13 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
                 .join("\n")),
         }
     });
+    let metrics = crate::metrics::install();
     let api = crate::api::ApiState {
         handle: Default::default(),
         spec: registry.api.clone(),
         graph: std::sync::Arc::new(std::sync::Mutex::new(graph.clone())),
         reloader: Some(reloader),
+        metrics: metrics.clone(),
     };
     factories.register(crate::api::ApiFactory { state: api.clone() });
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -141,6 +143,9 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             drop_cold_code();
         });
         tokio::spawn(crate::supervisor::systemd::notifier(handle.clone()));
+        if let Some(m) = metrics {
+            tokio::spawn(crate::metrics::upkeep(m));
+        }
         tokio::spawn(forward_signals(handle, api));
         tracing::info!(
             file = %registry.file.display(),

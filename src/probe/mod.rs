@@ -169,6 +169,19 @@ pub async fn attempt(check: &crate::config::ProbeCheck, timeout: Duration) -> Re
     check_endpoint(&endpoint, timeout).await
 }
 
+/// [`attempt`], timed and counted in the probe metrics under `service`.
+pub async fn measured(
+    service: &str,
+    role: crate::metrics::ProbeRole,
+    check: &crate::config::ProbeCheck,
+    timeout: Duration,
+) -> Result<(), String> {
+    let began = std::time::Instant::now();
+    let r = attempt(check, timeout).await;
+    crate::metrics::probed(service, role, began.elapsed(), r.is_ok());
+    r
+}
+
 /// Runs `one attempt` of an endpoint check.
 async fn check_endpoint(endpoint: &Endpoint, timeout: Duration) -> Result<(), String> {
     check(endpoint, timeout).await.result

@@ -8,6 +8,7 @@
 //! shutdown, stop) next. There is no polling: nothing happens between
 //! messages. Timers are tokio sleeps, so tests run on paused time.
 
+pub mod events;
 pub mod leader;
 pub mod restart;
 pub mod state;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Condition, OnDependencyRestart, Registry, RestartPolicy, ServiceSpec};
 use crate::graph::Graph;
 use crate::services::{Context, Details, Factories, Logs, Report, ServiceError};
+use events::{Events, Happened, RestartReason};
 use restart::{BackoffState, RestartBudget};
 use state::{Event, State};
 
@@ -105,6 +107,7 @@ pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
     status: watch::Receiver<Arc<Vec<ServiceStatus>>>,
     stopping: watch::Receiver<bool>,
+    events: Events,
 }
 
 impl Handle {
@@ -198,6 +201,11 @@ impl Handle {
             && matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
     }
 
+    /// Every state change, restart and action result from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Happened> {
+        self.events.subscribe()
+    }
+
     /// A receiver that sees every new status (for waiting in tests, the
     /// API's events and sd_notify).
     pub fn watch(&self) -> watch::Receiver<Arc<Vec<ServiceStatus>>> {
@@ -284,7 +292,7 @@ enum AfterStop {
     /// Start again at once (an operator's restart).
     Restart,
     /// Count it as a failure (start timeout, failed health check).
-    Failure(String),
+    Failure(RestartReason, String),
     /// A dependency failed for good.
     Block,
     /// Reload turned it off.
@@ -410,6 +418,8 @@ pub struct Supervisor {
     status_tx: watch::Sender<Arc<Vec<ServiceStatus>>>,
     status_rx: watch::Receiver<Arc<Vec<ServiceStatus>>>,
     stopping_tx: watch::Sender<bool>,
+    /// Where state changes, restarts and action results are broadcast.
+    events: Events,
     leader_tx: mpsc::UnboundedSender<(Arc<str>, leader::Leadership)>,
     leader_rx: mpsc::UnboundedReceiver<(Arc<str>, leader::Leadership)>,
     /// `[warden] postgres`: where singletons without their own take locks.
@@ -459,6 +469,7 @@ impl Supervisor {
             status_tx,
             status_rx,
             stopping_tx,
+            events: Events::default(),
             leader_tx,
             leader_rx,
             coordination: registry.warden.postgres.clone(),
@@ -492,6 +503,7 @@ impl Supervisor {
             tx: self.tx.clone(),
             status: self.status_rx.clone(),
             stopping: self.stopping_tx.subscribe(),
+            events: self.events.clone(),
         }
     }
 
@@ -584,6 +596,15 @@ impl Supervisor {
                 tracing::debug!(service = %u.name, from = %u.state, to = %to, ?event, "state");
                 u.state = to;
                 u.since = Instant::now();
+                if self.events.listened() {
+                    self.events.send(Happened::State {
+                        service: u.name.clone(),
+                        state: to,
+                        restarts: u.restarts,
+                        last_error: u.last_error.clone(),
+                        at: std::time::SystemTime::now(),
+                    });
+                }
                 true
             }
             Err(e) => {
@@ -614,6 +635,7 @@ impl Supervisor {
                 if u.generation != generation || u.state != State::Starting {
                     return;
                 }
+                crate::metrics::started(&name, u.since.elapsed());
                 if self.transition(&name, Event::Ready) {
                     tracing::info!(service = %name, "ready");
                     let u = &mut self.units[&*name];
@@ -643,7 +665,10 @@ impl Supervisor {
                     let t = humantime::format_duration(u.spec.common.start_timeout);
                     self.stop_unit(
                         &name,
-                        AfterStop::Failure(format!("not ready within start_timeout ({t})")),
+                        AfterStop::Failure(
+                            RestartReason::StartTimeout,
+                            format!("not ready within start_timeout ({t})"),
+                        ),
                     );
                 }
             }
@@ -676,7 +701,7 @@ impl Supervisor {
                     return;
                 };
                 if u.generation == generation && u.state == State::Ready {
-                    self.stop_unit(&name, AfterStop::Failure(error));
+                    self.stop_unit(&name, AfterStop::Failure(RestartReason::Health, error));
                 }
             }
             Msg::ScheduleTick { name, index } => self.schedule_tick(&name, index),
@@ -697,6 +722,13 @@ impl Supervisor {
                         tracing::warn!(service = %name, action = %run.action, error = %e, "scheduled action failed")
                     }
                 }
+                self.events.send(Happened::Action {
+                    service: u.name.clone(),
+                    action: run.action.clone(),
+                    result: run.result.clone(),
+                    duration: run.duration,
+                    at: run.finished,
+                });
                 u.schedule_last[index] = Some(run);
             }
             Msg::ShutdownTimeout => {
@@ -737,8 +769,18 @@ impl Supervisor {
                     return;
                 };
                 let fut = self.action_future(u, &action, args);
+                let (events, service) = (self.events.clone(), u.name.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(fut.await.map_err(|e| e.0));
+                    let began = Instant::now();
+                    let result = fut.await.map_err(|e| e.0);
+                    events.send(Happened::Action {
+                        service,
+                        action,
+                        result: result.clone(),
+                        duration: began.elapsed(),
+                        at: std::time::SystemTime::now(),
+                    });
+                    let _ = reply.send(result);
                 });
             }
             Control::Reload {
@@ -809,11 +851,13 @@ impl Supervisor {
         }
         match self.units[name].state {
             State::Starting | State::Ready => {
+                self.restarting(name, RestartReason::Operator);
                 self.stop_unit(name, AfterStop::Restart);
                 self.dependency_restarting(name);
                 Ok(())
             }
             State::Backoff => {
+                self.restarting(name, RestartReason::Operator);
                 self.start_unit(name);
                 Ok(())
             }
@@ -894,6 +938,7 @@ impl Supervisor {
                 State::Starting | State::Ready => {
                     tracing::info!(service = %name, "configuration changed; restarting");
                     self.units[name].next_spec = Some(spec.clone());
+                    self.restarting(name, RestartReason::Reload);
                     self.stop_unit(name, AfterStop::Replace);
                 }
                 State::Stopping => {
@@ -1297,7 +1342,14 @@ impl Supervisor {
                 tokio::time::sleep(t.initial_delay).await;
                 let mut failures = 0u32;
                 loop {
-                    match crate::probe::attempt(&health.check, t.timeout).await {
+                    match crate::probe::measured(
+                        &name,
+                        crate::metrics::ProbeRole::Health,
+                        &health.check,
+                        t.timeout,
+                    )
+                    .await
+                    {
                         Ok(()) => failures = 0,
                         Err(e) => {
                             failures += 1;
@@ -1365,8 +1417,8 @@ impl Supervisor {
         match u.state {
             State::Stopping => {
                 let after = std::mem::replace(&mut u.after_stop, AfterStop::Stay);
-                if let AfterStop::Failure(reason) = after {
-                    self.failed(name, reason);
+                if let AfterStop::Failure(cause, reason) = after {
+                    self.failed(name, cause, reason);
                     return;
                 }
                 self.transition(name, Event::Stopped);
@@ -1419,13 +1471,13 @@ impl Supervisor {
                         self.transition(name, Event::Complete);
                     } else if c.restart.policy == RestartPolicy::Always && !self.shutting_down {
                         tracing::info!(service = %name, "exited; restarting (policy always)");
-                        self.retry_or_fail(name, "exited".into());
+                        self.retry_or_fail(name, RestartReason::Exited, "exited".into());
                     } else {
                         tracing::info!(service = %name, "exited");
                         self.transition(name, Event::Exit);
                     }
                 }
-                Err(e) => self.failed(name, e.0),
+                Err(e) => self.failed(name, RestartReason::Failure, e.0),
             },
             // A build failure arrives while still Starting; anything else
             // is a stale message.
@@ -1434,18 +1486,32 @@ impl Supervisor {
     }
 
     /// A run failed: restart it within its budget, or fail it for good.
-    fn failed(&mut self, name: &str, reason: String) {
+    fn failed(&mut self, name: &str, cause: RestartReason, reason: String) {
         tracing::warn!(service = %name, error = %reason, "failed");
         let u = &mut self.units[name];
         u.last_error = Some(reason.clone());
         if u.spec.common.restart.policy == RestartPolicy::Never || self.shutting_down {
             self.fail_for_good(name);
         } else {
-            self.retry_or_fail(name, reason);
+            self.retry_or_fail(name, cause, reason);
         }
     }
 
-    fn retry_or_fail(&mut self, name: &str, reason: String) {
+    /// Counts a restart in the metrics and tells the listeners.
+    fn restarting(&self, name: &str, reason: RestartReason) {
+        let Some(u) = self.units.get(name) else {
+            return;
+        };
+        crate::metrics::restart(name, reason);
+        self.events.send(Happened::Restart {
+            service: u.name.clone(),
+            restarts: u.restarts,
+            reason,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    fn retry_or_fail(&mut self, name: &str, cause: RestartReason, reason: String) {
         let now = Instant::now();
         let u = &mut self.units[name];
         // Stable readiness for reset_after starts the backoff over (judged
@@ -1460,6 +1526,7 @@ impl Supervisor {
             let generation = u.generation;
             let timer_name = u.name.clone();
             tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
+            self.restarting(name, cause);
             self.transition(name, Event::Retry);
             self.timer(
                 delay,
@@ -1563,6 +1630,7 @@ impl Supervisor {
                 (OnDependencyRestart::Ignore, _) => {}
                 (OnDependencyRestart::Restart, State::Starting | State::Ready) => {
                     tracing::info!(service = %d, dependency = %name, "stopping for its dependency's restart");
+                    self.restarting(&d, RestartReason::Dependency);
                     self.stop_unit(&d, AfterStop::Reset);
                     self.dependency_restarting(&d);
                 }

@@ -65,6 +65,11 @@ impl State {
         }
     }
 
+    /// Its dependents may count on it: ready, or a oneshot that completed.
+    pub fn is_ready(self) -> bool {
+        matches!(self, State::Ready | State::Completed)
+    }
+
     /// Something is running that would have to be stopped.
     pub fn is_running(self) -> bool {
         matches!(self, State::Starting | State::Ready | State::Stopping)

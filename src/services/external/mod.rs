@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{BoxFuture, Context, Factory, Service, ServiceError};
 use crate::config::{HealthTiming, Probe, ReadyTiming, ServiceSpec};
+use crate::metrics::ProbeRole;
 
 pub struct ExternalFactory;
 
@@ -41,7 +42,14 @@ impl Service for External {
             ctx.details().set("target", target.clone());
             let until_ready = async {
                 loop {
-                    match crate::probe::attempt(check, self.ready.timing.timeout).await {
+                    match crate::probe::measured(
+                        ctx.name(),
+                        ProbeRole::Ready,
+                        check,
+                        self.ready.timing.timeout,
+                    )
+                    .await
+                    {
                         Ok(()) => return,
                         Err(e) => ctx.details().set("last_error", e),
                     }
@@ -58,8 +66,13 @@ impl Service for External {
                     _ = tokio::time::sleep(self.watch.interval) => {}
                     _ = ctx.cancelled() => return Ok(()),
                 }
-                match crate::probe::attempt(check, self.watch.timeout.max(Duration::from_millis(1)))
-                    .await
+                match crate::probe::measured(
+                    ctx.name(),
+                    ProbeRole::Health,
+                    check,
+                    self.watch.timeout.max(Duration::from_millis(1)),
+                )
+                .await
                 {
                     Ok(()) => failures = 0,
                     Err(e) => {

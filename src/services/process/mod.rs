@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{BoxFuture, Context, Factory, Service, ServiceError, Stream};
 use crate::config::{KindSpec, ProbeCheck, ProcessSpec, ServiceSpec};
+use crate::metrics::ProbeRole;
 use reaper::{ExitStatus, Reaper};
 
 /// Builds process services; paths in the registry are relative to
@@ -353,7 +354,7 @@ async fn watch_readiness(
             }
         }
         check => loop {
-            if crate::probe::attempt(check, probe.timing.timeout)
+            if crate::probe::measured(ctx.name(), ProbeRole::Ready, check, probe.timing.timeout)
                 .await
                 .is_ok()
             {

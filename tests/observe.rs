@@ -1,0 +1,329 @@
+//! What an operator or a scraper watches over HTTP (DESIGN.md §4):
+//! `/metrics` (checked by Prometheus's own `promtool`), the `/v1/events`
+//! stream, following a service's output, and the clients built on them
+//! (`warden logs`, `warden status --watch`).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::daemon::Warden;
+use support::http::{EventStream, http, wait_http};
+use support::servers::free_port;
+
+fn registry(port: u16) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.ticker]
+kind = "process"
+command = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; echo warn $i >&2; sleep 0.2; done"]
+ready = {{ log = "^tick 1$" }}
+
+[services.web]
+kind = "process"
+command = ["sh", "-c", "exec sleep 808080"]
+ready = {{ exec = ["true"] }}
+health = {{ tcp = "127.0.0.1:{port}", interval = "200ms" }}
+depends_on = ["ticker"]
+
+[services.flaky]
+kind = "process"
+command = ["sh", "-c", "sleep 0.3; exit 1"]
+restart = {{ policy = "on-failure", max_restarts = 1000, window = "60s", backoff = {{ initial = "100ms", max = "100ms" }} }}
+"#
+    )
+}
+
+fn promtool() -> &'static str {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        panic!(
+            "promtool (Debian package prometheus) is missing: run scripts/install-deps, \
+             which installs it"
+        );
+    }
+    "promtool"
+}
+
+fn metrics(port: u16) -> String {
+    let (status, head, body) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    String::from_utf8(body).unwrap()
+}
+
+/// The value of the one sample `series` (name and labels exactly).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_pass_promtool_and_follow_the_services() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("web", "ready");
+    // flaky has failed and restarted at least twice.
+    w.wait_log("flaky's second restart", |v| {
+        v["message"] == "restarting" && v["restarts"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(500)); // a few health probes
+
+    let text = metrics(port);
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused /metrics:\n{}{}\n--- page:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for s in ["api", "ticker", "web", "flaky"] {
+        // One-hot state: exactly one state is 1.
+        let ones = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("warden_service_state{{service=\"{s}\",")))
+            .filter(|l| l.ends_with(" 1"))
+            .count();
+        assert_eq!(ones, 1, "{s} must be in exactly one state:\n{text}");
+    }
+    assert_eq!(
+        sample(&text, r#"warden_service_up{service="ticker"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"warden_service_state{service="web",state="ready"}"#
+        ),
+        Some(1.0)
+    );
+    let restarts = sample(
+        &text,
+        r#"warden_service_restarts_total{service="flaky",reason="failure"}"#,
+    )
+    .expect("flaky's restarts are counted");
+    assert!(restarts >= 2.0, "{restarts}");
+    assert!(
+        sample(
+            &text,
+            r#"warden_service_start_seconds_count{service="ticker"}"#
+        ) == Some(1.0)
+    );
+    let health_probes = sample(
+        &text,
+        r#"warden_probe_duration_seconds_count{service="web",probe="health"}"#,
+    )
+    .expect("web's health probes are timed");
+    assert!(health_probes >= 1.0);
+    assert_eq!(
+        sample(&text, r#"warden_build_info{version="0.1.0"}"#),
+        Some(1.0)
+    );
+
+    // An operator's restart and a failed reload are counted by reason.
+    let (status, _, _) = http(port, "POST", "/v1/services/web/restart", &[], b"");
+    assert_eq!(status, 200);
+    std::fs::write(w.dir.join("services.toml"), "[services.x]\nkind = 1\n").unwrap();
+    w.signal("HUP");
+    w.wait_log("the refused reload", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload rejected"))
+    });
+    let text = metrics(port);
+    assert_eq!(
+        sample(
+            &text,
+            r#"warden_service_restarts_total{service="web",reason="operator"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"warden_config_reloads_total{result="invalid"}"#),
+        Some(1.0)
+    );
+    // Bounded labels: no error text ever becomes a label value.
+    assert!(!text.contains("exited with status"), "{text}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn events_stream_every_state_change_restart_and_action() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("web", "ready");
+    let events = EventStream::open(port, "/v1/events");
+    assert!(events.head.starts_with("HTTP/1.0 200"), "{}", events.head);
+    assert!(
+        events
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: text/event-stream")
+    );
+    let (name, snapshot) = events.next("the snapshot", Duration::from_secs(10));
+    assert_eq!(name, "snapshot");
+    let names: Vec<&str> = snapshot["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "ticker", "web", "flaky"]);
+
+    // An operator's restart: the restart, then web's states in order.
+    let (status, _, _) = http(port, "POST", "/v1/services/web/restart", &[], b"");
+    assert_eq!(status, 200);
+    let r = events.wait("web's restart", |e, v| {
+        e == "restart" && v["service"] == "web"
+    });
+    assert_eq!(r["reason"], "operator");
+    let mut states = Vec::new();
+    while states.last().map(String::as_str) != Some("ready") {
+        let v = events.wait("web's states", |e, v| e == "state" && v["service"] == "web");
+        assert!(v["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        states.push(v["state"].as_str().unwrap().to_string());
+    }
+    assert_eq!(states, ["stopping", "stopped", "starting", "ready"]);
+
+    // Failures come as they happen, with their reason.
+    let f = events.wait("flaky's restart", |e, v| {
+        e == "restart" && v["service"] == "flaky"
+    });
+    assert_eq!(f["reason"], "failure");
+    assert!(f["restarts"].as_u64().unwrap() >= 1);
+
+    // An action's result (process has none: the failure is the event).
+    let (status, _, _) = http(port, "POST", "/v1/services/web/actions/nope", &[], b"{}");
+    assert_eq!(status, 404, "unknown actions are refused before running");
+    w.signal("TERM");
+    // The stream ends when warden does; stopping states come first.
+    events.wait("web stopping", |e, v| {
+        e == "state" && v["service"] == "web" && v["state"] == "stopping"
+    });
+    assert_eq!(w.exit_code(), 0);
+}
+
+fn warden_client(port: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warden"));
+    c.env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
+        .env_remove("WARDEN_API_TOKEN");
+    c
+}
+
+#[test]
+fn logs_print_and_follow_a_services_output() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port));
+    wait_http(port, "/readyz", 200);
+    w.wait_log("tick 5", |v| v["message"] == "tick 5");
+
+    // The tail, each line to the stream it came from.
+    let out = warden_client(port)
+        .args(["logs", "ticker", "--tail", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(stdout.lines().all(|l| l.starts_with("tick ")), "{stdout}");
+    assert!(stderr.lines().all(|l| l.starts_with("warn ")), "{stderr}");
+
+    // The API gives every line a sequence number.
+    let (_, body) = support::http::get_json(port, "/v1/services/ticker/logs?tail=2");
+    let seqs: Vec<u64> = body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 2);
+    assert_eq!(seqs[1], seqs[0] + 1);
+
+    // -f: the tail, then new lines as they come, in order, none twice.
+    let mut follow = warden_client(port)
+        .args(["logs", "ticker", "-f", "--tail", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let numbers: Vec<u64> = (0..6)
+        .map(|_| {
+            let l = lines.next().expect("a followed line").unwrap();
+            l.strip_prefix("tick ").unwrap().parse().unwrap()
+        })
+        .collect();
+    for pair in numbers.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "{numbers:?}");
+    }
+    // When warden stops, the stream ends and the client exits 0.
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+    let status = follow.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // Unknown services are named.
+    let port2 = free_port();
+    let mut w2 = Warden::start(&registry(port2));
+    wait_http(port2, "/livez", 200);
+    let out = warden_client(port2)
+        .args(["logs", "nope", "-f"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such service: \"nope\""));
+    w2.signal("TERM");
+    assert_eq!(w2.exit_code(), 0);
+}
+
+#[test]
+fn status_watch_redraws_as_states_change() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port));
+    wait_http(port, "/readyz", 200);
+    let mut watch = warden_client(port)
+        .args(["status", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // Tables come one after another (not a terminal: no redraw codes);
+    // flaky's restart count grows from one to the next.
+    let mut restarts_seen = std::collections::BTreeSet::new();
+    while restarts_seen.len() < 3 {
+        let l = lines.next().expect("a table line").unwrap();
+        assert!(!l.contains('\x1b'), "no terminal codes in a pipe: {l:?}");
+        if l.starts_with("flaky ") {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            restarts_seen.insert(cols[3].parse::<u64>().unwrap());
+        }
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+    let out = watch.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warden closed the stream"));
+}
