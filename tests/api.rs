@@ -237,6 +237,26 @@ fn mutations_need_the_token_when_one_is_set() {
         "max_body = 64: {}",
         String::from_utf8_lossy(&body)
     );
+    // The API does not stop or restart itself (that would cut the
+    // caller's own connection); it can be "started" (a 409: it runs).
+    for op in ["stop", "restart", "start"] {
+        let (status, _, body) = post(&auth, &format!("/v1/services/api/{op}"), b"");
+        assert_eq!(status, 409, "{op}: {}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(get_json(port, "/livez").0, 200);
+    // HEAD is GET without a body; the console is the root page.
+    let (status, head, body) = http(port, "HEAD", "/v1/health", &[], b"");
+    assert_eq!((status, body.len()), (200, 0), "{head}");
+    let (status, head, body) = http(port, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html")
+    );
+    assert!(String::from_utf8_lossy(&body).contains("/v1/events"));
+    // Query values are percent-decoded.
+    let (status, _, body) = http(port, "GET", "/v1/graph?format=%6Aso%6E", &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     // No secret in any response.
     let (_, _, body) = http(port, "GET", "/v1/services", &[], b"");
     assert!(!String::from_utf8_lossy(&body).contains("s3cr3t"));

@@ -11,7 +11,7 @@
 //! Bodies are bounded (`max_body`), header reads time out, connections are
 //! capped (`max_connections`). Errors are `{"error": "..."}`.
 
-mod routes;
+pub mod routes;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -40,6 +40,8 @@ pub struct ApiState {
     /// What `/metrics` renders from (`None`: no recorder installed, only
     /// the state families).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The last `/v1/health` answer and what it was rendered from.
+    pub health_cache: Arc<std::sync::Mutex<Option<routes::HealthCache>>>,
 }
 
 impl ApiState {

@@ -1,5 +1,6 @@
 //! The routes of DESIGN.md §4, one function per route family.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http_body_util::channel::{Channel, Sender};
@@ -25,6 +26,8 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The OpenAPI 3 description of every route (served at `/openapi.json`).
 const OPENAPI: &str = include_str!("openapi.json");
+/// The console: one self-contained page (served at `/`).
+const CONSOLE: &str = include_str!("console.html");
 
 fn json_response(status: StatusCode, body: &Json) -> Resp {
     let mut r = Response::new(Either::Left(Full::new(Bytes::from(body.to_string()))));
@@ -176,6 +179,55 @@ fn service_json(s: &ServiceStatus) -> Json {
     })
 }
 
+/// A rendered `/v1/health` and what it was rendered from: load balancers
+/// and orchestrators ask many times a second, and the answer changes only
+/// when a state or a detail does.
+pub struct HealthCache {
+    status: Arc<Vec<ServiceStatus>>,
+    details: u64,
+    stopping: bool,
+    code: StatusCode,
+    body: Bytes,
+}
+
+fn health(state: &ApiState, handle: &Handle) -> Resp {
+    let status = handle.status();
+    let details = crate::services::Details::epoch();
+    let stopping = stopping(handle);
+    let mut cache = state.health_cache.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = cache.as_ref().is_some_and(|c| {
+        Arc::ptr_eq(&c.status, &status) && c.details == details && c.stopping == stopping
+    });
+    if !fresh {
+        let overall = overall(&status, stopping);
+        let services: serde_json::Map<String, Json> = status
+            .iter()
+            .map(|s| (s.name.clone(), service_json(s)))
+            .collect();
+        let code = if overall == "down" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let body = Bytes::from(json!({"status": overall, "services": services}).to_string());
+        *cache = Some(HealthCache {
+            status,
+            details,
+            stopping,
+            code,
+            body,
+        });
+    }
+    let c = cache.as_ref().expect("filled above");
+    let mut r = Response::new(Either::Left(Full::new(c.body.clone())));
+    *r.status_mut() = c.code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// Every service as `GET /v1/services` lists it.
 fn service_list(status: &[ServiceStatus]) -> Vec<Json> {
     status
@@ -314,8 +366,25 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     match (segments.as_slice(), &method) {
+        ([], &Method::GET) => {
+            let mut r = text_response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                CONSOLE.to_string(),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-cache"),
+            );
+            r
+        }
+        ([], _) => method_not_allowed("GET"),
         (["livez"], &Method::GET) => json_response(StatusCode::OK, &json!({"status": "live"})),
         (["livez"], _) => method_not_allowed("GET"),
         (["readyz"], &Method::GET) => {
@@ -335,20 +404,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             }
         }
         (["readyz"], _) => method_not_allowed("GET"),
-        (["v1", "health"], &Method::GET) => {
-            let status = handle.status();
-            let overall = overall(&status, stopping(&handle));
-            let services: serde_json::Map<String, Json> = status
-                .iter()
-                .map(|s| (s.name.clone(), service_json(s)))
-                .collect();
-            let code = if overall == "down" {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::OK
-            };
-            json_response(code, &json!({"status": overall, "services": services}))
-        }
+        (["v1", "health"], &Method::GET) => health(state, &handle),
         (["v1", "health"], _) => method_not_allowed("GET"),
         (["v1", "services"], &Method::GET) => json_response(
             StatusCode::OK,
@@ -400,7 +456,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     );
                 }
             };
-            match query_param(&query, "follow") {
+            match query_param(&query, "follow").as_deref() {
                 None | Some("false" | "0") => {}
                 Some("true" | "1") => return follow_logs(s.logs.clone(), tail, closing.clone()),
                 Some(_) => return error(StatusCode::BAD_REQUEST, "follow must be true or false"),
@@ -415,8 +471,18 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if let Some(r) = refuse_mutation(state, &req) {
                 return r;
             }
-            if !handle.status().iter().any(|s| s.name == *name) {
-                return unknown_service(&handle, name);
+            match handle.status().iter().find(|s| s.name == *name) {
+                None => return unknown_service(&handle, name),
+                Some(s) if s.kind == "api" && *op != "start" => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "the API cannot {op} itself (it would cut this very connection); \
+                             use POST /v1/reload, POST /v1/shutdown or a signal"
+                        ),
+                    );
+                }
+                Some(_) => {}
             }
             let result = match *op {
                 "start" => handle.start(name).await,
@@ -507,7 +573,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     "the graph is unavailable",
                 );
             };
-            match query_param(&query, "format").unwrap_or("json") {
+            match query_param(&query, "format").as_deref().unwrap_or("json") {
                 "json" => json_response(StatusCode::OK, &g.to_json()),
                 "dot" => text_response(StatusCode::OK, "text/vnd.graphviz", g.to_dot()),
                 "mermaid" => {
@@ -547,17 +613,68 @@ fn unknown_service(handle: &Handle, name: &str) -> Resp {
     )
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+/// The value of `key` in a query string, percent-decoded (`None`: absent;
+/// an undecodable value comes back as given, and is refused by its
+/// parser).
+fn query_param(query: &str, key: &str) -> Option<String> {
     query
         .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .find(|(k, _)| decode(k) == key)
+        .map(|(_, v)| decode(v))
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_param("tail=%31&format=%6Ason", "tail").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            query_param("tail=%31&format=%6Ason", "format").as_deref(),
+            Some("json")
+        );
+        assert_eq!(query_param("a=x+y%2", "a").as_deref(), Some("x y%2"));
+        assert_eq!(query_param("follow", "follow").as_deref(), Some(""));
+        assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(
+            query_param("a=%ff", "a").as_deref(),
+            Some("%ff"),
+            "not UTF-8: as given"
+        );
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_strings() {

@@ -108,6 +108,7 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         graph: std::sync::Arc::new(std::sync::Mutex::new(graph.clone())),
         reloader: Some(reloader),
         metrics: metrics.clone(),
+        health_cache: Default::default(),
     };
     factories.register(crate::api::ApiFactory { state: api.clone() });
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -155,12 +155,23 @@ impl PartialEq for Details {
     }
 }
 
+/// Counts every change to any service's details: an answer rendered from
+/// the details is still current while this has not moved.
+static DETAILS_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Details {
     pub fn set(&self, key: &str, value: impl Into<Json>) {
         if let Ok(mut m) = self.0.lock() {
             m.insert(key.to_string(), value.into());
+            DETAILS_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }
+
+    /// Moves whenever any service's details change.
+    pub fn epoch() -> u64 {
+        DETAILS_EPOCH.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn snapshot(&self) -> Map<String, Json> {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
