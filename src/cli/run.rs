@@ -77,7 +77,6 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
     // check go now, before the services start (a supervisor stays
     // resident; see drop_cold_code).
     let registry = registry.clone();
-    let registry = &registry;
     drop(checked);
     let only = args.registry.only.clone();
     let reload_opts = opts.clone();
@@ -121,14 +120,14 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             return exit::CRITICAL_FAILED;
         }
     };
-    let code = runtime.block_on(async {
+    let code = runtime.block_on(async move {
         become_reaper();
         // Install the reaper before the first child exists.
         if let Err(e) = crate::services::process::reaper::Reaper::get() {
             tracing::error!(error = %e, "cannot watch child processes");
             return exit::CRITICAL_FAILED;
         }
-        let supervisor = Supervisor::new(registry, graph, factories);
+        let supervisor = Supervisor::new(&registry, graph, factories);
         let handle = supervisor.handle();
         let _ = api.handle.set(handle.clone());
         // Loading the registry and starting every service leave freed heap
@@ -154,6 +153,8 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             services = registry.services.len(),
             "warden starting"
         );
+        // The supervisor holds each service's spec: the registry can go.
+        drop(registry);
         supervisor.run(std::future::pending()).await
     });
     // Do not wait for stray tasks (probes, timers): everything is stopped.
@@ -203,17 +204,20 @@ async fn forward_signals(handle: crate::supervisor::Handle, api: crate::api::Api
     }
 }
 
-/// Unmaps warden's own code and constants once start-up is over, so that
+/// Unmaps the code and constants start-up used once it is over, so that
 /// only what the running supervisor uses comes back (on its next use).
 ///
 /// Start-up (argument parsing, the TOML parser, validation) touches code
 /// that never runs again, and the kernel maps code 64 KiB around every
-/// page touched; for a process that stays resident all day that is most of
-/// the binary. Only mappings the process never writes are dropped: the
-/// executable one (`r-xp`) and the read-only one at the start of the file
-/// (offset 0: headers, symbols, `.rodata`). The read-only mapping after the
-/// code is RELRO, written by the loader's relocations: it is left alone, as
-/// is everything writable.
+/// page touched ("fault-around"); for a process that stays resident all
+/// day that is most of the binary and of libc. Only mappings the process
+/// never writes are dropped: every executable one (`r-xp`: warden's and
+/// the shared libraries') and warden's read-only one at the start of the
+/// file (offset 0: headers, symbols, `.rodata`). Read-only mappings
+/// elsewhere may be RELRO, written by the loader's relocations: they are
+/// left alone, as is everything writable. (Pages used again still come
+/// back 64 KiB at a time: `MADV_RANDOM` does not turn fault-around off on
+/// Linux 6.x, measured.)
 fn drop_cold_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
@@ -226,9 +230,10 @@ fn drop_cold_code() {
         let [range, perms, offset, _dev, _inode, path] = fields[..] else {
             continue;
         };
-        let never_written =
-            perms == "r-xp" || (perms == "r--p" && offset.trim_start_matches('0').is_empty());
-        if !never_written || std::path::Path::new(path) != exe {
+        let ours = std::path::Path::new(path) == exe;
+        let never_written = (perms == "r-xp" && path.starts_with('/'))
+            || (ours && perms == "r--p" && offset.trim_start_matches('0').is_empty());
+        if !never_written {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {

@@ -38,9 +38,8 @@ impl Factory for ProcessFactory {
 
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         match &spec.kind {
-            KindSpec::Process(p) => Ok(Box::new(ProcessService {
+            KindSpec::Process(_) => Ok(Box::new(ProcessService {
                 spec: spec.clone(),
-                process: p.clone(),
                 base_dir: self.base_dir.clone(),
             })),
             other => Err(ServiceError(format!(
@@ -52,8 +51,8 @@ impl Factory for ProcessFactory {
 }
 
 struct ProcessService {
+    /// Its kind is `KindSpec::Process` (checked by the factory).
     spec: ServiceSpec,
-    process: ProcessSpec,
     base_dir: PathBuf,
 }
 
@@ -86,11 +85,18 @@ impl Drop for GroupGuard {
 }
 
 impl ProcessService {
+    fn process(&self) -> &ProcessSpec {
+        match &self.spec.kind {
+            KindSpec::Process(p) => p,
+            _ => unreachable!("the factory builds process services only"),
+        }
+    }
+
     fn command(
         &self,
         extra_env: &HashMap<String, String>,
     ) -> Result<std::process::Command, ServiceError> {
-        let p = &self.process;
+        let p = self.process();
         let argv: Vec<&String> = p.command.0.iter().chain(p.args.iter()).collect();
         let mut cmd = std::process::Command::new(argv[0]);
         cmd.args(&argv[1..]);
@@ -213,10 +219,10 @@ impl Service for ProcessService {
                 }
                 _ => None,
             };
-            let mut cmd = self.command(&extra_env)?;
-            let program = self.process.command.0[0].clone();
+            let program = self.process().command.0[0].clone();
+            // The command goes once spawned: nothing of it stays resident.
             let (mut child, status) = reaper
-                .spawn(&mut cmd)
+                .spawn(&mut self.command(&extra_env)?)
                 .map_err(|e| ServiceError(format!("cannot start {program}: {e}")))?;
             let pid = child.id() as i32;
             let guard = GroupGuard::new(pid);
@@ -244,11 +250,23 @@ impl Service for ProcessService {
             drop(line_tx);
 
             let notify_path = notify.as_ref().map(|(_, p)| p.clone());
-            let readiness =
-                watch_readiness(ctx.clone(), ready, line_rx, notify.as_ref().map(|(s, _)| s));
-            tokio::pin!(readiness);
+            // Without a probe the run is ready now; with one, the watch is
+            // boxed so that its (large) future is held only by services
+            // that have a probe.
+            let mut readiness_done = ready.is_none();
+            let mut readiness: BoxFuture<()> = match ready {
+                None => {
+                    ctx.ready();
+                    Box::pin(std::future::pending())
+                }
+                Some(probe) => Box::pin(watch_readiness(
+                    ctx.clone(),
+                    probe,
+                    line_rx,
+                    notify.map(|(s, _)| s),
+                )),
+            };
             tokio::pin!(status);
-            let mut readiness_done = false;
             let outcome = loop {
                 tokio::select! {
                     s = &mut status => break Ok(s.unwrap_or(ExitStatus::Code(-1))),
@@ -314,14 +332,10 @@ fn notify_socket(name: &str) -> Result<(tokio::net::UnixDatagram, PathBuf), Serv
 /// attempt passes for the other checks (polled every `interval`).
 async fn watch_readiness(
     ctx: Context,
-    ready: Option<crate::config::Probe<crate::config::ReadyTiming>>,
+    probe: crate::config::Probe<crate::config::ReadyTiming>,
     mut lines: mpsc::UnboundedReceiver<String>,
-    notify: Option<&tokio::net::UnixDatagram>,
+    notify: Option<tokio::net::UnixDatagram>,
 ) {
-    let Some(probe) = ready else {
-        ctx.ready();
-        return;
-    };
     match &probe.check {
         ProbeCheck::Log(pattern) => {
             let Ok(re) = regex::Regex::new(&pattern.0) else {
