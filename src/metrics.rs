@@ -175,9 +175,11 @@ pub fn render(handle: Option<&PrometheusHandle>, status: &[ServiceStatus]) -> St
 }
 
 /// Drains the recorder's histogram samples into their buckets now and
-/// then, so that memory stays flat when nobody scrapes.
+/// then, so that memory stays flat when nobody scrapes (a scrape drains
+/// them too). Every five minutes: a busy registry buffers a few thousand
+/// samples at most, and an idle warden wakes for it twelve times an hour.
 pub async fn upkeep(handle: PrometheusHandle) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut every = tokio::time::interval(Duration::from_secs(300));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -212,6 +212,18 @@ fn events_stream_every_state_change_restart_and_action() {
     assert_eq!(f["reason"], "failure");
     assert!(f["restarts"].as_u64().unwrap() >= 1);
 
+    // A process publishes its pid while it runs, and how its last run ended.
+    let (_, ticker) = support::http::get_json(port, "/v1/services/ticker");
+    assert!(
+        ticker["details"]["pid"].as_u64().is_some_and(|p| p > 1),
+        "{ticker}"
+    );
+    let (_, flaky) = support::http::get_json(port, "/v1/services/flaky");
+    assert_eq!(
+        flaky["details"]["last_exit"], "exited with status 1",
+        "{flaky}"
+    );
+
     // An action's result (process has none: the failure is the event).
     let (status, _, _) = http(port, "POST", "/v1/services/web/actions/nope", &[], b"{}");
     assert_eq!(status, 404, "unknown actions are refused before running");

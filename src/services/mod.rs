@@ -167,6 +167,14 @@ impl Details {
         }
     }
 
+    pub fn remove(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock()
+            && m.shift_remove(key).is_some()
+        {
+            DETAILS_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// Moves whenever any service's details change.
     pub fn epoch() -> u64 {
         DETAILS_EPOCH.load(std::sync::atomic::Ordering::Acquire)

@@ -227,6 +227,7 @@ impl Service for ProcessService {
             let pid = child.id() as i32;
             let guard = GroupGuard::new(pid);
             tracing::info!(service = %ctx.name(), pid, "spawned {program}");
+            ctx.details().set("pid", pid);
 
             let wants_lines = matches!(ready.as_ref().map(|r| &r.check), Some(ProbeCheck::Log(_)));
             let (line_tx, line_rx) = mpsc::unbounded_channel();
@@ -274,8 +275,10 @@ impl Service for ProcessService {
                     _ = ctx.cancelled() => break Err(()),
                 }
             };
+            ctx.details().remove("pid");
             let result = match outcome {
                 Ok(s) => {
+                    ctx.details().set("last_exit", s.to_string());
                     guard.disarm_and_kill_rest();
                     if s.success() {
                         Ok(())
