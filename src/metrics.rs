@@ -11,7 +11,11 @@
 //!
 //! Label values are bounded: service names come from the registry, and
 //! every other label takes one of a closed set of values (never an error
-//! string).
+//! string). The counters and histograms of a service that a reload removed
+//! stay until warden restarts (Prometheus counters are not taken back).
+//! `probe_failures_total{probe="ready"}` counts the attempts that failed
+//! before a service came up too (a database still starting): alert on
+//! `probe="health"`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -75,6 +79,8 @@ pub fn install() -> Option<PrometheusHandle> {
     for result in ["ok", "invalid", "refused"] {
         metrics::counter!(RELOADS, "result" => result).absolute(0);
     }
+    // Publishes the descriptions (HELP lines) now, not at the first upkeep.
+    handle.run_upkeep();
     Some(handle)
 }
 
@@ -179,7 +185,8 @@ pub fn render(handle: Option<&PrometheusHandle>, status: &[ServiceStatus]) -> St
 /// them too). Every five minutes: a busy registry buffers a few thousand
 /// samples at most, and an idle warden wakes for it twelve times an hour.
 pub async fn upkeep(handle: PrometheusHandle) {
-    let mut every = tokio::time::interval(Duration::from_secs(300));
+    let period = Duration::from_secs(300);
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

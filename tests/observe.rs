@@ -227,11 +227,39 @@ fn events_stream_every_state_change_restart_and_action() {
     // An action's result (process has none: the failure is the event).
     let (status, _, _) = http(port, "POST", "/v1/services/web/actions/nope", &[], b"{}");
     assert_eq!(status, 404, "unknown actions are refused before running");
+
+    // A reload that adds a service: `reloaded`, then a snapshot with it.
+    let added = format!(
+        "{}\n[services.extra]\nkind = \"process\"\ncommand = [\"sleep\", \"818181\"]\n",
+        registry(port)
+    );
+    std::fs::write(w.dir.join("services.toml"), added).unwrap();
+    w.signal("HUP");
+    events.wait("the reload", |e, _| e == "reloaded");
+    let snap = events.wait("a snapshot after the reload", |e, _| e == "snapshot");
+    assert!(
+        snap["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "extra"),
+        "{snap}"
+    );
+
+    // At shutdown the stream carries every service's last state before
+    // it ends (the API stops last, so its own end is not in it).
     w.signal("TERM");
-    // The stream ends when warden does; stopping states come first.
-    events.wait("web stopping", |e, v| {
-        e == "state" && v["service"] == "web" && v["state"] == "stopping"
-    });
+    let mut stopped = std::collections::BTreeSet::new();
+    while stopped.len() < 4 {
+        let v = events.wait("the services stopping", |e, v| {
+            e == "state" && matches!(v["state"].as_str(), Some("stopped" | "failed"))
+        });
+        stopped.insert(v["service"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        stopped.into_iter().collect::<Vec<_>>(),
+        ["extra", "flaky", "ticker", "web"]
+    );
     assert_eq!(w.exit_code(), 0);
 }
 
@@ -290,7 +318,19 @@ fn logs_print_and_follow_a_services_output() {
     for pair in numbers.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "{numbers:?}");
     }
+    // A reader that goes away (`| head -n 6`) ends the follower.
+    drop(lines);
+    let status = follow.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a closed pipe ends logs -f");
+
     // When warden stops, the stream ends and the client exits 0.
+    let mut follow = warden_client(port)
+        .args(["logs", "ticker", "-f", "--tail", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
     let status = follow.wait().unwrap();
@@ -308,6 +348,43 @@ fn logs_print_and_follow_a_services_output() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such service: \"nope\""));
     w2.signal("TERM");
     assert_eq!(w2.exit_code(), 0);
+}
+
+#[test]
+fn a_daemon_that_dies_is_not_a_clean_end_for_followers() {
+    let port = free_port();
+    let mut w = Warden::start(&format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n\n[services.quiet]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\", \"echo hi; exec sleep 909090\"]\n"
+    ));
+    wait_http(port, "/readyz", 200);
+    let follow = warden_client(port)
+        .args(["logs", "quiet", "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watch = warden_client(port)
+        .args(["status", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    w.signal("KILL");
+    let _ = w.exit_code();
+    for (pid, _) in support::daemon::processes_with("909090") {
+        support::daemon::signal_pid(pid, "KILL");
+    }
+    for (what, child) in [("logs -f", follow), ("status --watch", watch)] {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{what}: {stderr}");
+        assert!(
+            stderr.contains("closed in the middle of the stream"),
+            "{what}: {stderr}"
+        );
+    }
 }
 
 #[test]

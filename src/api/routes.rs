@@ -14,6 +14,7 @@ use crate::supervisor::state::State;
 use tokio_util::sync::CancellationToken;
 
 use crate::services::LogLine;
+use crate::supervisor::events::Happened;
 use crate::supervisor::{Handle, ServiceStatus};
 
 /// A whole answer, or a stream of server-sent events.
@@ -268,22 +269,43 @@ fn events(handle: &Handle, closing: CancellationToken) -> Resp {
             return;
         }
         let mut tick = keepalive();
+        let frame = |e: &Happened| {
+            let mut b = sse_frame(e.name(), &e.to_json()).to_vec();
+            if let Happened::Reloaded { .. } = e {
+                // Services may have come or gone: the whole picture again.
+                b.extend_from_slice(&snapshot());
+            }
+            Bytes::from(b)
+        };
         loop {
             use tokio::sync::broadcast::error::RecvError;
-            let frame = tokio::select! {
+            // Events first: what happened before the API began to stop
+            // (the last services stopping) is still sent.
+            let out = tokio::select! {
+                biased;
                 r = rx.recv() => match r {
-                    Ok(e) => sse_frame(e.name(), &e.to_json()),
+                    Ok(e) => frame(&e),
                     Err(RecvError::Lagged(missed)) => {
+                        // Start over from now: the older events queued
+                        // behind would contradict the snapshot.
+                        rx = rx.resubscribe();
                         let mut b = sse_frame("lagged", &json!({"missed": missed})).to_vec();
                         b.extend_from_slice(&snapshot());
                         Bytes::from(b)
                     }
                     Err(RecvError::Closed) => return,
                 },
+                _ = closing.cancelled() => {
+                    let mut b = Vec::new();
+                    while let Ok(e) = rx.try_recv() {
+                        b.extend_from_slice(&frame(&e));
+                    }
+                    let _ = tx.send_data(Bytes::from(b)).await;
+                    return;
+                }
                 _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
-                _ = closing.cancelled() => return,
             };
-            if tx.send_data(frame).await.is_err() {
+            if tx.send_data(out).await.is_err() {
                 return;
             }
         }
@@ -307,21 +329,27 @@ fn follow_logs(logs: crate::services::Logs, tail: usize, closing: CancellationTo
             return;
         }
         let mut tick = keepalive();
+        let frames = |s: &crate::services::logs::Since, last: &mut u64| {
+            let mut b = Vec::new();
+            if s.missed > 0 {
+                b.extend_from_slice(&sse_frame("missed", &json!({"missed": s.missed})));
+            }
+            for l in &s.lines {
+                b.extend_from_slice(&sse_frame("line", &line_json(l)));
+                *last = l.seq;
+            }
+            Bytes::from(b)
+        };
         loop {
             let frame = tokio::select! {
-                s = logs.follow(last) => {
-                    let mut b = Vec::new();
-                    if s.missed > 0 {
-                        b.extend_from_slice(&sse_frame("missed", &json!({"missed": s.missed})));
-                    }
-                    for l in &s.lines {
-                        b.extend_from_slice(&sse_frame("line", &line_json(l)));
-                        last = l.seq;
-                    }
-                    Bytes::from(b)
+                biased;
+                s = logs.follow(last) => frames(&s, &mut last),
+                _ = closing.cancelled() => {
+                    // The last lines the service wrote as it stopped.
+                    let _ = tx.send_data(frames(&logs.since(last), &mut last)).await;
+                    return;
                 }
                 _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
-                _ = closing.cancelled() => return,
             };
             if tx.send_data(frame).await.is_err() {
                 return;

@@ -118,36 +118,43 @@ pub fn request(
     })
 }
 
-/// Reads an HTTP/1.1 chunked body as plain bytes.
+/// Reads an HTTP/1.1 chunked body as plain bytes. A read that times out
+/// keeps what it had of a chunk-size line; the connection closing before
+/// the last (empty) chunk is an error, not the end of the stream.
 struct Chunked<R> {
     inner: R,
     left: usize,
     done: bool,
+    size_line: Vec<u8>,
 }
 
 impl<R: BufRead> Read for Chunked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        let cut = || {
+            Error::new(
+                ErrorKind::UnexpectedEof,
+                "the connection closed in the middle of the stream",
+            )
+        };
         if self.done {
             return Ok(0);
         }
-        if self.left == 0 {
-            let mut line = String::new();
-            if self.inner.read_line(&mut line)? == 0 {
-                self.done = true;
-                return Ok(0);
+        while self.left == 0 {
+            if self.inner.read_until(b'\n', &mut self.size_line)? == 0 {
+                return Err(cut());
             }
-            if line.trim().is_empty() {
-                // The CRLF that ends the previous chunk.
-                line.clear();
-                if self.inner.read_line(&mut line)? == 0 {
-                    self.done = true;
-                    return Ok(0);
-                }
+            if !self.size_line.ends_with(b"\n") {
+                continue; // the rest of the line comes with the next read
             }
+            let line = String::from_utf8_lossy(&self.size_line).into_owned();
+            self.size_line.clear();
             let size = line.trim().split(';').next().unwrap_or("");
-            self.left = usize::from_str_radix(size, 16).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
-            })?;
+            if size.is_empty() {
+                continue; // the CRLF that ends the previous chunk
+            }
+            self.left = usize::from_str_radix(size, 16)
+                .map_err(|_| Error::new(ErrorKind::InvalidData, "bad chunk size"))?;
             if self.left == 0 {
                 self.done = true;
                 return Ok(0);
@@ -156,33 +163,29 @@ impl<R: BufRead> Read for Chunked<R> {
         let n = buf.len().min(self.left);
         let n = self.inner.read(&mut buf[..n])?;
         if n == 0 {
-            self.done = true;
+            return Err(cut());
         }
         self.left -= n;
         Ok(n)
     }
 }
 
-/// Why an event stream ended.
-enum Ended {
-    /// The daemon closed it (it is stopping).
-    Closed,
-    /// The handler asked to stop.
-    Stopped,
-}
+/// How long an event stream may stay silent (warden sends a keep-alive
+/// every 15 s) before the daemon counts as gone.
+const SILENCE: Duration = Duration::from_secs(45);
 
 /// Opens a stream of server-sent events at `path` and hands each event
 /// (name, data) to `on_event`, and `None` whenever `tick` passes without
 /// one; `on_event` returns `false` to stop. A non-200 answer is an error
-/// with the API's message.
+/// with the API's message. The stream ending cleanly (warden stopping) is
+/// `Ok`; the connection breaking or going silent is `Unreachable`.
 fn events(
     args: &ClientArgs,
     path: &str,
-    tick: Option<Duration>,
+    tick: Duration,
     mut on_event: impl FnMut(Option<(&str, &str)>) -> bool,
-) -> Result<Result<Ended, String>, Unreachable> {
+) -> Result<Result<(), String>, Unreachable> {
     let stream = send(args, "GET", path, None)?;
-    let _ = stream.set_read_timeout(tick);
     let io = io_error(args);
     let mut reader = BufReader::new(stream);
     let mut head = String::new();
@@ -210,6 +213,8 @@ fn events(
         };
         return Ok(Err(format!("HTTP {status}: {}", reply.error_text())));
     }
+    // The headers are in: from now on a read waits at most `tick`.
+    let _ = reader.get_ref().set_read_timeout(Some(tick));
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -218,6 +223,7 @@ fn events(
             inner: reader,
             left: 0,
             done: false,
+            size_line: Vec::new(),
         })
     } else {
         Box::new(reader)
@@ -225,38 +231,51 @@ fn events(
     let mut lines = BufReader::new(body);
     let (mut event, mut data) = (String::new(), String::new());
     // Kept across a timeout: a line read in part is finished next time.
-    let mut line = String::new();
+    let mut line = Vec::new();
+    let mut heard = std::time::Instant::now();
     loop {
-        match lines.read_line(&mut line) {
-            Ok(0) => return Ok(Ok(Ended::Closed)),
-            Ok(_) => {}
+        let before = line.len();
+        match lines.read_until(b'\n', &mut line) {
+            Ok(0) => return Ok(Ok(())),
+            Ok(_) => heard = std::time::Instant::now(),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if line.len() > before {
+                    heard = std::time::Instant::now();
+                }
+                if heard.elapsed() > SILENCE {
+                    return Err(Unreachable(format!(
+                        "warden at {} went silent (no keep-alive for {} s)",
+                        args.url,
+                        SILENCE.as_secs()
+                    )));
+                }
                 if !on_event(None) {
-                    return Ok(Ok(Ended::Stopped));
+                    return Ok(Ok(()));
                 }
                 continue;
             }
             Err(e) => return Err(io(e)),
         }
-        if !line.ends_with('\n') {
+        if !line.ends_with(b"\n") {
             continue; // the rest of the line comes with the next read
         }
-        let whole = std::mem::take(&mut line);
-        let line = whole.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
+        let whole = String::from_utf8_lossy(&line).into_owned();
+        line.clear();
+        let text = whole.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
             if !event.is_empty() && !on_event(Some((&event, &data))) {
-                return Ok(Ok(Ended::Stopped));
+                return Ok(Ok(()));
             }
             event.clear();
             data.clear();
-        } else if let Some(e) = line.strip_prefix("event:") {
+        } else if let Some(e) = text.strip_prefix("event:") {
             event = e.trim().to_string();
-        } else if let Some(d) = line.strip_prefix("data:") {
+        } else if let Some(d) = text.strip_prefix("data:") {
             data.push_str(d.trim_start());
         }
     }
@@ -360,28 +379,32 @@ fn table(services: &[Json]) -> String {
 }
 
 /// `warden status --watch`: the table, redrawn as states change (and every
-/// second, for the uptimes), until interrupted or the daemon stops.
+/// second, for the uptimes), until interrupted, the reader goes away
+/// (`| head`), or the daemon stops.
 pub fn watch(args: &ClientArgs) -> u8 {
     use std::io::IsTerminal;
     let terminal = std::io::stdout().is_terminal();
     let mut services: Vec<Json> = Vec::new();
+    let mut reader_gone = false;
+    // Whether the table reached its reader.
     let draw = |services: &[Json]| {
-        if terminal {
+        let mut out = std::io::stdout().lock();
+        let r = if terminal {
             // Home, clear, then the table.
-            out!("\x1b[H\x1b[2J{}", table(services));
+            write!(out, "\x1b[H\x1b[2J{}", table(services))
         } else {
-            out!("{}\n", table(services));
-        }
-        let _ = std::io::stdout().flush();
+            writeln!(out, "{}", table(services))
+        };
+        r.and_then(|()| out.flush()).is_ok()
     };
-    let r = events(args, "/v1/events", Some(Duration::from_secs(1)), |e| {
-        match e {
+    let r = events(args, "/v1/events", Duration::from_secs(1), |e| {
+        let drawn = match e {
             None if terminal => draw(&services),
-            None => {}
+            None => true,
             Some(("snapshot", data)) => {
                 let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
                 services = v["services"].as_array().cloned().unwrap_or_default();
-                draw(&services);
+                draw(&services)
             }
             Some(("state", data)) => {
                 let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
@@ -391,14 +414,16 @@ pub fn watch(args: &ClientArgs) -> u8 {
                     }
                     s["since"] = v["at"].clone();
                 }
-                draw(&services);
+                draw(&services)
             }
-            Some(_) => {}
-        }
-        true
+            Some(_) => true,
+        };
+        reader_gone = !drawn;
+        drawn
     });
     match r {
-        Ok(Ok(_)) => {
+        Ok(Ok(())) if reader_gone => exit::OK,
+        Ok(Ok(())) => {
             errln!("warden closed the stream (it is stopping)");
             exit::OK
         }
@@ -411,14 +436,19 @@ pub fn watch(args: &ClientArgs) -> u8 {
 }
 
 /// `warden logs NAME [-f] [--tail N]`: a service's captured output, each
-/// line to the stream it came from; `-f` keeps printing new lines.
+/// line to the stream it came from; `-f` keeps printing new lines until
+/// warden stops (exit 0), the reader goes away (exit 0), or the connection
+/// breaks (exit 4).
 pub fn logs(args: &ClientArgs, name: &str, tail: usize, follow: bool) -> u8 {
-    fn print(line: &Json) {
+    /// Whether the line reached its reader.
+    fn print(line: &Json) -> bool {
         let text = line["line"].as_str().unwrap_or("");
         if line["stream"] == "stderr" {
-            errln!("{text}");
+            let mut err = std::io::stderr().lock();
+            writeln!(err, "{text}").is_ok()
         } else {
-            outln!("{text}");
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
         }
     }
     if !follow {
@@ -436,28 +466,27 @@ pub fn logs(args: &ClientArgs, name: &str, tail: usize, follow: bool) -> u8 {
             return 1;
         }
         for line in reply.json()["lines"].as_array().into_iter().flatten() {
-            print(line);
+            if !print(line) {
+                break;
+            }
         }
         return exit::OK;
     }
     let path = format!("/v1/services/{name}/logs?tail={tail}&follow=true");
-    let r = events(args, &path, None, |e| {
-        match e {
-            Some(("line", data)) => print(&serde_json::from_str(data).unwrap_or(Json::Null)),
-            Some(("missed", data)) => {
-                let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
-                errln!(
-                    "[warden: {} lines dropped from the ring while following]",
-                    v["missed"]
-                );
-            }
-            _ => {}
+    let r = events(args, &path, Duration::from_secs(5), |e| match e {
+        Some(("line", data)) => print(&serde_json::from_str(data).unwrap_or(Json::Null)),
+        Some(("missed", data)) => {
+            let v: Json = serde_json::from_str(data).unwrap_or(Json::Null);
+            errln!(
+                "[warden: {} lines dropped from the ring while following]",
+                v["missed"]
+            );
+            true
         }
-        let _ = std::io::stdout().flush();
-        true
+        _ => true,
     });
     match r {
-        Ok(Ok(_)) => exit::OK,
+        Ok(Ok(())) => exit::OK,
         Ok(Err(e)) => {
             errln!("error: {e}");
             1

@@ -85,6 +85,9 @@ pub enum Happened {
         duration: Duration,
         at: SystemTime,
     },
+    /// A reload was applied: services may have come or gone (listeners
+    /// take a fresh snapshot).
+    Reloaded { at: SystemTime },
 }
 
 impl Happened {
@@ -94,6 +97,7 @@ impl Happened {
             Happened::State { .. } => "state",
             Happened::Restart { .. } => "restart",
             Happened::Action { .. } => "action",
+            Happened::Reloaded { .. } => "reloaded",
         }
     }
 
@@ -142,6 +146,7 @@ impl Happened {
                 "duration_ms": duration.as_millis() as u64,
                 "at": at(t),
             }),
+            Happened::Reloaded { at: t } => json!({ "at": at(t) }),
         }
     }
 }

@@ -857,7 +857,8 @@ impl Supervisor {
                 Ok(())
             }
             State::Backoff => {
-                self.restarting(name, RestartReason::Operator);
+                // Already counted as restarting (its failure); this only
+                // skips the rest of the delay.
                 self.start_unit(name);
                 Ok(())
             }
@@ -986,6 +987,9 @@ impl Supervisor {
             unchanged = summary.unchanged,
             "reloaded"
         );
+        self.events.send(Happened::Reloaded {
+            at: std::time::SystemTime::now(),
+        });
         Ok(summary)
     }
 

@@ -76,6 +76,23 @@ impl GroupGuard {
     }
 }
 
+/// The `pid` detail of a running process, taken back when the run ends
+/// however it ends (an aborted run included).
+struct PidDetail(super::Details);
+
+impl PidDetail {
+    fn new(details: super::Details, pid: i32) -> PidDetail {
+        details.set("pid", pid);
+        PidDetail(details)
+    }
+}
+
+impl Drop for PidDetail {
+    fn drop(&mut self) {
+        self.0.remove("pid");
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
@@ -227,7 +244,7 @@ impl Service for ProcessService {
             let pid = child.id() as i32;
             let guard = GroupGuard::new(pid);
             tracing::info!(service = %ctx.name(), pid, "spawned {program}");
-            ctx.details().set("pid", pid);
+            let _pid = PidDetail::new(ctx.details().clone(), pid);
 
             let wants_lines = matches!(ready.as_ref().map(|r| &r.check), Some(ProbeCheck::Log(_)));
             let (line_tx, line_rx) = mpsc::unbounded_channel();
@@ -275,7 +292,6 @@ impl Service for ProcessService {
                     _ = ctx.cancelled() => break Err(()),
                 }
             };
-            ctx.details().remove("pid");
             let result = match outcome {
                 Ok(s) => {
                     ctx.details().set("last_exit", s.to_string());
