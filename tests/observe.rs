@@ -212,6 +212,34 @@ fn events_stream_every_state_change_restart_and_action() {
     assert_eq!(f["reason"], "failure");
     assert!(f["restarts"].as_u64().unwrap() >= 1);
 
+    // One service's history: its last changes of state, oldest first.
+    let (_, web) = support::http::get_json(port, "/v1/services/web");
+    let moves: Vec<(String, String)> = web["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["to"].as_str().unwrap().into(),
+                t["event"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let tail: Vec<(&str, &str)> = moves[moves.len() - 4..]
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("stopping", "stop"),
+            ("stopped", "stopped"),
+            ("starting", "start"),
+            ("ready", "ready")
+        ],
+        "{web}"
+    );
+
     // A process publishes its pid while it runs, and how its last run ended.
     let (_, ticker) = support::http::get_json(port, "/v1/services/ticker");
     assert!(

@@ -447,6 +447,20 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                 Some(s) => {
                     let mut j = service_json(s);
                     j["name"] = json!(s.name);
+                    j["history"] = Json::Array(
+                        s.history
+                            .snapshot()
+                            .iter()
+                            .map(|t| {
+                                json!({
+                                    "at": humantime::format_rfc3339_millis(t.at).to_string(),
+                                    "from": t.from.as_str(),
+                                    "to": t.to.as_str(),
+                                    "event": t.event.as_str(),
+                                })
+                            })
+                            .collect(),
+                    );
                     j["schedules"] = Json::Array(
                         s.schedules
                             .iter()

@@ -231,6 +231,48 @@ pub struct ServiceStatus {
     pub details: Details,
     /// The service's captured output (shared, live).
     pub logs: Logs,
+    /// Its last changes of state (shared, live).
+    pub history: History,
+}
+
+/// One change of state, as kept in a service's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub at: std::time::SystemTime,
+    pub from: State,
+    pub to: State,
+    pub event: Event,
+}
+
+/// The last changes of state of a service (a bounded ring, shared: the
+/// status carries a handle, not a copy).
+#[derive(Debug, Clone, Default)]
+pub struct History(Arc<std::sync::Mutex<std::collections::VecDeque<Transition>>>);
+
+/// Transitions kept per service.
+const HISTORY: usize = 20;
+
+/// Two handles are equal when they share the same ring.
+impl PartialEq for History {
+    fn eq(&self, other: &History) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl History {
+    fn push(&self, t: Transition) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(t);
+    }
+
+    /// Oldest first.
+    pub fn snapshot(&self) -> Vec<Transition> {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        h.iter().copied().collect()
+    }
 }
 
 /// One finished run of an action.
@@ -321,6 +363,7 @@ struct Unit {
     last_error: Option<String>,
     details: Details,
     logs: Logs,
+    history: History,
     /// The spec a reload will apply once this run has stopped.
     next_spec: Option<ServiceSpec>,
     /// Per `[[schedule]]` entry: whether a run is in flight, the last run.
@@ -355,6 +398,7 @@ impl Unit {
             last_error: None,
             details: Details::default(),
             logs: Logs::new(log_lines),
+            history: History::default(),
             next_spec: None,
             schedule_busy: vec![false; spec.common.schedule.len()],
             schedule_last: vec![None; spec.common.schedule.len()],
@@ -570,6 +614,7 @@ impl Supervisor {
                 schedules: u.schedule_last.clone(),
                 details: u.details.clone(),
                 logs: u.logs.clone(),
+                history: u.history.clone(),
             })
             .collect();
         self.status_tx.send_if_modified(|old| {
@@ -594,6 +639,12 @@ impl Supervisor {
         match state::next(u.state, event) {
             Ok(to) => {
                 tracing::debug!(service = %u.name, from = %u.state, to = %to, ?event, "state");
+                u.history.push(Transition {
+                    at: std::time::SystemTime::now(),
+                    from: u.state,
+                    to,
+                    event,
+                });
                 u.state = to;
                 u.since = Instant::now();
                 if self.events.listened() {

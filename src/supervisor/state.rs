@@ -137,6 +137,25 @@ impl Event {
         Event::Disable,
         Event::Enable,
     ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::Ready => "ready",
+            Event::Complete => "complete",
+            Event::Retry => "retry",
+            Event::Fail => "fail",
+            Event::Exit => "exit",
+            Event::Stop => "stop",
+            Event::Stopped => "stopped",
+            Event::Block => "block",
+            Event::Unblock => "unblock",
+            Event::Reset => "reset",
+            Event::Standby => "standby",
+            Event::Disable => "disable",
+            Event::Enable => "enable",
+        }
+    }
 }
 
 /// Every transition allowed: `(from, event, to)`. Anything else is illegal.
