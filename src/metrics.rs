@@ -34,6 +34,15 @@ pub const PROBE_SECONDS: &str = "warden_probe_duration_seconds";
 pub const PROBE_FAILURES: &str = "warden_probe_failures_total";
 pub const RELOADS: &str = "warden_config_reloads_total";
 pub const BUILD_INFO: &str = "warden_build_info";
+pub const OUTBOX_PUBLISHED: &str = "warden_outbox_published_total";
+pub const OUTBOX_BACKLOG: &str = "warden_outbox_backlog";
+pub const OUTBOX_LAG: &str = "warden_outbox_lag_seconds";
+pub const OUTBOX_BATCH: &str = "warden_outbox_batch_size";
+
+/// Buckets of rows per claimed batch.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
 
 /// Buckets of the time from start to ready: processes are ready in
 /// milliseconds, databases in seconds.
@@ -70,6 +79,7 @@ pub fn install() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(START_SECONDS.into()), START_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PROBE_SECONDS.into()), PROBE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OUTBOX_BATCH.into()), BATCH_BUCKETS))
         .ok()?;
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -101,6 +111,33 @@ fn describe() {
         "Registry reloads, by result (ok, invalid: the file did not check, refused: warden could not apply it)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version of this warden.");
+    describe_counter!(
+        OUTBOX_PUBLISHED,
+        "Outbox rows handled, by result (sent, retry: Redis refused it and it will be tried again, failed: out of retries)."
+    );
+    describe_gauge!(OUTBOX_BACKLOG, "Outbox rows waiting to be published.");
+    describe_gauge!(
+        OUTBOX_LAG,
+        "Age in seconds of the oldest outbox row waiting to be published."
+    );
+    describe_histogram!(OUTBOX_BATCH, "Rows per claimed outbox batch.");
+}
+
+/// Counts outbox rows by result (`sent`, `retry`, `failed`).
+pub fn outbox_published(service: &str, result: &'static str, rows: usize) {
+    metrics::counter!(OUTBOX_PUBLISHED, "service" => service.to_string(), "result" => result)
+        .increment(rows as u64);
+}
+
+/// The outbox's backlog and lag.
+pub fn outbox_stats(service: &str, backlog: i64, lag_seconds: f64) {
+    metrics::gauge!(OUTBOX_BACKLOG, "service" => service.to_string()).set(backlog as f64);
+    metrics::gauge!(OUTBOX_LAG, "service" => service.to_string()).set(lag_seconds);
+}
+
+/// The size of a claimed batch.
+pub fn outbox_batch(service: &str, rows: usize) {
+    metrics::histogram!(OUTBOX_BATCH, "service" => service.to_string()).record(rows as f64);
 }
 
 /// Counts a restart.

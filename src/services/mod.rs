@@ -20,6 +20,7 @@ use crate::config::{CustomKind, ServiceSpec};
 
 pub mod external;
 pub mod logs;
+pub mod outbox;
 pub mod process;
 
 pub use logs::{LogLine, Logs, Stream};
@@ -99,6 +100,7 @@ impl Factories {
         let mut f = Factories::new();
         f.register(process::ProcessFactory { base_dir });
         f.register(external::ExternalFactory);
+        f.register(outbox::OutboxFactory);
         f
     }
 

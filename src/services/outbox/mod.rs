@@ -1,0 +1,392 @@
+//! `kind = "outbox-relay"` (DESIGN.md §5): rows of a PostgreSQL outbox
+//! table become entries of Redis streams, at least once.
+//!
+//! One run holds one PostgreSQL session (queries, and `LISTEN` for the
+//! insert trigger's `pg_notify`, so a new row is relayed at once; the poll
+//! interval is the fallback) and one Redis connection. Each round: return
+//! expired leases to `pending`, claim a batch with `FOR UPDATE SKIP LOCKED`
+//! (so several relays share the work), pipeline one `XADD` per row, then
+//! mark the rows sent (or delete them). A row Redis refuses is retried with
+//! backoff up to `max_retries`, then `failed`; a Redis outage releases the
+//! claim and backs off without counting against the rows. Losing
+//! PostgreSQL ends the run as a failure (the restart policy takes over).
+
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use tokio::sync::Notify;
+
+use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
+use crate::config::{KindSpec, OutboxRelaySpec, ServiceSpec};
+
+/// Builds outbox relays and runs their action (`replay-failed`).
+pub struct OutboxFactory;
+
+fn spec_of(spec: &ServiceSpec) -> Result<OutboxRelaySpec, ServiceError> {
+    match &spec.kind {
+        KindSpec::OutboxRelay(o) => Ok(o.clone()),
+        other => Err(ServiceError(format!(
+            "the outbox-relay factory got a {} service",
+            other.kind_name()
+        ))),
+    }
+}
+
+impl Factory for OutboxFactory {
+    fn kind(&self) -> &str {
+        "outbox-relay"
+    }
+
+    fn actions(&self) -> Vec<String> {
+        vec!["replay-failed".into()]
+    }
+
+    fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+        Ok(Box::new(Relay {
+            spec: spec_of(spec)?,
+        }))
+    }
+
+    fn action(
+        &self,
+        spec: &ServiceSpec,
+        action: &str,
+        args: Json,
+        _details: Details,
+    ) -> BoxFuture<Result<Json, ServiceError>> {
+        let spec = spec_of(spec);
+        let action = action.to_string();
+        Box::pin(async move {
+            let spec = spec?;
+            match action.as_str() {
+                "replay-failed" => replay_failed(&spec, &args).await,
+                other => Err(ServiceError(format!(
+                    "kind outbox-relay has no action {other:?}; known: replay-failed"
+                ))),
+            }
+        })
+    }
+}
+
+/// `replay-failed`: failed rows (all, or `{"ids": [..]}`) go back to
+/// `pending` with their retry count reset. Answers `{"replayed": N}`.
+async fn replay_failed(spec: &OutboxRelaySpec, args: &Json) -> Result<Json, ServiceError> {
+    let ids: Option<Vec<i64>> = match args.get("ids") {
+        None | Some(Json::Null) => None,
+        Some(Json::Array(a)) => Some(
+            a.iter()
+                .map(|v| v.as_i64())
+                .collect::<Option<Vec<i64>>>()
+                .ok_or_else(|| ServiceError("ids must be a list of row ids".into()))?,
+        ),
+        Some(_) => return Err(ServiceError("ids must be a list of row ids".into())),
+    };
+    let (client, driver) = connect(spec).await?;
+    let t = sql::Outbox::new(&spec.table);
+    let n = match ids {
+        None => client.execute(&t.replay_all(), &[]).await,
+        Some(ids) => client.execute(&t.replay_ids(), &[&ids]).await,
+    }
+    .map_err(pg)?;
+    if n > 0 {
+        client.batch_execute(&t.notify()).await.map_err(pg)?;
+    }
+    drop(client);
+    driver.abort();
+    Ok(json!({ "replayed": n }))
+}
+
+fn pg(e: tokio_postgres::Error) -> ServiceError {
+    use std::error::Error;
+    ServiceError(match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("PostgreSQL: {}", db.message()),
+        (None, Some(src)) => format!("PostgreSQL: {e}: {src}"),
+        (None, None) => format!("PostgreSQL: {e}"),
+    })
+}
+
+/// A PostgreSQL session; the task driving it (aborted by the caller).
+async fn connect(
+    spec: &OutboxRelaySpec,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), ServiceError> {
+    let (client, conn) = tokio_postgres::connect(spec.postgres.0.expose(), tokio_postgres::NoTls)
+        .await
+        .map_err(pg)?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((client, driver))
+}
+
+struct Relay {
+    spec: OutboxRelaySpec,
+}
+
+/// One claimed row.
+struct Row {
+    id: i64,
+    topic: String,
+    partition_key: Option<String>,
+    payload: String,
+    headers: String,
+    dedupe_key: Option<String>,
+}
+
+/// How a batch went to Redis.
+enum Sent {
+    /// Every row is in its stream.
+    All,
+    /// Redis is unreachable: nothing can be said of any row.
+    Outage(String),
+    /// Redis answered; these rows it refused, with why.
+    Refused(Vec<(i64, String)>),
+}
+
+/// The backoff of a Redis outage: 0.5 s doubling to 30 s.
+fn outage_delay(attempt: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(30))
+}
+
+fn is_outage(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+impl Relay {
+    fn xadd(&self, row: &Row) -> redis::Cmd {
+        let mut c = redis::cmd("XADD");
+        c.arg(format!("{}{}", self.spec.stream_prefix, row.topic));
+        if let Some(n) = self.spec.max_len {
+            c.arg("MAXLEN").arg("~").arg(n);
+        }
+        c.arg("*")
+            .arg("payload")
+            .arg(&row.payload)
+            .arg("headers")
+            .arg(&row.headers)
+            .arg("outbox_id")
+            .arg(row.id)
+            .arg("dedupe_key")
+            .arg(row.dedupe_key.as_deref().unwrap_or(""))
+            .arg("partition_key")
+            .arg(row.partition_key.as_deref().unwrap_or(""));
+        c
+    }
+
+    /// Sends a batch as one pipeline (not a transaction: each `XADD`
+    /// stands alone) and reads each command's own answer, so a refused row
+    /// never makes the accepted ones go twice.
+    async fn send(&self, redis: &mut redis::aio::MultiplexedConnection, rows: &[Row]) -> Sent {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for r in rows {
+            pipe.add_command(self.xadd(r));
+        }
+        match pipe
+            .query_async::<Vec<redis::RedisResult<redis::Value>>>(redis)
+            .await
+        {
+            Err(e) if is_outage(&e) => Sent::Outage(e.to_string()),
+            Err(e) => Sent::Refused(rows.iter().map(|r| (r.id, e.to_string())).collect()),
+            Ok(answers) => {
+                let refused: Vec<(i64, String)> = rows
+                    .iter()
+                    .zip(answers)
+                    .filter_map(|(r, a)| a.err().map(|e| (r.id, e.to_string())))
+                    .collect();
+                if refused.is_empty() {
+                    Sent::All
+                } else {
+                    Sent::Refused(refused)
+                }
+            }
+        }
+    }
+}
+
+impl Service for Relay {
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
+        Box::pin(async move {
+            let spec = &self.spec;
+            let t = sql::Outbox::new(&spec.table);
+            let (client, mut conn) =
+                tokio_postgres::connect(spec.postgres.0.expose(), tokio_postgres::NoTls)
+                    .await
+                    .map_err(pg)?;
+            // Drive the session ourselves: its notifications wake the relay.
+            let wake = Arc::new(Notify::new());
+            let driver = {
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    use tokio_postgres::AsyncMessage;
+                    while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                        match m {
+                            Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })
+            };
+            let _driver = AbortOnDrop(driver);
+            if spec.create_schema {
+                client.batch_execute(&t.create()).await.map_err(pg)?;
+            }
+            client
+                .batch_execute(&format!("LISTEN {}", t.channel_quoted()))
+                .await
+                .map_err(pg)?;
+            let redis_client = redis::Client::open(spec.redis.0.expose())
+                .map_err(|e| ServiceError(format!("bad Redis URL: {e}")))?;
+            let mut redis: Option<redis::aio::MultiplexedConnection> = None;
+            let claim = client.prepare(&t.claim()).await.map_err(pg)?;
+            let reap = client.prepare(&t.reap()).await.map_err(pg)?;
+            let done = client
+                .prepare(&if spec.delete_sent {
+                    t.delete_sent()
+                } else {
+                    t.mark_sent()
+                })
+                .await
+                .map_err(pg)?;
+            let release = client.prepare(&t.release()).await.map_err(pg)?;
+            let retry = client.prepare(&t.retry()).await.map_err(pg)?;
+            let stats = client.prepare(&t.stats()).await.map_err(pg)?;
+            let next_due = client.prepare(&t.next_due()).await.map_err(pg)?;
+            ctx.ready();
+            tracing::info!(table = %spec.table, "relaying");
+
+            let name = ctx.name().to_string();
+            let batch = i64::from(spec.batch.0);
+            let lease = spec.lease.as_secs_f64();
+            let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
+            let mut outages = 0u32;
+            let mut published = 0u64;
+            let mut last_stats: Option<Instant> = None;
+            loop {
+                if ctx.is_cancelled() {
+                    return Ok(());
+                }
+                if last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    let row = client.query_one(&stats, &[]).await.map_err(pg)?;
+                    let (backlog, lag): (i64, f64) = (row.get(0), row.get(1));
+                    ctx.details().set("backlog", backlog);
+                    ctx.details()
+                        .set("lag_seconds", (lag * 1000.0).round() / 1000.0);
+                    crate::metrics::outbox_stats(&name, backlog, lag);
+                    last_stats = Some(Instant::now());
+                }
+                client.execute(&reap, &[]).await.map_err(pg)?;
+                let mut rows: Vec<Row> = client
+                    .query(&claim, &[&batch, &lease])
+                    .await
+                    .map_err(pg)?
+                    .iter()
+                    .map(|r| Row {
+                        id: r.get(0),
+                        topic: r.get(1),
+                        partition_key: r.get(2),
+                        payload: r.get(3),
+                        headers: r.get(4),
+                        dedupe_key: r.get(5),
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    // Sleep until woken (an insert), the next retry or lease
+                    // end is due, or the poll interval passes.
+                    let due: Option<f64> =
+                        client.query_one(&next_due, &[]).await.map_err(pg)?.get(0);
+                    let wait = match due {
+                        Some(s) => {
+                            Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval)
+                        }
+                        None => spec.poll_interval,
+                    };
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    }
+                    continue;
+                }
+                rows.sort_by_key(|r| r.id);
+                crate::metrics::outbox_batch(&name, rows.len());
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                if redis.is_none() {
+                    match redis_client.get_multiplexed_async_connection().await {
+                        Ok(c) => redis = Some(c),
+                        Err(e) => {
+                            client.execute(&release, &[&ids]).await.map_err(pg)?;
+                            let delay = outage_delay(outages);
+                            outages += 1;
+                            let msg = format!("cannot connect to Redis: {e}");
+                            tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
+                            ctx.details().set("last_error", msg);
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = ctx.cancelled() => return Ok(()),
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let conn = redis.as_mut().expect("connected above");
+                match self.send(conn, &rows).await {
+                    Sent::All => {
+                        client.execute(&done, &[&ids]).await.map_err(pg)?;
+                        outages = 0;
+                        published += ids.len() as u64;
+                        ctx.details().set("published", published);
+                        crate::metrics::outbox_published(&name, "sent", ids.len());
+                    }
+                    Sent::Refused(refused) => {
+                        let bad: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
+                        let good: Vec<i64> =
+                            ids.iter().copied().filter(|id| !bad.contains(id)).collect();
+                        client.execute(&done, &[&good]).await.map_err(pg)?;
+                        published += good.len() as u64;
+                        crate::metrics::outbox_published(&name, "sent", good.len());
+                        for (id, error) in &refused {
+                            let failed: bool = client
+                                .query_one(&retry, &[id, error, &max_retries])
+                                .await
+                                .map_err(pg)?
+                                .get(0);
+                            let result = if failed { "failed" } else { "retry" };
+                            crate::metrics::outbox_published(&name, result, 1);
+                            tracing::warn!(id, error = %error, result, "Redis refused a row");
+                            ctx.details()
+                                .set("last_error", format!("row {id}: {error}"));
+                        }
+                        ctx.details().set("published", published);
+                    }
+                    Sent::Outage(msg) => {
+                        redis = None;
+                        client.execute(&release, &[&ids]).await.map_err(pg)?;
+                        let delay = outage_delay(outages);
+                        outages += 1;
+                        tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
+                        ctx.details().set("last_error", format!("Redis: {msg}"));
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Aborts a task when dropped (the session's driver ends with the run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

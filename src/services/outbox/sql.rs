@@ -1,0 +1,229 @@
+//! The SQL of the outbox relay, for a table named in the registry. Names
+//! reach SQL only quoted (`TableName::quoted`, `Ident::quoted`); values only
+//! as parameters.
+
+use crate::config::types::TableName;
+
+/// The statements of one outbox table.
+pub struct Outbox {
+    /// `"schema"."table"` or `"table"`.
+    table: String,
+    /// The schema prefix for the trigger function: `"schema".` or empty.
+    schema: String,
+    /// The bare table name, for the names of its index, function, channel.
+    name: String,
+}
+
+impl Outbox {
+    pub fn new(table: &TableName) -> Outbox {
+        Outbox {
+            table: table.quoted(),
+            schema: table
+                .schema
+                .as_ref()
+                .map(|s| format!("{}.", s.quoted()))
+                .unwrap_or_default(),
+            name: table.name.as_str().to_string(),
+        }
+    }
+
+    /// A name derived from the table's (PostgreSQL truncates it at 63
+    /// bytes, as it does any identifier).
+    fn derived(&self, suffix: &str) -> String {
+        format!("\"{}_{suffix}\"", self.name)
+    }
+
+    /// The channel the insert trigger notifies.
+    pub fn channel(&self) -> String {
+        format!("{}_inserted", self.name)
+    }
+
+    pub fn channel_quoted(&self) -> String {
+        format!("\"{}\"", self.channel())
+    }
+
+    /// Idempotent DDL: the table, its indexes and the insert trigger, under
+    /// a transaction-scoped advisory lock so that relays starting together
+    /// do not race on `CREATE ... IF NOT EXISTS`.
+    pub fn create(&self) -> String {
+        let t = &self.table;
+        let f = format!("{}{}", self.schema, self.derived("notify"));
+        format!(
+            "BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('warden outbox ' || '{t_lit}'));
+CREATE TABLE IF NOT EXISTS {t} (
+    id              bigserial PRIMARY KEY,
+    topic           text NOT NULL,
+    partition_key   text,
+    payload         jsonb NOT NULL,
+    headers         jsonb NOT NULL DEFAULT '{{}}',
+    dedupe_key      text,
+    status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+    retry_count     int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    claimed_until   timestamptz,
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    published_at    timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {dedupe} ON {t} (dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {pending} ON {t} (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending';
+CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER {trigger} AFTER INSERT ON {t}
+    FOR EACH STATEMENT EXECUTE FUNCTION {f}();
+COMMIT;
+",
+            t_lit = t.replace('\'', "''"),
+            dedupe = self.derived("dedupe_key"),
+            pending = self.derived("pending"),
+            sending = self.derived("sending"),
+            trigger = self.derived("notify"),
+            channel = self.channel(),
+        )
+    }
+
+    /// Claims up to `$1` due rows for `$2` seconds; several relays never
+    /// claim the same row (`SKIP LOCKED`).
+    pub fn claim(&self) -> String {
+        let t = &self.table;
+        format!(
+            "WITH c AS (
+    SELECT id FROM {t}
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY id LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
+FROM c WHERE o.id = c.id
+RETURNING o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key"
+        )
+    }
+
+    /// Expired leases (a relay died holding them) go back to `pending`.
+    pub fn reap(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', claimed_until = NULL
+WHERE status = 'sending' AND claimed_until < now()",
+            self.table
+        )
+    }
+
+    /// Rows `$1` are in their streams.
+    pub fn mark_sent(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'sent', published_at = now(), claimed_until = NULL, last_error = NULL
+WHERE id = ANY($1)",
+            self.table
+        )
+    }
+
+    /// Rows `$1` are in their streams (`delete_sent = true`).
+    pub fn delete_sent(&self) -> String {
+        format!("DELETE FROM {} WHERE id = ANY($1)", self.table)
+    }
+
+    /// Rows `$1` go back unclaimed, their retries untouched (Redis outage).
+    pub fn release(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', claimed_until = NULL
+WHERE id = ANY($1) AND status = 'sending'",
+            self.table
+        )
+    }
+
+    /// Row `$1` was refused with error `$2`: retry later (0.5 s doubling,
+    /// at most 5 min), or `failed` once it has had `$3` attempts. Answers
+    /// whether it failed for good.
+    pub fn retry(&self) -> String {
+        format!(
+            "UPDATE {} SET
+    retry_count = retry_count + 1,
+    last_error = $2,
+    claimed_until = NULL,
+    status = CASE WHEN retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = now() + least(300, 0.5 * power(2, retry_count)) * interval '1 second'
+WHERE id = $1
+RETURNING status = 'failed'",
+            self.table
+        )
+    }
+
+    /// Backlog (pending rows) and lag (age of the oldest, in seconds).
+    pub fn stats(&self) -> String {
+        format!(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+FROM {} WHERE status = 'pending'",
+            self.table
+        )
+    }
+
+    /// Seconds until the next row is due: a retry's `next_attempt_at`, or
+    /// the end of a lease (`NULL`: nothing is waiting).
+    pub fn next_due(&self) -> String {
+        format!(
+            "SELECT EXTRACT(EPOCH FROM least(
+    min(next_attempt_at) FILTER (WHERE status = 'pending'),
+    min(claimed_until) FILTER (WHERE status = 'sending')) - now())::float8
+FROM {} WHERE status IN ('pending', 'sending')",
+            self.table
+        )
+    }
+
+    /// Wakes the relays (after a replay: an update fires no insert trigger).
+    pub fn notify(&self) -> String {
+        format!("SELECT pg_notify('{}', '')", self.channel())
+    }
+
+    /// Every failed row back to `pending`.
+    pub fn replay_all(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', retry_count = 0, next_attempt_at = now(), last_error = NULL
+WHERE status = 'failed'",
+            self.table
+        )
+    }
+
+    /// Failed rows `$1` back to `pending`.
+    pub fn replay_ids(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', retry_count = 0, next_attempt_at = now(), last_error = NULL
+WHERE status = 'failed' AND id = ANY($1)",
+            self.table
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_ddl_is_the_one_the_relay_runs() {
+        let t = Outbox::new(&TableName::new("message_outbox").unwrap());
+        let shipped = include_str!("../../../sql/outbox-relay.sql");
+        let body = shipped
+            .lines()
+            .skip_while(|l| l.starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(body.trim(), t.create().trim());
+    }
+
+    #[test]
+    fn names_are_quoted_and_schema_qualified() {
+        let t = Outbox::new(&TableName::new("app.events").unwrap());
+        assert!(
+            t.create()
+                .contains(r#"CREATE TABLE IF NOT EXISTS "app"."events" ("#)
+        );
+        assert!(t.create().contains(r#"FUNCTION "app"."events_notify"()"#));
+        assert_eq!(t.channel_quoted(), r#""events_inserted""#);
+        assert!(t.claim().contains(r#"FROM "app"."events""#));
+    }
+}
