@@ -210,3 +210,102 @@ fn refused_rows_are_retried_then_failed_and_replayed() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_redis_outage_releases_the_claim_and_the_relay_recovers() {
+    let (pg, mut redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('t', '{}')",
+    );
+    wait_until("the first row", Duration::from_secs(20), || {
+        stream(&redis.url, "app.t").len() == 1
+    });
+    redis.pause();
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('t', '{\"during\": true}')",
+    );
+    w.wait_log("the outage", |v| {
+        v["message"] == "Redis unavailable; claim released"
+    });
+    // Released, not charged: pending again with no retry counted.
+    wait_until("the claim released", Duration::from_secs(10), || {
+        let r = sql(
+            &pg.dsn,
+            "SELECT status, retry_count FROM message_outbox WHERE payload ? 'during'",
+        );
+        r[0].get::<_, String>(0) == "pending" && r[0].get::<_, i32>(1) == 0
+    });
+    redis.resume();
+    // Redis restarted empty (no persistence): the row arrives again.
+    wait_until("the row after the outage", Duration::from_secs(30), || {
+        stream(&redis.url, "app.t")
+            .iter()
+            .any(|e| e["payload"] == r#"{"during": true}"#)
+    });
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn two_relays_share_the_table_and_expired_leases_come_back() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let second = format!(
+        "\n[services.relay2]\nkind = \"outbox-relay\"\npostgres = \"{}\"\nredis = \"{}\"\n\
+         stream_prefix = \"app.\"\nbatch = 7\n",
+        pg.dsn, redis.url
+    );
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &redis,
+        &format!("batch = 7\n{second}"),
+    ));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    w.wait_event("relay2", "ready");
+    // A row a dead relay had claimed: its lease ended a minute ago.
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, status, claimed_until)
+         VALUES ('t', '{\"orphan\": true}', 'sending', now() - interval '1 minute')",
+    );
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 't', jsonb_build_object('n', n) FROM generate_series(1, 500) n",
+    );
+    wait_until("501 entries", Duration::from_secs(30), || {
+        stream(&redis.url, "app.t").len() >= 501
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let entries = stream(&redis.url, "app.t");
+    let mut ids: Vec<i64> = entries
+        .iter()
+        .map(|e| e["outbox_id"].parse().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), entries.len(), "no row was published twice");
+    assert_eq!(entries.len(), 501);
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for relay in ["relay", "relay2"] {
+        let line = format!("warden_outbox_published_total{{service=\"{relay}\",result=\"sent\"}} ");
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("{relay} published nothing:\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(n > 0.0, "{relay}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -199,6 +199,42 @@ impl Redis {
         }
         panic!("redis-server did not start after {START_ATTEMPTS} attempts: {last_log}");
     }
+
+    /// Stops the server, as an outage would.
+    pub fn pause(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port after [`Redis::pause`].
+    pub fn resume(&mut self) {
+        let server = find_in_path("redis-server").expect("redis-server");
+        let dir = self.dir.as_ref().expect("the server's directory").path();
+        let log_path = dir.join("redis.log");
+        let log = File::create(&log_path).expect("create redis.log");
+        let child = Command::new(&server)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone a file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        if let Err(why) = wait_ready(self.child.as_mut().expect("child"), || redis_ping(port)) {
+            panic!(
+                "redis-server did not start again: {why}\n{}",
+                read_log(&log_path)
+            );
+        }
+    }
 }
 
 impl Drop for Postgres {

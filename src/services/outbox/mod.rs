@@ -317,7 +317,16 @@ impl Service for Relay {
                 crate::metrics::outbox_batch(&name, rows.len());
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 if redis.is_none() {
-                    match redis_client.get_multiplexed_async_connection().await {
+                    let connecting = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        redis_client.get_multiplexed_async_connection(),
+                    );
+                    match connecting.await.unwrap_or_else(|_| {
+                        Err(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer within 5 s",
+                        )))
+                    }) {
                         Ok(c) => redis = Some(c),
                         Err(e) => {
                             client.execute(&release, &[&ids]).await.map_err(pg)?;
@@ -335,7 +344,14 @@ impl Service for Relay {
                     }
                 }
                 let conn = redis.as_mut().expect("connected above");
-                match self.send(conn, &rows).await {
+                // Within half the lease: the rows are still ours when we
+                // mark them.
+                let sent = tokio::time::timeout(spec.lease / 2, self.send(conn, &rows))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Sent::Outage("Redis did not answer within half the lease".into())
+                    });
+                match sent {
                     Sent::All => {
                         client.execute(&done, &[&ids]).await.map_err(pg)?;
                         outages = 0;
