@@ -3,6 +3,7 @@
 -- Apply it yourself with create_schema = false (psql -f). Other table
 -- names get the same statements with the name replaced.
 BEGIN;
+SET LOCAL lock_timeout = '10s';
 SELECT pg_advisory_xact_lock(hashtext('warden outbox ' || '"message_outbox"'));
 CREATE TABLE IF NOT EXISTS "message_outbox" (
     id              bigserial PRIMARY KEY,
@@ -21,7 +22,7 @@ CREATE TABLE IF NOT EXISTS "message_outbox" (
     published_at    timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS "message_outbox_dedupe_key" ON "message_outbox" (dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS "message_outbox_pending" ON "message_outbox" (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS "message_outbox_pending" ON "message_outbox" (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS "message_outbox_sending" ON "message_outbox" (claimed_until) WHERE status = 'sending';
 CREATE OR REPLACE FUNCTION "message_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -29,6 +30,13 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER "message_outbox_notify" AFTER INSERT ON "message_outbox"
-    FOR EACH STATEMENT EXECUTE FUNCTION "message_outbox_notify"();
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgname = 'message_outbox_notify' AND tgrelid = '"message_outbox"'::regclass) THEN
+        CREATE TRIGGER "message_outbox_notify" AFTER INSERT ON "message_outbox"
+            FOR EACH STATEMENT EXECUTE FUNCTION "message_outbox_notify"();
+    END IF;
+END
+$$;
 COMMIT;

@@ -309,3 +309,39 @@ fn two_relays_share_the_table_and_expired_leases_come_back() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_full_redis_is_an_outage_not_the_rows_fault_and_long_table_names_work() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    // 60 bytes: the trigger's channel and the index names are derived
+    // from it and must stay within PostgreSQL's 63.
+    let table = format!("outbox_{}", "x".repeat(53));
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &redis,
+        &format!("table = \"{table}\""),
+    ));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    // Out of memory: Redis refuses every write with OOM.
+    redis_cmd(&redis.url, &["CONFIG", "SET", "maxmemory", "1"]);
+    sql(
+        &pg.dsn,
+        &format!("INSERT INTO {table} (topic, payload) VALUES ('t', '{{}}')"),
+    );
+    w.wait_log("the outage", |v| {
+        v["message"] == "Redis unavailable; claim released"
+    });
+    let r = sql(&pg.dsn, &format!("SELECT status, retry_count FROM {table}"));
+    assert_eq!(r[0].get::<_, i32>(1), 0, "no retry charged to the row");
+    redis_cmd(&redis.url, &["CONFIG", "SET", "maxmemory", "0"]);
+    wait_until(
+        "the row once Redis has room",
+        Duration::from_secs(30),
+        || stream(&redis.url, "app.t").len() == 1,
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

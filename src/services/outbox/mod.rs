@@ -127,6 +127,8 @@ struct Relay {
 
 /// One claimed row.
 struct Row {
+    /// The claim's token: its lease end (the same for the whole batch).
+    claim: std::time::SystemTime,
     id: i64,
     topic: String,
     partition_key: Option<String>,
@@ -152,8 +154,31 @@ fn outage_delay(attempt: u32) -> Duration {
         .min(Duration::from_secs(30))
 }
 
+/// Whether an error says Redis cannot take writes now (nothing about the
+/// row): no connection, no answer, or a server state such as loading a
+/// snapshot, a read-only replica after a failover, out of memory, or
+/// refused credentials. These release the claim instead of charging a
+/// retry to the rows.
 fn is_outage(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(
+            e.code(),
+            Some(
+                "LOADING"
+                    | "READONLY"
+                    | "MASTERDOWN"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "OOM"
+                    | "NOAUTH"
+                    | "WRONGPASS"
+                    | "NOPERM"
+                    | "BUSY"
+            )
+        )
 }
 
 impl Relay {
@@ -190,9 +215,16 @@ impl Relay {
             .query_async::<Vec<redis::RedisResult<redis::Value>>>(redis)
             .await
         {
-            Err(e) if is_outage(&e) => Sent::Outage(e.to_string()),
-            Err(e) => Sent::Refused(rows.iter().map(|r| (r.id, e.to_string())).collect()),
+            // The pipeline as a whole failed: nothing says which row is at
+            // fault, so none is charged.
+            Err(e) => Sent::Outage(e.to_string()),
             Ok(answers) => {
+                if let Some(e) = answers
+                    .iter()
+                    .find_map(|a| a.as_ref().err().filter(|e| is_outage(e)))
+                {
+                    return Sent::Outage(e.to_string());
+                }
                 let refused: Vec<(i64, String)> = rows
                     .iter()
                     .zip(answers)
@@ -227,7 +259,10 @@ impl Service for Relay {
                         match m {
                             Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
                             Ok(_) => {}
-                            Err(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %pg(e), "PostgreSQL session ended");
+                                break;
+                            }
                         }
                     }
                 })
@@ -287,6 +322,7 @@ impl Service for Relay {
                     .map_err(pg)?
                     .iter()
                     .map(|r| Row {
+                        claim: r.get(6),
                         id: r.get(0),
                         topic: r.get(1),
                         partition_key: r.get(2),
@@ -316,20 +352,24 @@ impl Service for Relay {
                 rows.sort_by_key(|r| r.id);
                 crate::metrics::outbox_batch(&name, rows.len());
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let claim_token = rows[0].claim;
                 if redis.is_none() {
-                    let connecting = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        redis_client.get_multiplexed_async_connection(),
-                    );
-                    match connecting.await.unwrap_or_else(|_| {
-                        Err(redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no answer within 5 s",
-                        )))
-                    }) {
+                    // An answer may take up to half the lease (a batch of
+                    // large entries; Redis's own default is 500 ms, which
+                    // would turn a slow batch into an endless re-send).
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(5)))
+                        .set_response_timeout(Some((spec.lease / 2).max(Duration::from_secs(1))));
+                    match redis_client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                    {
                         Ok(c) => redis = Some(c),
                         Err(e) => {
-                            client.execute(&release, &[&ids]).await.map_err(pg)?;
+                            client
+                                .execute(&release, &[&ids, &claim_token])
+                                .await
+                                .map_err(pg)?;
                             let delay = outage_delay(outages);
                             outages += 1;
                             let msg = format!("cannot connect to Redis: {e}");
@@ -346,14 +386,26 @@ impl Service for Relay {
                 let conn = redis.as_mut().expect("connected above");
                 // Within half the lease: the rows are still ours when we
                 // mark them.
-                let sent = tokio::time::timeout(spec.lease / 2, self.send(conn, &rows))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Sent::Outage("Redis did not answer within half the lease".into())
-                    });
+                let sent = tokio::time::timeout(
+                    (spec.lease / 2).max(Duration::from_secs(1)),
+                    self.send(conn, &rows),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Sent::Outage("Redis did not answer within half the lease".into())
+                });
                 match sent {
                     Sent::All => {
-                        client.execute(&done, &[&ids]).await.map_err(pg)?;
+                        let n = client
+                            .execute(&done, &[&ids, &claim_token])
+                            .await
+                            .map_err(pg)?;
+                        if n < ids.len() as u64 {
+                            tracing::warn!(
+                                rows = ids.len() as u64 - n,
+                                "the lease ran out before the rows were marked; another relay sends them again"
+                            );
+                        }
                         outages = 0;
                         published += ids.len() as u64;
                         ctx.details().set("published", published);
@@ -363,15 +415,21 @@ impl Service for Relay {
                         let bad: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
                         let good: Vec<i64> =
                             ids.iter().copied().filter(|id| !bad.contains(id)).collect();
-                        client.execute(&done, &[&good]).await.map_err(pg)?;
+                        client
+                            .execute(&done, &[&good, &claim_token])
+                            .await
+                            .map_err(pg)?;
                         published += good.len() as u64;
                         crate::metrics::outbox_published(&name, "sent", good.len());
                         for (id, error) in &refused {
-                            let failed: bool = client
-                                .query_one(&retry, &[id, error, &max_retries])
+                            let Some(row) = client
+                                .query_opt(&retry, &[id, error, &max_retries, &claim_token])
                                 .await
                                 .map_err(pg)?
-                                .get(0);
+                            else {
+                                continue; // the claim was lost: another relay has it
+                            };
+                            let failed: bool = row.get(0);
                             let result = if failed { "failed" } else { "retry" };
                             crate::metrics::outbox_published(&name, result, 1);
                             tracing::warn!(id, error = %error, result, "Redis refused a row");
@@ -382,7 +440,10 @@ impl Service for Relay {
                     }
                     Sent::Outage(msg) => {
                         redis = None;
-                        client.execute(&release, &[&ids]).await.map_err(pg)?;
+                        client
+                            .execute(&release, &[&ids, &claim_token])
+                            .await
+                            .map_err(pg)?;
                         let delay = outage_delay(outages);
                         outages += 1;
                         tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");

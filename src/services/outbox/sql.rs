@@ -27,15 +27,30 @@ impl Outbox {
         }
     }
 
-    /// A name derived from the table's (PostgreSQL truncates it at 63
-    /// bytes, as it does any identifier).
+    /// A name derived from the table's, quoted.
     fn derived(&self, suffix: &str) -> String {
-        format!("\"{}_{suffix}\"", self.name)
+        format!("\"{}\"", self.derived_bare(suffix))
+    }
+
+    /// `<table>_<suffix>`, within PostgreSQL's 63 bytes: a long table name
+    /// is cut and a hash of it added, so that two long names never share
+    /// an index or a channel (and `pg_notify` never refuses the channel).
+    fn derived_bare(&self, suffix: &str) -> String {
+        let full = format!("{}_{suffix}", self.name);
+        if full.len() <= 63 {
+            return full;
+        }
+        let hash = self.name.bytes().fold(0xcbf29ce4_84222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        // Identifiers are ASCII (checked at load): cutting bytes is safe.
+        let keep = 63 - suffix.len() - 1 - 9;
+        format!("{}_{:08x}_{suffix}", &self.name[..keep], hash as u32)
     }
 
     /// The channel the insert trigger notifies.
     pub fn channel(&self) -> String {
-        format!("{}_inserted", self.name)
+        self.derived_bare("inserted")
     }
 
     pub fn channel_quoted(&self) -> String {
@@ -50,6 +65,7 @@ impl Outbox {
         let f = format!("{}{}", self.schema, self.derived("notify"));
         format!(
             "BEGIN;
+SET LOCAL lock_timeout = '10s';
 SELECT pg_advisory_xact_lock(hashtext('warden outbox ' || '{t_lit}'));
 CREATE TABLE IF NOT EXISTS {t} (
     id              bigserial PRIMARY KEY,
@@ -68,7 +84,7 @@ CREATE TABLE IF NOT EXISTS {t} (
     published_at    timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {dedupe} ON {t} (dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS {pending} ON {t} (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {pending} ON {t} (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending';
 CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -76,8 +92,15 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER {trigger} AFTER INSERT ON {t}
-    FOR EACH STATEMENT EXECUTE FUNCTION {f}();
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgname = '{trigger_bare}' AND tgrelid = '{t_lit}'::regclass) THEN
+        CREATE TRIGGER {trigger} AFTER INSERT ON {t}
+            FOR EACH STATEMENT EXECUTE FUNCTION {f}();
+    END IF;
+END
+$$;
 COMMIT;
 ",
             t_lit = t.replace('\'', "''"),
@@ -85,6 +108,7 @@ COMMIT;
             pending = self.derived("pending"),
             sending = self.derived("sending"),
             trigger = self.derived("notify"),
+            trigger_bare = self.derived_bare("notify"),
             channel = self.channel(),
         )
     }
@@ -101,7 +125,8 @@ COMMIT;
     FOR UPDATE SKIP LOCKED)
 UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
 FROM c WHERE o.id = c.id
-RETURNING o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key"
+RETURNING o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key,
+    o.claimed_until"
         )
     }
 
@@ -114,32 +139,41 @@ WHERE status = 'sending' AND claimed_until < now()",
         )
     }
 
-    /// Rows `$1` are in their streams.
+    // Every statement after the claim names the claim (`$2`: its
+    // `claimed_until`, the same for the whole batch): a relay whose lease
+    // ran out, and whose rows another relay took, changes nothing.
+
+    /// Rows `$1` of claim `$2` are in their streams.
     pub fn mark_sent(&self) -> String {
         format!(
             "UPDATE {} SET status = 'sent', published_at = now(), claimed_until = NULL, last_error = NULL
-WHERE id = ANY($1)",
+WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
             self.table
         )
     }
 
-    /// Rows `$1` are in their streams (`delete_sent = true`).
+    /// Rows `$1` of claim `$2` are in their streams (`delete_sent = true`).
     pub fn delete_sent(&self) -> String {
-        format!("DELETE FROM {} WHERE id = ANY($1)", self.table)
+        format!(
+            "DELETE FROM {} WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
+            self.table
+        )
     }
 
-    /// Rows `$1` go back unclaimed, their retries untouched (Redis outage).
+    /// Rows `$1` of claim `$2` go back unclaimed, their retries untouched
+    /// (Redis outage).
     pub fn release(&self) -> String {
         format!(
             "UPDATE {} SET status = 'pending', claimed_until = NULL
-WHERE id = ANY($1) AND status = 'sending'",
+WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
             self.table
         )
     }
 
-    /// Row `$1` was refused with error `$2`: retry later (0.5 s doubling,
-    /// at most 5 min), or `failed` once it has had `$3` attempts. Answers
-    /// whether it failed for good.
+    /// Row `$1` of claim `$4` was refused with error `$2`: retry later
+    /// (0.5 s doubling, at most 5 min), or `failed` once it has had `$3`
+    /// attempts. Answers whether it failed for good (no row: the claim was
+    /// lost).
     pub fn retry(&self) -> String {
         format!(
             "UPDATE {} SET
@@ -147,8 +181,8 @@ WHERE id = ANY($1) AND status = 'sending'",
     last_error = $2,
     claimed_until = NULL,
     status = CASE WHEN retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
-    next_attempt_at = now() + least(300, 0.5 * power(2, retry_count)) * interval '1 second'
-WHERE id = $1
+    next_attempt_at = now() + least(300, 0.5 * power(2, least(retry_count, 20))) * interval '1 second'
+WHERE id = $1 AND status = 'sending' AND claimed_until = $4
 RETURNING status = 'failed'",
             self.table
         )
@@ -166,12 +200,11 @@ FROM {} WHERE status = 'pending'",
     /// Seconds until the next row is due: a retry's `next_attempt_at`, or
     /// the end of a lease (`NULL`: nothing is waiting).
     pub fn next_due(&self) -> String {
+        let t = &self.table;
         format!(
             "SELECT EXTRACT(EPOCH FROM least(
-    min(next_attempt_at) FILTER (WHERE status = 'pending'),
-    min(claimed_until) FILTER (WHERE status = 'sending')) - now())::float8
-FROM {} WHERE status IN ('pending', 'sending')",
-            self.table
+    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'pending'),
+    (SELECT min(claimed_until) FROM {t} WHERE status = 'sending')) - now())::float8"
         )
     }
 
@@ -225,5 +258,25 @@ mod tests {
         assert!(t.create().contains(r#"FUNCTION "app"."events_notify"()"#));
         assert_eq!(t.channel_quoted(), r#""events_inserted""#);
         assert!(t.claim().contains(r#"FROM "app"."events""#));
+    }
+
+    #[test]
+    fn derived_names_fit_in_63_bytes_and_stay_distinct() {
+        let a = Outbox::new(&TableName::new(&"a".repeat(63)).unwrap());
+        let b = Outbox::new(&TableName::new(&format!("{}b", "a".repeat(62))).unwrap());
+        for t in [&a, &b] {
+            for suffix in ["inserted", "dedupe_key", "pending", "sending", "notify"] {
+                assert!(
+                    t.derived_bare(suffix).len() <= 63,
+                    "{}",
+                    t.derived_bare(suffix)
+                );
+                assert!(t.derived_bare(suffix).ends_with(suffix));
+            }
+        }
+        assert_ne!(a.channel(), b.channel());
+        assert_ne!(a.derived_bare("pending"), b.derived_bare("pending"));
+        let short = Outbox::new(&TableName::new("message_outbox").unwrap());
+        assert_eq!(short.channel(), "message_outbox_inserted");
     }
 }
