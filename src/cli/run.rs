@@ -155,7 +155,13 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         );
         // The supervisor holds each service's spec: the registry can go.
         drop(registry);
-        supervisor.run(std::future::pending()).await
+        let code = supervisor.run(std::future::pending()).await;
+        if let Ok(reaper) = crate::services::process::reaper::Reaper::get()
+            && !reaper.drain(std::time::Duration::from_secs(1))
+        {
+            tracing::warn!("some processes outlived their services (not in their groups)");
+        }
+        code
     });
     // Do not wait for stray tasks (probes, timers): everything is stopped.
     runtime.shutdown_background();

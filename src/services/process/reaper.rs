@@ -99,6 +99,34 @@ impl Reaper {
     }
 
     /// Orphans reaped so far (processes warden did not start itself).
+    /// At exit: reaps until no child is left, for at most `within`, so
+    /// that the processes killed on the way out (a group's leftovers,
+    /// re-parented to warden) are gone before warden is, instead of being
+    /// handed to init still dying. Returns whether none is left.
+    pub fn drain(&self, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            self.reap_all();
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Err(nix::errno::Errno::ECHILD) => return true,
+                Ok(WaitStatus::StillAlive) if std::time::Instant::now() >= deadline => {
+                    return false;
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Ok(WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)) => {
+                    self.waiters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&pid.as_raw());
+                }
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
     pub fn orphans_reaped(&self) -> u64 {
         self.orphans.load(std::sync::atomic::Ordering::Relaxed)
     }
