@@ -38,6 +38,10 @@ pub const OUTBOX_PUBLISHED: &str = "warden_outbox_published_total";
 pub const OUTBOX_BACKLOG: &str = "warden_outbox_backlog";
 pub const OUTBOX_LAG: &str = "warden_outbox_lag_seconds";
 pub const OUTBOX_BATCH: &str = "warden_outbox_batch_size";
+pub const MEMORY_JOBS: &str = "warden_memory_sync_jobs_total";
+pub const MEMORY_BACKLOG: &str = "warden_memory_sync_backlog";
+pub const MEMORY_SECONDS: &str = "warden_memory_sync_seconds";
+pub const MEMORY_CIRCUIT: &str = "warden_memory_sync_circuit_open";
 
 /// Buckets of rows per claimed batch.
 const BATCH_BUCKETS: &[f64] = &[
@@ -80,6 +84,7 @@ pub fn install() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(START_SECONDS.into()), START_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PROBE_SECONDS.into()), PROBE_BUCKETS))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OUTBOX_BATCH.into()), BATCH_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(MEMORY_SECONDS.into()), PROBE_BUCKETS))
         .ok()?;
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -121,6 +126,39 @@ fn describe() {
         "Age in seconds of the oldest outbox row waiting to be published."
     );
     describe_histogram!(OUTBOX_BATCH, "Rows per claimed outbox batch.");
+    describe_counter!(
+        MEMORY_JOBS,
+        "Memory writes handled, by result (sent, retry, failed)."
+    );
+    describe_gauge!(MEMORY_BACKLOG, "Memory writes waiting to be sent.");
+    describe_histogram!(
+        MEMORY_SECONDS,
+        "Seconds one POST to the memory backend took."
+    );
+    describe_gauge!(
+        MEMORY_CIRCUIT,
+        "1 while the circuit breaker of the memory backend is open."
+    );
+}
+
+/// Counts memory writes by result (`sent`, `retry`, `failed`).
+pub fn memory_jobs(service: &str, result: &'static str) {
+    metrics::counter!(MEMORY_JOBS, "service" => service.to_string(), "result" => result)
+        .increment(1);
+}
+
+pub fn memory_backlog(service: &str, rows: i64) {
+    metrics::gauge!(MEMORY_BACKLOG, "service" => service.to_string()).set(rows as f64);
+}
+
+pub fn memory_seconds(service: &str, took: Duration) {
+    metrics::histogram!(MEMORY_SECONDS, "service" => service.to_string())
+        .record(took.as_secs_f64());
+}
+
+pub fn memory_circuit(service: &str, open: bool) {
+    metrics::gauge!(MEMORY_CIRCUIT, "service" => service.to_string())
+        .set(f64::from(u8::from(open)));
 }
 
 /// Counts outbox rows by result (`sent`, `retry`, `failed`).

@@ -18,8 +18,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::config::{CustomKind, ServiceSpec};
 
+pub mod data;
 pub mod external;
 pub mod logs;
+pub mod memory;
 pub mod outbox;
 pub mod process;
 
@@ -101,6 +103,7 @@ impl Factories {
         f.register(process::ProcessFactory { base_dir });
         f.register(external::ExternalFactory);
         f.register(outbox::OutboxFactory);
+        f.register(memory::MemorySyncFactory);
         f
     }
 

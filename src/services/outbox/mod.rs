@@ -13,12 +13,11 @@
 
 pub mod sql;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
-use tokio::sync::Notify;
 
+use super::data::{connect, listening, pg};
 use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
 use crate::config::{KindSpec, OutboxRelaySpec, ServiceSpec};
 
@@ -84,7 +83,7 @@ async fn replay_failed(spec: &OutboxRelaySpec, args: &Json) -> Result<Json, Serv
         ),
         Some(_) => return Err(ServiceError("ids must be a list of row ids".into())),
     };
-    let (client, driver) = connect(spec).await?;
+    let (client, _driver) = connect(&spec.postgres).await?;
     let t = sql::Outbox::new(&spec.table);
     let n = match ids {
         None => client.execute(&t.replay_all(), &[]).await,
@@ -94,31 +93,7 @@ async fn replay_failed(spec: &OutboxRelaySpec, args: &Json) -> Result<Json, Serv
     if n > 0 {
         client.batch_execute(&t.notify()).await.map_err(pg)?;
     }
-    drop(client);
-    driver.abort();
     Ok(json!({ "replayed": n }))
-}
-
-fn pg(e: tokio_postgres::Error) -> ServiceError {
-    use std::error::Error;
-    ServiceError(match (e.as_db_error(), e.source()) {
-        (Some(db), _) => format!("PostgreSQL: {}", db.message()),
-        (None, Some(src)) => format!("PostgreSQL: {e}: {src}"),
-        (None, None) => format!("PostgreSQL: {e}"),
-    })
-}
-
-/// A PostgreSQL session; the task driving it (aborted by the caller).
-async fn connect(
-    spec: &OutboxRelaySpec,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), ServiceError> {
-    let (client, conn) = tokio_postgres::connect(spec.postgres.0.expose(), tokio_postgres::NoTls)
-        .await
-        .map_err(pg)?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok((client, driver))
 }
 
 struct Relay {
@@ -149,9 +124,7 @@ enum Sent {
 
 /// The backoff of a Redis outage: 0.5 s doubling to 30 s.
 fn outage_delay(attempt: u32) -> Duration {
-    Duration::from_millis(500)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(30))
+    super::data::doubling(attempt, Duration::from_secs(30))
 }
 
 /// Whether an error says Redis cannot take writes now (nothing about the
@@ -245,36 +218,10 @@ impl Service for Relay {
         Box::pin(async move {
             let spec = &self.spec;
             let t = sql::Outbox::new(&spec.table);
-            let (client, mut conn) =
-                tokio_postgres::connect(spec.postgres.0.expose(), tokio_postgres::NoTls)
-                    .await
-                    .map_err(pg)?;
-            // Drive the session ourselves: its notifications wake the relay.
-            let wake = Arc::new(Notify::new());
-            let driver = {
-                let wake = wake.clone();
-                tokio::spawn(async move {
-                    use tokio_postgres::AsyncMessage;
-                    while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                        match m {
-                            Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %pg(e), "PostgreSQL session ended");
-                                break;
-                            }
-                        }
-                    }
-                })
-            };
-            let _driver = AbortOnDrop(driver);
+            let (client, wake, _driver) = listening(&spec.postgres, &t.channel_quoted()).await?;
             if spec.create_schema {
                 client.batch_execute(&t.create()).await.map_err(pg)?;
             }
-            client
-                .batch_execute(&format!("LISTEN {}", t.channel_quoted()))
-                .await
-                .map_err(pg)?;
             let redis_client = redis::Client::open(spec.redis.0.expose())
                 .map_err(|e| ServiceError(format!("bad Redis URL: {e}")))?;
             let mut redis: Option<redis::aio::MultiplexedConnection> = None;
@@ -456,14 +403,5 @@ impl Service for Relay {
                 }
             }
         })
-    }
-}
-
-/// Aborts a task when dropped (the session's driver ends with the run).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

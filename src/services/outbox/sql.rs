@@ -10,8 +10,8 @@ pub struct Outbox {
     table: String,
     /// The schema prefix for the trigger function: `"schema".` or empty.
     schema: String,
-    /// The bare table name, for the names of its index, function, channel.
-    name: String,
+    /// The table, for the names of its indexes, function and channel.
+    parsed: TableName,
 }
 
 impl Outbox {
@@ -23,7 +23,7 @@ impl Outbox {
                 .as_ref()
                 .map(|s| format!("{}.", s.quoted()))
                 .unwrap_or_default(),
-            name: table.name.as_str().to_string(),
+            parsed: table.clone(),
         }
     }
 
@@ -32,20 +32,8 @@ impl Outbox {
         format!("\"{}\"", self.derived_bare(suffix))
     }
 
-    /// `<table>_<suffix>`, within PostgreSQL's 63 bytes: a long table name
-    /// is cut and a hash of it added, so that two long names never share
-    /// an index or a channel (and `pg_notify` never refuses the channel).
     fn derived_bare(&self, suffix: &str) -> String {
-        let full = format!("{}_{suffix}", self.name);
-        if full.len() <= 63 {
-            return full;
-        }
-        let hash = self.name.bytes().fold(0xcbf29ce4_84222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
-        // Identifiers are ASCII (checked at load): cutting bytes is safe.
-        let keep = 63 - suffix.len() - 1 - 9;
-        format!("{}_{:08x}_{suffix}", &self.name[..keep], hash as u32)
+        crate::services::data::derived_name(&self.parsed, suffix)
     }
 
     /// The channel the insert trigger notifies.

@@ -1,0 +1,296 @@
+//! `kind = "memory-sync"` end to end (DESIGN.md §5) against a real
+//! PostgreSQL 15, a real Redis (for the outbox relay that publishes the
+//! WAL events) and a scripted HTTP memory backend run by the test.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::daemon::Warden;
+use support::http::{get_json, http, wait_http};
+use support::servers::{Postgres, Redis, free_port};
+
+/// One request the backend got.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    idempotency_key: String,
+    body: String,
+}
+
+/// A memory backend: answers each POST with what `answer` says for its
+/// body and the number of times that body was seen before.
+struct Backend {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    fn start(answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + 'static) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut len, mut key) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("idempotency-key:") {
+                        key = line["idempotency-key:".len()..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let before = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s: &&Seen| s.body == body)
+                    .count();
+                log.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    idempotency_key: key,
+                    body: body.clone(),
+                });
+                let (status, extra) = answer(&body, before);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n{extra}\r\n{{}}"
+                );
+            }
+        });
+        Backend { port, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn sql(dsn: &str, q: &str) -> Vec<tokio_postgres::Row> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test PostgreSQL");
+            tokio::spawn(conn);
+            client
+                .query(q, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{q}: {e}"))
+        })
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn registry(port: u16, pg: &Postgres, backend: &Backend, extra: &str) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.memory]
+kind = "memory-sync"
+postgres = "{pg}"
+endpoint = "http://127.0.0.1:{backend}/v1/memories"
+timeout = "2s"
+max_retries = 3
+poll_interval = "1h"
+{extra}
+"#,
+        pg = pg.dsn,
+        backend = backend.port
+    )
+}
+
+#[test]
+fn writes_reach_the_backend_once_and_their_wal_events_reach_redis() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let backend = Backend::start(|_, _| (200, ""));
+    let port = free_port();
+    let relay = format!(
+        "\n[services.relay]\nkind = \"outbox-relay\"\npostgres = \"{}\"\nredis = \"{}\"\n\
+         depends_on = [\"memory\"]\n",
+        pg.dsn, redis.url
+    );
+    let mut w = Warden::start(&registry(port, &pg, &backend, &relay));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO memory_write_outbox (tenant, session_id, idempotency_key, payload)
+         SELECT 't1', 's' || n, 'key-' || n, jsonb_build_object('text', 'memory ' || n)
+         FROM generate_series(1, 20) n",
+    );
+    wait_until("20 rows sent", Duration::from_secs(20), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+        )[0]
+        .get::<_, i64>(0)
+            == 20
+    });
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 20, "each write POSTed once");
+    assert_eq!(seen[0].idempotency_key, "key-1");
+    assert_eq!(seen[0].body, r#"{"text": "memory 1"}"#);
+    // Each sent write has its WAL event in the outbox, published by the
+    // relay to the stream memory.wal.
+    let wal = sql(
+        &pg.dsn,
+        "SELECT payload->>'idempotency_key', dedupe_key, partition_key FROM message_outbox
+         WHERE topic = 'memory.wal' ORDER BY id",
+    );
+    assert_eq!(wal.len(), 20);
+    assert_eq!(wal[0].get::<_, String>(0), "key-1");
+    assert_eq!(wal[0].get::<_, String>(1), "memory:key-1");
+    assert_eq!(wal[0].get::<_, String>(2), "s1");
+    wait_until("the WAL events in Redis", Duration::from_secs(20), || {
+        let n: i64 = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let c = redis::Client::open(redis.url.as_str()).unwrap();
+                let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("XLEN")
+                    .arg("memory.wal")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap()
+            });
+        n == 20
+    });
+    let (_, s) = get_json(port, "/v1/services/memory");
+    assert_eq!(s["details"]["sent"], 20, "{s}");
+    assert_eq!(s["details"]["circuit"], "closed", "{s}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn retries_honour_retry_after_4xx_fails_and_the_circuit_opens() {
+    let pg = Postgres::start();
+    // "later": 503 with Retry-After: 1 the first time, then 200.
+    // "bad": 400, always. "down": 500, always.
+    let backend = Backend::start(|body, before| {
+        if body.contains("later") {
+            if before == 0 {
+                (503, "retry-after: 1\r\n")
+            } else {
+                (200, "")
+            }
+        } else if body.contains("bad") {
+            (400, "")
+        } else if body.contains("down") {
+            (500, "")
+        } else {
+            (200, "")
+        }
+    });
+    let port = free_port();
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &backend,
+        r#"circuit = { failures = 3, cooldown = "1h" }"#,
+    ));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("memory", "ready");
+    sql(
+        &pg.dsn,
+        r#"INSERT INTO memory_write_outbox (payload) VALUES ('{"k": "later"}'), ('{"k": "bad"}')"#,
+    );
+    wait_until("later sent, bad failed", Duration::from_secs(20), || {
+        let r = sql(
+            &pg.dsn,
+            "SELECT payload->>'k', status, retry_count FROM memory_write_outbox ORDER BY id",
+        );
+        r[0].get::<_, String>(1) == "sent" && r[1].get::<_, String>(1) == "failed"
+    });
+    let seen = backend.seen();
+    let later: Vec<&Seen> = seen.iter().filter(|s| s.body.contains("later")).collect();
+    assert_eq!(later.len(), 2);
+    assert!(
+        later[1].at - later[0].at >= Duration::from_millis(950),
+        "Retry-After: 1 was honoured ({:?})",
+        later[1].at - later[0].at
+    );
+    assert_eq!(
+        seen.iter().filter(|s| s.body.contains("bad")).count(),
+        1,
+        "a 400 is not retried"
+    );
+    let r = sql(
+        &pg.dsn,
+        "SELECT last_error FROM memory_write_outbox WHERE payload->>'k' = 'bad'",
+    );
+    assert_eq!(r[0].get::<_, String>(0), "HTTP 400 Bad Request");
+
+    // Three 500s in a row open the circuit: the backend hears nothing more.
+    sql(
+        &pg.dsn,
+        r#"INSERT INTO memory_write_outbox (payload)
+           SELECT jsonb_build_object('k', 'down', 'n', n) FROM generate_series(1, 5) n"#,
+    );
+    wait_until("the circuit open", Duration::from_secs(20), || {
+        get_json(port, "/v1/services/memory").1["details"]["circuit"] == "open"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let down = backend
+        .seen()
+        .iter()
+        .filter(|s| s.body.contains("down"))
+        .count();
+    assert_eq!(down, 3, "no POST while the circuit is open");
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"warden_memory_sync_circuit_open{service="memory"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"warden_memory_sync_jobs_total{service="memory",result="failed"} 1"#)
+    );
+    // The rows the circuit holds are pending, not failed.
+    let held = sql(
+        &pg.dsn,
+        "SELECT count(*) FROM memory_write_outbox WHERE payload->>'k' = 'down' AND status = 'pending'",
+    );
+    assert_eq!(held[0].get::<_, i64>(0), 5);
+    // replay-failed brings the 400 back (it fails again: one more POST).
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/memory/actions/replay-failed",
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains(r#""replayed":1"#));
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
