@@ -30,7 +30,14 @@ struct Backend {
 
 impl Backend {
     fn start(answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + 'static) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Backend::start_on(0, answer)
+    }
+
+    fn start_on(
+        port: u16,
+        answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + 'static,
+    ) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
         let log = seen.clone();
@@ -291,6 +298,65 @@ fn retries_honour_retry_after_4xx_fails_and_the_circuit_opens() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains(r#""replayed":1"#));
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn an_unreachable_backend_charges_nothing_and_the_circuit_closes_when_it_is_back() {
+    let pg = Postgres::start();
+    // Nobody listens here yet.
+    let backend_port = free_port();
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.memory]
+kind = "memory-sync"
+postgres = "{pg}"
+endpoint = "http://127.0.0.1:{backend_port}/m"
+timeout = "1s"
+poll_interval = "1h"
+circuit = {{ failures = 2, cooldown = "300ms" }}
+"#,
+        pg = pg.dsn
+    );
+    let mut w = Warden::start(&registry);
+    wait_http(port, "/readyz", 200);
+    w.wait_event("memory", "ready");
+    sql(
+        &pg.dsn,
+        r#"INSERT INTO memory_write_outbox (payload) VALUES ('{"k": 1}')"#,
+    );
+    w.wait_log("the circuit opening", |v| {
+        v["message"] == "circuit open: holding writes"
+    });
+    let r = sql(
+        &pg.dsn,
+        "SELECT status, retry_count FROM memory_write_outbox",
+    );
+    assert_eq!(r[0].get::<_, String>(0), "pending");
+    assert_eq!(
+        r[0].get::<_, i32>(1),
+        0,
+        "an unreachable backend charges no retry"
+    );
+    // The backend comes up: after the cooldown one POST closes the circuit.
+    let backend = Backend::start_on(backend_port, |_, _| (200, ""));
+    wait_until("the row sent", Duration::from_secs(20), || {
+        sql(&pg.dsn, "SELECT status FROM memory_write_outbox")[0].get::<_, String>(0) == "sent"
+    });
+    assert_eq!(backend.seen().len(), 1);
+    wait_until("the circuit closed", Duration::from_secs(5), || {
+        get_json(port, "/v1/services/memory").1["details"]["circuit"] == "closed"
+    });
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains(r#"warden_memory_sync_circuit_open{service="memory"} 0"#)
+    );
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

@@ -99,74 +99,121 @@ struct MemorySync {
 enum Answer {
     /// 2xx.
     Accepted,
-    /// 429, 5xx, a timeout or no connection: try again, not before the
-    /// given seconds (the backend's `Retry-After`, else 0).
+    /// The backend could not be reached (no connection, no handshake):
+    /// it never saw the row, which is not charged a retry.
+    Unreachable(String),
+    /// 429, 5xx or no answer in time: try again, not before the given
+    /// seconds (the backend's `Retry-After`, else 0).
     Later(f64, String),
     /// Any other status: the row is refused for good.
     Refused(String),
 }
 
-/// POSTs one payload.
+/// The longest `Retry-After` honoured (seconds); a larger or malformed
+/// value is read as this or as absent.
+const MAX_RETRY_AFTER: f64 = 300.0;
+
+/// `Retry-After` in seconds (the delay form; an HTTP date is ignored).
+fn retry_after(v: Option<&hyper::header::HeaderValue>) -> f64 {
+    v.and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(0.0, |s| s.min(MAX_RETRY_AFTER))
+}
+
+/// POSTs one payload. The status decides (within `timeout`); the body is
+/// then drained briefly and never changes the answer.
 async fn post(uri: &hyper::Uri, key: &str, body: String, timeout: Duration) -> Answer {
-    let attempt = async {
-        let host = uri
-            .host()
-            .unwrap_or("")
-            .trim_matches(['[', ']'])
-            .to_string();
-        let port = uri.port_u16().unwrap_or(80);
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let connect = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = super::data::AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-        let req = hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(
-                hyper::header::HOST,
-                uri.authority().map_or(host.as_str(), |a| a.as_str()),
-            )
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("warden/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("idempotency-key", key)
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("bad request: {e}"))?;
-        let res = sender
-            .send_request(req)
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP request failed: {e}"))?;
-        let status = res.status();
-        let retry_after = res
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        // Read (and bound) the body so the answer is complete.
-        let _ = http_body_util::Limited::new(res.into_body(), 64 * 1024)
-            .collect()
-            .await;
-        drop(driver);
-        Ok::<_, String>((status, retry_after))
+            .map_err(|e| format!("HTTP handshake failed: {e}"))
     };
-    match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => Answer::Later(
-            0.0,
-            format!("no answer within {}", humantime::format_duration(timeout)),
-        ),
-        Ok(Err(e)) => Answer::Later(0.0, e),
-        Ok(Ok((s, _))) if s.is_success() => Answer::Accepted,
-        Ok(Ok((s, after))) if s.as_u16() == 429 || s.is_server_error() => {
-            Answer::Later(after, format!("HTTP {s}"))
+    let (mut sender, conn) = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Answer::Unreachable(e),
+        Err(_) => {
+            return Answer::Unreachable(format!(
+                "no connection within {}",
+                humantime::format_duration(timeout)
+            ));
         }
-        Ok(Ok((s, _))) => Answer::Refused(format!("HTTP {s}")),
+    };
+    let _driver = super::data::AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    // Host is host[:port] only: credentials in the URL are never sent.
+    let host_header = match uri.port_u16() {
+        Some(p) => format!("{}:{p}", uri.host().unwrap_or("")),
+        None => uri.host().unwrap_or("").to_string(),
+    };
+    let req = match hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, host_header)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("warden/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from(body)))
+    {
+        Ok(r) => r,
+        Err(e) => return Answer::Refused(format!("cannot build the request: {e}")),
+    };
+    let res = match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Err(_) => {
+            return Answer::Later(
+                0.0,
+                format!("no answer within {}", humantime::format_duration(timeout)),
+            );
+        }
+        Ok(Err(e)) => return Answer::Later(0.0, format!("HTTP request failed: {e}")),
+        Ok(Ok(res)) => res,
+    };
+    let status = res.status();
+    let after = retry_after(res.headers().get(hyper::header::RETRY_AFTER));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
+    )
+    .await;
+    if status.is_success() {
+        Answer::Accepted
+    } else if status.as_u16() == 429 || status.is_server_error() {
+        Answer::Later(after, format!("HTTP {status}"))
+    } else {
+        Answer::Refused(format!("HTTP {status}"))
+    }
+}
+
+/// The circuit breaker of the backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Circuit {
+    /// POSTs go; this many retryable failures in a row so far.
+    Closed(u32),
+    /// No POST until then.
+    Open(Instant),
+    /// After the cooldown: the next POST decides (a failure opens it
+    /// again at once, anything else closes it).
+    HalfOpen,
+}
+
+impl Circuit {
+    fn name(self) -> &'static str {
+        match self {
+            Circuit::Closed(_) => "closed",
+            Circuit::Open(_) => "open",
+            Circuit::HalfOpen => "half-open",
+        }
     }
 }
 
@@ -179,6 +226,12 @@ impl Service for MemorySync {
                 .0
                 .parse()
                 .map_err(|e| ServiceError(format!("bad endpoint URL: {e}")))?;
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ServiceError(
+                    "the endpoint URL carries credentials; they would be sent in clear: remove them"
+                        .into(),
+                ));
+            }
             let q = sql::Queue::new(&spec.table, &spec.outbox_table);
             let (client, wake, _driver) = listening(&spec.postgres, &q.channel_quoted()).await?;
             if spec.create_schema {
@@ -198,29 +251,25 @@ impl Service for MemorySync {
             tracing::info!(table = %spec.table, "syncing");
 
             let name = ctx.name().to_string();
-            let batch = i64::from(spec.batch.0);
+            // A batch must finish within its lease even if every POST
+            // takes its whole timeout, or another instance would take the
+            // rows over and send them again.
+            let per_lease = (spec.lease.as_secs_f64() / spec.timeout.as_secs_f64().max(0.001))
+                .floor()
+                .max(1.0) as i64;
+            let batch = i64::from(spec.batch.0).min(per_lease);
             let lease = spec.lease.as_secs_f64();
             let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
             let threshold = spec.circuit.failures.0.max(1);
-            let mut failures_in_a_row = 0u32;
-            let mut open_until: Option<Instant> = None;
-            let mut closed = true;
+            let mut circuit = Circuit::Closed(0);
             let mut sent = 0u64;
             let mut last_stats: Option<Instant> = None;
+            let mut pause: Option<Instant> = None;
             crate::metrics::memory_circuit(&name, false);
-            ctx.details().set("circuit", "closed");
+            ctx.details().set("circuit", circuit.name());
             loop {
                 if ctx.is_cancelled() {
                     return Ok(());
-                }
-                if let Some(until) = open_until {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until.into()) => {}
-                        _ = ctx.cancelled() => return Ok(()),
-                    }
-                    // Half-open: the next POST decides.
-                    open_until = None;
-                    ctx.details().set("circuit", "half-open");
                 }
                 if last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     let n: i64 = client.query_one(&backlog, &[]).await.map_err(pg)?.get(0);
@@ -228,8 +277,30 @@ impl Service for MemorySync {
                     crate::metrics::memory_backlog(&name, n);
                     last_stats = Some(Instant::now());
                 }
+                let hold = match circuit {
+                    Circuit::Open(until) => Some(until),
+                    _ => pause,
+                };
+                if let Some(until) = hold {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    }
+                    pause = None;
+                    if let Circuit::Open(_) = circuit {
+                        circuit = Circuit::HalfOpen;
+                        ctx.details().set("circuit", circuit.name());
+                    }
+                    continue;
+                }
                 client.execute(&reap, &[]).await.map_err(pg)?;
-                let rows = client.query(&claim, &[&batch, &lease]).await.map_err(pg)?;
+                // Half-open: one row decides.
+                let take = if circuit == Circuit::HalfOpen {
+                    1
+                } else {
+                    batch
+                };
+                let rows = client.query(&claim, &[&take, &lease]).await.map_err(pg)?;
                 if rows.is_empty() {
                     let due: Option<f64> =
                         client.query_one(&next_due, &[]).await.map_err(pg)?.get(0);
@@ -248,70 +319,117 @@ impl Service for MemorySync {
                     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
                     .collect();
                 rows.sort_by_key(|r| r.0);
-                for (i, (id, key, payload, claim_token)) in rows.iter().enumerate() {
-                    if open_until.is_some() || ctx.is_cancelled() {
-                        // The circuit opened (or we stop): the rest waits.
-                        let rest: Vec<i64> = rows[i..].iter().map(|r| r.0).collect();
-                        client
-                            .execute(&release, &[&rest, claim_token])
-                            .await
-                            .map_err(pg)?;
+                let claim_token = rows[0].3;
+                let mut next = 0;
+                while next < rows.len() {
+                    if matches!(circuit, Circuit::Open(_)) || pause.is_some() {
                         break;
                     }
+                    let (id, key, payload, _) = &rows[next];
                     let began = Instant::now();
-                    let answer = post(&uri, key, payload.clone(), spec.timeout).await;
+                    let answer = tokio::select! {
+                        a = post(&uri, key, payload.clone(), spec.timeout) => a,
+                        _ = ctx.cancelled() => break,
+                    };
+                    next += 1;
                     crate::metrics::memory_seconds(&name, began.elapsed());
                     let (error, after, fatal) = match answer {
                         Answer::Accepted => {
-                            client
-                                .execute(&done, &[id, claim_token, &spec.wal_topic])
+                            let marked: i64 = client
+                                .query_one(&done, &[id, &claim_token, &spec.wal_topic])
                                 .await
-                                .map_err(pg)?;
-                            failures_in_a_row = 0;
-                            if !closed {
-                                closed = true;
-                                ctx.details().set("circuit", "closed");
+                                .map_err(pg)?
+                                .get(0);
+                            if circuit != Circuit::Closed(0) {
+                                circuit = Circuit::Closed(0);
+                                ctx.details().set("circuit", circuit.name());
                                 crate::metrics::memory_circuit(&name, false);
                             }
-                            sent += 1;
-                            ctx.details().set("sent", sent);
-                            crate::metrics::memory_jobs(&name, "sent");
+                            if marked == 1 {
+                                sent += 1;
+                                ctx.details().set("sent", sent);
+                                crate::metrics::memory_jobs(&name, "sent");
+                            } else {
+                                tracing::warn!(
+                                    id,
+                                    "the lease ran out before the write was marked; another instance sends it again"
+                                );
+                            }
                             continue;
                         }
+                        Answer::Unreachable(e) => {
+                            // Never seen by the backend: back in the queue
+                            // uncharged, with the rest of the batch.
+                            next -= 1;
+                            circuit = match circuit {
+                                Circuit::Closed(n) if n + 1 < threshold => Circuit::Closed(n + 1),
+                                _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                            };
+                            if !matches!(circuit, Circuit::Open(_)) {
+                                pause = Some(
+                                    Instant::now()
+                                        + super::data::doubling(0, Duration::from_secs(1)),
+                                );
+                            }
+                            tracing::warn!(error = %e, "memory backend unreachable");
+                            ctx.details().set("last_error", e);
+                            break;
+                        }
                         Answer::Later(after, e) => {
-                            failures_in_a_row += 1;
+                            circuit = match circuit {
+                                Circuit::Closed(n) if n + 1 < threshold => Circuit::Closed(n + 1),
+                                _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                            };
+                            if after > 0.0 {
+                                // The backend asked for quiet: the rest of
+                                // the batch waits too.
+                                pause = Some(Instant::now() + Duration::from_secs_f64(after));
+                            }
                             (e, after, false)
                         }
                         Answer::Refused(e) => {
                             // The backend is up and said no to this row.
-                            failures_in_a_row = 0;
+                            if circuit != Circuit::Closed(0) {
+                                circuit = Circuit::Closed(0);
+                                crate::metrics::memory_circuit(&name, false);
+                            }
                             (e, 0.0, true)
                         }
                     };
-                    let failed = client
+                    let outcome = client
                         .query_opt(
                             &retry,
-                            &[id, &error, &max_retries, claim_token, &after, &fatal],
+                            &[id, &error, &max_retries, &claim_token, &after, &fatal],
                         )
                         .await
-                        .map_err(pg)?
-                        .is_some_and(|r| r.get::<_, bool>(0));
-                    crate::metrics::memory_jobs(&name, if failed { "failed" } else { "retry" });
-                    tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
+                        .map_err(pg)?;
+                    if let Some(row) = outcome {
+                        let failed: bool = row.get(0);
+                        crate::metrics::memory_jobs(&name, if failed { "failed" } else { "retry" });
+                        tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
+                    }
                     ctx.details()
                         .set("last_error", format!("row {id}: {error}"));
-                    if failures_in_a_row >= threshold {
-                        tracing::warn!(
-                            failures = failures_in_a_row,
-                            cooldown = ?spec.circuit.cooldown,
-                            "circuit open: holding writes"
-                        );
-                        open_until = Some(Instant::now() + spec.circuit.cooldown);
-                        failures_in_a_row = 0;
-                        closed = false;
-                        ctx.details().set("circuit", "open");
-                        crate::metrics::memory_circuit(&name, true);
-                    }
+                    ctx.details().set("circuit", circuit.name());
+                }
+                if next < rows.len() {
+                    // The circuit opened, the backend asked for quiet, or we
+                    // stop: the rest goes back untouched.
+                    let rest: Vec<i64> = rows[next..].iter().map(|r| r.0).collect();
+                    client
+                        .execute(&release, &[&rest, &claim_token])
+                        .await
+                        .map_err(pg)?;
+                }
+                if let (Circuit::Open(_), Some(_)) = (circuit, pause) {
+                    pause = None;
+                }
+                if let Circuit::Open(_) = circuit {
+                    // (A batch starts closed or half-open: this is the
+                    // moment it opened.)
+                    tracing::warn!(cooldown = ?spec.circuit.cooldown, "circuit open: holding writes");
+                    ctx.details().set("circuit", circuit.name());
+                    crate::metrics::memory_circuit(&name, true);
                 }
             }
         })
