@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::daemon::Warden;
+use support::db::{sql, wait_until};
 use support::http::{get_json, http, wait_http};
 use support::servers::{Postgres, Redis, free_port};
 
@@ -88,31 +89,6 @@ impl Backend {
     }
 }
 
-fn sql(dsn: &str, q: &str) -> Vec<tokio_postgres::Row> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-                .await
-                .expect("connect to the test PostgreSQL");
-            tokio::spawn(conn);
-            client
-                .query(q, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{q}: {e}"))
-        })
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn registry(port: u16, pg: &Postgres, backend: &Backend, extra: &str) -> String {
     format!(
         r#"
@@ -176,20 +152,8 @@ fn writes_reach_the_backend_once_and_their_wal_events_reach_redis() {
     assert_eq!(wal[0].get::<_, String>(1), "memory:key-1");
     assert_eq!(wal[0].get::<_, String>(2), "s1");
     wait_until("the WAL events in Redis", Duration::from_secs(20), || {
-        let n: i64 = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let c = redis::Client::open(redis.url.as_str()).unwrap();
-                let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-                redis::cmd("XLEN")
-                    .arg("memory.wal")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap()
-            });
-        n == 20
+        let n = support::db::redis_cmd(&redis.url, &["XLEN", "memory.wal"]);
+        n == redis::Value::Int(20)
     });
     let (_, s) = get_json(port, "/v1/services/memory");
     assert_eq!(s["details"]["sent"], 20, "{s}");

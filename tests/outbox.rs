@@ -6,59 +6,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::daemon::Warden;
+use support::db::{redis_cmd, sql, stream, wait_until};
 use support::http::{get_json, http, wait_http};
 use support::servers::{Postgres, Redis, free_port};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn sql(dsn: &str, q: &str) -> Vec<tokio_postgres::Row> {
-    rt().block_on(async {
-        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test PostgreSQL");
-        tokio::spawn(conn);
-        client
-            .query(q, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{q}: {e}"))
-    })
-}
-
-fn redis_cmd(url: &str, args: &[&str]) -> redis::Value {
-    rt().block_on(async {
-        let c = redis::Client::open(url).unwrap();
-        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut conn).await.unwrap()
-    })
-}
-
-/// The entries of a stream as (outbox_id, field map).
-fn stream(url: &str, key: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let v = redis_cmd(url, &["XRANGE", key, "-", "+"]);
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
-        redis::FromRedisValue::from_redis_value(v).unwrap();
-    entries.into_iter().map(|(_, f)| f).collect()
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn registry(port: u16, pg: &Postgres, redis: &Redis, extra: &str) -> String {
     format!(
@@ -117,17 +70,10 @@ fn rows_become_stream_entries_in_order_at_once() {
         r[0].get::<_, i64>(0) == 250
     });
     // A duplicate dedupe_key is refused by the table itself.
-    let dup = rt().block_on(async {
-        let (c, conn) = tokio_postgres::connect(&pg.dsn, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c.execute(
-            "INSERT INTO message_outbox (topic, payload, dedupe_key) VALUES ('orders', '{}', 'k1')",
-            &[],
-        )
-        .await
-    });
+    let dup = support::db::sql_result(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, dedupe_key) VALUES ('orders', '{}', 'k1')",
+    );
     assert!(dup.is_err(), "dedupe_key is unique");
     // The service reports its backlog and what it published.
     wait_until("details", Duration::from_secs(5), || {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod db;
 pub mod http;
 pub mod servers;
 
