@@ -101,3 +101,150 @@ pub fn doubling(attempt: u32, max: Duration) -> Duration {
         .saturating_mul(1 << attempt.min(16))
         .min(max)
 }
+
+/// The statements every leased work table shares (the outbox, the memory
+/// queue): rows are claimed for a lease with `SKIP LOCKED`, expired
+/// leases return to `pending`, an insert trigger notifies the workers.
+/// Names reach SQL only quoted.
+pub struct Leased {
+    /// `"schema"."table"` or `"table"`.
+    pub table: String,
+    /// `"schema".` or empty, for the trigger function.
+    schema: String,
+    parsed: TableName,
+}
+
+impl Leased {
+    pub fn new(table: &TableName) -> Leased {
+        Leased {
+            table: table.quoted(),
+            schema: table
+                .schema
+                .as_ref()
+                .map(|s| format!("{}.", s.quoted()))
+                .unwrap_or_default(),
+            parsed: table.clone(),
+        }
+    }
+
+    /// A name derived from the table's, quoted.
+    pub fn derived(&self, suffix: &str) -> String {
+        format!("\"{}\"", derived_name(&self.parsed, suffix))
+    }
+
+    /// The channel the insert trigger notifies (unquoted).
+    pub fn channel(&self) -> String {
+        derived_name(&self.parsed, "inserted")
+    }
+
+    pub fn channel_quoted(&self) -> String {
+        self.derived("inserted")
+    }
+
+    /// The start of the idempotent DDL: a transaction that waits at most
+    /// 10 s for locks, under an advisory lock so that workers starting
+    /// together do not race on `CREATE ... IF NOT EXISTS`.
+    pub fn ddl_begin(&self, kind: &str) -> String {
+        format!(
+            "BEGIN;
+SET LOCAL lock_timeout = '10s';
+SELECT pg_advisory_xact_lock(hashtext('warden {kind} ' || '{t_lit}'));
+",
+            t_lit = self.table.replace('\'', "''"),
+        )
+    }
+
+    /// The end of the idempotent DDL: the claim's indexes, the insert
+    /// trigger (created only when missing: no lock on every start), commit.
+    pub fn ddl_end(&self) -> String {
+        let t = &self.table;
+        let f = format!("{}{}", self.schema, self.derived("notify"));
+        format!(
+            "CREATE INDEX IF NOT EXISTS {pending} ON {t} (id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending';
+CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{channel}', '');
+    RETURN NULL;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgname = '{trigger_bare}' AND tgrelid = '{t_lit}'::regclass) THEN
+        CREATE TRIGGER {trigger} AFTER INSERT ON {t}
+            FOR EACH STATEMENT EXECUTE FUNCTION {f}();
+    END IF;
+END
+$$;
+COMMIT;
+",
+            t_lit = t.replace('\'', "''"),
+            pending = self.derived("pending"),
+            sending = self.derived("sending"),
+            trigger = self.derived("notify"),
+            trigger_bare = derived_name(&self.parsed, "notify"),
+            channel = self.channel(),
+        )
+    }
+
+    /// Claims up to `$1` due rows for `$2` seconds, answering `returning`
+    /// (columns of `o`) and, last, the claim's token (its lease end).
+    pub fn claim(&self, returning: &str) -> String {
+        let t = &self.table;
+        format!(
+            "WITH c AS (
+    SELECT id FROM {t}
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY id LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
+FROM c WHERE o.id = c.id
+RETURNING {returning}, o.claimed_until"
+        )
+    }
+
+    /// Expired leases (a worker died holding them) go back to `pending`.
+    pub fn reap(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', claimed_until = NULL
+WHERE status = 'sending' AND claimed_until < now()",
+            self.table
+        )
+    }
+
+    /// Rows `$1` of claim `$2` go back unclaimed, their retries untouched.
+    pub fn release(&self) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', claimed_until = NULL
+WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
+            self.table
+        )
+    }
+
+    /// Seconds until the next row is due: a retry's `next_attempt_at`, or
+    /// the end of a lease (`NULL`: nothing is waiting). One index per side.
+    pub fn next_due(&self) -> String {
+        let t = &self.table;
+        format!(
+            "SELECT EXTRACT(EPOCH FROM least(
+    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'pending'),
+    (SELECT min(claimed_until) FROM {t} WHERE status = 'sending')) - now())::float8"
+        )
+    }
+
+    /// Wakes the workers (an update fires no insert trigger).
+    pub fn notify(&self) -> String {
+        format!("SELECT pg_notify('{}', '')", self.channel())
+    }
+
+    /// Every failed row (or the rows `$1`) back to `pending`, retries reset.
+    pub fn replay(&self, ids: bool) -> String {
+        format!(
+            "UPDATE {} SET status = 'pending', retry_count = 0, next_attempt_at = now(), last_error = NULL
+WHERE status = 'failed'{}",
+            self.table,
+            if ids { " AND id = ANY($1)" } else { "" }
+        )
+    }
+}

@@ -1,48 +1,33 @@
 //! The SQL of memory-sync, for the queue and outbox tables named in the
-//! registry (quoted names only; values as parameters).
+//! registry (quoted names only; values as parameters). The claim and lease
+//! statements are the shared ones of [`Leased`].
 
 use crate::config::types::TableName;
-use crate::services::data::derived_name;
+use crate::services::data::Leased;
 
 /// The statements of one memory-write queue.
 pub struct Queue {
-    table: String,
-    schema: String,
-    parsed: TableName,
+    l: Leased,
     outbox: String,
 }
 
 impl Queue {
     pub fn new(table: &TableName, outbox: &TableName) -> Queue {
         Queue {
-            table: table.quoted(),
-            schema: table
-                .schema
-                .as_ref()
-                .map(|s| format!("{}.", s.quoted()))
-                .unwrap_or_default(),
-            parsed: table.clone(),
+            l: Leased::new(table),
             outbox: outbox.quoted(),
         }
     }
 
-    fn derived(&self, suffix: &str) -> String {
-        format!("\"{}\"", derived_name(&self.parsed, suffix))
-    }
-
     pub fn channel_quoted(&self) -> String {
-        self.derived("inserted")
+        self.l.channel_quoted()
     }
 
     /// Idempotent DDL of the queue (the outbox's is the relay's).
     pub fn create(&self) -> String {
-        let t = &self.table;
-        let f = format!("{}{}", self.schema, self.derived("notify"));
+        let t = &self.l.table;
         format!(
-            "BEGIN;
-SET LOCAL lock_timeout = '10s';
-SELECT pg_advisory_xact_lock(hashtext('warden memory-sync ' || '{t_lit}'));
-CREATE TABLE IF NOT EXISTS {t} (
+            "{begin}CREATE TABLE IF NOT EXISTS {t} (
     id              bigserial PRIMARY KEY,
     tenant          text,
     session_id      text,
@@ -58,57 +43,21 @@ CREATE TABLE IF NOT EXISTS {t} (
     sent_at         timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {idem} ON {t} (idempotency_key);
-CREATE INDEX IF NOT EXISTS {pending} ON {t} (id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending';
-CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{channel}', '');
-    RETURN NULL;
-END
-$$;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                   WHERE tgname = '{trigger_bare}' AND tgrelid = '{t_lit}'::regclass) THEN
-        CREATE TRIGGER {trigger} AFTER INSERT ON {t}
-            FOR EACH STATEMENT EXECUTE FUNCTION {f}();
-    END IF;
-END
-$$;
-COMMIT;
-",
-            t_lit = t.replace('\'', "''"),
-            idem = self.derived("idempotency_key"),
-            pending = self.derived("pending"),
-            sending = self.derived("sending"),
-            trigger = self.derived("notify"),
-            trigger_bare = derived_name(&self.parsed, "notify"),
-            channel = derived_name(&self.parsed, "inserted"),
+{end}",
+            begin = self.l.ddl_begin("memory-sync"),
+            idem = self.l.derived("idempotency_key"),
+            end = self.l.ddl_end(),
         )
     }
 
     /// Claims up to `$1` due rows for `$2` seconds.
     pub fn claim(&self) -> String {
-        let t = &self.table;
-        format!(
-            "WITH c AS (
-    SELECT id FROM {t}
-    WHERE status = 'pending' AND next_attempt_at <= now()
-    ORDER BY id LIMIT $1
-    FOR UPDATE SKIP LOCKED)
-UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
-FROM c WHERE o.id = c.id
-RETURNING o.id, o.idempotency_key, o.payload::text, o.claimed_until"
-        )
+        self.l.claim("o.id, o.idempotency_key, o.payload::text")
     }
 
     /// Expired leases go back to `pending`.
     pub fn reap(&self) -> String {
-        format!(
-            "UPDATE {} SET status = 'pending', claimed_until = NULL
-WHERE status = 'sending' AND claimed_until < now()",
-            self.table
-        )
+        self.l.reap()
     }
 
     /// Row `$1` of claim `$2` was accepted: mark it sent and, in the same
@@ -129,7 +78,7 @@ wal AS (
     FROM done
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING)
 SELECT count(*) FROM done",
-            t = self.table,
+            t = self.l.table,
             o = self.outbox
         )
     }
@@ -149,52 +98,35 @@ SELECT count(*) FROM done",
         least(300, 0.5 * power(2, least(retry_count, 20)))) * interval '1 second'
 WHERE id = $1 AND status = 'sending' AND claimed_until = $4
 RETURNING status = 'failed'",
-            self.table
+            self.l.table
         )
     }
 
     /// Rows `$1` of claim `$2` go back unclaimed (the circuit opened).
     pub fn release(&self) -> String {
-        format!(
-            "UPDATE {} SET status = 'pending', claimed_until = NULL
-WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
-            self.table
-        )
+        self.l.release()
     }
 
     /// Seconds until the next row is due.
     pub fn next_due(&self) -> String {
-        let t = &self.table;
-        format!(
-            "SELECT EXTRACT(EPOCH FROM least(
-    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'pending'),
-    (SELECT min(claimed_until) FROM {t} WHERE status = 'sending')) - now())::float8"
-        )
+        self.l.next_due()
     }
 
     /// Backlog (pending rows).
     pub fn backlog(&self) -> String {
         format!(
             "SELECT count(*) FROM {} WHERE status = 'pending'",
-            self.table
+            self.l.table
         )
     }
 
     /// Every failed row (or rows `$1`) back to `pending`.
     pub fn replay(&self, ids: bool) -> String {
-        format!(
-            "UPDATE {} SET status = 'pending', retry_count = 0, next_attempt_at = now(), last_error = NULL
-WHERE status = 'failed'{}",
-            self.table,
-            if ids { " AND id = ANY($1)" } else { "" }
-        )
+        self.l.replay(ids)
     }
 
     pub fn notify(&self) -> String {
-        format!(
-            "SELECT pg_notify('{}', '')",
-            derived_name(&self.parsed, "inserted")
-        )
+        self.l.notify()
     }
 }
 
