@@ -102,6 +102,36 @@ pub fn doubling(attempt: u32, max: Duration) -> Duration {
         .min(max)
 }
 
+/// The `replay-failed` action of a leased table: failed rows (all, or
+/// `{"ids": [..]}`) go back to `pending` with their retries reset, and
+/// the workers are woken. Answers `{"replayed": N}`.
+pub async fn replay_failed(
+    dsn: &PostgresDsn,
+    table: &TableName,
+    args: &serde_json::Value,
+) -> Result<serde_json::Value, ServiceError> {
+    let bad = || ServiceError("ids must be a list of row ids".into());
+    let ids: Option<Vec<i64>> = match args.get("ids") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|a| a.iter().map(serde_json::Value::as_i64).collect())
+                .ok_or_else(bad)?,
+        ),
+    };
+    let l = Leased::new(table);
+    let (client, _driver) = connect(dsn).await?;
+    let n = match &ids {
+        None => client.execute(&l.replay(false), &[]).await,
+        Some(ids) => client.execute(&l.replay(true), &[ids]).await,
+    }
+    .map_err(pg)?;
+    if n > 0 {
+        client.batch_execute(&l.notify()).await.map_err(pg)?;
+    }
+    Ok(serde_json::json!({ "replayed": n }))
+}
+
 /// The statements every leased work table shares (the outbox, the memory
 /// queue): rows are claimed for a lease with `SKIP LOCKED`, expired
 /// leases return to `pending`, an insert trigger notifies the workers.

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
-use super::data::{connect, listening, pg};
+use super::data::{listening, pg};
 use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
 use crate::config::{KindSpec, MemorySyncSpec, ServiceSpec};
 
@@ -68,25 +68,7 @@ impl Factory for MemorySyncFactory {
                     "kind memory-sync has no action {action:?}; known: replay-failed"
                 )));
             }
-            let ids: Option<Vec<i64>> = match args.get("ids") {
-                None | Some(Json::Null) => None,
-                Some(v) => Some(
-                    v.as_array()
-                        .and_then(|a| a.iter().map(Json::as_i64).collect())
-                        .ok_or_else(|| ServiceError("ids must be a list of row ids".into()))?,
-                ),
-            };
-            let q = sql::Queue::new(&spec.table, &spec.outbox_table);
-            let (client, _driver) = connect(&spec.postgres).await?;
-            let n = match &ids {
-                None => client.execute(&q.replay(false), &[]).await,
-                Some(ids) => client.execute(&q.replay(true), &[ids]).await,
-            }
-            .map_err(pg)?;
-            if n > 0 {
-                client.batch_execute(&q.notify()).await.map_err(pg)?;
-            }
-            Ok(json!({ "replayed": n }))
+            super::data::replay_failed(&spec.postgres, &spec.table, &args).await
         })
     }
 }

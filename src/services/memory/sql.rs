@@ -119,15 +119,6 @@ RETURNING status = 'failed'",
             self.l.table
         )
     }
-
-    /// Every failed row (or rows `$1`) back to `pending`.
-    pub fn replay(&self, ids: bool) -> String {
-        self.l.replay(ids)
-    }
-
-    pub fn notify(&self) -> String {
-        self.l.notify()
-    }
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ pub mod sql;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
-use super::data::{connect, listening, pg};
+use super::data::{listening, pg};
 use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
 use crate::config::{KindSpec, OutboxRelaySpec, ServiceSpec};
 
@@ -61,39 +61,15 @@ impl Factory for OutboxFactory {
         Box::pin(async move {
             let spec = spec?;
             match action.as_str() {
-                "replay-failed" => replay_failed(&spec, &args).await,
+                "replay-failed" => {
+                    super::data::replay_failed(&spec.postgres, &spec.table, &args).await
+                }
                 other => Err(ServiceError(format!(
                     "kind outbox-relay has no action {other:?}; known: replay-failed"
                 ))),
             }
         })
     }
-}
-
-/// `replay-failed`: failed rows (all, or `{"ids": [..]}`) go back to
-/// `pending` with their retry count reset. Answers `{"replayed": N}`.
-async fn replay_failed(spec: &OutboxRelaySpec, args: &Json) -> Result<Json, ServiceError> {
-    let ids: Option<Vec<i64>> = match args.get("ids") {
-        None | Some(Json::Null) => None,
-        Some(Json::Array(a)) => Some(
-            a.iter()
-                .map(|v| v.as_i64())
-                .collect::<Option<Vec<i64>>>()
-                .ok_or_else(|| ServiceError("ids must be a list of row ids".into()))?,
-        ),
-        Some(_) => return Err(ServiceError("ids must be a list of row ids".into())),
-    };
-    let (client, _driver) = connect(&spec.postgres).await?;
-    let t = sql::Outbox::new(&spec.table);
-    let n = match ids {
-        None => client.execute(&t.replay_all(), &[]).await,
-        Some(ids) => client.execute(&t.replay_ids(), &[&ids]).await,
-    }
-    .map_err(pg)?;
-    if n > 0 {
-        client.batch_execute(&t.notify()).await.map_err(pg)?;
-    }
-    Ok(json!({ "replayed": n }))
 }
 
 struct Relay {

@@ -125,21 +125,6 @@ FROM {} WHERE status = 'pending'",
     pub fn next_due(&self) -> String {
         self.l.next_due()
     }
-
-    /// Wakes the relays (after a replay: an update fires no insert trigger).
-    pub fn notify(&self) -> String {
-        self.l.notify()
-    }
-
-    /// Every failed row back to `pending`.
-    pub fn replay_all(&self) -> String {
-        self.l.replay(false)
-    }
-
-    /// Failed rows `$1` back to `pending`.
-    pub fn replay_ids(&self) -> String {
-        self.l.replay(true)
-    }
 }
 
 #[cfg(test)]
