@@ -39,16 +39,6 @@ pub enum RestartReason {
 }
 
 impl RestartReason {
-    pub const ALL: [RestartReason; 7] = [
-        RestartReason::Failure,
-        RestartReason::Exited,
-        RestartReason::Health,
-        RestartReason::StartTimeout,
-        RestartReason::Operator,
-        RestartReason::Dependency,
-        RestartReason::Reload,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             RestartReason::Failure => "failure",
