@@ -9,8 +9,10 @@
 //! - [`services`]: the `Service` trait, its context, and kind factories.
 //! - [`supervisor`]: the state machine, restart arithmetic and the event
 //!   loop that runs services.
-//! - [`api`]: the `api` service: health, readiness and control over HTTP;
-//!   [`metrics`] holds the Prometheus families it renders.
+//! - [`api`]: the `api` service: health, readiness and control over HTTP,
+//!   and the `/metrics` page.
+//! - [`metrics`] (low level): the Prometheus families and their recording.
+//! - [`sys`] (low level): the reaper of child processes and process groups.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
 pub mod api;
@@ -21,3 +23,4 @@ pub mod metrics;
 pub mod probe;
 pub mod services;
 pub mod supervisor;
+pub mod sys;

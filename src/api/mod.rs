@@ -11,6 +11,7 @@
 //! Bodies are bounded (`max_body`), header reads time out, connections are
 //! capped (`max_connections`). Errors are `{"error": "..."}`.
 
+pub mod metrics;
 pub mod routes;
 
 use std::net::SocketAddr;

@@ -633,7 +633,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
         (["metrics"], &Method::GET) => text_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(state.metrics.as_ref(), &handle.status()),
+            super::metrics::render(state.metrics.as_ref(), &handle.status()),
         ),
         (["metrics"], _) => method_not_allowed("GET"),
         (["openapi.json"], &Method::GET) => {

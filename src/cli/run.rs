@@ -100,7 +100,14 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
                 .join("\n")),
         }
     });
-    let metrics = crate::metrics::install();
+    let metrics = crate::metrics::install(
+        &[
+            crate::metrics::CORE,
+            crate::services::outbox::metrics::FAMILIES,
+            crate::services::memory::metrics::FAMILIES,
+        ]
+        .concat(),
+    );
     let api = crate::api::ApiState {
         handle: Default::default(),
         spec: registry.api.clone(),
@@ -123,7 +130,7 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
     let code = runtime.block_on(async move {
         become_reaper();
         // Install the reaper before the first child exists.
-        if let Err(e) = crate::services::process::reaper::Reaper::get() {
+        if let Err(e) = crate::sys::reaper::Reaper::get() {
             tracing::error!(error = %e, "cannot watch child processes");
             return exit::CRITICAL_FAILED;
         }
@@ -156,7 +163,7 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         // The supervisor holds each service's spec: the registry can go.
         drop(registry);
         let code = supervisor.run(std::future::pending()).await;
-        if let Ok(reaper) = crate::services::process::reaper::Reaper::get()
+        if let Ok(reaper) = crate::sys::reaper::Reaper::get()
             && !reaper.drain(std::time::Duration::from_secs(1))
         {
             tracing::warn!("some processes outlived their services (not in their groups)");

@@ -192,8 +192,8 @@ async fn check_endpoint(endpoint: &Endpoint, timeout: Duration) -> Result<(), St
 /// killed.
 pub async fn exec(argv: &[String]) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    let reaper = crate::services::process::reaper::Reaper::get()
-        .map_err(|e| format!("cannot watch children: {e}"))?;
+    let reaper =
+        crate::sys::reaper::Reaper::get().map_err(|e| format!("cannot watch children: {e}"))?;
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(std::process::Stdio::null())
@@ -203,7 +203,7 @@ pub async fn exec(argv: &[String]) -> Result<(), String> {
     let (child, status) = reaper
         .spawn(&mut cmd)
         .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
-    let guard = crate::services::process::GroupGuard::new(child.id() as i32);
+    let guard = crate::sys::GroupGuard::new(child.id() as i32);
     let status = status
         .await
         .map_err(|_| "the reaper went away".to_string())?;

@@ -52,6 +52,13 @@ impl RestartReason {
     }
 }
 
+/// The metric label of a reason.
+impl From<RestartReason> for &'static str {
+    fn from(r: RestartReason) -> &'static str {
+        r.as_str()
+    }
+}
+
 /// One thing that happened to a service.
 #[derive(Debug, Clone)]
 pub enum Happened {

@@ -12,6 +12,7 @@
 //! retryable failures in a row and holds every POST for
 //! `circuit.cooldown`.
 
+pub mod metrics;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -247,7 +248,7 @@ impl Service for MemorySync {
             let mut sent = 0u64;
             let mut last_stats: Option<Instant> = None;
             let mut pause: Option<Instant> = None;
-            crate::metrics::memory_circuit(&name, false);
+            metrics::circuit(&name, false);
             ctx.details().set("circuit", circuit.name());
             loop {
                 if ctx.is_cancelled() {
@@ -256,7 +257,7 @@ impl Service for MemorySync {
                 if last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     let n: i64 = client.query_one(&backlog, &[]).await.map_err(pg)?.get(0);
                     ctx.details().set("backlog", n);
-                    crate::metrics::memory_backlog(&name, n);
+                    metrics::backlog(&name, n);
                     last_stats = Some(Instant::now());
                 }
                 let hold = match circuit {
@@ -314,7 +315,7 @@ impl Service for MemorySync {
                         _ = ctx.cancelled() => break,
                     };
                     next += 1;
-                    crate::metrics::memory_seconds(&name, began.elapsed());
+                    metrics::seconds(&name, began.elapsed());
                     let (error, after, fatal) = match answer {
                         Answer::Accepted => {
                             let marked: i64 = client
@@ -325,12 +326,12 @@ impl Service for MemorySync {
                             if circuit != Circuit::Closed(0) {
                                 circuit = Circuit::Closed(0);
                                 ctx.details().set("circuit", circuit.name());
-                                crate::metrics::memory_circuit(&name, false);
+                                metrics::circuit(&name, false);
                             }
                             if marked == 1 {
                                 sent += 1;
                                 ctx.details().set("sent", sent);
-                                crate::metrics::memory_jobs(&name, "sent");
+                                metrics::jobs(&name, "sent");
                             } else {
                                 tracing::warn!(
                                     id,
@@ -373,7 +374,7 @@ impl Service for MemorySync {
                             // The backend is up and said no to this row.
                             if circuit != Circuit::Closed(0) {
                                 circuit = Circuit::Closed(0);
-                                crate::metrics::memory_circuit(&name, false);
+                                metrics::circuit(&name, false);
                             }
                             (e, 0.0, true)
                         }
@@ -387,7 +388,7 @@ impl Service for MemorySync {
                         .map_err(pg)?;
                     if let Some(row) = outcome {
                         let failed: bool = row.get(0);
-                        crate::metrics::memory_jobs(&name, if failed { "failed" } else { "retry" });
+                        metrics::jobs(&name, if failed { "failed" } else { "retry" });
                         tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
                     }
                     ctx.details()
@@ -411,7 +412,7 @@ impl Service for MemorySync {
                     // moment it opened.)
                     tracing::warn!(cooldown = ?spec.circuit.cooldown, "circuit open: holding writes");
                     ctx.details().set("circuit", circuit.name());
-                    crate::metrics::memory_circuit(&name, true);
+                    metrics::circuit(&name, true);
                 }
             }
         })

@@ -11,6 +11,7 @@
 //! claim and backs off without counting against the rows. Losing
 //! PostgreSQL ends the run as a failure (the restart policy takes over).
 
+pub mod metrics;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -235,7 +236,7 @@ impl Service for Relay {
                     ctx.details().set("backlog", backlog);
                     ctx.details()
                         .set("lag_seconds", (lag * 1000.0).round() / 1000.0);
-                    crate::metrics::outbox_stats(&name, backlog, lag);
+                    metrics::stats(&name, backlog, lag);
                     last_stats = Some(Instant::now());
                 }
                 client.execute(&reap, &[]).await.map_err(pg)?;
@@ -273,7 +274,7 @@ impl Service for Relay {
                     continue;
                 }
                 rows.sort_by_key(|r| r.id);
-                crate::metrics::outbox_batch(&name, rows.len());
+                metrics::batch(&name, rows.len());
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 let claim_token = rows[0].claim;
                 if redis.is_none() {
@@ -332,7 +333,7 @@ impl Service for Relay {
                         outages = 0;
                         published += ids.len() as u64;
                         ctx.details().set("published", published);
-                        crate::metrics::outbox_published(&name, "sent", ids.len());
+                        metrics::published(&name, "sent", ids.len());
                     }
                     Sent::Refused(refused) => {
                         let bad: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
@@ -343,7 +344,7 @@ impl Service for Relay {
                             .await
                             .map_err(pg)?;
                         published += good.len() as u64;
-                        crate::metrics::outbox_published(&name, "sent", good.len());
+                        metrics::published(&name, "sent", good.len());
                         for (id, error) in &refused {
                             let Some(row) = client
                                 .query_opt(&retry, &[id, error, &max_retries, &claim_token])
@@ -354,7 +355,7 @@ impl Service for Relay {
                             };
                             let failed: bool = row.get(0);
                             let result = if failed { "failed" } else { "retry" };
-                            crate::metrics::outbox_published(&name, result, 1);
+                            metrics::published(&name, result, 1);
                             tracing::warn!(id, error = %error, result, "Redis refused a row");
                             ctx.details()
                                 .set("last_error", format!("row {id}: {error}"));

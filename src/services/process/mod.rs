@@ -1,13 +1,11 @@
 //! `kind = "process"`: a supervised executable.
 //!
 //! Each run spawns the command in its own process group (through the one
-//! [`reaper::Reaper`]), captures stdout and stderr line by line into log
+//! [`crate::sys::reaper::Reaper`]), captures stdout and stderr line by line into log
 //! events and the service's ring, watches readiness (`ready` probe, or at
 //! once), and on cancellation sends `stop.signal` to the whole group, then
 //! SIGKILL after `stop.timeout`. When the main process ends, whatever it
 //! left in its group is killed, so restarts never accumulate strays.
-
-pub mod reaper;
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -23,7 +21,8 @@ use tokio::sync::mpsc;
 use super::{BoxFuture, Context, Factory, Service, ServiceError, Stream};
 use crate::config::{KindSpec, ProbeCheck, ProcessSpec, ServiceSpec};
 use crate::metrics::ProbeRole;
-use reaper::{ExitStatus, Reaper};
+use crate::sys::GroupGuard;
+use crate::sys::reaper::{ExitStatus, Reaper};
 
 /// Builds process services; paths in the registry are relative to
 /// `base_dir` (the registry's directory).
@@ -56,26 +55,6 @@ struct ProcessService {
     base_dir: PathBuf,
 }
 
-/// Kills a process group with SIGKILL when dropped, unless disarmed: a run
-/// that is aborted (or panics) never leaves its processes behind.
-pub struct GroupGuard {
-    pgid: i32,
-    armed: bool,
-}
-
-impl GroupGuard {
-    pub fn new(pgid: i32) -> GroupGuard {
-        GroupGuard { pgid, armed: true }
-    }
-
-    /// The leader has exited: kill what is left of its group, and stop
-    /// guarding.
-    pub fn disarm_and_kill_rest(mut self) {
-        let _ = killpg(Pid::from_raw(self.pgid), NixSignal::SIGKILL);
-        self.armed = false;
-    }
-}
-
 /// The `pid` detail of a running process, taken back when the run ends
 /// however it ends (an aborted run included).
 struct PidDetail(super::Details);
@@ -90,14 +69,6 @@ impl PidDetail {
 impl Drop for PidDetail {
     fn drop(&mut self) {
         self.0.remove("pid");
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = killpg(Pid::from_raw(self.pgid), NixSignal::SIGKILL);
-        }
     }
 }
 
