@@ -1,59 +1,70 @@
-//! warden as a library: a crate of your own implements [`Service`] for a
-//! new kind, registers a factory for it, and hands the command line to
-//! warden. Everything else (the registry, `check`, the supervisor, restart
-//! policies, signals) works for the new kind as for the built-in ones.
+//! warden as a library: a crate of your own adds a kind, registers it the
+//! way warden registers its built-in ones, and hands the command line to
+//! warden. The kind's settings are typed: `warden check` reports a wrong
+//! key with its line and a caret, `warden schema` describes them, and the
+//! kind's action is listed in `/openapi.json` and runs over the API.
 //!
 //! ```toml
 //! [services.greeter]
 //! kind = "greeter"            # the kind this example registers
-//! greeting = "hello"          # its own settings, read by its factory
+//! greeting = "hello"          # its own settings, typed below
 //! every = "1s"
 //! ```
 //!
-//! Run it with `cargo run --example custom_service -- run -c greeter.toml`.
+//! Run it with `cargo run --example custom_service -- run -c greeter.toml`,
+//! then `warden action greeter greet '{"name": "you"}'`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use warden::config::{KindSpec, ServiceSpec};
-use warden::services::{BoxFuture, Context, Factories, Factory, Service, ServiceError};
+use serde_json::{Value as Json, json};
+use warden::config::{Action, Runs, ServiceSpec, Settings};
+use warden::services::{
+    ActionError, BoxFuture, Context, Details, Factory, Kinds, Registration, Service, ServiceError,
+    settings_of,
+};
 
-/// The settings of `kind = "greeter"`, from the service's table.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GreeterSettings {
-    greeting: String,
-    #[serde(default = "one_second", with = "humantime_serde_lite")]
-    every: Duration,
-}
-
-fn one_second() -> Duration {
-    Duration::from_secs(1)
-}
-
-/// Durations as humantime strings ("1s"), like the rest of the registry.
-mod humantime_serde_lite {
-    use std::time::Duration;
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+warden::config_table! {
+    /// `kind = "greeter"`: logs a greeting now and then.
+    pub struct GreeterSettings {
+        /// What to say.
+        pub greeting: String,
+        /// Time between greetings.
+        pub every: Duration = Duration::from_secs(1),
     }
 }
+
+/// What only the kind knows: nothing to probe, no database.
+impl Settings for GreeterSettings {}
 
 struct GreeterFactory;
 
 impl Factory for GreeterFactory {
-    fn kind(&self) -> &str {
-        "greeter"
+    fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+        Ok(Box::new(Greeter {
+            settings: settings_of::<GreeterSettings>(spec)?.clone(),
+        }))
     }
 
-    fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
-        let KindSpec::Custom { settings, .. } = &spec.kind else {
-            return Err(ServiceError("not a greeter".into()));
-        };
-        let settings: GreeterSettings = serde_json::from_value(settings.clone())
-            .map_err(|e| ServiceError(format!("services.{}: {e}", spec.name)))?;
-        Ok(Box::new(Greeter { settings }))
+    /// `greet`: answers the greeting addressed to `name`.
+    fn action(
+        &self,
+        spec: &ServiceSpec,
+        _action: &str,
+        args: Json,
+        details: Details,
+    ) -> BoxFuture<Result<Json, ActionError>> {
+        let greeting = settings_of::<GreeterSettings>(spec).map(|s| s.greeting.clone());
+        Box::pin(async move {
+            let name = match args.get("name") {
+                None => "world",
+                Some(n) => n
+                    .as_str()
+                    .ok_or_else(|| ActionError::BadRequest("name must be a string".into()))?,
+            };
+            let greetings = details.snapshot().get("greetings").cloned();
+            Ok(json!({"said": format!("{}, {name}", greeting?), "greetings": greetings}))
+        })
     }
 }
 
@@ -80,8 +91,22 @@ impl Service for Greeter {
     }
 }
 
+/// The kind's one registration: its name, how it runs, its settings type,
+/// its action with the shapes of its body and answer.
+fn greeter() -> Registration {
+    Registration::new::<GreeterSettings>("greeter", Runs::InProcess, GreeterFactory).action(
+        Action::new("greet", "Answers the greeting, addressed to `name`.")
+            .request(json!({"type": "object", "properties": {"name": {"type": "string"}}}))
+            .response(json!({
+                "type": "object",
+                "properties": {"said": {"type": "string"}, "greetings": {"type": "integer", "nullable": true}},
+                "required": ["said"]
+            })),
+    )
+}
+
 fn main() -> ExitCode {
-    let mut kinds = Factories::new();
-    kinds.register(GreeterFactory);
+    let mut kinds = Kinds::new();
+    kinds.register(greeter());
     warden::cli::main_with(kinds)
 }

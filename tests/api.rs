@@ -35,16 +35,13 @@ kind = "process"
 command = ["sh", "-c", "exit 1"]
 restart = {{ policy = "never" }}
 
-# A kind with actions (not implemented in this build yet: it fails, which
-# is fine for the routes that check actions and bodies).
+# A kind with an action (its stores cannot be reached: it fails, which is
+# fine for the routes that check actions and bodies).
 [services.janitor]
-kind = "retention"
+kind = "outbox-relay"
 postgres = "postgres://nobody@127.0.0.1:1/none"
+redis = "redis://127.0.0.1:1"
 restart = {{ policy = "never" }}
-[[services.janitor.rules]]
-table = "events"
-column = "created_at"
-keep = "30d"
 "#
     )
 }
@@ -226,11 +223,19 @@ fn mutations_need_the_token_when_one_is_set() {
         "the action is checked first: {}",
         String::from_utf8_lossy(&body)
     );
-    let (status, _, body) = post(&auth, "/v1/services/janitor/actions/run", b"{not json");
+    let (status, _, body) = post(
+        &auth,
+        "/v1/services/janitor/actions/replay-failed",
+        b"{not json",
+    );
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("not valid JSON"));
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1000));
-    let (status, _, body) = post(&auth, "/v1/services/janitor/actions/run", big.as_bytes());
+    let (status, _, body) = post(
+        &auth,
+        "/v1/services/janitor/actions/replay-failed",
+        big.as_bytes(),
+    );
     assert_eq!(
         status,
         413,
@@ -325,7 +330,7 @@ fn the_client_commands_talk_to_the_daemon() {
     let (code, _, err) = client(port, &["action", "db", "nope"]);
     assert_eq!(code, 1);
     assert!(err.contains("has no action"), "{err}");
-    let (code, _, err) = client(port, &["action", "janitor", "run", "{not json"]);
+    let (code, _, err) = client(port, &["action", "janitor", "replay-failed", "{not json"]);
     assert_eq!(code, 2, "{err}");
 
     // A daemon that is not there: exit 4, with a clear message.

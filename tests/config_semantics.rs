@@ -5,7 +5,9 @@
 mod support;
 
 use support::{MemSources, diagnostics, load};
-use warden::config::{Condition, KindSpec, RestartPolicy};
+use warden::config::{Condition, RestartPolicy};
+use warden::services::outbox::OutboxRelaySpec;
+use warden::services::process::ProcessSpec;
 
 const BASE: &str = r#"
 [warden]
@@ -49,7 +51,7 @@ fn the_file_profile_applies_without_an_overlay_section() {
     let checked = load(&MemSources::new(BASE), None);
     let reg = checked.registry().expect("valid");
     assert_eq!(reg.profile.as_deref(), Some("dev"));
-    assert!(matches!(reg.services["db"].kind, KindSpec::Process(_)));
+    assert!(reg.services["db"].kind.settings::<ProcessSpec>().is_some());
     assert!(!reg.services["db"].common.critical);
 }
 
@@ -61,7 +63,8 @@ fn a_profile_swaps_a_kind_keeps_common_keys_and_disables_services() {
     let reg = checked.registry().expect("valid");
     let db = &reg.services["db"];
     // The kind changed: process keys (command) are gone, common keys stay.
-    assert!(matches!(db.kind, KindSpec::External));
+    assert_eq!(db.kind.kind_name(), "external");
+    assert!(db.kind.settings::<ProcessSpec>().is_none());
     assert!(db.common.critical, "critical comes from the overlay");
     assert_eq!(
         db.common.stop.signal.name, "SIGINT",
@@ -214,9 +217,10 @@ redis = "redis://:hunter2@127.0.0.1:6379"
         Some("t0ps3cret"),
         "the trailing newline is trimmed"
     );
-    let KindSpec::OutboxRelay(relay) = &reg.services["relay"].kind else {
-        panic!("kind")
-    };
+    let relay = reg.services["relay"]
+        .kind
+        .settings::<OutboxRelaySpec>()
+        .expect("kind");
     assert_eq!(relay.postgres.0.expose(), "postgres://app:dbpass@db/app");
     let shown = format!(
         "{:?} {} {}",
@@ -268,10 +272,23 @@ fn only_selects_services_and_their_dependency_closure() {
     );
 }
 
+warden::config_table! {
+    /// `kind = "greeter"`, a kind of this test.
+    pub struct Greeter {
+        /// What to say.
+        pub greeting: String,
+        /// How many times.
+        pub times: u32 = 1,
+    }
+}
+
+impl warden::config::Settings for Greeter {}
+
 #[test]
-fn a_custom_kind_gets_its_settings_as_json_and_common_keys_typed() {
+fn a_custom_kind_gets_its_own_typed_settings_and_common_keys_typed() {
     use std::path::PathBuf;
-    use warden::config::{CustomKind, LoadOptions};
+    use std::sync::Arc;
+    use warden::config::{KindDef, LoadOptions, Runs};
     let text = r#"
 [services.greeter]
 kind = "greeter"
@@ -281,34 +298,46 @@ depends_on = ["api"]
 restart = { policy = "always" }
 "#;
     let sources = MemSources::new(text);
+    let mut kinds = warden::services::builtin(PathBuf::from(".")).table();
+    kinds.add(KindDef::new::<Greeter>("greeter", Runs::InProcess));
     let opts = LoadOptions {
         path: PathBuf::from("services.toml"),
         profile: None,
-        custom_kinds: vec![CustomKind {
-            name: "greeter".into(),
-            actions: vec!["greet".into()],
-        }],
+        kinds: Arc::new(kinds),
     };
     let checked = warden::graph::load_and_check(&opts, &sources);
     assert_eq!(diagnostics(&checked), Vec::<String>::new());
     let s = &checked.registry().unwrap().services["greeter"];
-    let KindSpec::Custom { kind, settings } = &s.kind else {
-        panic!("custom kind expected")
-    };
-    assert_eq!(kind, "greeter");
+    assert_eq!(s.kind.kind_name(), "greeter");
     assert_eq!(
-        settings,
-        &serde_json::json!({"greeting": "hello", "times": 3})
+        s.kind.settings::<Greeter>(),
+        Some(&Greeter {
+            greeting: "hello".into(),
+            times: 3
+        })
     );
     assert_eq!(s.common.restart.policy, RestartPolicy::Always);
 
+    // A wrong key of the kind's is an error with its place, like a
+    // built-in kind's.
+    let bad = MemSources::new("[services.greeter]\nkind = \"greeter\"\ngreting = \"hi\"\n");
+    let checked = warden::graph::load_and_check(&opts, &bad);
+    let errors = diagnostics(&checked);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("1:1 missing-key: services.greeter: missing required key `greeting`")
+            || errors[1]
+                .starts_with("3:1 unknown-key: services.greeter.greting: unknown key `greting`"),
+        "{errors:?}"
+    );
+
     // Without the registration the kind is unknown, and the error says which
-    // kinds exist.
+    // kinds this build has.
     let checked = load(&sources, None);
     assert_eq!(
         diagnostics(&checked),
         vec![
-            "3:8 unknown-kind: services.greeter.kind: unknown kind \"greeter\"; known: process, external, outbox-relay, memory-sync, stream-replicator, dual-write, retention"
+            "3:8 unknown-kind: services.greeter.kind: unknown kind \"greeter\"; this build has: process, external, outbox-relay, memory-sync"
         ]
     );
 }

@@ -123,26 +123,47 @@ fn used_modules(code: &str) -> BTreeSet<String> {
     used
 }
 
+/// The top-level module of a file under `src/`.
+fn top_module(rel: &Path) -> String {
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
 /// Every edge between top-level modules, with the files that make it.
 fn module_graph() -> BTreeMap<(String, String), Vec<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    // `#[macro_export]` macros live at the crate root (`crate::name!`):
+    // they belong to the module that defines them.
+    let mut macros: BTreeMap<String, String> = BTreeMap::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let module = top_module(rel);
+        let code = std::fs::read_to_string(f).unwrap();
+        for (at, _) in code.match_indices("macro_rules! ") {
+            let name: String = code[at + "macro_rules! ".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            macros.insert(name, module.clone());
+        }
+    }
     let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
-        let first = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        let module = first.trim_end_matches(".rs").to_string();
+        let module = top_module(rel);
         if module == "lib" || module == "main" {
             continue;
         }
         let code = strip_comments(&std::fs::read_to_string(&f).unwrap());
         for used in used_modules(&code) {
+            let used = macros.get(&used).cloned().unwrap_or(used);
             if used != module {
                 edges
                     .entry((module.clone(), used))

@@ -1,7 +1,8 @@
-//! DESIGN.md §4 `GET /openapi.json` against a running warden:
+//! `GET /openapi.json` against a running warden:
 //!
-//! - the document is OpenAPI 3 and describes every route of §4 (the list
-//!   below), no more and no less, and each of them is routed by the server;
+//! - the document is OpenAPI 3 and describes every route (the list
+//!   below) and each action of each kind, no more and no less, and each of
+//!   them is routed by the server;
 //! - schemathesis (Python, installed by `scripts/install-deps`) fuzzes every
 //!   operation it can safely call and finds no server error and no answer
 //!   that departs from the document (undocumented status code or content
@@ -21,7 +22,7 @@ use serde_json::Value as Json;
 use support::daemon::Warden;
 use support::servers::free_port;
 
-/// Every route of DESIGN.md §4, as (method, OpenAPI path template). The
+/// Every route of the API, as (method, OpenAPI path template). The
 /// document must describe exactly these, and the server must route each
 /// of them: a route added without documentation (or documented without
 /// being added here) fails `the_document_describes_every_route`.
@@ -211,14 +212,32 @@ fn the_document_describes_every_route() {
     let (_w, port) = start();
     let doc = served_document(port);
 
-    // It is the file in the tree (the binary is not stale).
+    // It is the routes of src/api/openapi.json with the actions of this
+    // build's kinds (the binary is not stale).
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/openapi.json");
-    let source: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+    let _: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", file.display()));
+    let kinds = warden::services::builtin(PathBuf::from(".")).table();
     assert!(
-        doc == source,
-        "/openapi.json differs from src/api/openapi.json"
+        doc == warden::api::openapi::document(&kinds),
+        "/openapi.json differs from src/api/openapi.json with the kinds' actions"
     );
+    // Each action of each kind has its own operation.
+    let mut actions = BTreeSet::new();
+    for kind in kinds.writable() {
+        for a in kind.actions() {
+            let path = warden::api::openapi::action_path(a.name);
+            assert!(
+                doc["paths"][&path]["post"]["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(kind.name())),
+                "{path} does not name kind {}",
+                kind.name()
+            );
+            actions.insert(path);
+        }
+    }
+    assert!(actions.contains("/v1/services/{name}/actions/replay-failed"));
 
     let version = doc["openapi"].as_str().unwrap_or_default();
     assert!(
@@ -255,10 +274,11 @@ fn the_document_describes_every_route() {
         );
     }
 
-    // Exactly the routes of §4.
+    // Exactly the routes of the API, and the actions' own operations.
     let paths = doc["paths"].as_object().expect("paths is an object");
     let documented: BTreeSet<(String, String)> = paths
         .iter()
+        .filter(|(p, _)| !actions.contains(*p))
         .flat_map(|(p, item)| {
             item.as_object()
                 .into_iter()
@@ -275,7 +295,7 @@ fn the_document_describes_every_route() {
     let extra: Vec<_> = documented.difference(&listed).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "routes of DESIGN §4 not documented in src/api/openapi.json: {missing:?}; \
+        "routes not documented in src/api/openapi.json: {missing:?}; \
          documented but not in this test's list: {extra:?}"
     );
 
@@ -308,7 +328,7 @@ fn the_document_describes_every_route() {
             responses.keys().any(|c| c.starts_with('2')),
             "no 2xx answer documented".into(),
         );
-        // Another method on the path is 405 with `Allow` (DESIGN §4).
+        // Another method on the path is 405 with `Allow`.
         check(
             deref(&doc, &op["responses"]["405"])["headers"]["Allow"].is_object(),
             "405 with an Allow header is not documented".into(),

@@ -56,7 +56,7 @@ command = ["x"]
 kind = "outbox-rely"
 "#,
         expected: &[
-            "2:8 unknown-kind: services.a.kind: unknown kind \"outbox-rely\"; known: process, external, outbox-relay, memory-sync, stream-replicator, dual-write, retention [help: did you mean \"outbox-relay\"?]",
+            "2:8 unknown-kind: services.a.kind: unknown kind \"outbox-rely\"; this build has: process, external, outbox-relay, memory-sync [help: did you mean \"outbox-relay\"?]",
         ],
     },
     Case {
@@ -386,7 +386,7 @@ table = "outbox; drop table users"
         ],
     },
     Case {
-        name: "bad_column_identifier",
+        name: "a_kind_this_build_does_not_have",
         registry: r#"[services.clean]
 kind = "retention"
 postgres = "postgres://db/app"
@@ -396,18 +396,18 @@ column = "created-at"
 keep = "30d"
 "#,
         expected: &[
-            "6:10 invalid-identifier: services.clean.rules.0.column: \"created-at\" is not a valid SQL identifier (letters, digits and _, not starting with a digit, at most 63 characters)",
+            "2:8 unknown-kind: services.clean.kind: unknown kind \"retention\"; this build has: process, external, outbox-relay, memory-sync",
         ],
     },
     Case {
-        name: "retention_without_rules",
-        registry: r#"[services.clean]
-kind = "retention"
-postgres = "postgres://db/app"
-rules = []
+        name: "another_kind_this_build_does_not_have",
+        registry: r#"[services.rep]
+kind = "stream-replicator"
+redis = "redis://127.0.0.1:6379"
+streams = []
 "#,
         expected: &[
-            "4:9 invalid-value: services.clean.rules: no rules; add at least one [[services.NAME.rules]]",
+            "2:8 unknown-kind: services.rep.kind: unknown kind \"stream-replicator\"; this build has: process, external, outbox-relay, memory-sync",
         ],
     },
     Case {
@@ -533,18 +533,16 @@ restart = { policy = "always" }
     },
     Case {
         name: "schedule_unknown_action",
-        registry: r#"[services.dw]
-kind = "dual-write"
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
 redis = "redis://127.0.0.1:6379"
-stream = "orders"
-primary = { postgres = "postgres://db/app", table = "orders", key = ["id"] }
-shadow = { redis = "redis://127.0.0.1:6379" }
-[[services.dw.schedule]]
-action = "validat"
+[[services.relay.schedule]]
+action = "replay-faild"
 every = "30m"
 "#,
         expected: &[
-            "8:10 unknown-action: services.dw.schedule.0.action: \"validat\" is not an action of kind dual-write; known: enable, disable, validate, repair (did you mean \"validate\"?)",
+            "6:10 unknown-action: services.relay.schedule.0.action: \"replay-faild\" is not an action of kind outbox-relay; known: replay-failed (did you mean \"replay-failed\"?)",
         ],
     },
     Case {
@@ -653,42 +651,37 @@ endpoint = "https://memory.internal/v1/write"
         ],
     },
     Case {
-        name: "empty_streams",
-        registry: r#"[services.rep]
-kind = "stream-replicator"
-redis = "redis://127.0.0.1:6379"
-postgres = "postgres://db/app"
-streams = []
+        name: "schedule_on_a_kind_without_actions",
+        registry: r#"[services.web]
+kind = "process"
+command = ["web"]
+[[services.web.schedule]]
+action = "validate"
+every = "30m"
 "#,
         expected: &[
-            "5:11 invalid-value: services.rep.streams: the list is empty; name at least one stream",
+            "5:10 unknown-action: services.web.schedule.0.action: \"validate\" is not an action of kind process; known: (none)",
         ],
     },
     Case {
-        name: "where_with_semicolon",
-        registry: r#"[services.clean]
-kind = "retention"
+        name: "a_data_kind_cannot_be_oneshot",
+        registry: r#"[services.mem]
+kind = "memory-sync"
 postgres = "postgres://db/app"
-[[services.clean.rules]]
-table = "events"
-column = "created_at"
-keep = "30d"
-where = "true; drop table events"
+endpoint = "http://memory.internal/v1/write"
+oneshot = true
 "#,
         expected: &[
-            "8:9 invalid-value: services.clean.rules.0.where: \"true; drop table events\" must be one SQL condition, without `;` or comments",
+            "5:11 invalid-value: services.mem.oneshot: kind memory-sync runs continuously and cannot be oneshot",
         ],
     },
     Case {
-        name: "dual_write_shadow_without_table",
-        registry: r#"[services.dw]
-kind = "dual-write"
-redis = "redis://127.0.0.1:6379"
-stream = "orders"
-primary = { postgres = "postgres://db/app", table = "orders", key = ["id"] }
-shadow = { postgres = "postgres://shadow/app" }
+        name: "memory_sync_without_endpoint",
+        registry: r#"[services.mem]
+kind = "memory-sync"
+postgres = "postgres://db/app"
 "#,
-        expected: &["6:10 missing-key: services.dw.shadow: missing required key `table`"],
+        expected: &["1:1 missing-key: services.mem: missing required key `endpoint`"],
     },
     Case {
         name: "boolean_as_string",
@@ -707,12 +700,11 @@ command = ["a"]
 restart = { policy = "sometimes", max_restarts = "five" }
 stop = { signal = "SIGNOPE", timout = "5s" }
 [services.b]
-kind = "retention"
+kind = "outbox-relay"
 postgres = "postgres://db/app"
-[[services.b.rules]]
+redis = "redis://127.0.0.1:6379"
 table = "1events"
-column = "at"
-keep = "forever"
+lease = "forever"
 [services.c]
 kind = "process"
 command = ["c"]
@@ -723,9 +715,9 @@ depends_on = ["d"]
             "4:50 type: services.a.restart.max_restarts: expected a non-negative integer, found \"five\"",
             "5:19 invalid-signal: services.a.stop.signal: unknown signal \"SIGNOPE\"; known: SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGKILL, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCONT, SIGWINCH, SIGPWR",
             "5:30 unknown-key: services.a.stop: unknown key `timout`; known: signal, timeout [help: did you mean `timeout`?]",
-            "10:9 invalid-identifier: services.b.rules.0.table: \"1events\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
-            "12:8 invalid-duration: services.b.rules.0.keep: \"forever\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
-            "16:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api, a, b",
+            "10:9 invalid-identifier: services.b.table: \"1events\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
+            "11:9 invalid-duration: services.b.lease: \"forever\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
+            "15:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api, a, b",
         ],
     },
 ];

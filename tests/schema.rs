@@ -9,6 +9,10 @@ use warden::config::schema::registry_schema;
 use warden::config::{LoadOptions, RealSources};
 use warden::graph::load_and_check;
 
+fn builtin_table() -> warden::config::KindTable {
+    warden::services::builtin(PathBuf::from(".")).table()
+}
+
 fn shipped_registries() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("services.toml")];
@@ -41,7 +45,8 @@ fn errors_of(schema: &jsonschema::Validator, doc: &Json) -> Vec<String> {
 
 #[test]
 fn every_shipped_registry_validates_against_the_schema_and_loads() {
-    let schema = jsonschema::validator_for(&registry_schema()).expect("the schema itself is valid");
+    let schema = jsonschema::validator_for(&registry_schema(&builtin_table()))
+        .expect("the schema itself is valid");
     let files = shipped_registries();
     assert!(
         files.len() >= 3,
@@ -59,7 +64,7 @@ fn every_shipped_registry_validates_against_the_schema_and_loads() {
             &LoadOptions {
                 path: f.clone(),
                 profile: None,
-                custom_kinds: Vec::new(),
+                kinds: std::sync::Arc::new(builtin_table()),
             },
             &RealSources,
         );
@@ -80,7 +85,7 @@ fn every_shipped_registry_validates_against_the_schema_and_loads() {
 
 #[test]
 fn the_schema_rejects_wrong_shapes() {
-    let schema = jsonschema::validator_for(&registry_schema()).unwrap();
+    let schema = jsonschema::validator_for(&registry_schema(&builtin_table())).unwrap();
     let bad = [
         r#"[services.a]
 kind = "process"
@@ -120,5 +125,5 @@ fn warden_schema_prints_the_schema() {
         .unwrap();
     assert!(out.status.success());
     let printed: Json = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(printed, registry_schema());
+    assert_eq!(printed, registry_schema(&builtin_table()));
 }

@@ -12,6 +12,7 @@
 //! capped (`max_connections`). Errors are `{"error": "..."}`.
 
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -22,9 +23,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use crate::config::{ApiSpec, Registry, ServiceSpec};
+use crate::config::{API_KIND, ApiSpec, KindTable, NoSettings, Registry, Runs, ServiceSpec};
 use crate::graph::Graph;
-use crate::services::{BoxFuture, Context, Factory, Service, ServiceError};
+use crate::services::{BoxFuture, Context, Factory, Registration, Service, ServiceError};
 use crate::supervisor::Handle;
 
 /// Loads and checks the registry again (for `POST /v1/reload`).
@@ -43,6 +44,11 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The last `/v1/health` answer and what it was rendered from.
     pub health_cache: Arc<std::sync::Mutex<Option<routes::HealthCache>>>,
+    /// The kinds of this build: their actions are checked before a
+    /// request's body is read, and listed in `/openapi.json`.
+    pub kinds: Arc<KindTable>,
+    /// `/openapi.json`, rendered once for these kinds.
+    pub openapi: Arc<str>,
 }
 
 impl ApiState {
@@ -90,16 +96,18 @@ pub enum ReloadError {
     Unavailable(String),
 }
 
+/// The registration of the `api` service's kind: the implicit service that
+/// `[api]` configures (no settings of its own under `[services]`).
+pub fn registration(state: ApiState) -> Registration {
+    Registration::new::<NoSettings>(API_KIND, Runs::InProcess, ApiFactory { state }).continuous()
+}
+
 /// Builds the `api` service.
-pub struct ApiFactory {
-    pub state: ApiState,
+struct ApiFactory {
+    state: ApiState,
 }
 
 impl Factory for ApiFactory {
-    fn kind(&self) -> &str {
-        "api"
-    }
-
     fn build(&self, _spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         Ok(Box::new(Api {
             state: self.state.clone(),

@@ -25,8 +25,6 @@ type Resp = Response<Body>;
 /// and a client that went away is noticed).
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// The OpenAPI 3 description of every route (served at `/openapi.json`).
-const OPENAPI: &str = include_str!("openapi.json");
 /// The console: one self-contained page (served at `/`).
 const CONSOLE: &str = include_str!("console.html");
 
@@ -549,15 +547,13 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
                 return unknown_service(&handle, name);
             };
-            if let Some(kind) =
-                crate::config::Kind::parse(&s.kind).filter(|k| !k.actions().contains(action))
-            {
-                let known = kind.actions().join(", ");
-                let known = if known.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    known
-                };
+            let actions = state
+                .kinds
+                .get(&s.kind)
+                .map(|k| k.action_names())
+                .unwrap_or_default();
+            if !actions.contains(action) {
+                let known = crate::config::diag::known_list(actions.iter().copied());
                 return error(
                     StatusCode::NOT_FOUND,
                     format!("kind {} has no action {action:?}; known: {known}", s.kind),
@@ -636,9 +632,11 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             super::metrics::render(state.metrics.as_ref(), &handle.status()),
         ),
         (["metrics"], _) => method_not_allowed("GET"),
-        (["openapi.json"], &Method::GET) => {
-            text_response(StatusCode::OK, "application/json", OPENAPI.to_string())
-        }
+        (["openapi.json"], &Method::GET) => text_response(
+            StatusCode::OK,
+            "application/json",
+            state.openapi.to_string(),
+        ),
         (["openapi.json"], _) => method_not_allowed("GET"),
         _ => error(
             StatusCode::NOT_FOUND,

@@ -7,24 +7,26 @@ use serde_json::Value as Json;
 
 use super::{CheckArgs, CheckFormat, GraphArgs, GraphFormat, RegistryArgs, exit, pretty};
 use crate::config::diag::JsonDiagnostic;
-use crate::config::{Endpoint, KindSpec, LoadOptions, ProbeCheck, RealSources, Registry};
+use crate::config::{Endpoint, LoadOptions, ProbeCheck, RealSources, Registry};
+use crate::config::{KindTable, Runs};
 use crate::graph::{Checked, Graph, load_and_check};
-use crate::services::Factories;
+use crate::services::Kinds;
 
 /// Version of the JSON shape of `check --format json`.
 pub const CHECK_JSON_VERSION: u32 = 1;
 
-fn load(args: &RegistryArgs, extra: &Factories) -> Checked {
+fn load(args: &RegistryArgs, kinds: &KindTable) -> Checked {
     let opts = LoadOptions {
         path: args.config.clone(),
         profile: args.profile.clone(),
-        custom_kinds: extra.custom_kinds(),
+        kinds: std::sync::Arc::new(kinds.clone()),
     };
     load_and_check(&opts, &RealSources)
 }
 
-pub fn check(args: &CheckArgs, extra: &Factories) -> u8 {
-    let checked = load(&args.registry, extra);
+pub fn check(args: &CheckArgs, kinds: &Kinds) -> u8 {
+    let kinds = kinds.table();
+    let checked = load(&args.registry, &kinds);
     let selection = match (&checked.graph, args.registry.only.is_empty()) {
         (Some(g), false) => match g.select(&args.registry.only) {
             Ok(s) => Some(s),
@@ -37,7 +39,7 @@ pub fn check(args: &CheckArgs, extra: &Factories) -> u8 {
     };
     let selected = selection.as_ref().or(checked.graph.as_ref());
     let connect = match (selected, checked.registry(), args.connect) {
-        (Some(g), Some(reg), true) => Some(run_connect(reg, g, args.connect_timeout)),
+        (Some(g), Some(reg), true) => Some(run_connect(reg, &kinds, g, args.connect_timeout)),
         _ => None,
     };
     let connect_failed = connect
@@ -267,13 +269,22 @@ pub struct ConnectResult {
 /// the stores data services talk to. A data service that depends (directly
 /// or not) on a `process` service is taken to use that managed server, which
 /// is not running during a dry run: its endpoints are listed as skipped.
-fn endpoints(reg: &Registry, g: &Graph) -> Vec<(String, Endpoint, Option<String>)> {
+fn endpoints(
+    reg: &Registry,
+    kinds: &KindTable,
+    g: &Graph,
+) -> Vec<(String, Endpoint, Option<String>)> {
+    let runs = |name: &str| {
+        kinds
+            .get(reg.services[name].kind.kind_name())
+            .map(|k| k.runs())
+    };
     let mut out = Vec::new();
     let mut managed_cache: HashMap<String, Option<String>> = HashMap::new();
     for name in g.names() {
         let s = &reg.services[name];
         let mut eps: Vec<Endpoint> = Vec::new();
-        if matches!(s.kind, KindSpec::External) {
+        if runs(name) == Some(Runs::Check) {
             for probe in [
                 s.common.ready.as_ref().map(|p| &p.check),
                 s.common.health.as_ref().map(|p| &p.check),
@@ -294,7 +305,7 @@ fn endpoints(reg: &Registry, g: &Graph) -> Vec<(String, Endpoint, Option<String>
         if eps.is_empty() {
             continue;
         }
-        let managed = managed_dependency(reg, g, name, &mut managed_cache);
+        let managed = managed_dependency(&runs, g, name, &mut managed_cache);
         for e in eps {
             out.push((name.to_string(), e, managed.clone()));
         }
@@ -303,7 +314,7 @@ fn endpoints(reg: &Registry, g: &Graph) -> Vec<(String, Endpoint, Option<String>
 }
 
 fn managed_dependency(
-    reg: &Registry,
+    runs: &dyn Fn(&str) -> Option<Runs>,
     g: &Graph,
     name: &str,
     cache: &mut HashMap<String, Option<String>>,
@@ -321,7 +332,7 @@ fn managed_dependency(
             continue;
         }
         for (d, _) in g.dependencies(&n) {
-            if matches!(reg.services[d].kind, KindSpec::Process(_)) {
+            if runs(d) == Some(Runs::Process) {
                 let r = Some(d.to_string());
                 cache.insert(name.to_string(), r.clone());
                 return r;
@@ -333,10 +344,15 @@ fn managed_dependency(
     None
 }
 
-fn run_connect(reg: &Registry, g: &Graph, timeout: Duration) -> Vec<ConnectResult> {
+fn run_connect(
+    reg: &Registry,
+    kinds: &KindTable,
+    g: &Graph,
+    timeout: Duration,
+) -> Vec<ConnectResult> {
     // One probe per distinct endpoint, in parallel.
     let mut by_target: Vec<(String, Endpoint, Vec<String>, Option<String>)> = Vec::new();
-    for (service, e, managed) in endpoints(reg, g) {
+    for (service, e, managed) in endpoints(reg, kinds, g) {
         let key = format!(
             "{}:{}",
             e.kind(),
@@ -407,8 +423,8 @@ fn run_connect(reg: &Registry, g: &Graph, timeout: Duration) -> Vec<ConnectResul
     })
 }
 
-pub fn graph(args: &GraphArgs, extra: &Factories) -> u8 {
-    let checked = load(&args.registry, extra);
+pub fn graph(args: &GraphArgs, kinds: &Kinds) -> u8 {
+    let checked = load(&args.registry, &kinds.table());
     let Some(g) = &checked.graph else {
         for d in checked.loaded.diagnostics.errors() {
             err!("{}", d.render(&checked.loaded.sources));

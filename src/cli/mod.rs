@@ -42,6 +42,8 @@ mod run;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::services::Kinds;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exit codes, stable and documented in the README.
@@ -219,12 +221,20 @@ pub struct GraphArgs {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    main_with(crate::services::Factories::new())
+    main_with(Kinds::new())
+}
+
+/// The kinds of a run of the registry at `config`: the built-in ones, then
+/// `extra` (which win on the same name).
+fn kinds_for(config: &std::path::Path, extra: &Kinds) -> Kinds {
+    let mut kinds = crate::services::builtin(crate::services::process::base_dir_of(config));
+    kinds.extend(extra);
+    kinds
 }
 
 /// The command line with extra kinds: a crate that uses warden as a library
-/// registers its factories and calls this from its own `main`.
-pub fn main_with(extra: crate::services::Factories) -> ExitCode {
+/// registers its kinds and calls this from its own `main`.
+pub fn main_with(extra: Kinds) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -237,9 +247,9 @@ pub fn main_with(extra: crate::services::Factories) -> ExitCode {
         }
     };
     ExitCode::from(match cli.command {
-        Command::Run(a) => run::run(&a, &extra),
-        Command::Check(a) => check::check(&a, &extra),
-        Command::Graph(a) => check::graph(&a, &extra),
+        Command::Run(a) => run::run(&a, kinds_for(&a.registry.config, &extra)),
+        Command::Check(a) => check::check(&a, &kinds_for(&a.registry.config, &extra)),
+        Command::Graph(a) => check::graph(&a, &kinds_for(&a.registry.config, &extra)),
         Command::Status {
             client,
             watch: true,
@@ -276,7 +286,11 @@ pub fn main_with(extra: crate::services::Factories) -> ExitCode {
         ),
         Command::Reload { client } => client::control(&client, "/v1/reload", None),
         Command::Schema => {
-            outln!("{}", pretty(&crate::config::schema::registry_schema()));
+            let kinds = kinds_for(std::path::Path::new("."), &extra);
+            outln!(
+                "{}",
+                pretty(&crate::config::schema::registry_schema(&kinds.table()))
+            );
             exit::OK
         }
     })

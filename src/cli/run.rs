@@ -1,12 +1,12 @@
 //! `warden run`: load, check, and supervise until stopped.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use super::{LogFormat, RunArgs, exit};
 use crate::config::{LoadOptions, RealSources};
 use crate::graph::load_and_check;
-use crate::services::Factories;
-use crate::services::process::base_dir_of;
+use crate::services::Kinds;
 use crate::supervisor::Supervisor;
 
 /// Sets up `tracing`: `WARDEN_LOG` filters (default `info`); text on a
@@ -41,15 +41,13 @@ pub fn init_logging(format: Option<LogFormat>) {
     };
 }
 
-pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
+pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     init_logging(args.log_format);
-    let base_dir = base_dir_of(&args.registry.config);
-    let mut factories = Factories::builtin(base_dir);
-    factories.extend(extra);
+    let table = Arc::new(kinds.table());
     let opts = LoadOptions {
         path: args.registry.config.clone(),
         profile: args.registry.profile.clone(),
-        custom_kinds: factories.custom_kinds(),
+        kinds: table.clone(),
     };
     let checked = load_and_check(&opts, &RealSources);
     let (Some(registry), Some(graph)) = (checked.registry(), checked.graph.as_ref()) else {
@@ -115,8 +113,10 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
         reloader: Some(reloader),
         metrics: metrics.clone(),
         health_cache: Default::default(),
+        openapi: crate::api::openapi::document(&table).to_string().into(),
+        kinds: table,
     };
-    factories.register(crate::api::ApiFactory { state: api.clone() });
+    kinds.register(crate::api::registration(api.clone()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,7 +134,7 @@ pub fn run(args: &RunArgs, extra: &Factories) -> u8 {
             tracing::error!(error = %e, "cannot watch child processes");
             return exit::CRITICAL_FAILED;
         }
-        let supervisor = Supervisor::new(&registry, graph, factories);
+        let supervisor = Supervisor::new(&registry, graph, kinds);
         let handle = supervisor.handle();
         let _ = api.handle.set(handle.clone());
         // Loading the registry and starting every service leave freed heap

@@ -355,12 +355,26 @@ pub const fn key_name(field: &'static str) -> &'static str {
     }
 }
 
+#[doc(hidden)]
+pub use serde_json as __serde_json;
+
+/// Unwraps the defaults of a table whose every key has one, for a field
+/// whose default is such a table (`= defaults_of(Backoff::all_defaults())`).
+pub fn defaults_of<T>(v: Option<T>) -> T {
+    match v {
+        Some(v) => v,
+        None => unreachable!("a table used as a default has a default for every key"),
+    }
+}
+
 /// Declares a configuration table: the struct, its decoding (unknown keys
 /// rejected, defaults applied, every error reported), its JSON output and
 /// its JSON Schema, from one list of fields.
 ///
 /// A field without `= default` is required unless its type is an `Option`
-/// or a collection.
+/// or a collection. A kind's settings are declared this way, in warden and
+/// in a crate that adds its own kind (`warden::config_table!`).
+#[macro_export]
 macro_rules! config_table {
     (
         $(#[doc = $sdoc:literal])*
@@ -388,7 +402,7 @@ macro_rules! config_table {
                 $( let $field = r.field::<$ty>(
                     cx,
                     $crate::config::decode::key_name(stringify!($field)),
-                    config_table!(@default $ty $(, $default)?),
+                    $crate::config_table!(@default $ty $(, $default)?),
                 ); )*
                 Some(Self { $( $field: $field?, )* })
             }
@@ -397,12 +411,12 @@ macro_rules! config_table {
                 $( s.field::<$ty>(
                     $crate::config::decode::key_name(stringify!($field)),
                     concat!($($doc, " ",)* ""),
-                    config_table!(@default $ty $(, $default)?)
+                    $crate::config_table!(@default $ty $(, $default)?)
                         .map(|d| $crate::config::decode::Decode::to_json(&d())),
                 ); )*
             }
 
-            fn fields_to_json(&self, o: &mut serde_json::Map<String, serde_json::Value>) {
+            fn fields_to_json(&self, o: &mut $crate::config::decode::__serde_json::Map<String, $crate::config::decode::__serde_json::Value>) {
                 $( o.insert(
                     $crate::config::decode::key_name(stringify!($field)).into(),
                     $crate::config::decode::Decode::to_json(&self.$field),
@@ -415,7 +429,7 @@ macro_rules! config_table {
             /// required).
             #[allow(dead_code)]
             pub fn all_defaults() -> Option<Self> {
-                Some(Self { $( $field: config_table!(@default $ty $(, $default)?)
+                Some(Self { $( $field: $crate::config_table!(@default $ty $(, $default)?)
                     .map(|f| f())
                     .or_else(<$ty as $crate::config::decode::Decode>::absent)?, )* })
             }
@@ -432,26 +446,27 @@ macro_rules! config_table {
                 v
             }
 
-            fn schema() -> serde_json::Value {
+            fn schema() -> $crate::config::decode::__serde_json::Value {
                 let mut s = $crate::config::decode::ObjectSchema::new(concat!($($sdoc, " ",)* ""));
                 <Self as $crate::config::decode::Fields>::schema_fields(&mut s);
                 s.build()
             }
 
-            fn to_json(&self) -> serde_json::Value {
-                let mut o = serde_json::Map::new();
+            fn to_json(&self) -> $crate::config::decode::__serde_json::Value {
+                let mut o = $crate::config::decode::__serde_json::Map::new();
                 <Self as $crate::config::decode::Fields>::fields_to_json(self, &mut o);
-                serde_json::Value::Object(o)
+                $crate::config::decode::__serde_json::Value::Object(o)
             }
         }
     };
     (@default $ty:ty) => { None::<fn() -> $ty> };
     (@default $ty:ty, $d:expr) => { Some(|| -> $ty { $d }) };
 }
-pub(crate) use config_table;
+pub use crate::config_table;
 
 /// Declares a string enumeration (`"on-failure"`), decoded with the list of
 /// accepted spellings in its error.
+#[macro_export]
 macro_rules! config_enum {
     (
         $(#[doc = $sdoc:literal])*
@@ -503,17 +518,17 @@ macro_rules! config_enum {
                 })
             }
 
-            fn schema() -> serde_json::Value {
-                serde_json::json!({"type": "string", "enum": Self::NAMES})
+            fn schema() -> $crate::config::decode::__serde_json::Value {
+                $crate::config::decode::__serde_json::json!({"type": "string", "enum": Self::NAMES})
             }
 
-            fn to_json(&self) -> serde_json::Value {
-                serde_json::Value::String(self.as_str().into())
+            fn to_json(&self) -> $crate::config::decode::__serde_json::Value {
+                $crate::config::decode::__serde_json::Value::String(self.as_str().into())
             }
         }
     };
 }
-pub(crate) use config_enum;
+pub use crate::config_enum;
 
 // ---------------------------------------------------------------------------
 // Primitive types.

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod diag;
 pub mod envfile;
 pub mod interp;
+pub mod kind;
 pub mod model;
 pub mod node;
 pub mod schema;
@@ -22,10 +23,12 @@ mod validate;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use kind::{API_KIND, Action, KindDef, KindSpec, KindTable, NoSettings, Runs, Settings};
 pub use model::*;
 pub use source::{RealSources, SourceMap, Sources, Span};
 
@@ -42,8 +45,9 @@ pub struct LoadOptions {
     /// The profile asked for on the command line (`--profile`); when absent
     /// `WARDEN_PROFILE`, then `[warden] profile` decide.
     pub profile: Option<String>,
-    /// Kinds registered by a crate that uses warden as a library.
-    pub custom_kinds: Vec<CustomKind>,
+    /// The kinds a service may have: the built-in ones and those a crate
+    /// using warden as a library registers. The loader knows no other.
+    pub kinds: Arc<KindTable>,
 }
 
 /// The outcome of loading: the registry when there was no error, every
@@ -204,12 +208,7 @@ impl Loader<'_> {
             let mut cx = Cx::new(&mut diags, self.sources, self.base_dir());
             let warden = decode_section::<WardenSpec>(&root, "warden", &mut cx);
             let api = decode_section::<ApiSpec>(&root, "api", &mut cx);
-            let services = decode_services(
-                &services_node,
-                api.as_ref(),
-                &self.opts.custom_kinds,
-                &mut cx,
-            );
+            let services = decode_services(&services_node, api.as_ref(), &self.opts.kinds, &mut cx);
             let warden = warden.or_else(WardenSpec::all_defaults);
             let api = api.or_else(ApiSpec::all_defaults);
             warden.zip(api).map(|(warden, api)| Registry {
@@ -227,7 +226,7 @@ impl Loader<'_> {
             }
         }
         let registry = registry?;
-        validate::check(&registry, &root, self.nodes, self.diags);
+        validate::check(&registry, &self.opts.kinds, &root, self.nodes, self.diags);
         Some(registry)
     }
 
@@ -379,11 +378,9 @@ impl Loader<'_> {
                             if let (Some(old), Some(new)) = (old_kind, new_kind)
                                 && old != new
                             {
-                                let allowed = keys_of_kind(&new, &self.opts.custom_kinds);
+                                let allowed = keys_of_kind(&new, &self.opts.kinds);
                                 if let Some(t) = b.node.as_table_mut() {
-                                    t.retain(|k, _| {
-                                        allowed.as_ref().is_none_or(|a| a.contains(&k.as_str()))
-                                    });
+                                    t.retain(|k, _| allowed.contains(&k.as_str()));
                                 }
                             }
                             merge_service(&mut b.node, e.node);
@@ -581,18 +578,15 @@ fn is_probe_check_key(k: &str) -> bool {
     ProbeCheck::KEYS.contains(&k) || k == "postgres_file" || k == "redis_file"
 }
 
-/// The keys a service of `kind` accepts, or `None` for an unknown kind.
-fn keys_of_kind(kind: &str, custom: &[CustomKind]) -> Option<Vec<&'static str>> {
+/// The keys a service of `kind` accepts (an unknown kind: the common
+/// ones; the kind itself is reported later).
+fn keys_of_kind(kind: &str, kinds: &KindTable) -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = vec!["kind"];
     keys.extend_from_slice(CommonSpec::KEYS);
-    if let Some(k) = Kind::parse(kind) {
+    if let Some(k) = kinds.get(kind) {
         keys.extend_from_slice(k.keys());
-        Some(keys)
-    } else if custom.iter().any(|c| c.name == kind) {
-        None
-    } else {
-        Some(keys)
     }
+    keys
 }
 
 /// A key path built only when an error needs it: each level of the walk
@@ -667,7 +661,7 @@ fn valid_service_name(name: &str) -> bool {
 fn decode_services(
     services: &Node,
     api: Option<&ApiSpec>,
-    custom: &[CustomKind],
+    kinds: &KindTable,
     cx: &mut Cx<'_>,
 ) -> IndexMap<String, ServiceSpec> {
     let mut out = IndexMap::new();
@@ -683,7 +677,7 @@ fn decode_services(
             ServiceSpec {
                 name: "api".into(),
                 common,
-                kind: KindSpec::Api,
+                kind: KindSpec::new(API_KIND, NoSettings),
                 span: services.span,
             },
         );
@@ -715,7 +709,7 @@ fn decode_services(
         }
         cx.service = Some(name.clone());
         let spec = cx.with_key("services", |cx| {
-            cx.with_key(name, |cx| decode_service(name, &e.node, custom, cx))
+            cx.with_key(name, |cx| decode_service(name, &e.node, kinds, cx))
         });
         cx.service = None;
         if let Some(s) = spec {
@@ -728,41 +722,36 @@ fn decode_services(
 fn decode_service(
     name: &str,
     node: &Node,
-    custom: &[CustomKind],
+    kinds: &KindTable,
     cx: &mut Cx<'_>,
 ) -> Option<ServiceSpec> {
     let mut r = TableReader::new(node, cx)?;
     let kind_name = r.field::<String>(cx, "kind", None::<fn() -> String>);
-    let builtin_names: Vec<&str> = Kind::NAMES
-        .iter()
-        .copied()
-        .filter(|k| *k != "api")
-        .collect();
+    let kind_span = node.get("kind").map(|n| n.span).unwrap_or(node.span);
     let kind = match kind_name.as_deref() {
         None => None,
-        Some("api") => {
-            let span = node.get("kind").map(|n| n.span).unwrap_or(node.span);
+        Some(API_KIND) => {
             cx.with_key("kind", |cx| {
                 cx.error(
                     "invalid-kind",
-                    span,
+                    kind_span,
                     "kind \"api\" is built in: configure the API under [api], not as a service",
                 )
             });
             None
         }
-        Some(k) => match Kind::parse(k) {
-            Some(kind) => Some(Ok(kind)),
-            None if custom.iter().any(|c| c.name == k) => Some(Err(k.to_string())),
+        Some(k) => match kinds.get(k) {
+            Some(def) => Some(def),
             None => {
-                let span = node.get("kind").map(|n| n.span).unwrap_or(node.span);
-                let mut known = builtin_names.clone();
-                known.extend(custom.iter().map(|c| c.name.as_str()));
+                let known = kinds.names();
                 let mut d = cx.with_key("kind", |cx| {
                     cx.diag(
                         "unknown-kind",
-                        span,
-                        format!("unknown kind {k:?}; known: {}", known.join(", ")),
+                        kind_span,
+                        format!(
+                            "unknown kind {k:?}; this build has: {}",
+                            known_list(known.iter().copied())
+                        ),
                     )
                 });
                 if let Some(m) = did_you_mean(k, known.iter().copied()) {
@@ -774,24 +763,12 @@ fn decode_service(
         },
     };
     let common = CommonSpec::decode_fields(&mut r, cx);
-    let kind = match kind? {
-        Ok(kind) => {
-            let spec = model::decode_kind(kind, &mut r, cx);
-            r.finish(cx);
-            spec?
-        }
-        Err(custom_name) => {
-            let settings = r.rest_json();
-            KindSpec::Custom {
-                kind: custom_name,
-                settings,
-            }
-        }
-    };
+    let kind = kind?.decode(&mut r, cx);
+    r.finish(cx);
     Some(ServiceSpec {
         name: name.to_string(),
         common: common?,
-        kind,
+        kind: kind?,
         span: node.span,
     })
 }

@@ -1,6 +1,7 @@
 //! The typed registry: what `services.toml` means once profiles, defaults
-//! and variables are applied. Every kind of DESIGN.md §5 has its settings
-//! here, so the runtime never looks at TOML.
+//! and variables are applied, so the runtime never looks at TOML. The keys
+//! every service has are here; each kind's own settings are its own type
+//! (see [`super::kind`]), declared in the kind's folder.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,13 +10,15 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json, json};
 
-use super::decode::{Cx, Decode, Fields, ObjectSchema, TableReader, config_enum, config_table};
+use super::decode::{
+    Cx, Decode, Fields, ObjectSchema, TableReader, config_enum, config_table, defaults_of,
+};
+use super::kind::KindSpec;
 use super::node::{Node, Value};
 use super::secret::Secret;
 use super::source::Span;
 use super::types::{
-    Command, Count, Fraction, HostPort, HttpUrl, Ident, Pattern, PostgresDsn, RedisDsn, Signal,
-    TableName,
+    Command, Count, Fraction, HostPort, HttpUrl, Pattern, PostgresDsn, RedisDsn, Signal,
 };
 
 const fn secs(s: u64) -> Duration {
@@ -120,15 +123,6 @@ config_table! {
         pub signal: Signal = Signal::TERM,
         /// Grace before SIGKILL (processes) or abort (in-process services).
         pub timeout: Duration = secs(10),
-    }
-}
-
-/// Unwraps the defaults of a table whose every key has one (checked by a
-/// unit test over every such table).
-fn defaults_of<T>(v: Option<T>) -> T {
-    match v {
-        Some(v) => v,
-        None => unreachable!("a table used as a default has a default for every key"),
     }
 }
 
@@ -513,535 +507,6 @@ pub const DEFAULTS_KEYS: &[&str] = &[
 // ---------------------------------------------------------------------------
 // Kinds
 
-/// A scalar written for an environment variable: strings as they are,
-/// numbers and booleans as TOML prints them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvValue(pub String);
-
-impl Decode for EnvValue {
-    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
-        match &node.value {
-            Value::String(s) => Some(EnvValue(s.clone())),
-            Value::Integer(i) => Some(EnvValue(i.to_string())),
-            Value::Float(f) => Some(EnvValue(f.to_string())),
-            Value::Boolean(b) => Some(EnvValue(b.to_string())),
-            _ => {
-                cx.type_error(node, "a string, number or boolean");
-                None
-            }
-        }
-    }
-    fn schema() -> Json {
-        json!({"type": ["string", "number", "boolean"]})
-    }
-    fn to_json(&self) -> Json {
-        Json::String(super::secret::redact(&self.0))
-    }
-}
-
-config_table! {
-    /// `kind = "process"`: a supervised executable.
-    pub struct ProcessSpec {
-        /// Program and arguments.
-        pub command: Command,
-        /// More arguments appended to `command`.
-        pub args: Vec<String>,
-        /// Environment variables added for the child.
-        pub env: IndexMap<String, EnvValue>,
-        /// `.env` files read for the child at each start.
-        pub env_files: Vec<String>,
-        /// Working directory (relative to the registry's directory).
-        pub cwd: Option<String>,
-        /// User to run as (name or uid) when warden runs as root.
-        pub user: Option<String>,
-    }
-}
-
-fn default_table(name: &str) -> TableName {
-    TableName::new(name).unwrap_or_else(|| unreachable!("built-in table names are identifiers"))
-}
-
-config_table! {
-    /// `kind = "outbox-relay"`: PostgreSQL outbox to Redis Streams.
-    pub struct OutboxRelaySpec {
-        /// PostgreSQL holding the outbox.
-        pub postgres: PostgresDsn,
-        /// Redis receiving the streams.
-        pub redis: RedisDsn,
-        /// Outbox table.
-        pub table: TableName = default_table("message_outbox"),
-        /// Prefix of stream names: topic `t` goes to stream `<prefix>t`.
-        pub stream_prefix: String = String::new(),
-        /// Approximate cap of each stream (`XADD MAXLEN ~`).
-        pub max_len: Option<u64>,
-        /// How long a claimed batch is leased.
-        pub lease: Duration = secs(30),
-        /// Attempts before a row is marked failed.
-        pub max_retries: u32 = 10,
-        /// Fallback poll when no NOTIFY arrives.
-        pub poll_interval: Duration = secs(1),
-        /// Delete rows once published instead of marking them sent.
-        pub delete_sent: bool = false,
-        /// Rows claimed per batch.
-        pub batch: Count = Count(100),
-        /// Create the table and trigger at start (idempotent DDL).
-        pub create_schema: bool = true,
-    }
-}
-
-config_table! {
-    /// Circuit breaker of the memory backend.
-    pub struct Circuit {
-        /// Consecutive failures that open the circuit.
-        pub failures: Count = Count(5),
-        /// Time the circuit stays open.
-        pub cooldown: Duration = secs(30),
-    }
-}
-
-config_table! {
-    /// `kind = "memory-sync"`: durable delivery of queued memory writes.
-    pub struct MemorySyncSpec {
-        /// PostgreSQL holding the queue.
-        pub postgres: PostgresDsn,
-        /// Queue table.
-        pub table: TableName = default_table("memory_write_outbox"),
-        /// Memory backend URL receiving POSTs.
-        pub endpoint: HttpUrl,
-        /// Time one POST may take.
-        pub timeout: Duration = secs(10),
-        /// Attempts before a row is marked failed.
-        pub max_retries: u32 = 10,
-        /// Circuit breaker.
-        pub circuit: Circuit = defaults_of(Circuit::all_defaults()),
-        /// Topic of the WAL event written to the outbox on success.
-        pub wal_topic: String = "memory.wal".to_string(),
-        /// Outbox table receiving the WAL events.
-        pub outbox_table: TableName = default_table("message_outbox"),
-        /// How long a claimed batch is leased.
-        pub lease: Duration = secs(30),
-        /// Fallback poll when no NOTIFY arrives.
-        pub poll_interval: Duration = secs(1),
-        /// Rows claimed per batch.
-        pub batch: Count = Count(50),
-        /// Create the tables at start (idempotent DDL).
-        pub create_schema: bool = true,
-    }
-}
-
-/// A non-empty list of Redis stream names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Streams(pub Vec<String>);
-
-impl Decode for Streams {
-    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
-        let v: Vec<String> = Vec::decode(node, cx)?;
-        if v.is_empty() {
-            cx.error(
-                "invalid-value",
-                node.span,
-                "the list is empty; name at least one stream",
-            );
-            return None;
-        }
-        let mut seen = std::collections::HashSet::new();
-        for s in &v {
-            if s.trim().is_empty() {
-                cx.error("invalid-value", node.span, "a stream name is empty");
-                return None;
-            }
-            if !seen.insert(s) {
-                cx.error(
-                    "invalid-value",
-                    node.span,
-                    format!("stream {s:?} is listed twice"),
-                );
-                return None;
-            }
-        }
-        Some(Streams(v))
-    }
-    fn schema() -> Json {
-        json!({"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": true})
-    }
-    fn to_json(&self) -> Json {
-        json!(self.0)
-    }
-}
-
-config_table! {
-    /// `kind = "stream-replicator"`: Redis Streams to PostgreSQL, idempotent.
-    pub struct StreamReplicatorSpec {
-        /// Redis holding the streams.
-        pub redis: RedisDsn,
-        /// PostgreSQL receiving the rows.
-        pub postgres: PostgresDsn,
-        /// Streams to consume.
-        pub streams: Streams,
-        /// Consumer group (default: the service's name).
-        pub group: Option<String>,
-        /// Target table.
-        pub table: TableName = default_table("memory_replica"),
-        /// Payload key to column mapping.
-        pub columns: IndexMap<String, Ident>,
-        /// Idle time after which a pending entry is claimed again.
-        pub min_idle: Duration = secs(60),
-        /// Deliveries before an entry goes to the dead-letter stream.
-        pub max_deliveries: Count = Count(5),
-        /// Longest block of one XREADGROUP.
-        pub block: Duration = secs(1),
-        /// Entries read per batch.
-        pub batch: Count = Count(100),
-        /// Create the tables at start (idempotent DDL).
-        pub create_schema: bool = true,
-    }
-}
-
-/// A non-empty list of key columns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyColumns(pub Vec<Ident>);
-
-impl Decode for KeyColumns {
-    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
-        let v: Vec<Ident> = Vec::decode(node, cx)?;
-        if v.is_empty() {
-            cx.error(
-                "invalid-value",
-                node.span,
-                "the key is empty; name at least one column",
-            );
-            return None;
-        }
-        Some(KeyColumns(v))
-    }
-    fn schema() -> Json {
-        json!({"type": "array", "items": Ident::schema(), "minItems": 1})
-    }
-    fn to_json(&self) -> Json {
-        Json::Array(self.0.iter().map(Ident::to_json).collect())
-    }
-}
-
-config_table! {
-    /// The primary store of a dual-write: the source of truth.
-    pub struct PrimaryStore {
-        /// PostgreSQL of the primary table.
-        pub postgres: PostgresDsn,
-        /// Primary table.
-        pub table: TableName,
-        /// Key columns (upsert conflict target and comparison key).
-        pub key: KeyColumns,
-    }
-}
-
-/// The shadow store of a dual-write.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ShadowStore {
-    /// Another PostgreSQL table (in the primary's database unless
-    /// `postgres` is given).
-    Postgres {
-        postgres: Option<PostgresDsn>,
-        table: TableName,
-    },
-    /// A Redis hash per row, at `<prefix><key>`.
-    Redis { redis: RedisDsn, prefix: String },
-}
-
-config_table! {
-    /// `shadow = { postgres, table }`.
-    pub struct ShadowPostgres {
-        /// PostgreSQL of the shadow table (default: the primary's).
-        pub postgres: Option<PostgresDsn>,
-        /// Shadow table.
-        pub table: TableName,
-    }
-}
-
-config_table! {
-    /// `shadow = { redis, prefix }`.
-    pub struct ShadowRedis {
-        /// Redis holding the shadow hashes.
-        pub redis: RedisDsn,
-        /// Key prefix of the hashes.
-        pub prefix: String = "shadow:".to_string(),
-    }
-}
-
-impl Decode for ShadowStore {
-    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
-        let redis = node.get("redis").is_some() || node.get("redis_file").is_some();
-        if redis {
-            let s = ShadowRedis::decode(node, cx)?;
-            Some(ShadowStore::Redis {
-                redis: s.redis,
-                prefix: s.prefix,
-            })
-        } else {
-            let s = ShadowPostgres::decode(node, cx)?;
-            Some(ShadowStore::Postgres {
-                postgres: s.postgres,
-                table: s.table,
-            })
-        }
-    }
-    fn schema() -> Json {
-        json!({"oneOf": [ShadowPostgres::schema(), ShadowRedis::schema()]})
-    }
-    fn to_json(&self) -> Json {
-        match self {
-            ShadowStore::Postgres { postgres, table } => {
-                json!({"postgres": postgres.to_json(), "table": table.to_json()})
-            }
-            ShadowStore::Redis { redis, prefix } => {
-                json!({"redis": redis.to_json(), "prefix": prefix})
-            }
-        }
-    }
-}
-
-config_table! {
-    /// Pass/fail thresholds of a validation run.
-    pub struct Thresholds {
-        /// Lowest acceptable share of matching rows.
-        pub match_ratio: Fraction = Fraction(0.999),
-        /// Most rows allowed missing on either side.
-        pub max_missing: Option<u64>,
-        /// Most rows allowed to differ.
-        pub max_mismatched: Option<u64>,
-    }
-}
-
-config_table! {
-    /// `kind = "dual-write"`: primary + shadow store, kill switch, validation.
-    pub struct DualWriteSpec {
-        /// Redis holding the input stream.
-        pub redis: RedisDsn,
-        /// Input stream.
-        pub stream: String,
-        /// Consumer group (default: the service's name).
-        pub group: Option<String>,
-        /// Primary store (source of truth).
-        pub primary: PrimaryStore,
-        /// Shadow store (best effort).
-        pub shadow: ShadowStore,
-        /// Fields compared by validation (default: every column).
-        pub compare: Vec<Ident>,
-        /// Relative tolerance of numeric comparisons.
-        pub tolerance: f64 = 0.0,
-        /// Pass/fail thresholds.
-        pub thresholds: Thresholds = defaults_of(Thresholds::all_defaults()),
-        /// Rows per validation chunk (bounds memory).
-        pub chunk: Count = Count(1000),
-        /// Mismatched keys kept in a validation result.
-        pub sample: u32 = 20,
-        /// Initial state of the persisted shadow-write switch.
-        pub shadow_writes: bool = true,
-        /// Entries read per batch.
-        pub batch: Count = Count(100),
-        /// Create the tables at start (idempotent DDL).
-        pub create_schema: bool = true,
-    }
-}
-
-config_enum! {
-    /// What a retention rule does with old rows.
-    pub enum RetentionAction {
-        /// Delete them.
-        Delete = "delete",
-        /// Move them to `<table>_archive` in the same transaction.
-        Archive = "archive",
-    }
-}
-
-config_table! {
-    /// `[[services.NAME.rules]]`: one retention rule.
-    pub struct RetentionRule {
-        /// Table to clean.
-        pub table: TableName,
-        /// Timestamp column compared with `keep`.
-        pub column: Ident,
-        /// Age past which rows go.
-        pub keep: Duration,
-        /// Extra SQL condition, such as `status = 'sent'`.
-        pub r#where: Option<String>,
-        /// delete or archive.
-        pub action: RetentionAction = RetentionAction::Delete,
-        /// Rows per transaction.
-        pub batch: Count = Count(5000),
-    }
-}
-
-/// A non-empty list of retention rules.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rules(pub Vec<RetentionRule>);
-
-impl Decode for Rules {
-    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
-        let v: Vec<RetentionRule> = Vec::decode(node, cx)?;
-        if v.is_empty() {
-            cx.error(
-                "invalid-value",
-                node.span,
-                "no rules; add at least one [[services.NAME.rules]]",
-            );
-            return None;
-        }
-        Some(Rules(v))
-    }
-    fn schema() -> Json {
-        json!({"type": "array", "items": RetentionRule::schema(), "minItems": 1})
-    }
-    fn to_json(&self) -> Json {
-        Json::Array(self.0.iter().map(Decode::to_json).collect())
-    }
-}
-
-config_table! {
-    /// `kind = "retention"`: batched delete or archive-then-delete by age.
-    pub struct RetentionSpec {
-        /// PostgreSQL holding the tables.
-        pub postgres: PostgresDsn,
-        /// The rules.
-        pub rules: Rules,
-        /// Create the run-log table at start (idempotent DDL).
-        pub create_schema: bool = true,
-    }
-}
-
-config_enum! {
-    /// The built-in kinds.
-    pub enum Kind {
-        Process = "process",
-        External = "external",
-        Api = "api",
-        OutboxRelay = "outbox-relay",
-        MemorySync = "memory-sync",
-        StreamReplicator = "stream-replicator",
-        DualWrite = "dual-write",
-        Retention = "retention",
-    }
-}
-
-impl Kind {
-    /// Kind-specific keys (besides [`CommonSpec::KEYS`]).
-    pub fn keys(self) -> &'static [&'static str] {
-        match self {
-            Kind::Process => ProcessSpec::KEYS,
-            Kind::External | Kind::Api => &[],
-            Kind::OutboxRelay => OutboxRelaySpec::KEYS,
-            Kind::MemorySync => MemorySyncSpec::KEYS,
-            Kind::StreamReplicator => StreamReplicatorSpec::KEYS,
-            Kind::DualWrite => DualWriteSpec::KEYS,
-            Kind::Retention => RetentionSpec::KEYS,
-        }
-    }
-
-    /// The actions `POST /v1/services/NAME/actions/ACTION` accepts.
-    pub fn actions(self) -> &'static [&'static str] {
-        match self {
-            Kind::Process | Kind::External | Kind::Api => &[],
-            Kind::OutboxRelay | Kind::MemorySync => &["replay-failed"],
-            Kind::StreamReplicator => &["replay-dlq"],
-            Kind::DualWrite => &["enable", "disable", "validate", "repair"],
-            Kind::Retention => &["run"],
-        }
-    }
-
-    /// Runs inside warden (and says `ready` itself) rather than as a child.
-    pub fn in_process(self) -> bool {
-        !matches!(self, Kind::Process | Kind::External)
-    }
-}
-
-/// A kind registered by a crate using warden as a library.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CustomKind {
-    pub name: String,
-    pub actions: Vec<String>,
-}
-
-/// A service's kind and its kind-specific settings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KindSpec {
-    Process(ProcessSpec),
-    External,
-    Api,
-    OutboxRelay(OutboxRelaySpec),
-    MemorySync(MemorySyncSpec),
-    StreamReplicator(StreamReplicatorSpec),
-    DualWrite(DualWriteSpec),
-    Retention(RetentionSpec),
-    /// A kind registered by a library user; its settings are handed to its
-    /// factory as JSON.
-    Custom {
-        kind: String,
-        settings: Json,
-    },
-}
-
-impl KindSpec {
-    pub fn kind_name(&self) -> &str {
-        match self {
-            KindSpec::Process(_) => "process",
-            KindSpec::External => "external",
-            KindSpec::Api => "api",
-            KindSpec::OutboxRelay(_) => "outbox-relay",
-            KindSpec::MemorySync(_) => "memory-sync",
-            KindSpec::StreamReplicator(_) => "stream-replicator",
-            KindSpec::DualWrite(_) => "dual-write",
-            KindSpec::Retention(_) => "retention",
-            KindSpec::Custom { kind, .. } => kind,
-        }
-    }
-
-    pub fn builtin(&self) -> Option<Kind> {
-        Kind::parse(self.kind_name()).filter(|_| !matches!(self, KindSpec::Custom { .. }))
-    }
-
-    fn settings_json(&self, o: &mut Map<String, Json>) {
-        match self {
-            KindSpec::Process(s) => s.fields_to_json(o),
-            KindSpec::External | KindSpec::Api => {}
-            KindSpec::OutboxRelay(s) => s.fields_to_json(o),
-            KindSpec::MemorySync(s) => s.fields_to_json(o),
-            KindSpec::StreamReplicator(s) => s.fields_to_json(o),
-            KindSpec::DualWrite(s) => s.fields_to_json(o),
-            KindSpec::Retention(s) => s.fields_to_json(o),
-            KindSpec::Custom { settings, .. } => {
-                if let Json::Object(m) = settings {
-                    for (k, v) in m {
-                        o.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Every endpoint this kind's settings name (for `check --connect`).
-    pub fn endpoints(&self) -> Vec<Endpoint> {
-        let pg = |d: &PostgresDsn| Endpoint::Postgres(d.clone());
-        let rd = |d: &RedisDsn| Endpoint::Redis(d.clone());
-        match self {
-            KindSpec::OutboxRelay(s) => vec![pg(&s.postgres), rd(&s.redis)],
-            KindSpec::MemorySync(s) => vec![pg(&s.postgres), Endpoint::Http(s.endpoint.clone())],
-            KindSpec::StreamReplicator(s) => vec![rd(&s.redis), pg(&s.postgres)],
-            KindSpec::DualWrite(s) => {
-                let mut v = vec![rd(&s.redis), pg(&s.primary.postgres)];
-                match &s.shadow {
-                    ShadowStore::Postgres {
-                        postgres: Some(p), ..
-                    } => v.push(pg(p)),
-                    ShadowStore::Postgres { postgres: None, .. } => {}
-                    ShadowStore::Redis { redis, .. } => v.push(rd(redis)),
-                }
-                v
-            }
-            KindSpec::Retention(s) => vec![pg(&s.postgres)],
-            _ => Vec::new(),
-        }
-    }
-}
-
 /// Something outside warden a service talks to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
@@ -1086,6 +551,11 @@ impl ServiceSpec {
         self.common.enabled
     }
 
+    /// The implicit service that `[api]` configures.
+    pub fn is_api(&self) -> bool {
+        self.kind.kind_name() == super::kind::API_KIND
+    }
+
     /// The service as JSON: every setting, defaults applied, secrets masked.
     pub fn to_json(&self) -> Json {
         let mut o = Map::new();
@@ -1110,43 +580,6 @@ pub struct Registry {
     pub services: IndexMap<String, ServiceSpec>,
 }
 
-/// The schema of the service table of one kind.
-pub(super) fn service_schema(kind: Kind) -> Json {
-    let mut s = ObjectSchema::new(&format!("A service of kind {kind}."));
-    s.property("kind", json!({"const": kind.as_str()}), true);
-    CommonSpec::schema_fields(&mut s);
-    match kind {
-        Kind::Process => ProcessSpec::schema_fields(&mut s),
-        Kind::External | Kind::Api => {}
-        Kind::OutboxRelay => OutboxRelaySpec::schema_fields(&mut s),
-        Kind::MemorySync => MemorySyncSpec::schema_fields(&mut s),
-        Kind::StreamReplicator => StreamReplicatorSpec::schema_fields(&mut s),
-        Kind::DualWrite => DualWriteSpec::schema_fields(&mut s),
-        Kind::Retention => RetentionSpec::schema_fields(&mut s),
-    }
-    s.build()
-}
-
-/// Decodes the kind-specific keys of a service table.
-pub(super) fn decode_kind(
-    kind: Kind,
-    r: &mut TableReader<'_>,
-    cx: &mut Cx<'_>,
-) -> Option<KindSpec> {
-    Some(match kind {
-        Kind::Process => KindSpec::Process(ProcessSpec::decode_fields(r, cx)?),
-        Kind::External => KindSpec::External,
-        Kind::Api => KindSpec::Api,
-        Kind::OutboxRelay => KindSpec::OutboxRelay(OutboxRelaySpec::decode_fields(r, cx)?),
-        Kind::MemorySync => KindSpec::MemorySync(MemorySyncSpec::decode_fields(r, cx)?),
-        Kind::StreamReplicator => {
-            KindSpec::StreamReplicator(StreamReplicatorSpec::decode_fields(r, cx)?)
-        }
-        Kind::DualWrite => KindSpec::DualWrite(DualWriteSpec::decode_fields(r, cx)?),
-        Kind::Retention => KindSpec::Retention(RetentionSpec::decode_fields(r, cx)?),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1156,14 +589,14 @@ mod tests {
         assert!(Backoff::all_defaults().is_some());
         assert!(RestartSpec::all_defaults().is_some());
         assert!(StopSpec::all_defaults().is_some());
-        assert!(Circuit::all_defaults().is_some());
-        assert!(Thresholds::all_defaults().is_some());
         assert!(ApiSpec::all_defaults().is_some());
         assert!(WardenSpec::all_defaults().is_some());
     }
 
     #[test]
     fn raw_identifiers_are_keys_without_prefix() {
-        assert!(RetentionRule::KEYS.contains(&"where"));
+        assert_eq!(super::super::decode::key_name("r#where"), "where");
+        assert_eq!(super::super::decode::key_name("r#"), "r#");
+        assert_eq!(super::super::decode::key_name("table"), "table");
     }
 }

@@ -4,21 +4,28 @@
 use serde_json::{Value as Json, json};
 
 use super::decode::{Decode, Fields, ObjectSchema};
-use super::model::{ApiSpec, CommonSpec, DEFAULTS_KEYS, Kind, WardenSpec, service_schema};
+use super::kind::{KindDef, KindTable};
+use super::model::{ApiSpec, CommonSpec, DEFAULTS_KEYS, WardenSpec};
 
-/// The schema, draft 2020-12.
-pub fn registry_schema() -> Json {
-    let kinds: Vec<Json> = Kind::NAMES
-        .iter()
-        .filter_map(|k| Kind::parse(k))
-        .filter(|k| *k != Kind::Api)
-        .map(service_schema)
-        .collect();
+/// The schema of the service table of one kind: the common keys and the
+/// kind's own.
+pub fn service_schema(kind: &KindDef) -> Json {
+    let mut s = ObjectSchema::new(&format!("A service of kind {}.", kind.name()));
+    s.property("kind", json!({"const": kind.name()}), true);
+    CommonSpec::schema_fields(&mut s);
+    kind.schema_fields(&mut s);
+    s.build()
+}
+
+/// The schema, draft 2020-12, for a registry whose services may be of the
+/// kinds in `kinds`.
+pub fn registry_schema(kinds: &KindTable) -> Json {
+    let per_kind: Vec<Json> = kinds.writable().map(service_schema).collect();
     let service = json!({
         "type": "object",
         "required": ["kind"],
-        "properties": {"kind": {"type": "string", "enum": Kind::NAMES.iter().filter(|k| **k != "api").collect::<Vec<_>>()}},
-        "oneOf": kinds,
+        "properties": {"kind": {"type": "string", "enum": kinds.names()}},
+        "oneOf": per_kind,
     });
     let mut common = ObjectSchema::new("");
     CommonSpec::schema_fields(&mut common);

@@ -171,6 +171,13 @@ pub struct TableName {
 }
 
 impl TableName {
+    /// A table name written in warden's own code, such as a kind's default
+    /// table (each kind's tests decode its defaults, so a bad one fails
+    /// there, not in a user's hands).
+    pub fn builtin(s: &'static str) -> TableName {
+        TableName::new(s).unwrap_or_else(|| unreachable!("{s:?} is not an identifier"))
+    }
+
     pub fn new(s: &str) -> Option<TableName> {
         match s.split_once('.') {
             Some((schema, name)) => Some(TableName {

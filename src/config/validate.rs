@@ -5,21 +5,25 @@
 use std::collections::HashMap;
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
-use super::model::{Kind, KindSpec, ProbeCheck, Registry, RestartPolicy, ServiceSpec};
+use super::kind::{KindDef, KindTable, Problems, Runs};
+use super::model::{ProbeCheck, Registry, RestartPolicy, ServiceSpec};
 use super::node::Node;
 use super::source::Span;
 
 pub(super) fn check(
     reg: &Registry,
+    kinds: &KindTable,
     root: &Node,
     nodes: &HashMap<String, Node>,
     diags: &mut Diagnostics,
 ) {
     check_api(reg, root, diags);
     for s in reg.services.values() {
-        if matches!(s.kind, KindSpec::Api) {
+        // The loader typed the service with a kind of the table (the API's
+        // is the one exception, and has nothing to check).
+        let Some(kind) = kinds.get(s.kind.kind_name()).filter(|_| !s.is_api()) else {
             continue;
-        }
+        };
         let node = nodes.get(&s.name);
         let at = |path: &[&str]| -> Span {
             let mut n = node;
@@ -49,9 +53,10 @@ pub(super) fn check(
                     .key(key),
             );
         };
-        check_service(reg, s, &mut err);
+        check_service(reg, kind, s, &mut err);
+        s.kind.check(&mut Problems::new(&mut err));
     }
-    warnings(reg, nodes, diags);
+    warnings(reg, kinds, nodes, diags);
 }
 
 fn check_api(reg: &Registry, root: &Node, diags: &mut Diagnostics) {
@@ -78,30 +83,34 @@ fn check_api(reg: &Registry, root: &Node, diags: &mut Diagnostics) {
 
 fn check_service(
     reg: &Registry,
+    kind: &KindDef,
     s: &ServiceSpec,
     err: &mut dyn FnMut(&'static str, &[&str], String),
 ) {
-    let kind = s.kind.builtin();
-    let kind_name = s.kind.kind_name();
+    let kind_name = kind.name();
     let c = &s.common;
 
     // Probes.
-    match kind {
-        Some(Kind::External) if c.ready.is_none() => err(
+    match kind.runs() {
+        Runs::Check if c.ready.is_none() => err(
             "missing-key",
             &[],
-            "kind external needs a `ready` probe: the check of the thing warden does not run, e.g. ready = { tcp = \"db:5432\" }".into(),
+            format!(
+                "kind {kind_name} needs a `ready` probe: the check of the thing warden does not run, e.g. ready = {{ tcp = \"db:5432\" }}"
+            ),
         ),
-        Some(k) if k.in_process() && c.ready.is_some() => err(
+        Runs::InProcess if c.ready.is_some() => err(
             "invalid-probe",
             &["ready"],
-            format!("kind {k} says when it is ready itself; remove `ready` (use `health` for an extra liveness check)"),
+            format!(
+                "kind {kind_name} says when it is ready itself; remove `ready` (use `health` for an extra liveness check)"
+            ),
         ),
         _ => {}
     }
     if let Some(ready) = &c.ready
         && matches!(ready.check, ProbeCheck::Log(_) | ProbeCheck::Notify)
-        && kind != Some(Kind::Process)
+        && kind.runs() != Runs::Process
     {
         err(
             "invalid-probe",
@@ -127,9 +136,7 @@ fn check_service(
 
     // Oneshot.
     if c.oneshot {
-        if matches!(kind, Some(Kind::External))
-            || kind.is_some_and(|k| k.in_process() && k != Kind::Retention)
-        {
+        if !kind.may_be_oneshot() {
             err(
                 "invalid-value",
                 &["oneshot"],
@@ -169,14 +176,9 @@ fn check_service(
     }
 
     // Scheduled actions.
-    let actions: Vec<&str> = match (&s.kind, kind) {
-        (_, Some(k)) => k.actions().to_vec(),
-        (KindSpec::Custom { .. }, None) => Vec::new(),
-        _ => Vec::new(),
-    };
-    let custom = matches!(s.kind, KindSpec::Custom { .. });
+    let actions = kind.action_names();
     for (i, sched) in c.schedule.iter().enumerate() {
-        if !custom && !actions.contains(&sched.action.as_str()) {
+        if !actions.contains(&sched.action.as_str()) {
             let idx = i.to_string();
             let known = if actions.is_empty() {
                 "(none)".to_string()
@@ -204,15 +206,7 @@ fn check_service(
 
     // Singletons need a PostgreSQL session to hold their lock.
     if c.singleton {
-        let own_pg = match &s.kind {
-            KindSpec::OutboxRelay(_)
-            | KindSpec::MemorySync(_)
-            | KindSpec::StreamReplicator(_)
-            | KindSpec::DualWrite(_)
-            | KindSpec::Retention(_) => true,
-            KindSpec::Custom { settings, .. } => settings.get("postgres").is_some(),
-            _ => false,
-        };
+        let own_pg = s.kind.leadership().is_some();
         if !own_pg && reg.warden.postgres.is_none() {
             err(
                 "missing-key",
@@ -221,47 +215,19 @@ fn check_service(
             );
         }
     }
-
-    // Kind-specific checks.
-    match &s.kind {
-        KindSpec::Retention(r) => {
-            for (i, rule) in r.rules.0.iter().enumerate() {
-                let idx = i.to_string();
-                if let Some(w) = &rule.r#where
-                    && (w.contains(';') || w.contains("--") || w.contains("/*"))
-                {
-                    err(
-                        "invalid-value",
-                        &["rules", &idx, "where"],
-                        format!("{w:?} must be one SQL condition, without `;` or comments"),
-                    );
-                }
-                if rule.keep.is_zero() {
-                    err(
-                        "invalid-value",
-                        &["rules", &idx, "keep"],
-                        "keep = 0 would delete every row; give an age such as \"30d\"".into(),
-                    );
-                }
-            }
-        }
-        KindSpec::DualWrite(d) if d.tolerance < 0.0 => {
-            err(
-                "invalid-value",
-                &["tolerance"],
-                format!(
-                    "{} is negative; a relative tolerance is 0 or more",
-                    d.tolerance
-                ),
-            );
-        }
-        _ => {}
-    }
 }
 
-fn warnings(reg: &Registry, nodes: &HashMap<String, Node>, diags: &mut Diagnostics) {
+fn warnings(
+    reg: &Registry,
+    kinds: &KindTable,
+    nodes: &HashMap<String, Node>,
+    diags: &mut Diagnostics,
+) {
     for s in reg.services.values() {
-        if !s.enabled() || matches!(s.kind, KindSpec::Api) {
+        let Some(kind) = kinds.get(s.kind.kind_name()).filter(|_| !s.is_api()) else {
+            continue;
+        };
+        if !s.enabled() {
             continue;
         }
         let node = nodes.get(&s.name);
@@ -287,13 +253,13 @@ fn warnings(reg: &Registry, nodes: &HashMap<String, Node>, diags: &mut Diagnosti
         let signal_set = node
             .and_then(|n| n.get("stop"))
             .and_then(|n| n.get("signal"));
-        if let (Some(sig), Some(k)) = (signal_set, s.kind.builtin())
-            && k.in_process()
+        if let Some(sig) = signal_set
+            && kind.runs() == Runs::InProcess
         {
             diags.push(
                     Diagnostic::warning(
                         "ignored-key",
-                        format!("services.{}.stop.signal has no effect: kind {k} runs inside warden and is stopped by cancellation", s.name),
+                        format!("services.{}.stop.signal has no effect: kind {} runs inside warden and is stopped by cancellation", s.name, kind.name()),
                     )
                     .at(sig.span)
                     .service(s.name.clone()),

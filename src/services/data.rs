@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::ServiceError;
+use super::{ActionError, ServiceError};
+use crate::config::Action;
 use crate::config::types::{PostgresDsn, TableName};
 
 /// A PostgreSQL error in words (the server's message when there is one;
@@ -102,6 +103,23 @@ pub fn doubling(attempt: u32, max: Duration) -> Duration {
         .min(max)
 }
 
+/// The description of `replay-failed` (see [`replay_failed`]).
+pub fn replay_failed_action() -> Action {
+    Action::new(
+        "replay-failed",
+        "Failed rows (all, or those of `ids`) go back to pending with their retries reset.",
+    )
+    .request(serde_json::json!({
+        "type": "object",
+        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}}
+    }))
+    .response(serde_json::json!({
+        "type": "object",
+        "properties": {"replayed": {"type": "integer", "minimum": 0}},
+        "required": ["replayed"]
+    }))
+}
+
 /// The `replay-failed` action of a leased table: failed rows (all, or
 /// `{"ids": [..]}`) go back to `pending` with their retries reset, and
 /// the workers are woken. Answers `{"replayed": N}`.
@@ -109,8 +127,8 @@ pub async fn replay_failed(
     dsn: &PostgresDsn,
     table: &TableName,
     args: &serde_json::Value,
-) -> Result<serde_json::Value, ServiceError> {
-    let bad = || ServiceError("ids must be a list of row ids".into());
+) -> Result<serde_json::Value, ActionError> {
+    let bad = || ActionError::BadRequest("ids must be a list of row ids".into());
     let ids: Option<Vec<i64>> = match args.get("ids") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(

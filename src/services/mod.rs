@@ -1,22 +1,29 @@
 //! Services: the [`Service`] trait every kind implements, the context a
-//! running service gets, and the [`Factories`] that build a service of a
-//! kind from its spec.
+//! running service gets, and the [`Kinds`] a supervisor can build: each a
+//! [`Registration`] made in the kind's own folder.
 //!
-//! A crate using warden as a library implements `Service` and `Factory`
-//! for its own kind and registers the factory; the built-in kinds are
-//! registered the same way.
+//! A registration is the whole description of a kind: its name, its typed
+//! settings (decoding, defaults, schema and accepted keys, through
+//! [`crate::config::Settings`]), its actions with their body shapes, its
+//! metric families, the endpoints `check --connect` probes and the
+//! database its singleton leadership uses (both from the settings), and
+//! the [`Factory`] that builds its runs. Adding a built-in kind is a new
+//! `services/<kind>/` folder and one line in [`builtin`]; a crate using
+//! warden as a library registers its own kind the same way.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::config::{CustomKind, ServiceSpec};
+use crate::config::{Action, KindDef, KindTable, Runs, ServiceSpec, Settings};
+use crate::metrics::Family;
 
 pub mod data;
 pub mod external;
@@ -58,86 +65,179 @@ pub trait Service: Send + 'static {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>>;
 }
 
-/// Builds services of one kind.
-pub trait Factory: Send + Sync + 'static {
-    /// The `kind = "..."` this factory builds.
-    fn kind(&self) -> &str;
-    /// The kind's actions (for validation of schedules and the API).
-    fn actions(&self) -> Vec<String> {
-        Vec::new()
+/// Why an action did not answer: the request was wrong (the API answers
+/// 400), or running it failed (500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// The body does not fit the action.
+    BadRequest(String),
+    /// The action ran and failed (a store could not be reached...).
+    Failed(String),
+}
+
+impl fmt::Display for ActionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionError::BadRequest(m) | ActionError::Failed(m) => f.write_str(m),
+        }
     }
-    /// Builds one run of the service described by `spec`.
+}
+
+impl From<ServiceError> for ActionError {
+    fn from(e: ServiceError) -> ActionError {
+        ActionError::Failed(e.0)
+    }
+}
+
+/// Builds the runs of one kind, and runs its actions.
+pub trait Factory: Send + Sync + 'static {
+    /// Builds one run of the service described by `spec` (whose settings
+    /// are the kind's own type: [`settings_of`] gets them).
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError>;
     /// Runs one of the kind's actions (`replay-failed`, `validate`...) for
     /// the service described by `spec`, with JSON arguments, and answers
     /// JSON. Actions do not need the running instance: they work on the
-    /// stores the service uses. The default knows no action.
+    /// stores the service uses. Only the actions of the registration are
+    /// ever asked for; the default knows none.
     fn action(
         &self,
         spec: &ServiceSpec,
         action: &str,
         args: Json,
         details: Details,
-    ) -> BoxFuture<Result<Json, ServiceError>> {
+    ) -> BoxFuture<Result<Json, ActionError>> {
         let _ = (args, details);
         let msg = format!("kind {} has no action {action:?}", spec.kind.kind_name());
-        Box::pin(async move { Err(ServiceError(msg)) })
+        Box::pin(async move { Err(ActionError::BadRequest(msg)) })
     }
 }
 
-/// The factories known to a supervisor, by kind.
-#[derive(Clone, Default)]
-pub struct Factories {
-    by_kind: HashMap<String, Arc<dyn Factory>>,
+/// The settings of `spec`, which a factory of kind `T`'s settings was
+/// handed (an error only if a factory is registered under the wrong kind).
+pub fn settings_of<T: Settings>(spec: &ServiceSpec) -> Result<&T, ServiceError> {
+    spec.kind.settings::<T>().ok_or_else(|| {
+        ServiceError(format!(
+            "service {} of kind {} does not have the settings this factory reads",
+            spec.name,
+            spec.kind.kind_name()
+        ))
+    })
 }
 
-impl Factories {
-    pub fn new() -> Factories {
-        Factories::default()
-    }
+/// One kind, as a supervisor and the configuration know it.
+#[derive(Clone)]
+pub struct Registration {
+    def: KindDef,
+    metrics: &'static [Family],
+    factory: Arc<dyn Factory>,
+}
 
-    /// The factories of the built-in kinds implemented so far; `base_dir`
-    /// is the registry's directory (relative paths start there).
-    pub fn builtin(base_dir: std::path::PathBuf) -> Factories {
-        let mut f = Factories::new();
-        f.register(process::ProcessFactory { base_dir });
-        f.register(external::ExternalFactory);
-        f.register(outbox::OutboxFactory);
-        f.register(memory::MemorySyncFactory);
-        f
-    }
-
-    /// Registers a factory; a later one for the same kind replaces it.
-    pub fn register(&mut self, factory: impl Factory) -> &mut Self {
-        self.by_kind
-            .insert(factory.kind().to_string(), Arc::new(factory));
-        self
-    }
-
-    /// Adds every factory of `other` (theirs win on the same kind).
-    pub fn extend(&mut self, other: &Factories) {
-        for (k, f) in &other.by_kind {
-            self.by_kind.insert(k.clone(), f.clone());
+impl Registration {
+    /// The kind `name` (kebab-case), whose settings are `S` and whose runs
+    /// `factory` builds.
+    pub fn new<S: Settings>(name: &'static str, runs: Runs, factory: impl Factory) -> Registration {
+        Registration {
+            def: KindDef::new::<S>(name, runs),
+            metrics: &[],
+            factory: Arc::new(factory),
         }
     }
 
-    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Factory>> {
-        self.by_kind.get(kind)
+    /// Its services run for as long as warden does: `oneshot` is an error.
+    pub fn continuous(mut self) -> Registration {
+        self.def = self.def.continuous();
+        self
     }
 
-    /// The registered kinds that the configuration does not know itself,
-    /// for [`crate::config::LoadOptions::custom_kinds`].
-    pub fn custom_kinds(&self) -> Vec<CustomKind> {
-        let mut v: Vec<CustomKind> = self
-            .by_kind
-            .values()
-            .filter(|f| crate::config::Kind::parse(f.kind()).is_none())
-            .map(|f| CustomKind {
-                name: f.kind().to_string(),
-                actions: f.actions(),
-            })
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+    /// Adds an action (listed in `/openapi.json`, accepted by schedules).
+    pub fn action(mut self, action: Action) -> Registration {
+        self.def = self.def.action(action);
+        self
+    }
+
+    /// The metric families the kind records.
+    pub fn metrics(mut self, families: &'static [Family]) -> Registration {
+        self.metrics = families;
+        self
+    }
+
+    pub fn def(&self) -> &KindDef {
+        &self.def
+    }
+
+    pub fn factory(&self) -> &Arc<dyn Factory> {
+        &self.factory
+    }
+
+    pub fn metric_families(&self) -> &'static [Family] {
+        self.metrics
+    }
+}
+
+/// The kinds known to a supervisor, by name, in registration order.
+#[derive(Clone, Default)]
+pub struct Kinds {
+    by_name: IndexMap<&'static str, Registration>,
+}
+
+/// The built-in kinds, one line each; `base_dir` is the registry's
+/// directory (relative paths start there).
+pub fn builtin(base_dir: PathBuf) -> Kinds {
+    let mut k = Kinds::new();
+    k.register(process::registration(base_dir));
+    k.register(external::registration());
+    k.register(outbox::registration());
+    k.register(memory::registration());
+    k
+}
+
+impl Kinds {
+    pub fn new() -> Kinds {
+        Kinds::default()
+    }
+
+    /// Registers a kind; a later one of the same name replaces it.
+    pub fn register(&mut self, registration: Registration) -> &mut Self {
+        self.by_name.insert(registration.def.name(), registration);
+        self
+    }
+
+    /// Adds every kind of `other` (theirs win on the same name).
+    pub fn extend(&mut self, other: &Kinds) {
+        for r in other.by_name.values() {
+            self.register(r.clone());
+        }
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Registration> {
+        self.by_name.get(kind)
+    }
+
+    /// The factory of `kind`.
+    pub fn factory(&self, kind: &str) -> Option<&Arc<dyn Factory>> {
+        self.by_name.get(kind).map(|r| &r.factory)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Registration> {
+        self.by_name.values()
+    }
+
+    /// What the configuration is handed: each kind's name, settings and
+    /// actions.
+    pub fn table(&self) -> KindTable {
+        let mut t = KindTable::new();
+        for r in self.by_name.values() {
+            t.add(r.def.clone());
+        }
+        t
+    }
+
+    /// Every metric family of the build: the supervisor's and each kind's.
+    pub fn metric_families(&self) -> Vec<Family> {
+        let mut v = crate::metrics::CORE.to_vec();
+        for r in self.by_name.values() {
+            v.extend_from_slice(r.metrics);
+        }
         v
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Condition, OnDependencyRestart, Registry, RestartPolicy, ServiceSpec};
 use crate::graph::Graph;
-use crate::services::{Context, Details, Factories, Logs, Report, ServiceError};
+use crate::services::{ActionError, Context, Details, Kinds, Logs, Report, ServiceError};
 use events::{Events, Happened, RestartReason};
 use restart::{BackoffState, RestartBudget};
 use state::{Event, State};
@@ -454,7 +454,7 @@ fn same_config(a: &ServiceSpec, b: &ServiceSpec) -> bool {
 pub struct Supervisor {
     units: IndexMap<Arc<str>, Unit>,
     graph: Graph,
-    factories: Factories,
+    factories: Kinds,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -483,7 +483,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepares (without starting anything) the services of `graph`, which
     /// was checked against `registry`.
-    pub fn new(registry: &Registry, graph: Graph, factories: Factories) -> Supervisor {
+    pub fn new(registry: &Registry, graph: Graph, factories: Kinds) -> Supervisor {
         let mut units = IndexMap::new();
         let log_lines = registry.warden.log_lines.0 as usize;
         for spec in registry.services.values() {
@@ -823,7 +823,7 @@ impl Supervisor {
                 let (events, service) = (self.events.clone(), u.name.clone());
                 tokio::spawn(async move {
                     let began = Instant::now();
-                    let result = fut.await.map_err(|e| e.0);
+                    let result = fut.await.map_err(|e| e.to_string());
                     events.send(Happened::Action {
                         service,
                         action,
@@ -1050,15 +1050,19 @@ impl Supervisor {
         u: &Unit,
         action: &str,
         args: serde_json::Value,
-    ) -> crate::services::BoxFuture<Result<serde_json::Value, ServiceError>> {
-        match self.factories.get(u.spec.kind.kind_name()) {
-            Some(f) => f.action(&u.spec, action, args, u.details.clone()),
+    ) -> crate::services::BoxFuture<Result<serde_json::Value, ActionError>> {
+        let kind = self.factories.get(u.spec.kind.kind_name());
+        match kind.filter(|k| k.def().action_names().contains(&action)) {
+            Some(k) => k.factory().action(&u.spec, action, args, u.details.clone()),
             None => {
                 let msg = format!(
-                    "kind {} has no implementation in this build of warden",
-                    u.spec.kind.kind_name()
+                    "kind {} has no action {action:?}; known: {}",
+                    u.spec.kind.kind_name(),
+                    crate::config::diag::known_list(
+                        kind.map(|k| k.def().action_names()).unwrap_or_default()
+                    )
                 );
-                Box::pin(async move { Err(ServiceError(msg)) })
+                Box::pin(async move { Err(ActionError::BadRequest(msg)) })
             }
         }
     }
@@ -1112,7 +1116,7 @@ impl Supervisor {
         self.units[name].schedule_busy[index] = true;
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = fut.await.map_err(|e| e.0);
+            let result = fut.await.map_err(|e| e.to_string());
             let run = ActionRun {
                 action,
                 finished: std::time::SystemTime::now(),
@@ -1188,7 +1192,7 @@ impl Supervisor {
                 .filter(|u| {
                     // A service stops only after all its dependents have;
                     // the API stops last, so that it can say so meanwhile.
-                    if matches!(u.spec.kind, crate::config::KindSpec::Api) {
+                    if u.spec.is_api() {
                         self.units
                             .values()
                             .all(|o| o.name == u.name || !o.state.is_running())
@@ -1316,7 +1320,7 @@ impl Supervisor {
             t.abort();
         }
         let generation = u.generation;
-        let built = match self.factories.get(u.spec.kind.kind_name()) {
+        let built = match self.factories.factory(u.spec.kind.kind_name()) {
             Some(f) => f.build(&u.spec),
             None => Err(ServiceError(format!(
                 "kind {} has no implementation in this build of warden",
@@ -1712,22 +1716,9 @@ impl Supervisor {
     }
 }
 
-/// The database a singleton takes its lock in: its own `postgres` setting.
+/// The database a singleton takes its lock in: the one its kind names.
 fn singleton_dsn(spec: &ServiceSpec) -> Option<crate::config::types::PostgresDsn> {
-    use crate::config::KindSpec as K;
-    use crate::config::types::PostgresDsn;
-    match &spec.kind {
-        K::OutboxRelay(s) => Some(s.postgres.clone()),
-        K::MemorySync(s) => Some(s.postgres.clone()),
-        K::StreamReplicator(s) => Some(s.postgres.clone()),
-        K::DualWrite(s) => Some(s.primary.postgres.clone()),
-        K::Retention(s) => Some(s.postgres.clone()),
-        K::Custom { settings, .. } => settings
-            .get("postgres")
-            .and_then(|v| v.as_str())
-            .map(|d| PostgresDsn(crate::config::secret::Dsn::new(d))),
-        _ => None,
-    }
+    spec.kind.leadership().cloned()
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use super::leader;
 use super::state::{State, TRANSITIONS};
 use super::*;
-use crate::config::{CustomKind, KindSpec, LoadOptions, Sources};
-use crate::services::{BoxFuture, Factory, Service};
+use crate::config::types::PostgresDsn;
+use crate::config::{KindTable, LoadOptions, Runs, Settings, Sources};
+use crate::services::{ActionError, BoxFuture, Factory, Kinds, Registration, Service};
 
 /// What the mock services did, with the (paused) time since the test began.
 #[derive(Clone, Default)]
@@ -60,20 +61,47 @@ fn dur(v: &Json) -> Option<Duration> {
     v.as_str().and_then(|s| humantime::parse_duration(s).ok())
 }
 
+crate::config_table! {
+    /// The mock kind's settings (durations as written, "never" and
+    /// "forever" included).
+    pub struct MockSettings {
+        /// A duration, or "never".
+        pub ready_after: Option<String>,
+        /// A duration.
+        pub exit_after: Option<String>,
+        /// "ok", "err" or "panic".
+        pub exit: Option<String>,
+        /// The first N runs fail at once.
+        pub fail_times: Option<u64>,
+        /// A duration, or "forever".
+        pub stop_delay: Option<String>,
+        /// The factory refuses to build it.
+        pub unbuildable: Option<bool>,
+        /// The database of its singleton leadership.
+        pub postgres: Option<PostgresDsn>,
+    }
+}
+
+impl Settings for MockSettings {
+    fn leadership(&self) -> Option<&PostgresDsn> {
+        self.postgres.as_ref()
+    }
+}
+
+/// The mock kind, with its action `poke`.
+fn mock_kind(factory: MockFactory) -> Registration {
+    Registration::new::<MockSettings>("mock", Runs::InProcess, factory)
+        .action(crate::config::Action::new("poke", "Logs the poke."))
+}
+
 impl Factory for MockFactory {
-    fn kind(&self) -> &str {
-        "mock"
-    }
-    fn actions(&self) -> Vec<String> {
-        vec!["poke".into()]
-    }
     fn action(
         &self,
         spec: &ServiceSpec,
         action: &str,
         args: Json,
         _details: crate::services::Details,
-    ) -> BoxFuture<Result<Json, ServiceError>> {
+    ) -> BoxFuture<Result<Json, ActionError>> {
         let log = self.log.clone();
         let t0 = self.t0;
         let name = spec.name.clone();
@@ -84,17 +112,20 @@ impl Factory for MockFactory {
             tokio::time::sleep(takes).await;
             match action.as_str() {
                 "poke" => Ok(serde_json::json!({"poked": name})),
-                other => Err(ServiceError(format!("no action {other}"))),
+                other => Err(ActionError::Failed(format!("no action {other}"))),
             }
         })
     }
 
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
-        let KindSpec::Custom { settings, .. } = &spec.kind else {
-            return Err(ServiceError("not a mock".into()));
-        };
-        if settings.get("unbuildable").is_some() {
+        let typed = crate::services::settings_of::<MockSettings>(spec)?;
+        if typed.unbuildable.is_some() {
             return Err(ServiceError("cannot build".into()));
+        }
+        // The run reads its settings as JSON, without the absent ones.
+        let mut settings = crate::config::decode::Decode::to_json(typed);
+        if let Json::Object(o) = &mut settings {
+            o.retain(|_, v| !v.is_null());
         }
         let mut runs = self.runs.lock().unwrap();
         let run = runs.entry(spec.name.clone()).or_insert(0);
@@ -179,15 +210,22 @@ struct Harness {
     t0: Instant,
 }
 
+/// What the loader knows of the mock kind.
+fn mock_table() -> KindTable {
+    let mut t = KindTable::new();
+    t.add(
+        crate::config::KindDef::new::<MockSettings>("mock", Runs::InProcess)
+            .action(crate::config::Action::new("poke", "Logs the poke.")),
+    );
+    t
+}
+
 fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
     let text = format!("[api]\nenabled = false\n{registry}");
     let opts = LoadOptions {
         path: PathBuf::from("test.toml"),
         profile: None,
-        custom_kinds: vec![CustomKind {
-            name: "mock".into(),
-            actions: vec!["poke".into()],
-        }],
+        kinds: Arc::new(mock_table()),
     };
     let loaded = crate::config::load_text(&opts, text, &NoFiles, Default::default());
     let reg = loaded.registry.clone().unwrap_or_else(|| {
@@ -208,13 +246,13 @@ fn supervisor(registry: &str, coverage: Option<Coverage>) -> (Supervisor, Log, I
     let (reg, graph) = checked(registry);
     let log = Log::default();
     let t0 = Instant::now();
-    let mut factories = Factories::new();
-    factories.register(MockFactory {
+    let mut kinds = Kinds::new();
+    kinds.register(mock_kind(MockFactory {
         log: log.clone(),
         t0,
         runs: Default::default(),
-    });
-    let mut sup = Supervisor::new(&reg, graph, factories).with_seed(1);
+    }));
+    let mut sup = Supervisor::new(&reg, graph, kinds).with_seed(1);
     sup.coverage = coverage;
     (sup, log, t0)
 }
@@ -862,7 +900,7 @@ args = { takes = "15s" }
         h.handle
             .request_action("db", "nope", serde_json::json!({}))
             .await,
-        Err("no action nope".to_string())
+        Err("kind mock has no action \"nope\"; known: poke".to_string())
     );
     h.shutdown().await;
 }

@@ -58,7 +58,7 @@ pub fn load(sources: &MemSources, profile: Option<&str>) -> Checked {
     let opts = LoadOptions {
         path: PathBuf::from("services.toml"),
         profile: profile.map(str::to_string),
-        custom_kinds: Vec::new(),
+        kinds: std::sync::Arc::new(warden::services::builtin(PathBuf::from(".")).table()),
     };
     load_and_check(&opts, sources)
 }

@@ -5,17 +5,20 @@
 
 use std::time::Duration;
 
-use super::{BoxFuture, Context, Factory, Service, ServiceError};
-use crate::config::{HealthTiming, Probe, ReadyTiming, ServiceSpec};
+use super::{BoxFuture, Context, Factory, Registration, Service, ServiceError};
+use crate::config::{HealthTiming, NoSettings, Probe, ReadyTiming, Runs, ServiceSpec};
 use crate::metrics::ProbeRole;
 
-pub struct ExternalFactory;
+/// The registration of `kind = "external"`: no settings of its own (its
+/// check is the `ready` probe every service may have, which this kind
+/// requires).
+pub fn registration() -> Registration {
+    Registration::new::<NoSettings>("external", Runs::Check, ExternalFactory)
+}
+
+struct ExternalFactory;
 
 impl Factory for ExternalFactory {
-    fn kind(&self) -> &str {
-        "external"
-    }
-
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         let ready = spec
             .common

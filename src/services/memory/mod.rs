@@ -13,6 +13,7 @@
 //! `circuit.cooldown`.
 
 pub mod metrics;
+pub mod settings;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -22,53 +23,42 @@ use hyper::body::Bytes;
 use serde_json::Value as Json;
 
 use super::data::{listening, pg};
-use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
-use crate::config::{KindSpec, MemorySyncSpec, ServiceSpec};
+use super::{
+    ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
+    settings_of,
+};
+use crate::config::{Runs, ServiceSpec};
+pub use settings::MemorySyncSpec;
 
-/// Builds memory-sync services and runs their action (`replay-failed`).
-pub struct MemorySyncFactory;
-
-fn spec_of(spec: &ServiceSpec) -> Result<MemorySyncSpec, ServiceError> {
-    match &spec.kind {
-        KindSpec::MemorySync(m) => Ok(m.clone()),
-        other => Err(ServiceError(format!(
-            "the memory-sync factory got a {} service",
-            other.kind_name()
-        ))),
-    }
+/// The registration of `kind = "memory-sync"`.
+pub fn registration() -> Registration {
+    Registration::new::<MemorySyncSpec>("memory-sync", Runs::InProcess, MemorySyncFactory)
+        .continuous()
+        .action(super::data::replay_failed_action())
+        .metrics(metrics::FAMILIES)
 }
 
+/// Builds memory-sync services and runs their action (`replay-failed`).
+struct MemorySyncFactory;
+
 impl Factory for MemorySyncFactory {
-    fn kind(&self) -> &str {
-        "memory-sync"
-    }
-
-    fn actions(&self) -> Vec<String> {
-        vec!["replay-failed".into()]
-    }
-
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         Ok(Box::new(MemorySync {
-            spec: spec_of(spec)?,
+            spec: settings_of::<MemorySyncSpec>(spec)?.clone(),
         }))
     }
 
     fn action(
         &self,
         spec: &ServiceSpec,
-        action: &str,
+        _action: &str,
         args: Json,
         _details: Details,
-    ) -> BoxFuture<Result<Json, ServiceError>> {
-        let spec = spec_of(spec);
-        let action = action.to_string();
+    ) -> BoxFuture<Result<Json, ActionError>> {
+        // `replay-failed` is the kind's only action.
+        let spec = settings_of::<MemorySyncSpec>(spec).cloned();
         Box::pin(async move {
             let spec = spec?;
-            if action != "replay-failed" {
-                return Err(ServiceError(format!(
-                    "kind memory-sync has no action {action:?}; known: replay-failed"
-                )));
-            }
             super::data::replay_failed(&spec.postgres, &spec.table, &args).await
         })
     }

@@ -12,6 +12,7 @@
 //! PostgreSQL ends the run as a failure (the restart policy takes over).
 
 pub mod metrics;
+pub mod settings;
 pub mod sql;
 
 use std::time::{Duration, Instant};
@@ -19,56 +20,43 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use super::data::{listening, pg};
-use super::{BoxFuture, Context, Details, Factory, Service, ServiceError};
-use crate::config::{KindSpec, OutboxRelaySpec, ServiceSpec};
+use super::{
+    ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
+    settings_of,
+};
+use crate::config::{Runs, ServiceSpec};
+pub use settings::OutboxRelaySpec;
 
-/// Builds outbox relays and runs their action (`replay-failed`).
-pub struct OutboxFactory;
-
-fn spec_of(spec: &ServiceSpec) -> Result<OutboxRelaySpec, ServiceError> {
-    match &spec.kind {
-        KindSpec::OutboxRelay(o) => Ok(o.clone()),
-        other => Err(ServiceError(format!(
-            "the outbox-relay factory got a {} service",
-            other.kind_name()
-        ))),
-    }
+/// The registration of `kind = "outbox-relay"`.
+pub fn registration() -> Registration {
+    Registration::new::<OutboxRelaySpec>("outbox-relay", Runs::InProcess, OutboxFactory)
+        .continuous()
+        .action(super::data::replay_failed_action())
+        .metrics(metrics::FAMILIES)
 }
 
+/// Builds outbox relays and runs their action (`replay-failed`).
+struct OutboxFactory;
+
 impl Factory for OutboxFactory {
-    fn kind(&self) -> &str {
-        "outbox-relay"
-    }
-
-    fn actions(&self) -> Vec<String> {
-        vec!["replay-failed".into()]
-    }
-
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
         Ok(Box::new(Relay {
-            spec: spec_of(spec)?,
+            spec: settings_of::<OutboxRelaySpec>(spec)?.clone(),
         }))
     }
 
     fn action(
         &self,
         spec: &ServiceSpec,
-        action: &str,
+        _action: &str,
         args: Json,
         _details: Details,
-    ) -> BoxFuture<Result<Json, ServiceError>> {
-        let spec = spec_of(spec);
-        let action = action.to_string();
+    ) -> BoxFuture<Result<Json, ActionError>> {
+        // `replay-failed` is the kind's only action.
+        let spec = settings_of::<OutboxRelaySpec>(spec).cloned();
         Box::pin(async move {
             let spec = spec?;
-            match action.as_str() {
-                "replay-failed" => {
-                    super::data::replay_failed(&spec.postgres, &spec.table, &args).await
-                }
-                other => Err(ServiceError(format!(
-                    "kind outbox-relay has no action {other:?}; known: replay-failed"
-                ))),
-            }
+            super::data::replay_failed(&spec.postgres, &spec.table, &args).await
         })
     }
 }

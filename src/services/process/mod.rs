@@ -7,6 +7,8 @@
 //! SIGKILL after `stop.timeout`. When the main process ends, whatever it
 //! left in its group is killed, so restarts never accumulate strays.
 
+pub mod settings;
+
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,39 +20,38 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-use super::{BoxFuture, Context, Factory, Service, ServiceError, Stream};
-use crate::config::{KindSpec, ProbeCheck, ProcessSpec, ServiceSpec};
+use super::{
+    BoxFuture, Context, Factory, Registration, Service, ServiceError, Stream, settings_of,
+};
+use crate::config::{ProbeCheck, Runs, ServiceSpec};
 use crate::metrics::ProbeRole;
 use crate::sys::GroupGuard;
 use crate::sys::reaper::{ExitStatus, Reaper};
+pub use settings::{EnvValue, ProcessSpec};
 
-/// Builds process services; paths in the registry are relative to
-/// `base_dir` (the registry's directory).
-pub struct ProcessFactory {
-    pub base_dir: PathBuf,
+/// The registration of `kind = "process"`; paths in the registry are
+/// relative to `base_dir` (the registry's directory).
+pub fn registration(base_dir: PathBuf) -> Registration {
+    Registration::new::<ProcessSpec>("process", Runs::Process, ProcessFactory { base_dir })
+}
+
+/// Builds process services.
+struct ProcessFactory {
+    base_dir: PathBuf,
 }
 
 impl Factory for ProcessFactory {
-    fn kind(&self) -> &str {
-        "process"
-    }
-
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
-        match &spec.kind {
-            KindSpec::Process(_) => Ok(Box::new(ProcessService {
-                spec: spec.clone(),
-                base_dir: self.base_dir.clone(),
-            })),
-            other => Err(ServiceError(format!(
-                "the process factory got a {} service",
-                other.kind_name()
-            ))),
-        }
+        settings_of::<ProcessSpec>(spec)?;
+        Ok(Box::new(ProcessService {
+            spec: spec.clone(),
+            base_dir: self.base_dir.clone(),
+        }))
     }
 }
 
 struct ProcessService {
-    /// Its kind is `KindSpec::Process` (checked by the factory).
+    /// Its settings are a `ProcessSpec` (checked by the factory).
     spec: ServiceSpec,
     base_dir: PathBuf,
 }
@@ -74,9 +75,9 @@ impl Drop for PidDetail {
 
 impl ProcessService {
     fn process(&self) -> &ProcessSpec {
-        match &self.spec.kind {
-            KindSpec::Process(p) => p,
-            _ => unreachable!("the factory builds process services only"),
+        match self.spec.kind.settings::<ProcessSpec>() {
+            Some(p) => p,
+            None => unreachable!("the factory builds process services only"),
         }
     }
 

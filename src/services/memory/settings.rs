@@ -1,0 +1,71 @@
+//! The settings of `kind = "memory-sync"`.
+
+use std::time::Duration;
+
+use crate::config::Endpoint;
+use crate::config::decode::{config_table, defaults_of};
+use crate::config::kind::Settings;
+use crate::config::types::{Count, HttpUrl, PostgresDsn, TableName};
+
+config_table! {
+    /// Circuit breaker of the memory backend.
+    pub struct Circuit {
+        /// Consecutive failures that open the circuit.
+        pub failures: Count = Count(5),
+        /// Time the circuit stays open.
+        pub cooldown: Duration = Duration::from_secs(30),
+    }
+}
+
+config_table! {
+    /// `kind = "memory-sync"`: durable delivery of queued memory writes.
+    pub struct MemorySyncSpec {
+        /// PostgreSQL holding the queue.
+        pub postgres: PostgresDsn,
+        /// Queue table.
+        pub table: TableName = TableName::builtin("memory_write_outbox"),
+        /// Memory backend URL receiving POSTs.
+        pub endpoint: HttpUrl,
+        /// Time one POST may take.
+        pub timeout: Duration = Duration::from_secs(10),
+        /// Attempts before a row is marked failed.
+        pub max_retries: u32 = 10,
+        /// Circuit breaker.
+        pub circuit: Circuit = defaults_of(Circuit::all_defaults()),
+        /// Topic of the WAL event written to the outbox on success.
+        pub wal_topic: String = "memory.wal".to_string(),
+        /// Outbox table receiving the WAL events.
+        pub outbox_table: TableName = TableName::builtin("message_outbox"),
+        /// How long a claimed batch is leased.
+        pub lease: Duration = Duration::from_secs(30),
+        /// Fallback poll when no NOTIFY arrives.
+        pub poll_interval: Duration = Duration::from_secs(1),
+        /// Rows claimed per batch.
+        pub batch: Count = Count(50),
+        /// Create the tables at start (idempotent DDL).
+        pub create_schema: bool = true,
+    }
+}
+
+impl Settings for MemorySyncSpec {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        vec![
+            Endpoint::Postgres(self.postgres.clone()),
+            Endpoint::Http(self.endpoint.clone()),
+        ]
+    }
+
+    fn leadership(&self) -> Option<&PostgresDsn> {
+        Some(&self.postgres)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_has_a_default_for_every_key() {
+        assert!(Circuit::all_defaults().is_some());
+    }
+}

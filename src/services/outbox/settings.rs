@@ -1,0 +1,49 @@
+//! The settings of `kind = "outbox-relay"`.
+
+use std::time::Duration;
+
+use crate::config::Endpoint;
+use crate::config::decode::config_table;
+use crate::config::kind::Settings;
+use crate::config::types::{Count, PostgresDsn, RedisDsn, TableName};
+
+config_table! {
+    /// `kind = "outbox-relay"`: PostgreSQL outbox to Redis Streams.
+    pub struct OutboxRelaySpec {
+        /// PostgreSQL holding the outbox.
+        pub postgres: PostgresDsn,
+        /// Redis receiving the streams.
+        pub redis: RedisDsn,
+        /// Outbox table.
+        pub table: TableName = TableName::builtin("message_outbox"),
+        /// Prefix of stream names: topic `t` goes to stream `<prefix>t`.
+        pub stream_prefix: String = String::new(),
+        /// Approximate cap of each stream (`XADD MAXLEN ~`).
+        pub max_len: Option<u64>,
+        /// How long a claimed batch is leased.
+        pub lease: Duration = Duration::from_secs(30),
+        /// Attempts before a row is marked failed.
+        pub max_retries: u32 = 10,
+        /// Fallback poll when no NOTIFY arrives.
+        pub poll_interval: Duration = Duration::from_secs(1),
+        /// Delete rows once published instead of marking them sent.
+        pub delete_sent: bool = false,
+        /// Rows claimed per batch.
+        pub batch: Count = Count(100),
+        /// Create the table and trigger at start (idempotent DDL).
+        pub create_schema: bool = true,
+    }
+}
+
+impl Settings for OutboxRelaySpec {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        vec![
+            Endpoint::Postgres(self.postgres.clone()),
+            Endpoint::Redis(self.redis.clone()),
+        ]
+    }
+
+    fn leadership(&self) -> Option<&PostgresDsn> {
+        Some(&self.postgres)
+    }
+}
