@@ -1,4 +1,4 @@
--- memory-sync's queue table (DESIGN.md §5), as warden creates it at start
+-- memory-sync's queue table, as warden creates it at start
 -- when `create_schema = true` (the default) for `table =
 -- "memory_write_outbox"`. The WAL events go to the outbox table, whose DDL is
 -- sql/outbox-relay.sql (apply that first).

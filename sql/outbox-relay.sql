@@ -1,4 +1,4 @@
--- The outbox relay's table (DESIGN.md §5), as warden creates it at start
+-- The outbox relay's table, as warden creates it at start
 -- when `create_schema = true` (the default) for `table = "message_outbox"`.
 -- Apply it yourself with create_schema = false (psql -f). Other table
 -- names get the same statements with the name replaced.

@@ -1,4 +1,4 @@
-//! DESIGN.md §4 over real HTTP against a running warden: every route of
+//! The HTTP API over real HTTP against a running warden: every route of
 //! this first cut, the auth matrix, bad requests, and readiness flipping
 //! during startup and at SIGTERM.
 

@@ -1,4 +1,4 @@
-//! DESIGN.md §1 for the dry-run commands: the real `warden` binary, its
+//! The dry-run commands: the real `warden` binary, its
 //! output and its exit codes (0 valid, 1 invalid, 2 usage).
 
 use std::path::Path;

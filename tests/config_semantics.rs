@@ -1,4 +1,4 @@
-//! DESIGN.md §2 rules beyond single-value errors: profiles overlay
+//! Registry rules beyond single-value errors: profiles overlay
 //! anything, env files and the process environment, `*_file` secrets,
 //! defaults, and secrets masked in every output.
 

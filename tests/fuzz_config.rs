@@ -1,4 +1,4 @@
-//! Parsing and validation never panic on any input (issue 3): arbitrary
+//! Parsing and validation never panic on any input: arbitrary
 //! bytes, and arbitrary TOML documents built from warden's own keys so that
 //! the generator reaches deep into typing, profiles and the graph. Bounded:
 //! a fixed number of cases, a few seconds in all.

@@ -1,4 +1,4 @@
-//! Property tests of the graph stage (DESIGN.md §3 "Start", issue 3):
+//! Property tests of the graph stage (a service starts once its dependencies hold):
 //! for random DAGs the plan respects every edge; for random graphs with
 //! cycles every reported chain is a real cycle of the input.
 

@@ -1,4 +1,4 @@
-//! `kind = "memory-sync"` end to end (DESIGN.md §5) against a real
+//! `kind = "memory-sync"` end to end against a real
 //! PostgreSQL 15, a real Redis (for the outbox relay that publishes the
 //! WAL events) and a scripted HTTP memory backend run by the test.
 

@@ -1,4 +1,4 @@
-//! What an operator or a scraper watches over HTTP (DESIGN.md §4):
+//! What an operator or a scraper watches over HTTP:
 //! `/metrics` (checked by Prometheus's own `promtool`), the `/v1/events`
 //! stream, following a service's output, and the clients built on them
 //! (`warden logs`, `warden status --watch`).

@@ -1,4 +1,4 @@
-//! `kind = "outbox-relay"` end to end (DESIGN.md §5) against a real
+//! `kind = "outbox-relay"` end to end against a real
 //! PostgreSQL 15 and a real Redis that the test starts: rows become stream
 //! entries in order with the documented fields, an insert is relayed at
 //! once (LISTEN/NOTIFY, not the poll), a row Redis refuses is retried and

@@ -1,4 +1,4 @@
-//! DESIGN.md §3 "Readiness" and "Liveness" with real endpoints: every probe
+//! Readiness and liveness with real endpoints: every probe
 //! kind makes a service ready only when its check passes, and a failing
 //! health check restarts it.
 

@@ -1,4 +1,4 @@
-//! DESIGN.md §2, "every error names what the user wrote and where": a table
+//! "Every error names what the user wrote and where": a table
 //! of bad registries, each with the exact diagnostics `warden check` gives
 //! (line:column, code, message with the alternatives, help).
 

@@ -1,4 +1,4 @@
-//! DESIGN.md §3 with the real `warden` binary and real processes: critical
+//! Supervision with the real `warden` binary and real processes: critical
 //! failure and exit 3, no process left behind, PID 1 reaping, sd_notify in
 //! both directions, reload with a broken file.
 

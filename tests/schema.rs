@@ -1,4 +1,4 @@
-//! DESIGN.md §1 `warden schema`: every registry we ship validates against
+//! `warden schema`: every registry we ship validates against
 //! the JSON Schema, and the schema rejects what the loader rejects for
 //! shape (unknown keys, wrong types, unknown kinds).
 

@@ -1,4 +1,4 @@
-//! DESIGN.md §3 "Singletons": two warden instances share one PostgreSQL;
+//! Singletons: two warden instances share one PostgreSQL;
 //! a `singleton = true` service runs on exactly one of them, and the other
 //! takes over when the leader's session ends.
 

@@ -1,5 +1,5 @@
-//! The `api` service: health, readiness and control over HTTP (DESIGN.md
-//! §4), on hyper 1 directly (a handful of routes does not need a router,
+//! The `api` service: health, readiness and control over HTTP, on hyper 1
+//! directly (a handful of routes does not need a router,
 //! and a supervisor stays small).
 //!
 //! It is supervised like any other service: it says `ready` once it

@@ -1,4 +1,4 @@
-//! The routes of DESIGN.md §4, one function per route family.
+//! The routes of the API, one function per route family.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md §1). Each command parses its arguments,
+//! The command line. Each command parses its arguments,
 //! calls the library, prints, and maps the outcome to a documented exit
 //! code.
 

@@ -1,4 +1,4 @@
-//! `kind = "memory-sync"` (DESIGN.md §5): durable delivery of queued
+//! `kind = "memory-sync"`: durable delivery of queued
 //! memory writes to an HTTP memory backend.
 //!
 //! Rows of the queue table are claimed like the outbox relay's (lease,

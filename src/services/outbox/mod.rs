@@ -1,4 +1,4 @@
-//! `kind = "outbox-relay"` (DESIGN.md §5): rows of a PostgreSQL outbox
+//! `kind = "outbox-relay"`: rows of a PostgreSQL outbox
 //! table become entries of Redis streams, at least once.
 //!
 //! One run holds one PostgreSQL session (queries, and `LISTEN` for the
