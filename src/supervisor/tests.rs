@@ -13,7 +13,7 @@ use super::leader;
 use super::state::{State, TRANSITIONS};
 use super::*;
 use crate::config::{CustomKind, KindSpec, LoadOptions, Sources};
-use crate::services::{BoxFuture, Factory, Service};
+use crate::services::{BoxFuture, Context, Factory, Service};
 
 /// What the mock services did, with the (paused) time since the test began.
 #[derive(Clone, Default)]

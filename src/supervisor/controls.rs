@@ -1,0 +1,133 @@
+//! What an operator asks of one service: start, stop, restart, and its
+//! kind's actions.
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::events::{Happened, RestartReason};
+use super::restart::RestartBudget;
+use super::state::{Event, State};
+use super::{AfterStop, Supervisor, Unit};
+use crate::services::ServiceError;
+
+impl Supervisor {
+    fn known(&self, name: &str) -> Result<(), String> {
+        if self.units.contains_key(name) {
+            Ok(())
+        } else {
+            Err(format!("no such service: {name}"))
+        }
+    }
+
+    pub(super) fn control_start(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err("warden is shutting down".into());
+        }
+        let state = self.units[name].state;
+        match state {
+            State::Stopped | State::Failed | State::Completed => {
+                let u = &mut self.units[name];
+                u.budget = RestartBudget::new(
+                    u.spec.common.restart.max_restarts,
+                    u.spec.common.restart.window,
+                );
+                u.backoff.reset();
+                self.transition(name, Event::Reset);
+                self.unblock_dependents(name);
+                Ok(())
+            }
+            s => Err(format!(
+                "{name} is {s}; only a stopped, failed or completed service can be started"
+            )),
+        }
+    }
+
+    pub(super) fn control_stop(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        let state = self.units[name].state;
+        match state {
+            State::Starting | State::Ready => {
+                self.stop_unit(name, AfterStop::Stay);
+                Ok(())
+            }
+            State::Pending | State::Backoff | State::Standby | State::Blocked => {
+                self.units[name].generation += 1;
+                self.units[name].release_leadership();
+                self.transition(name, Event::Stop);
+                Ok(())
+            }
+            s => Err(format!("{name} is {s}; it is not running")),
+        }
+    }
+
+    pub(super) fn control_restart(&mut self, name: &str) -> Result<(), String> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err("warden is shutting down".into());
+        }
+        match self.units[name].state {
+            State::Starting | State::Ready => {
+                self.restarting(name, RestartReason::Operator);
+                self.stop_unit(name, AfterStop::Restart);
+                self.dependency_restarting(name);
+                Ok(())
+            }
+            State::Backoff => {
+                // Already counted as restarting (its failure); this only
+                // skips the rest of the delay.
+                self.start_unit(name);
+                Ok(())
+            }
+            _ => self.control_start(name),
+        }
+    }
+
+    /// Runs one of a service's actions in a task of its own (an action may
+    /// take long; the loop does not wait), and answers when it is done.
+    pub(super) fn control_action(
+        &self,
+        name: &str,
+        action: String,
+        args: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    ) {
+        let Some(u) = self.units.get(name) else {
+            let _ = reply.send(Err(format!("no such service: {name}")));
+            return;
+        };
+        let fut = self.action_future(u, &action, args);
+        let (events, service) = (self.events.clone(), u.name.clone());
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let result = fut.await.map_err(|e| e.0);
+            events.send(Happened::Action {
+                service,
+                action,
+                result: result.clone(),
+                duration: began.elapsed(),
+                at: std::time::SystemTime::now(),
+            });
+            let _ = reply.send(result);
+        });
+    }
+
+    /// The future of one action run, built by the service's factory.
+    pub(super) fn action_future(
+        &self,
+        u: &Unit,
+        action: &str,
+        args: serde_json::Value,
+    ) -> crate::services::BoxFuture<Result<serde_json::Value, ServiceError>> {
+        match self.factories.get(u.spec.kind.kind_name()) {
+            Some(f) => f.action(&u.spec, action, args, u.details.clone()),
+            None => {
+                let msg = format!(
+                    "kind {} has no implementation in this build of warden",
+                    u.spec.kind.kind_name()
+                );
+                Box::pin(async move { Err(ServiceError(msg)) })
+            }
+        }
+    }
+}
