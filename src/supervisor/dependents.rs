@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use super::events::RestartReason;
 use super::state::{Event, State};
-use super::{AfterStop, EXIT_CRITICAL, Supervisor};
+use super::{AfterStop, Supervisor};
 use crate::config::OnDependencyRestart;
 
 impl Supervisor {
     /// Every service that depends on `name`, directly or not.
-    fn transitive_dependents(&self, name: &str) -> Vec<Arc<str>> {
+    pub(super) fn transitive_dependents(&self, name: &str) -> Vec<Arc<str>> {
         let mut seen = HashSet::new();
         let mut stack = vec![name.to_string()];
         let mut out = Vec::new();
@@ -27,22 +27,23 @@ impl Supervisor {
         out
     }
 
-    pub(super) fn block_dependents(&mut self, name: &str) {
-        let dependents = self.transitive_dependents(name);
+    /// `name` failed for good: its `dependents` (every service that depends
+    /// on it, directly or not) can never run. Whether that ends warden is
+    /// decided with the rest ([`super::decide`]); this names the critical
+    /// service that would be left blocked.
+    pub(super) fn block_dependents(&mut self, name: &str, dependents: Vec<Arc<str>>) {
         if let Some(c) = dependents
             .iter()
             .find(|d| self.units[&***d].spec.common.critical)
         {
-            // A critical service that can never run is a critical failure.
             tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
             self.units[&**c].last_error =
                 Some(format!("blocked: its dependency {name} failed for good"));
-            self.exit_code = EXIT_CRITICAL;
         }
         for d in dependents {
             match self.units[&*d].state {
                 State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),
-                State::Stopping => self.units[&*d].after_stop = AfterStop::Block,
+                State::Stopping => self.units[&*d].stop_cause = AfterStop::Block.into(),
                 State::Pending | State::Backoff | State::Stopped | State::Standby => {
                     self.units[&*d].generation += 1;
                     self.units[&*d].release_leadership();
@@ -51,11 +52,10 @@ impl Supervisor {
                 _ => {}
             }
         }
-        if self.exit_code == EXIT_CRITICAL && !self.shutting_down {
-            self.request_shutdown();
-        }
     }
 
+    /// `name` may run again (an operator started it): its blocked
+    /// dependents wait for their conditions again.
     pub(super) fn unblock_dependents(&mut self, name: &str) {
         for d in self.transitive_dependents(name) {
             if self.units[&*d].state == State::Blocked {

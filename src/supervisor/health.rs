@@ -1,9 +1,8 @@
 //! Health checks: while a run is ready, its `health` probe runs, and
 //! `failure_threshold` failures in a row end the run as a failure.
 
-use super::events::RestartReason;
 use super::state::State;
-use super::{AfterStop, Msg, Supervisor};
+use super::{Msg, StopCause, Supervisor};
 
 impl Supervisor {
     /// Runs the unit's `health` probe while this run lives; crossing
@@ -61,7 +60,7 @@ impl Supervisor {
             return;
         };
         if u.generation == generation && u.state == State::Ready {
-            self.stop_unit(name, AfterStop::Failure(RestartReason::Health, error));
+            self.stop_unit(name, StopCause::HealthFailed(error));
         }
     }
 }

@@ -11,10 +11,12 @@
 //! This file holds the public types and the one place a state changes
 //! ([`Supervisor::transition`]); each concern of the loop has a file of its
 //! own: `event_loop` (the loop, the status, the shutdown), `runs` (start
-//! and stop one run, and what its end leads to), `controls`, `reload`,
+//! and stop one run, and carry out what its end leads to, which the pure
+//! [`decide::decide`] decides), `controls`, `reload`,
 //! `schedules`, `leadership`, `health` and `dependents`.
 
 mod controls;
+pub mod decide;
 mod dependents;
 mod event_loop;
 pub mod events;
@@ -40,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 use crate::services::{Details, Factories, Logs, Report, ServiceError};
-use events::{Events, Happened, RestartReason};
+use decide::AfterStop;
+use events::{Events, Happened};
 use restart::{BackoffState, RestartBudget};
 use state::{Event, State};
 
@@ -336,28 +339,21 @@ enum Msg {
     ShutdownTimeout,
 }
 
-/// What to do once a service that is stopping has ended.
+/// Why a unit that is stopping was asked to stop: what its end leads to.
 #[derive(Debug, Clone, PartialEq)]
-enum AfterStop {
-    /// Stay stopped.
-    Stay,
-    /// Wait for the dependencies again (a dependency restarted).
-    Reset,
-    /// Start again at once (an operator's restart).
-    Restart,
-    /// Count it as a failure (start timeout, failed health check).
-    Failure(RestartReason, String),
-    /// A dependency failed for good.
-    Block,
-    /// Reload turned it off.
-    Disable,
-    /// Reload removed it.
-    Remove,
-    /// Reload changed it: take `Unit::next_spec`, then wait for the
-    /// dependencies again.
-    Replace,
-    /// A singleton that lost its lock: wait in standby.
-    Standby,
+enum StopCause {
+    /// On request, for this purpose.
+    Asked(AfterStop),
+    /// Its health checks failed (the error to report once it has ended).
+    HealthFailed(String),
+    /// It was not ready within `start_timeout` (the error to report).
+    StartTimedOut(String),
+}
+
+impl From<AfterStop> for StopCause {
+    fn from(after: AfterStop) -> StopCause {
+        StopCause::Asked(after)
+    }
 }
 
 struct Unit {
@@ -368,7 +364,7 @@ struct Unit {
     generation: u64,
     cancel: Option<CancellationToken>,
     abort: Option<AbortHandle>,
-    after_stop: AfterStop,
+    stop_cause: StopCause,
     backoff: BackoffState,
     budget: RestartBudget,
     restarts: u64,
@@ -403,7 +399,7 @@ impl Unit {
             generation: 0,
             cancel: None,
             abort: None,
-            after_stop: AfterStop::Stay,
+            stop_cause: AfterStop::Stay.into(),
             backoff: BackoffState::new(r.backoff.clone()),
             budget: RestartBudget::new(r.max_restarts, r.window),
             restarts: 0,

@@ -51,7 +51,7 @@ impl Supervisor {
             summary.removed.push(name.to_string());
             match self.units[&*name].state {
                 State::Starting | State::Ready => self.stop_unit(&name, AfterStop::Remove),
-                State::Stopping => self.units[&*name].after_stop = AfterStop::Remove,
+                State::Stopping => self.units[&*name].stop_cause = AfterStop::Remove.into(),
                 _ => {
                     if let Some(u) = self.units.shift_remove(&*name) {
                         u.schedule_cancel.cancel();
@@ -111,7 +111,7 @@ impl Supervisor {
                 }
                 State::Stopping => {
                     self.units[name].next_spec = Some(spec.clone());
-                    self.units[name].after_stop = AfterStop::Replace;
+                    self.units[name].stop_cause = AfterStop::Replace.into();
                 }
                 State::Disabled => {
                     self.units[name].replace_spec(spec.clone());

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::decide::{Dependents, Ending, ExitInput, Outcome, Then, decide};
 use super::events::{Happened, RestartReason};
 use super::state::{Event, State};
-use super::{AfterStop, EXIT_CRITICAL, Msg, Supervisor};
-use crate::config::RestartPolicy;
+use super::{AfterStop, EXIT_CRITICAL, Msg, StopCause, Supervisor};
 use crate::services::{Context, ServiceError};
 
 impl Supervisor {
@@ -21,7 +21,7 @@ impl Supervisor {
         }
         let u = &mut self.units[name];
         u.generation += 1;
-        u.after_stop = AfterStop::Stay;
+        u.stop_cause = AfterStop::Stay.into();
         u.ready_since = None;
         if let Some(t) = u.start_timer.take() {
             t.abort();
@@ -93,13 +93,13 @@ impl Supervisor {
         }
     }
 
-    /// Asks a running unit to stop; `after` says what happens once it has.
-    pub(super) fn stop_unit(&mut self, name: &str, after: AfterStop) {
+    /// Asks a running unit to stop; `cause` says what happens once it has.
+    pub(super) fn stop_unit(&mut self, name: &str, cause: impl Into<StopCause>) {
         let u = &mut self.units[name];
         if !matches!(u.state, State::Starting | State::Ready) {
             return;
         }
-        u.after_stop = after;
+        u.stop_cause = cause.into();
         if let Some(c) = &u.cancel {
             c.cancel();
         }
@@ -131,10 +131,7 @@ impl Supervisor {
             let t = humantime::format_duration(u.spec.common.start_timeout);
             self.stop_unit(
                 name,
-                AfterStop::Failure(
-                    RestartReason::StartTimeout,
-                    format!("not ready within start_timeout ({t})"),
-                ),
+                StopCause::StartTimedOut(format!("not ready within start_timeout ({t})")),
             );
         }
     }
@@ -163,6 +160,9 @@ impl Supervisor {
         }
     }
 
+    /// A run ended: work out what that leads to ([`decide`]) and carry it
+    /// out. Reports of older runs, and anything that is not the end of a
+    /// live run, are ignored.
     pub(super) fn on_ended(
         &mut self,
         name: &str,
@@ -177,86 +177,132 @@ impl Supervisor {
         }
         u.cancel = None;
         u.abort = None;
-        match u.state {
-            State::Stopping => {
-                let after = std::mem::replace(&mut u.after_stop, AfterStop::Stay);
-                if let AfterStop::Failure(cause, reason) = after {
-                    self.failed(name, cause, reason);
-                    return;
-                }
-                self.transition(name, Event::Stopped);
-                tracing::info!(service = %name, "stopped");
-                if !matches!(
-                    after,
-                    AfterStop::Standby | AfterStop::Restart | AfterStop::Reset | AfterStop::Replace
-                ) || self.shutting_down
-                {
-                    self.units[name].release_leadership();
-                }
-                match after {
-                    AfterStop::Reset if !self.shutting_down => {
-                        self.transition(name, Event::Reset);
-                    }
-                    AfterStop::Restart if !self.shutting_down => {
-                        self.start_unit(name);
-                    }
-                    AfterStop::Block => {
-                        self.transition(name, Event::Block);
-                    }
-                    AfterStop::Disable => {
-                        self.transition(name, Event::Disable);
-                    }
-                    AfterStop::Remove => {
-                        if let Some(u) = self.units.shift_remove(name) {
-                            u.schedule_cancel.cancel();
-                        }
-                    }
-                    AfterStop::Standby if !self.shutting_down => {
-                        self.transition(name, Event::Standby);
-                    }
-                    AfterStop::Replace => {
-                        let u = &mut self.units[name];
-                        if let Some(spec) = u.next_spec.take() {
-                            u.replace_spec(spec);
-                        }
-                        if !self.shutting_down {
-                            self.transition(name, Event::Reset);
-                        }
-                    }
-                    _ => {}
-                }
-            }
+        let (ending, error) = match u.state {
+            State::Stopping => match std::mem::replace(&mut u.stop_cause, AfterStop::Stay.into()) {
+                StopCause::Asked(after) => (Ending::Stopped(after), None),
+                StopCause::HealthFailed(e) => (Ending::HealthFailed, Some(e)),
+                StopCause::StartTimedOut(e) => (Ending::StartTimedOut, Some(e)),
+            },
             State::Starting | State::Ready => match result {
-                Ok(()) => {
-                    let c = &u.spec.common;
-                    if c.oneshot {
-                        tracing::info!(service = %name, "completed");
-                        self.transition(name, Event::Complete);
-                    } else if c.restart.policy == RestartPolicy::Always && !self.shutting_down {
-                        tracing::info!(service = %name, "exited; restarting (policy always)");
-                        self.retry_or_fail(name, RestartReason::Exited, "exited".into());
-                    } else {
-                        tracing::info!(service = %name, "exited");
-                        self.transition(name, Event::Exit);
-                    }
-                }
-                Err(e) => self.failed(name, RestartReason::Failure, e.0),
+                Ok(()) => (Ending::Exited, None),
+                Err(e) => (Ending::Failed, Some(e.0)),
             },
             // A build failure arrives while still Starting; anything else
             // is a stale message.
-            _ => {}
+            _ => return,
+        };
+        let c = &u.spec.common;
+        let (policy, oneshot, critical) = (c.restart.policy, c.oneshot, c.critical);
+        let budget_left = u.budget.allows(Instant::now());
+        // Whether a critical service would be blocked matters only when the
+        // run may fail for good; the walk is skipped when it cannot.
+        let dependents = if critical || matches!(ending, Ending::Stopped(_)) {
+            Vec::new()
+        } else {
+            self.transitive_dependents(name)
+        };
+        let critical_dependent = dependents
+            .iter()
+            .any(|d| self.units[&**d].spec.common.critical);
+        let decision = decide(ExitInput {
+            ending,
+            policy,
+            oneshot,
+            critical,
+            budget_left,
+            critical_dependent,
+            shutting_down: self.shutting_down,
+        });
+        // What the run itself said, whatever follows.
+        match &error {
+            Some(e) => {
+                tracing::warn!(service = %name, error = %e, "failed");
+                self.units[name].last_error = Some(e.clone());
+            }
+            None if ending == Ending::Exited => match decision.service {
+                Outcome::Complete => tracing::info!(service = %name, "completed"),
+                Outcome::Exit => tracing::info!(service = %name, "exited"),
+                _ => tracing::info!(service = %name, "exited; restarting (policy always)"),
+            },
+            None => {}
+        }
+        let reason = error.unwrap_or_else(|| "exited".into());
+        match decision.service {
+            Outcome::Restart(cause) => self.restart_after_backoff(name, cause, &reason),
+            Outcome::Fail { budget_spent } => {
+                if budget_spent {
+                    let u = &mut self.units[name];
+                    let r = &u.spec.common.restart;
+                    u.last_error = Some(format!(
+                        "{reason} (restart budget of {} in {} exhausted)",
+                        r.max_restarts,
+                        humantime::format_duration(r.window)
+                    ));
+                }
+                self.transition(name, Event::Fail);
+                if critical && !self.shutting_down {
+                    tracing::error!(service = %name, "critical service failed for good; shutting down");
+                }
+            }
+            Outcome::Complete => {
+                self.transition(name, Event::Complete);
+            }
+            Outcome::Exit => {
+                self.transition(name, Event::Exit);
+            }
+            Outcome::Stopped { then, keep_lock } => {
+                self.transition(name, Event::Stopped);
+                tracing::info!(service = %name, "stopped");
+                if !keep_lock {
+                    self.units[name].release_leadership();
+                }
+                self.after_stop(name, then);
+            }
+        }
+        match decision.dependents {
+            Dependents::Untouched => {}
+            Dependents::Restart => self.dependency_restarting(name),
+            Dependents::Block => self.block_dependents(name, dependents),
+        }
+        if decision.critical_exit {
+            self.exit_code = EXIT_CRITICAL;
+            if !self.shutting_down {
+                self.request_shutdown();
+            }
         }
     }
 
-    /// A run failed: restart it within its budget, or fail it for good.
-    fn failed(&mut self, name: &str, cause: RestartReason, reason: String) {
-        tracing::warn!(service = %name, error = %reason, "failed");
-        let u = &mut self.units[name];
-        u.last_error = Some(reason.clone());
-        if u.spec.common.restart.policy == RestartPolicy::Never || self.shutting_down {
-            self.fail_for_good(name);
-        } else {
-            self.retry_or_fail(name, cause, reason);
+    /// A run that was stopped on request has ended: what the stop was for.
+    fn after_stop(&mut self, name: &str, then: Then) {
+        match then {
+            Then::Stay => {}
+            Then::Wait => {
+                self.transition(name, Event::Reset);
+            }
+            Then::Start => self.start_unit(name),
+            Then::Block => {
+                self.transition(name, Event::Block);
+            }
+            Then::Disable => {
+                self.transition(name, Event::Disable);
+            }
+            Then::Remove => {
+                if let Some(u) = self.units.shift_remove(name) {
+                    u.schedule_cancel.cancel();
+                }
+            }
+            Then::Standby => {
+                self.transition(name, Event::Standby);
+            }
+            Then::Replace | Then::ReplaceAndWait => {
+                let u = &mut self.units[name];
+                if let Some(spec) = u.next_spec.take() {
+                    u.replace_spec(spec);
+                }
+                if then == Then::ReplaceAndWait {
+                    self.transition(name, Event::Reset);
+                }
+            }
         }
     }
 
@@ -274,7 +320,9 @@ impl Supervisor {
         });
     }
 
-    fn retry_or_fail(&mut self, name: &str, cause: RestartReason, reason: String) {
+    /// The run ended and the budget allows another: count the restart and
+    /// start again after the backoff delay.
+    fn restart_after_backoff(&mut self, name: &str, cause: RestartReason, reason: &str) {
         let now = Instant::now();
         let u = &mut self.units[name];
         // Stable readiness for reset_after starts the backoff over (judged
@@ -283,45 +331,22 @@ impl Supervisor {
         if stable.is_some_and(|d| d >= u.spec.common.restart.reset_after) {
             u.backoff.reset();
         }
-        if u.budget.try_restart(now) {
-            let delay = u.backoff.next_delay(&mut self.rng);
-            u.restarts += 1;
-            let generation = u.generation;
-            let timer_name = u.name.clone();
-            tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
-            self.restarting(name, cause);
-            self.transition(name, Event::Retry);
-            self.timer(
-                delay,
-                Msg::BackoffElapsed {
-                    name: timer_name,
-                    generation,
-                },
-            );
-            self.dependency_restarting(name);
-        } else {
-            let r = &u.spec.common.restart;
-            u.last_error = Some(format!(
-                "{reason} (restart budget of {} in {} exhausted)",
-                r.max_restarts,
-                humantime::format_duration(r.window)
-            ));
-            self.fail_for_good(name);
-        }
-    }
-
-    fn fail_for_good(&mut self, name: &str) {
-        self.transition(name, Event::Fail);
-        let critical = self.units[name].spec.common.critical;
-        if critical && !self.shutting_down {
-            tracing::error!(service = %name, "critical service failed for good; shutting down");
-            self.exit_code = EXIT_CRITICAL;
-            self.request_shutdown();
-        } else if critical {
-            self.exit_code = EXIT_CRITICAL;
-        } else {
-            self.block_dependents(name);
-        }
+        let counted = u.budget.try_restart(now);
+        debug_assert!(counted, "decide() restarts only within the budget");
+        let delay = u.backoff.next_delay(&mut self.rng);
+        u.restarts += 1;
+        let generation = u.generation;
+        let timer_name = u.name.clone();
+        tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
+        self.restarting(name, cause);
+        self.transition(name, Event::Retry);
+        self.timer(
+            delay,
+            Msg::BackoffElapsed {
+                name: timer_name,
+                generation,
+            },
+        );
     }
 }
 
