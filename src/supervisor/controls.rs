@@ -7,22 +7,26 @@ use tokio::time::Instant;
 use super::events::{Happened, RestartReason};
 use super::restart::RestartBudget;
 use super::state::{Event, State};
-use super::{AfterStop, Supervisor, Unit};
+use super::{AfterStop, ControlError, Supervisor, Unit};
 use crate::services::ServiceError;
 
 impl Supervisor {
-    fn known(&self, name: &str) -> Result<(), String> {
+    /// A control names a service of the registry, or is refused as unknown.
+    fn known(&self, name: &str) -> Result<(), ControlError> {
         if self.units.contains_key(name) {
             Ok(())
         } else {
-            Err(format!("no such service: {name}"))
+            Err(ControlError::UnknownService { name: name.into() })
         }
     }
 
-    pub(super) fn control_start(&mut self, name: &str) -> Result<(), String> {
+    /// An operator's start of a service that is not running and will not
+    /// start by itself: a fresh start (budget and backoff start over), and
+    /// its blocked dependents wait for it again.
+    pub(super) fn control_start(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
         if self.shutting_down {
-            return Err("warden is shutting down".into());
+            return Err(ControlError::shutting_down());
         }
         let state = self.units[name].state;
         match state {
@@ -37,13 +41,14 @@ impl Supervisor {
                 self.unblock_dependents(name);
                 Ok(())
             }
-            s => Err(format!(
+            s => Err(ControlError::conflict(format!(
                 "{name} is {s}; only a stopped, failed or completed service can be started"
-            )),
+            ))),
         }
     }
 
-    pub(super) fn control_stop(&mut self, name: &str) -> Result<(), String> {
+    /// An operator's stop: the service stays stopped until started again.
+    pub(super) fn control_stop(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
         let state = self.units[name].state;
         match state {
@@ -57,14 +62,18 @@ impl Supervisor {
                 self.transition(name, Event::Stop);
                 Ok(())
             }
-            s => Err(format!("{name} is {s}; it is not running")),
+            s => Err(ControlError::conflict(format!(
+                "{name} is {s}; it is not running"
+            ))),
         }
     }
 
-    pub(super) fn control_restart(&mut self, name: &str) -> Result<(), String> {
+    /// An operator's restart: stop the run (its dependents follow their
+    /// `on_dependency_restart`) and start again at once.
+    pub(super) fn control_restart(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
         if self.shutting_down {
-            return Err("warden is shutting down".into());
+            return Err(ControlError::shutting_down());
         }
         match self.units[name].state {
             State::Starting | State::Ready => {
@@ -90,10 +99,10 @@ impl Supervisor {
         name: &str,
         action: String,
         args: serde_json::Value,
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<serde_json::Value, ControlError>>,
     ) {
         let Some(u) = self.units.get(name) else {
-            let _ = reply.send(Err(format!("no such service: {name}")));
+            let _ = reply.send(Err(ControlError::UnknownService { name: name.into() }));
             return;
         };
         let fut = self.action_future(u, &action, args);
@@ -108,7 +117,8 @@ impl Supervisor {
                 duration: began.elapsed(),
                 at: std::time::SystemTime::now(),
             });
-            let _ = reply.send(result);
+            // The action ran and failed: a fault, not the caller's mistake.
+            let _ = reply.send(result.map_err(|reason| ControlError::Fault { reason }));
         });
     }
 

@@ -77,24 +77,24 @@ pub enum Control {
     /// Start a stopped, failed or completed service.
     Start {
         name: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
     /// Stop a service (it stays stopped).
     Stop {
         name: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
     /// Stop a service if it runs, then start it again.
     Restart {
         name: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ControlError>>,
     },
     /// Run one of a service's kind-specific actions.
     Action {
         name: String,
         action: String,
         args: serde_json::Value,
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<serde_json::Value, ControlError>>,
     },
     /// Answers at once: proves the loop is live (systemd's watchdog).
     Ping { reply: oneshot::Sender<()> },
@@ -103,9 +103,55 @@ pub enum Control {
     Reload {
         registry: Box<Registry>,
         graph: Graph,
-        reply: oneshot::Sender<Result<ReloadSummary, String>>,
+        reply: oneshot::Sender<Result<ReloadSummary, ControlError>>,
     },
 }
+
+/// Why a control was refused. The words (its `Display`) are what an
+/// operator reads, in the API's `{"error": ...}` and from the client
+/// commands; the kind is what the API answers with: a conflict of states
+/// is not the caller's typo, and neither is a fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// No service has that name.
+    UnknownService { name: String },
+    /// The state of the service, or of warden, does not allow it now (a
+    /// stopped service cannot be stopped; nothing starts during the
+    /// shutdown).
+    Conflict { reason: String },
+    /// The request itself is malformed (an action's body that is not
+    /// JSON).
+    BadRequest { reason: String },
+    /// Something failed that should have worked: an action's run failed.
+    Fault { reason: String },
+}
+
+impl ControlError {
+    /// A conflict, said in `reason`.
+    pub fn conflict(reason: impl Into<String>) -> ControlError {
+        ControlError::Conflict {
+            reason: reason.into(),
+        }
+    }
+
+    /// Nothing starts, stops or reloads once the shutdown has begun.
+    pub fn shutting_down() -> ControlError {
+        ControlError::conflict("warden is shutting down")
+    }
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::UnknownService { name } => write!(f, "no such service: {name}"),
+            ControlError::Conflict { reason }
+            | ControlError::BadRequest { reason }
+            | ControlError::Fault { reason } => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
 
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,16 +183,18 @@ impl Handle {
     }
 
     /// Sends a control that answers, and waits for the answer.
+    /// A supervisor that has ended (its loop returned once everything had
+    /// stopped) refuses as warden does while it stops: a conflict.
     pub async fn request<T>(
         &self,
-        f: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Control,
-    ) -> Result<T, String> {
+        f: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Control,
+    ) -> Result<T, ControlError> {
+        let ended = || ControlError::conflict("the supervisor has ended");
         let (tx, rx) = oneshot::channel();
         if !self.send(f(tx)) {
-            return Err("the supervisor has ended".into());
+            return Err(ended());
         }
-        rx.await
-            .unwrap_or_else(|_| Err("the supervisor has ended".into()))
+        rx.await.unwrap_or_else(|_| Err(ended()))
     }
 
     /// The latest status of every service.
@@ -155,19 +203,19 @@ impl Handle {
     }
 
     /// Starts a stopped, failed or completed service.
-    pub async fn start(&self, name: &str) -> Result<(), String> {
+    pub async fn start(&self, name: &str) -> Result<(), ControlError> {
         let name = name.to_string();
         self.request(|reply| Control::Start { name, reply }).await
     }
 
     /// Stops a service (it stays stopped).
-    pub async fn stop(&self, name: &str) -> Result<(), String> {
+    pub async fn stop(&self, name: &str) -> Result<(), ControlError> {
         let name = name.to_string();
         self.request(|reply| Control::Stop { name, reply }).await
     }
 
     /// Stops a service if it runs, then starts it again.
-    pub async fn restart(&self, name: &str) -> Result<(), String> {
+    pub async fn restart(&self, name: &str) -> Result<(), ControlError> {
         let name = name.to_string();
         self.request(|reply| Control::Restart { name, reply }).await
     }
@@ -177,7 +225,7 @@ impl Handle {
         &self,
         registry: Registry,
         graph: Graph,
-    ) -> Result<ReloadSummary, String> {
+    ) -> Result<ReloadSummary, ControlError> {
         let registry = Box::new(registry);
         self.request(|reply| Control::Reload {
             registry,
@@ -193,7 +241,7 @@ impl Handle {
         name: &str,
         action: &str,
         args: serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, ControlError> {
         let (name, action) = (name.to_string(), action.to_string());
         self.request(|reply| Control::Action {
             name,

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Happened, RestartReason};
 use super::restart::{BackoffState, RestartBudget};
 use super::state::{Event, State};
-use super::{AfterStop, ReloadSummary, Supervisor, Unit};
+use super::{AfterStop, ControlError, ReloadSummary, Supervisor, Unit};
 use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 
@@ -34,9 +34,9 @@ impl Supervisor {
         &mut self,
         registry: Registry,
         graph: Graph,
-    ) -> Result<ReloadSummary, String> {
+    ) -> Result<ReloadSummary, ControlError> {
         if self.shutting_down {
-            return Err("warden is shutting down".into());
+            return Err(ControlError::shutting_down());
         }
         let mut summary = ReloadSummary::default();
         let log_lines = registry.warden.log_lines.0 as usize;

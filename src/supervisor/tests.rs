@@ -691,9 +691,11 @@ on_dependency_restart = "restart"
     h.wait("app", State::Ready).await;
     assert_eq!(h.handle.stop("app").await, Ok(()));
     h.wait("app", State::Stopped).await;
-    assert_eq!(
-        h.handle.stop("app").await,
-        Err("app is stopped; it is not running".into())
+    let refused = h.handle.stop("app").await.unwrap_err();
+    assert_eq!(refused.to_string(), "app is stopped; it is not running");
+    assert!(
+        matches!(refused, ControlError::Conflict { .. }),
+        "{refused:?}"
     );
     assert_eq!(h.handle.start("app").await, Ok(()));
     h.wait("app", State::Ready).await;
@@ -706,9 +708,13 @@ on_dependency_restart = "restart"
         3,
         "rest_for_one on an operator's restart too"
     );
+    let refused = h.handle.start("nope").await.unwrap_err();
+    assert_eq!(refused.to_string(), "no such service: nope");
     assert_eq!(
-        h.handle.start("nope").await,
-        Err("no such service: nope".into())
+        refused,
+        ControlError::UnknownService {
+            name: "nope".into()
+        }
     );
     h.shutdown().await;
 }
@@ -862,7 +868,10 @@ args = { takes = "15s" }
         h.handle
             .request_action("db", "nope", serde_json::json!({}))
             .await,
-        Err("no action nope".to_string())
+        Err(ControlError::Fault {
+            reason: "no action nope".to_string()
+        }),
+        "an action that runs and fails is a fault"
     );
     h.shutdown().await;
 }
