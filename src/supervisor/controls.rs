@@ -69,12 +69,15 @@ impl Supervisor {
     }
 
     /// An operator's restart: stop the run (its dependents follow their
-    /// `on_dependency_restart`) and start again at once.
+    /// `on_dependency_restart`) and start again at once. A service that is
+    /// not running is started; one that cannot be is refused with words
+    /// about a restart, saying what to do instead.
     pub(super) fn control_restart(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
         if self.shutting_down {
             return Err(ControlError::shutting_down());
         }
+        let refuse = |why: &str| Err(ControlError::conflict(format!("{name} {why}")));
         match self.units[name].state {
             State::Starting | State::Ready => {
                 self.restarting(name, RestartReason::Operator);
@@ -88,7 +91,19 @@ impl Supervisor {
                 self.start_unit(name);
                 Ok(())
             }
-            _ => self.control_start(name),
+            // Already waiting for its dependencies, with nothing running to
+            // stop: the run it gets once they hold is the fresh start asked
+            // for. Refusing would fail a restart of a service about to start.
+            State::Pending => Ok(()),
+            State::Stopped | State::Failed | State::Completed => self.control_start(name),
+            State::Stopping => refuse("is stopping; restart it once it has stopped"),
+            State::Blocked => refuse(
+                "is blocked; a dependency failed for good: start that dependency to unblock it",
+            ),
+            State::Standby => refuse(
+                "is standby; another instance holds its singleton lock and runs it: restart it there",
+            ),
+            State::Disabled => refuse("is disabled; enable it in the registry and reload"),
         }
     }
 

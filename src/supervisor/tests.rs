@@ -720,6 +720,103 @@ on_dependency_restart = "restart"
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restart_of_a_pending_service_is_accepted_and_it_starts_once_its_dependencies_hold() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "1s"
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+"#,
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.state("app"), State::Pending);
+    assert_eq!(h.handle.restart("app").await, Ok(()));
+    assert_eq!(h.state("app"), State::Pending, "still waiting for db");
+    h.wait("app", State::Ready).await;
+    assert_eq!(
+        h.log.times("start app"),
+        vec![1000],
+        "one run, once db was ready: nothing else to restart"
+    );
+    assert_eq!(h.status("app").restarts, 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_that_cannot_be_done_says_so_in_words_about_a_restart() {
+    let h = start(
+        r#"
+[services.dep]
+kind = "mock"
+exit = "err"
+exit_after = "1s"
+restart = { policy = "never" }
+[services.user]
+kind = "mock"
+depends_on = ["dep"]
+[services.slow]
+kind = "mock"
+stop_delay = "10s"
+[services.off]
+kind = "mock"
+enabled = false
+[services.crash]
+kind = "mock"
+exit = "err"
+exit_after = "0s"
+restart = { max_restarts = 5, backoff = { initial = "1h", max = "1h" } }
+"#,
+    );
+    h.wait("user", State::Blocked).await;
+    h.wait("slow", State::Ready).await;
+    h.wait("crash", State::Backoff).await;
+    h.handle.stop("slow").await.unwrap();
+    assert_eq!(h.state("slow"), State::Stopping);
+    let refusals = [
+        ("slow", "slow is stopping; restart it once it has stopped"),
+        (
+            "user",
+            "user is blocked; a dependency failed for good: start that dependency to unblock it",
+        ),
+        (
+            "off",
+            "off is disabled; enable it in the registry and reload",
+        ),
+    ];
+    for (name, words) in refusals {
+        let refused = h.handle.restart(name).await.unwrap_err();
+        assert_eq!(refused, ControlError::conflict(words), "{name}");
+    }
+    // In backoff, a restart skips the rest of the delay.
+    let t = h.ms();
+    assert_eq!(h.handle.restart("crash").await, Ok(()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.log.times("start crash"), vec![0, t]);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_of_a_standby_singleton_points_to_the_instance_that_runs_it() {
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(SINGLETON, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    assert_eq!(
+        b.handle.restart("cron").await,
+        Err(ControlError::conflict(
+            "cron is standby; another instance holds its singleton lock and runs it: restart it there"
+        ))
+    );
+    assert_eq!(b.state("cron"), State::Standby);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_dependency_blocks_until_an_operator_starts_it_again() {
     let h = start(
         r#"
