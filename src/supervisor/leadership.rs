@@ -49,6 +49,9 @@ impl Supervisor {
         self.units[name].leadership = Some(cancel);
     }
 
+    /// The lock's task reports: the leader runs the singleton, a standby
+    /// waits, and losing the lock stops the run into standby (two
+    /// instances must never run it at once).
     pub(super) fn handle_leadership(&mut self, name: &str, l: leader::Leadership) {
         let Some(u) = self.units.get_mut(name) else {
             return;

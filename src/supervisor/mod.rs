@@ -84,7 +84,8 @@ pub enum Control {
         name: String,
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
-    /// Stop a service if it runs, then start it again.
+    /// Stop a service if it runs, then start it again (a pending one is
+    /// left to start once its dependencies hold).
     Restart {
         name: String,
         reply: oneshot::Sender<Result<(), ControlError>>,
@@ -214,7 +215,8 @@ impl Handle {
         self.request(|reply| Control::Stop { name, reply }).await
     }
 
-    /// Stops a service if it runs, then starts it again.
+    /// Stops a service if it runs, then starts it again (a pending one is
+    /// left to start once its dependencies hold).
     pub async fn restart(&self, name: &str) -> Result<(), ControlError> {
         let name = name.to_string();
         self.request(|reply| Control::Restart { name, reply }).await
@@ -438,6 +440,7 @@ struct Unit {
 }
 
 impl Unit {
+    /// A unit in `state` that has never run.
     fn new(spec: ServiceSpec, state: State, log_lines: usize) -> Unit {
         let r = &spec.common.restart;
         Unit {

@@ -350,6 +350,8 @@ impl Supervisor {
     }
 }
 
+/// The message of a run's panic, so that a panic reads as the run's
+/// failure (`last_error`) rather than as a crash of warden.
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         s.to_string()
