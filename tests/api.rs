@@ -141,9 +141,36 @@ fn routes_answer_and_readiness_follows_startup_and_shutdown() {
     w.wait_event("app", "stopped");
     let (status, _, body) = http(port, "POST", "/v1/services/app/stop", &[], b"");
     assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "app is stopped; it is not running");
     let (status, _, _) = http(port, "POST", "/v1/services/app/start", &[], b"");
     assert_eq!(status, 200);
     wait_http(port, "/v1/health", 200);
+    // Each refusal has its own status: an unknown service is 404 for every
+    // control, a conflict of states 409 (above), a bad body 400 and a
+    // failed action 500 (below).
+    for op in ["start", "stop", "restart"] {
+        let (status, _, body) = http(port, "POST", &format!("/v1/services/ghost/{op}"), &[], b"");
+        assert_eq!(status, 404, "{op}: {}", String::from_utf8_lossy(&body));
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["error"],
+            "no such service: \"ghost\"; known: api, db, app, broken, janitor"
+        );
+    }
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/janitor/actions/replay-failed",
+        &[],
+        b"{}",
+    );
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&body));
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
 
     // Actions: unknown ones are 404, malformed JSON 400, big bodies 413.
     let (status, _, body) = http(
@@ -326,6 +353,32 @@ fn the_client_commands_talk_to_the_daemon() {
         err.contains("HTTP 409") && err.contains("not running"),
         "{err}"
     );
+    // The client prints the API's own words for every kind of refusal.
+    for (args, path, body) in [
+        (&["stop", "app"][..], "/v1/services/app/stop", &b""[..]),
+        (
+            &["restart", "ghost"][..],
+            "/v1/services/ghost/restart",
+            &b""[..],
+        ),
+        (
+            &["action", "janitor", "run", "{}"][..],
+            "/v1/services/janitor/actions/run",
+            &b"{}"[..],
+        ),
+        (
+            &["action", "janitor", "replay-failed", "{}"][..],
+            "/v1/services/janitor/actions/replay-failed",
+            &b"{}"[..],
+        ),
+    ] {
+        let (status, _, answer) = http(port, "POST", path, &[], body);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let words = answer["error"].as_str().unwrap();
+        let (code, _, err) = client(port, args);
+        assert_eq!(code, 1, "{args:?}");
+        assert_eq!(err, format!("error: HTTP {status}: {words}\n"), "{args:?}");
+    }
     assert_eq!(client(port, &["start", "app"]).0, 0);
     let (code, _, err) = client(port, &["action", "db", "nope"]);
     assert_eq!(code, 1);

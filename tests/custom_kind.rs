@@ -208,6 +208,15 @@ fn a_library_kind_is_in_the_schema_the_check_the_openapi_and_the_api() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["result"]["said"], "hello, tests", "{answer}");
     assert_eq!(answer["action"], "greet");
+    // A body the action cannot take is the caller's mistake: 400.
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/greeter/actions/greet",
+        &[],
+        br#"{"name": 7}"#,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     // An action the kind does not have: 404, naming the ones it has.
     let (status, _, body) = http(
         port,

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use crate::config::{API_KIND, ApiSpec, KindTable, NoSettings, Registry, Runs, ServiceSpec};
 use crate::graph::Graph;
 use crate::services::{BoxFuture, Context, Factory, Registration, Service, ServiceError};
-use crate::supervisor::Handle;
+use crate::supervisor::{ControlError, Handle};
 
 /// Loads and checks the registry again (for `POST /v1/reload`).
 pub type Reloader = Arc<dyn Fn() -> Result<(Registry, Graph), String> + Send + Sync>;
@@ -56,15 +56,12 @@ impl ApiState {
     /// SIGHUP and `POST /v1/reload`. An invalid registry is refused with
     /// its rendered errors and the running services are left alone.
     pub async fn reload(&self) -> Result<crate::supervisor::ReloadSummary, ReloadError> {
-        let handle = self
-            .handle
-            .get()
-            .cloned()
-            .ok_or(ReloadError::Unavailable("warden is starting".into()))?;
-        let reloader = self
-            .reloader
-            .clone()
-            .ok_or(ReloadError::Unavailable("reload is not available".into()))?;
+        let handle = self.handle.get().cloned().ok_or_else(|| {
+            ReloadError::Unavailable(ControlError::conflict("warden is starting"))
+        })?;
+        let reloader = self.reloader.clone().ok_or_else(|| {
+            ReloadError::Unavailable(ControlError::conflict("reload is not available"))
+        })?;
         crate::supervisor::systemd::reloading();
         let outcome = match reloader() {
             Err(errors) => Err(ReloadError::Invalid(errors)),
@@ -92,8 +89,8 @@ impl ApiState {
 pub enum ReloadError {
     /// The new registry is invalid (its rendered diagnostics).
     Invalid(String),
-    /// The supervisor could not take it.
-    Unavailable(String),
+    /// The supervisor could not take it (not now, or not at all).
+    Unavailable(ControlError),
 }
 
 /// The registration of the `api` service's kind: the implicit service that

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::services::LogLine;
 use crate::supervisor::events::Happened;
-use crate::supervisor::{Handle, ServiceStatus};
+use crate::supervisor::{ControlError, Handle, ServiceStatus};
 
 /// A whole answer, or a stream of server-sent events.
 pub type Body = Either<Full<Bytes>, Channel<Bytes>>;
@@ -140,20 +140,18 @@ async fn json_body(state: &ApiState, req: Request<Incoming>) -> Result<Json, Res
             ));
         }
         Err(e) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            ));
+            return Err(control_error(&ControlError::BadRequest {
+                reason: format!("cannot read the body: {e}"),
+            }));
         }
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not valid JSON: {e}"),
-        )
+        control_error(&ControlError::BadRequest {
+            reason: format!("the body is not valid JSON: {e}"),
+        })
     })
 }
 
@@ -514,13 +512,10 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             match handle.status().iter().find(|s| s.name == *name) {
                 None => return unknown_service(&handle, name),
                 Some(s) if s.kind == "api" && *op != "start" => {
-                    return error(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "the API cannot {op} itself (it would cut this very connection); \
-                             use POST /v1/reload, POST /v1/shutdown or a signal"
-                        ),
-                    );
+                    return control_error(&ControlError::conflict(format!(
+                        "the API cannot {op} itself (it would cut this very connection); \
+                         use POST /v1/reload, POST /v1/shutdown or a signal"
+                    )));
                 }
                 Some(_) => {}
             }
@@ -534,7 +529,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     StatusCode::OK,
                     &json!({"ok": true, "service": name, "requested": op}),
                 ),
-                Err(e) => error(StatusCode::CONFLICT, e),
+                Err(e) => control_error(&e),
             }
         }
         (["v1", "services", name, "actions", action], m) => {
@@ -547,17 +542,18 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
                 return unknown_service(&handle, name);
             };
+            // Checked before the body is read (the supervisor checks again).
             let actions = state
                 .kinds
                 .get(&s.kind)
                 .map(|k| k.action_names())
                 .unwrap_or_default();
             if !actions.contains(action) {
-                let known = crate::config::diag::known_list(actions.iter().copied());
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("kind {} has no action {action:?}; known: {known}", s.kind),
-                );
+                return control_error(&ControlError::UnknownAction {
+                    kind: s.kind.clone(),
+                    action: action.to_string(),
+                    known: actions.into_iter().map(String::from).collect(),
+                });
             }
             let (name, action) = (name.to_string(), action.to_string());
             let args = match json_body(state, req).await {
@@ -569,7 +565,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     StatusCode::OK,
                     &json!({"service": name, "action": action, "result": result}),
                 ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(e) => control_error(&e),
             }
         }
         (["v1", "reload"], m) => {
@@ -588,7 +584,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     StatusCode::BAD_REQUEST,
                     format!("the registry is invalid; the running one is kept:\n{errors}"),
                 ),
-                Err(super::ReloadError::Unavailable(e)) => error(StatusCode::CONFLICT, e),
+                Err(super::ReloadError::Unavailable(e)) => control_error(&e),
             }
         }
         (["v1", "shutdown"], m) => {
@@ -653,6 +649,26 @@ fn unknown_service(handle: &Handle, name: &str) -> Resp {
     )
 }
 
+/// The status of a refused control: a conflict of states is 409, an
+/// unknown service 404, a malformed request 400, and only a real fault
+/// (an action that failed) 500.
+fn control_status(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::UnknownService { .. } | ControlError::UnknownAction { .. } => {
+            StatusCode::NOT_FOUND
+        }
+        ControlError::Conflict { .. } => StatusCode::CONFLICT,
+        ControlError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        ControlError::Fault { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A refused control as `{"error": ...}` with its status; the words are the
+/// supervisor's, so the client commands print the same.
+fn control_error(e: &ControlError) -> Resp {
+    error(control_status(e), e.to_string())
+}
+
 /// The value of `key` in a query string, percent-decoded (`None`: absent;
 /// an undecodable value comes back as given, and is refused by its
 /// parser).
@@ -714,6 +730,57 @@ mod tests {
             Some("%ff"),
             "not UTF-8: as given"
         );
+    }
+
+    #[test]
+    fn each_kind_of_refused_control_has_its_status_and_its_words() {
+        let cases = [
+            (
+                ControlError::UnknownService {
+                    name: "ghost".into(),
+                },
+                404,
+                "no such service: ghost",
+            ),
+            (
+                ControlError::conflict("app is stopped; it is not running"),
+                409,
+                "app is stopped; it is not running",
+            ),
+            (
+                ControlError::BadRequest {
+                    reason: "the body is not valid JSON".into(),
+                },
+                400,
+                "the body is not valid JSON",
+            ),
+            (
+                ControlError::Fault {
+                    reason: "cannot connect".into(),
+                },
+                500,
+                "cannot connect",
+            ),
+        ];
+        for (e, status, words) in cases {
+            assert_eq!(control_status(&e).as_u16(), status, "{e:?}");
+            let r = control_error(&e);
+            assert_eq!(r.status().as_u16(), status);
+            let Either::Left(body) = r.into_body() else {
+                panic!("a whole answer");
+            };
+            let bytes = body_bytes(body);
+            let v: Json = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v, json!({ "error": words }));
+        }
+    }
+
+    /// The bytes of a whole answer's body.
+    fn body_bytes(body: Full<Bytes>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body.collect()).unwrap().to_bytes()
     }
 
     #[test]

@@ -96,6 +96,18 @@ impl RestartBudget {
         }
     }
 
+    /// Whether [`RestartBudget::try_restart`] at `now` would allow a
+    /// restart, without recording one: the restart decision is taken
+    /// before it is carried out.
+    pub fn allows(&self, now: Instant) -> bool {
+        let in_window = self
+            .recent
+            .iter()
+            .filter(|t| now.duration_since(**t) < self.window)
+            .count();
+        (in_window as u32) < self.max_restarts
+    }
+
     /// Restarts counted in the current window.
     pub fn used(&self) -> usize {
         self.recent.len()
@@ -172,6 +184,19 @@ mod tests {
         assert!(budget.try_restart(t0 + Duration::from_secs(60)));
         assert!(!budget.try_restart(t0 + Duration::from_secs(61)));
         let mut none = RestartBudget::new(0, Duration::from_secs(60));
+        assert!(!none.allows(t0));
         assert!(!none.try_restart(t0), "max_restarts = 0 allows no restart");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_says_what_try_restart_would_do_without_recording() {
+        let mut budget = RestartBudget::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for s in [0, 10, 20, 30, 69, 70, 71, 130, 200] {
+            let now = t0 + Duration::from_secs(s);
+            let allowed = budget.allows(now);
+            assert_eq!(budget.allows(now), allowed, "asking records nothing");
+            assert_eq!(budget.try_restart(now), allowed, "at {s} s");
+        }
     }
 }

@@ -14,7 +14,9 @@ use super::state::{State, TRANSITIONS};
 use super::*;
 use crate::config::types::PostgresDsn;
 use crate::config::{KindTable, LoadOptions, Runs, Settings, Sources};
-use crate::services::{ActionError, BoxFuture, Factory, Kinds, Registration, Service};
+use crate::services::{
+    ActionError, BoxFuture, Context, Factory, Kinds, Registration, Service, settings_of,
+};
 
 /// What the mock services did, with the (paused) time since the test began.
 #[derive(Clone, Default)]
@@ -88,10 +90,17 @@ impl Settings for MockSettings {
     }
 }
 
-/// The mock kind, with its action `poke`.
-fn mock_kind(factory: MockFactory) -> Registration {
-    Registration::new::<MockSettings>("mock", Runs::InProcess, factory)
-        .action(crate::config::Action::new("poke", "Logs the poke."))
+/// The mock kind's one action: `poke` answers `{"poked": NAME}`, fails with
+/// `{"fail": true}` and refuses `{"bad": true}`.
+fn poke() -> crate::config::Action {
+    crate::config::Action::new("poke", "Logs the poke.")
+}
+
+/// What the loader knows of the mock kind.
+fn mock_table() -> KindTable {
+    let mut t = KindTable::new();
+    t.add(crate::config::KindDef::new::<MockSettings>("mock", Runs::InProcess).action(poke()));
+    t
 }
 
 impl Factory for MockFactory {
@@ -110,15 +119,20 @@ impl Factory for MockFactory {
             log.push(t0, format!("action {name} {action}"));
             let takes = args.get("takes").and_then(dur).unwrap_or_default();
             tokio::time::sleep(takes).await;
-            match action.as_str() {
-                "poke" => Ok(serde_json::json!({"poked": name})),
-                other => Err(ActionError::Failed(format!("no action {other}"))),
+            if args.get("bad").is_some() {
+                return Err(ActionError::BadRequest(format!(
+                    "{action}: bad is not an argument"
+                )));
             }
+            if args.get("fail").is_some() {
+                return Err(ActionError::Failed(format!("{action} failed")));
+            }
+            Ok(serde_json::json!({"poked": name}))
         })
     }
 
     fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
-        let typed = crate::services::settings_of::<MockSettings>(spec)?;
+        let typed = settings_of::<MockSettings>(spec)?;
         if typed.unbuildable.is_some() {
             return Err(ServiceError("cannot build".into()));
         }
@@ -210,16 +224,6 @@ struct Harness {
     t0: Instant,
 }
 
-/// What the loader knows of the mock kind.
-fn mock_table() -> KindTable {
-    let mut t = KindTable::new();
-    t.add(
-        crate::config::KindDef::new::<MockSettings>("mock", Runs::InProcess)
-            .action(crate::config::Action::new("poke", "Logs the poke.")),
-    );
-    t
-}
-
 fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
     let text = format!("[api]\nenabled = false\n{registry}");
     let opts = LoadOptions {
@@ -247,11 +251,18 @@ fn supervisor(registry: &str, coverage: Option<Coverage>) -> (Supervisor, Log, I
     let log = Log::default();
     let t0 = Instant::now();
     let mut kinds = Kinds::new();
-    kinds.register(mock_kind(MockFactory {
-        log: log.clone(),
-        t0,
-        runs: Default::default(),
-    }));
+    kinds.register(
+        Registration::new::<MockSettings>(
+            "mock",
+            Runs::InProcess,
+            MockFactory {
+                log: log.clone(),
+                t0,
+                runs: Default::default(),
+            },
+        )
+        .action(poke()),
+    );
     let mut sup = Supervisor::new(&reg, graph, kinds).with_seed(1);
     sup.coverage = coverage;
     (sup, log, t0)
@@ -729,9 +740,11 @@ on_dependency_restart = "restart"
     h.wait("app", State::Ready).await;
     assert_eq!(h.handle.stop("app").await, Ok(()));
     h.wait("app", State::Stopped).await;
-    assert_eq!(
-        h.handle.stop("app").await,
-        Err("app is stopped; it is not running".into())
+    let refused = h.handle.stop("app").await.unwrap_err();
+    assert_eq!(refused.to_string(), "app is stopped; it is not running");
+    assert!(
+        matches!(refused, ControlError::Conflict { .. }),
+        "{refused:?}"
     );
     assert_eq!(h.handle.start("app").await, Ok(()));
     h.wait("app", State::Ready).await;
@@ -744,11 +757,112 @@ on_dependency_restart = "restart"
         3,
         "rest_for_one on an operator's restart too"
     );
+    let refused = h.handle.start("nope").await.unwrap_err();
+    assert_eq!(refused.to_string(), "no such service: nope");
     assert_eq!(
-        h.handle.start("nope").await,
-        Err("no such service: nope".into())
+        refused,
+        ControlError::UnknownService {
+            name: "nope".into()
+        }
     );
     h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_of_a_pending_service_is_accepted_and_it_starts_once_its_dependencies_hold() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "1s"
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+"#,
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.state("app"), State::Pending);
+    assert_eq!(h.handle.restart("app").await, Ok(()));
+    assert_eq!(h.state("app"), State::Pending, "still waiting for db");
+    h.wait("app", State::Ready).await;
+    assert_eq!(
+        h.log.times("start app"),
+        vec![1000],
+        "one run, once db was ready: nothing else to restart"
+    );
+    assert_eq!(h.status("app").restarts, 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_that_cannot_be_done_says_so_in_words_about_a_restart() {
+    let h = start(
+        r#"
+[services.dep]
+kind = "mock"
+exit = "err"
+exit_after = "1s"
+restart = { policy = "never" }
+[services.user]
+kind = "mock"
+depends_on = ["dep"]
+[services.slow]
+kind = "mock"
+stop_delay = "10s"
+[services.off]
+kind = "mock"
+enabled = false
+[services.crash]
+kind = "mock"
+exit = "err"
+exit_after = "0s"
+restart = { max_restarts = 5, backoff = { initial = "1h", max = "1h" } }
+"#,
+    );
+    h.wait("user", State::Blocked).await;
+    h.wait("slow", State::Ready).await;
+    h.wait("crash", State::Backoff).await;
+    h.handle.stop("slow").await.unwrap();
+    assert_eq!(h.state("slow"), State::Stopping);
+    let refusals = [
+        ("slow", "slow is stopping; restart it once it has stopped"),
+        (
+            "user",
+            "user is blocked; a dependency failed for good: start that dependency to unblock it",
+        ),
+        (
+            "off",
+            "off is disabled; enable it in the registry and reload",
+        ),
+    ];
+    for (name, words) in refusals {
+        let refused = h.handle.restart(name).await.unwrap_err();
+        assert_eq!(refused, ControlError::conflict(words), "{name}");
+    }
+    // In backoff, a restart skips the rest of the delay.
+    let t = h.ms();
+    assert_eq!(h.handle.restart("crash").await, Ok(()));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.log.times("start crash"), vec![0, t]);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_of_a_standby_singleton_points_to_the_instance_that_runs_it() {
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(SINGLETON, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    assert_eq!(
+        b.handle.restart("cron").await,
+        Err(ControlError::conflict(
+            "cron is standby; another instance holds its singleton lock and runs it: restart it there"
+        ))
+    );
+    assert_eq!(b.state("cron"), State::Standby);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -900,7 +1014,30 @@ args = { takes = "15s" }
         h.handle
             .request_action("db", "nope", serde_json::json!({}))
             .await,
-        Err("kind mock has no action \"nope\"; known: poke".to_string())
+        Err(ControlError::UnknownAction {
+            kind: "mock".into(),
+            action: "nope".into(),
+            known: vec!["poke".into()],
+        }),
+        "an action the kind does not have"
+    );
+    assert_eq!(
+        h.handle
+            .request_action("db", "poke", serde_json::json!({"fail": true}))
+            .await,
+        Err(ControlError::Fault {
+            reason: "poke failed".to_string()
+        }),
+        "an action that runs and fails is a fault"
+    );
+    assert_eq!(
+        h.handle
+            .request_action("db", "poke", serde_json::json!({"bad": true}))
+            .await,
+        Err(ControlError::BadRequest {
+            reason: "poke: bad is not an argument".to_string()
+        }),
+        "a body the action cannot take is the caller's mistake"
     );
     h.shutdown().await;
 }

@@ -1,0 +1,171 @@
+//! What an operator asks of one service: start, stop, restart, and its
+//! kind's actions.
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::events::{Happened, RestartReason};
+use super::restart::RestartBudget;
+use super::state::{Event, State};
+use super::{AfterStop, ControlError, Supervisor, Unit};
+use crate::services::ActionError;
+
+impl Supervisor {
+    /// A control names a service of the registry, or is refused as unknown.
+    fn known(&self, name: &str) -> Result<(), ControlError> {
+        if self.units.contains_key(name) {
+            Ok(())
+        } else {
+            Err(ControlError::UnknownService { name: name.into() })
+        }
+    }
+
+    /// An operator's start of a service that is not running and will not
+    /// start by itself: a fresh start (budget and backoff start over), and
+    /// its blocked dependents wait for it again.
+    pub(super) fn control_start(&mut self, name: &str) -> Result<(), ControlError> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err(ControlError::shutting_down());
+        }
+        let state = self.units[name].state;
+        match state {
+            State::Stopped | State::Failed | State::Completed => {
+                let u = &mut self.units[name];
+                u.budget = RestartBudget::new(
+                    u.spec.common.restart.max_restarts,
+                    u.spec.common.restart.window,
+                );
+                u.backoff.reset();
+                self.transition(name, Event::Reset);
+                self.unblock_dependents(name);
+                Ok(())
+            }
+            s => Err(ControlError::conflict(format!(
+                "{name} is {s}; only a stopped, failed or completed service can be started"
+            ))),
+        }
+    }
+
+    /// An operator's stop: the service stays stopped until started again.
+    pub(super) fn control_stop(&mut self, name: &str) -> Result<(), ControlError> {
+        self.known(name)?;
+        let state = self.units[name].state;
+        match state {
+            State::Starting | State::Ready => {
+                self.stop_unit(name, AfterStop::Stay);
+                Ok(())
+            }
+            State::Pending | State::Backoff | State::Standby | State::Blocked => {
+                self.units[name].generation += 1;
+                self.units[name].release_leadership();
+                self.transition(name, Event::Stop);
+                Ok(())
+            }
+            s => Err(ControlError::conflict(format!(
+                "{name} is {s}; it is not running"
+            ))),
+        }
+    }
+
+    /// An operator's restart: stop the run (its dependents follow their
+    /// `on_dependency_restart`) and start again at once. A service that is
+    /// not running is started; one that cannot be is refused with words
+    /// about a restart, saying what to do instead.
+    pub(super) fn control_restart(&mut self, name: &str) -> Result<(), ControlError> {
+        self.known(name)?;
+        if self.shutting_down {
+            return Err(ControlError::shutting_down());
+        }
+        let refuse = |why: &str| Err(ControlError::conflict(format!("{name} {why}")));
+        match self.units[name].state {
+            State::Starting | State::Ready => {
+                self.restarting(name, RestartReason::Operator);
+                self.stop_unit(name, AfterStop::Restart);
+                self.dependency_restarting(name);
+                Ok(())
+            }
+            State::Backoff => {
+                // Already counted as restarting (its failure); this only
+                // skips the rest of the delay.
+                self.start_unit(name);
+                Ok(())
+            }
+            // Already waiting for its dependencies, with nothing running to
+            // stop: the run it gets once they hold is the fresh start asked
+            // for. Refusing would fail a restart of a service about to start.
+            State::Pending => Ok(()),
+            State::Stopped | State::Failed | State::Completed => self.control_start(name),
+            State::Stopping => refuse("is stopping; restart it once it has stopped"),
+            State::Blocked => refuse(
+                "is blocked; a dependency failed for good: start that dependency to unblock it",
+            ),
+            State::Standby => refuse(
+                "is standby; another instance holds its singleton lock and runs it: restart it there",
+            ),
+            State::Disabled => refuse("is disabled; enable it in the registry and reload"),
+        }
+    }
+
+    /// Runs one of a service's actions in a task of its own (an action may
+    /// take long; the loop does not wait), and answers when it is done.
+    pub(super) fn control_action(
+        &self,
+        name: &str,
+        action: String,
+        args: serde_json::Value,
+        reply: oneshot::Sender<Result<serde_json::Value, ControlError>>,
+    ) {
+        let Some(u) = self.units.get(name) else {
+            let _ = reply.send(Err(ControlError::UnknownService { name: name.into() }));
+            return;
+        };
+        let Some(fut) = self.action_future(u, &action, args) else {
+            let known = self
+                .kinds
+                .get(u.spec.kind.kind_name())
+                .map(|k| k.def().action_names())
+                .unwrap_or_default();
+            let _ = reply.send(Err(ControlError::UnknownAction {
+                kind: u.spec.kind.kind_name().to_string(),
+                action,
+                known: known.into_iter().map(String::from).collect(),
+            }));
+            return;
+        };
+        let (events, service) = (self.events.clone(), u.name.clone());
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let outcome = fut.await;
+            events.send(Happened::Action {
+                service,
+                action,
+                result: outcome.clone().map_err(|e| e.to_string()),
+                duration: began.elapsed(),
+                at: std::time::SystemTime::now(),
+            });
+            // A body the action cannot take is the caller's mistake; an
+            // action that ran and failed is a fault.
+            let _ = reply.send(outcome.map_err(|e| match e {
+                ActionError::BadRequest(reason) => ControlError::BadRequest { reason },
+                ActionError::Failed(reason) => ControlError::Fault { reason },
+            }));
+        });
+    }
+
+    /// The future of one action run, built by the service's factory;
+    /// `None` when the service's kind has no such action (schedules are
+    /// checked at load, so only a control can ask for one).
+    pub(super) fn action_future(
+        &self,
+        u: &Unit,
+        action: &str,
+        args: serde_json::Value,
+    ) -> Option<crate::services::BoxFuture<Result<serde_json::Value, ActionError>>> {
+        let kind = self.kinds.get(u.spec.kind.kind_name())?;
+        kind.def().action_names().contains(&action).then(|| {
+            kind.factory()
+                .action(&u.spec, action, args, u.details.clone())
+        })
+    }
+}

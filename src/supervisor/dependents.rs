@@ -1,0 +1,108 @@
+//! What happens to the services that depend on one whose run ended: they
+//! are blocked when it failed for good, unblocked when it is started again,
+//! and follow their `on_dependency_restart` when it restarts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::events::RestartReason;
+use super::state::{Event, State};
+use super::{AfterStop, Supervisor};
+use crate::config::OnDependencyRestart;
+
+impl Supervisor {
+    /// Every service that depends on `name`, directly or not.
+    pub(super) fn transitive_dependents(&self, name: &str) -> Vec<Arc<str>> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![name.to_string()];
+        let mut out = Vec::new();
+        while let Some(n) = stack.pop() {
+            for d in self.graph.dependents(&n) {
+                if seen.insert(d.to_string()) {
+                    out.push(self.units[d].name.clone());
+                    stack.push(d.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// `name` failed for good: its `dependents` (every service that depends
+    /// on it, directly or not) can never run. Whether that ends warden is
+    /// decided with the rest ([`super::decide`]); this names the critical
+    /// service that would be left blocked.
+    pub(super) fn block_dependents(&mut self, name: &str, dependents: Vec<Arc<str>>) {
+        if let Some(c) = dependents
+            .iter()
+            .find(|d| self.units[&***d].spec.common.critical)
+        {
+            tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
+            self.units[&**c].last_error =
+                Some(format!("blocked: its dependency {name} failed for good"));
+        }
+        for d in dependents {
+            match self.units[&*d].state {
+                State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),
+                State::Stopping => self.units[&*d].stop_cause = AfterStop::Block.into(),
+                State::Pending | State::Backoff | State::Stopped | State::Standby => {
+                    self.units[&*d].generation += 1;
+                    self.units[&*d].release_leadership();
+                    self.transition(&d, Event::Block);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// `name` may run again (an operator started it): its blocked
+    /// dependents wait for their conditions again.
+    pub(super) fn unblock_dependents(&mut self, name: &str) {
+        for d in self.transitive_dependents(name) {
+            if self.units[&*d].state == State::Blocked {
+                self.transition(&d, Event::Unblock);
+            }
+        }
+    }
+
+    /// `name` is restarting: apply each direct dependent's
+    /// `on_dependency_restart` (rest_for_one for `restart`).
+    pub(super) fn dependency_restarting(&mut self, name: &str) {
+        let dependents: Vec<Arc<str>> = self
+            .graph
+            .dependents(name)
+            .iter()
+            .map(|d| self.units[*d].name.clone())
+            .collect();
+        for d in dependents {
+            let policy = self.units[&*d].spec.common.on_dependency_restart;
+            let state = self.units[&*d].state;
+            match (policy, state) {
+                (OnDependencyRestart::Ignore, _) => {}
+                (OnDependencyRestart::Restart, State::Starting | State::Ready) => {
+                    tracing::info!(service = %d, dependency = %name, "stopping for its dependency's restart");
+                    self.restarting(&d, RestartReason::Dependency);
+                    self.stop_unit(&d, AfterStop::Reset);
+                    self.dependency_restarting(&d);
+                }
+                (OnDependencyRestart::Restart, State::Backoff) => {
+                    self.units[&*d].generation += 1;
+                    self.transition(&d, Event::Stop);
+                    self.transition(&d, Event::Reset);
+                }
+                (OnDependencyRestart::Restart, State::Completed) => {
+                    self.transition(&d, Event::Reset);
+                    self.dependency_restarting(&d);
+                }
+                (OnDependencyRestart::Stop, State::Starting | State::Ready) => {
+                    tracing::info!(service = %d, dependency = %name, "stopping: its dependency restarted");
+                    self.stop_unit(&d, AfterStop::Stay);
+                }
+                (OnDependencyRestart::Stop, State::Backoff) => {
+                    self.units[&*d].generation += 1;
+                    self.transition(&d, Event::Stop);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The supervisor's side of singletons: it asks for the lock when a
+//! singleton may start (the lock itself is held by [`super::leader`]), and
+//! follows what the lock's task reports.
+
+use tokio_util::sync::CancellationToken;
+
+use super::leader;
+use super::state::{Event, State};
+use super::{AfterStop, Msg, Supervisor, Unit};
+use crate::config::ServiceSpec;
+use crate::services::ServiceError;
+
+impl Unit {
+    /// Gives up the singleton lock (its session ends, so another instance
+    /// takes over).
+    pub(super) fn release_leadership(&mut self) {
+        if let Some(c) = self.leadership.take() {
+            c.cancel();
+        }
+        self.leader = false;
+    }
+}
+
+impl Supervisor {
+    /// A singleton wants to run: make sure a task is after its lock.
+    pub(super) fn seek_leadership(&mut self, name: &str) {
+        let u = &self.units[name];
+        if u.leadership.is_some() {
+            return;
+        }
+        let Some(dsn) = singleton_dsn(&u.spec).or_else(|| self.coordination.clone()) else {
+            // Validation requires a database; be safe all the same.
+            let _ = self.tx.send(Msg::Ended {
+                name: u.name.clone(),
+                generation: u.generation,
+                result: Err(ServiceError(
+                    "a singleton needs a PostgreSQL database for its lock".into(),
+                )),
+            });
+            return;
+        };
+        let cancel = CancellationToken::new();
+        tokio::spawn((self.locker)(
+            u.name.clone(),
+            dsn,
+            self.leader_tx.clone(),
+            cancel.clone(),
+        ));
+        self.units[name].leadership = Some(cancel);
+    }
+
+    /// The lock's task reports: the leader runs the singleton, a standby
+    /// waits, and losing the lock stops the run into standby (two
+    /// instances must never run it at once).
+    pub(super) fn handle_leadership(&mut self, name: &str, l: leader::Leadership) {
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
+        if u.leadership.is_none() {
+            return; // released since; a stale report
+        }
+        match l {
+            leader::Leadership::Acquired => {
+                tracing::info!(service = %name, "leader: this instance runs the singleton");
+                u.leader = true;
+            }
+            leader::Leadership::Standby => {
+                tracing::info!(service = %name, "standby: another instance runs the singleton");
+                u.leader = false;
+                if u.state == State::Pending {
+                    self.transition(name, Event::Standby);
+                }
+            }
+            leader::Leadership::Lost(why) => {
+                u.leader = false;
+                u.last_error = Some(format!("singleton lock lost: {why}"));
+                match u.state {
+                    State::Starting | State::Ready => self.stop_unit(name, AfterStop::Standby),
+                    State::Backoff => {
+                        self.units[name].generation += 1;
+                        self.transition(name, Event::Stop);
+                        self.transition(name, Event::Standby);
+                    }
+                    State::Pending => {
+                        self.transition(name, Event::Standby);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The database a singleton takes its lock in: the one its kind's
+/// settings name (a kind without one uses `[warden] postgres`).
+fn singleton_dsn(spec: &ServiceSpec) -> Option<crate::config::types::PostgresDsn> {
+    spec.kind.leadership().cloned()
+}

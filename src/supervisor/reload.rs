@@ -1,0 +1,176 @@
+//! Reload: switch to a new, already checked registry, touching only the
+//! services whose configuration changed.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Happened, RestartReason};
+use super::restart::{BackoffState, RestartBudget};
+use super::state::{Event, State};
+use super::{AfterStop, ControlError, ReloadSummary, Supervisor, Unit};
+use crate::config::{Registry, ServiceSpec};
+use crate::graph::Graph;
+
+impl Unit {
+    /// Takes a new spec: restart arithmetic starts over.
+    pub(super) fn replace_spec(&mut self, spec: ServiceSpec) {
+        let r = &spec.common.restart;
+        self.backoff = BackoffState::new(r.backoff.clone());
+        self.budget = RestartBudget::new(r.max_restarts, r.window);
+        if spec.common.schedule != self.spec.common.schedule {
+            self.schedule_cancel.cancel();
+            self.schedule_cancel = CancellationToken::new();
+            self.schedule_busy = vec![false; spec.common.schedule.len()];
+            self.schedule_last = vec![None; spec.common.schedule.len()];
+        }
+        self.spec = spec;
+    }
+}
+
+impl Supervisor {
+    /// Applies a new registry (already loaded and checked).
+    pub(super) fn reload(
+        &mut self,
+        registry: Registry,
+        graph: Graph,
+    ) -> Result<ReloadSummary, ControlError> {
+        if self.shutting_down {
+            return Err(ControlError::shutting_down());
+        }
+        let mut summary = ReloadSummary::default();
+        let log_lines = registry.warden.log_lines.0 as usize;
+        self.shutdown_timeout = registry.warden.shutdown_timeout;
+        let removed: Vec<Arc<str>> = self
+            .units
+            .keys()
+            .filter(|n| !registry.services.contains_key(&***n))
+            .cloned()
+            .collect();
+        for name in removed {
+            summary.removed.push(name.to_string());
+            match self.units[&*name].state {
+                State::Starting | State::Ready => self.stop_unit(&name, AfterStop::Remove),
+                State::Stopping => self.units[&*name].stop_cause = AfterStop::Remove.into(),
+                _ => {
+                    if let Some(u) = self.units.shift_remove(&*name) {
+                        u.schedule_cancel.cancel();
+                    }
+                }
+            }
+        }
+        for spec in registry.services.values() {
+            let in_graph = graph.contains(&spec.name);
+            let Some(u) = self.units.get(spec.name.as_str()) else {
+                let state = if in_graph {
+                    State::Pending
+                } else if !spec.enabled() {
+                    State::Disabled
+                } else {
+                    continue;
+                };
+                summary.added.push(spec.name.clone());
+                let unit = Unit::new(spec.clone(), state, log_lines);
+                self.units.insert(unit.name.clone(), unit);
+                continue;
+            };
+            if same_config(&u.spec, spec) {
+                summary.unchanged += 1;
+                continue;
+            }
+            summary.changed.push(spec.name.clone());
+            let name = spec.name.as_str();
+            let state = u.state;
+            if !spec.enabled() {
+                self.units[name].next_spec = None;
+                match state {
+                    State::Starting | State::Ready => self.stop_unit(name, AfterStop::Disable),
+                    State::Backoff => {
+                        self.units[name].generation += 1;
+                        self.transition(name, Event::Stop);
+                        self.transition(name, Event::Disable);
+                    }
+                    State::Standby => {
+                        self.units[name].release_leadership();
+                        self.transition(name, Event::Disable);
+                    }
+                    State::Disabled | State::Stopping => {}
+                    _ => {
+                        self.transition(name, Event::Disable);
+                    }
+                }
+                self.units[name].replace_spec(spec.clone());
+                continue;
+            }
+            match state {
+                State::Starting | State::Ready => {
+                    tracing::info!(service = %name, "configuration changed; restarting");
+                    self.units[name].next_spec = Some(spec.clone());
+                    self.restarting(name, RestartReason::Reload);
+                    self.stop_unit(name, AfterStop::Replace);
+                }
+                State::Stopping => {
+                    self.units[name].next_spec = Some(spec.clone());
+                    self.units[name].stop_cause = AfterStop::Replace.into();
+                }
+                State::Disabled => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Enable);
+                }
+                State::Backoff => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.units[name].generation += 1;
+                    self.transition(name, Event::Stop);
+                    self.transition(name, Event::Reset);
+                }
+                State::Blocked => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Unblock);
+                }
+                State::Stopped | State::Completed | State::Failed => {
+                    self.units[name].replace_spec(spec.clone());
+                    self.transition(name, Event::Reset);
+                }
+                State::Pending | State::Standby => {
+                    self.units[name].replace_spec(spec.clone());
+                }
+            }
+        }
+        self.graph = graph;
+        // Timers of removed services and of changed schedules were
+        // cancelled; start those of added services and new schedules.
+        for name in summary.added.iter().chain(summary.changed.iter()) {
+            let Some(u) = self.units.get_mut(name.as_str()) else {
+                continue;
+            };
+            u.schedule_cancel.cancel();
+            u.schedule_cancel = CancellationToken::new();
+            self.start_schedules(name);
+        }
+        tracing::info!(
+            added = summary.added.len(),
+            removed = summary.removed.len(),
+            changed = summary.changed.len(),
+            unchanged = summary.unchanged,
+            "reloaded"
+        );
+        self.events.send(Happened::Reloaded {
+            at: std::time::SystemTime::now(),
+        });
+        Ok(summary)
+    }
+}
+
+/// The spec without source positions: two registries that differ only in
+/// where things were written configure the same service.
+fn same_config(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    fn strip(s: &ServiceSpec) -> ServiceSpec {
+        let mut s = s.clone();
+        s.span = Default::default();
+        for d in &mut s.common.depends_on.0 {
+            d.span = Default::default();
+        }
+        s
+    }
+    strip(a) == strip(b)
+}

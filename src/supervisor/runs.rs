@@ -1,0 +1,363 @@
+//! One run of a unit: building and spawning it, asking it to stop, and
+//! what its end leads to (a restart after the backoff, a failure for good,
+//! a completion, or what the stop was for).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{Dependents, Ending, ExitInput, Outcome, Then, decide};
+use super::events::{Happened, RestartReason};
+use super::state::{Event, State};
+use super::{AfterStop, EXIT_CRITICAL, Msg, StopCause, Supervisor};
+use crate::services::{Context, ServiceError};
+
+impl Supervisor {
+    /// Builds and spawns one run of a unit.
+    pub(super) fn start_unit(&mut self, name: &str) {
+        if !self.transition(name, Event::Start) {
+            return;
+        }
+        let u = &mut self.units[name];
+        u.generation += 1;
+        u.stop_cause = AfterStop::Stay.into();
+        u.ready_since = None;
+        if let Some(t) = u.start_timer.take() {
+            t.abort();
+        }
+        let generation = u.generation;
+        let built = match self.kinds.factory(u.spec.kind.kind_name()) {
+            Some(f) => f.build(&u.spec),
+            None => Err(ServiceError(format!(
+                "kind {} has no implementation in this build of warden",
+                u.spec.kind.kind_name()
+            ))),
+        };
+        let service = match built {
+            Ok(s) => s,
+            Err(e) => {
+                // Building is part of starting: a failure like any other.
+                let name: Arc<str> = u.name.clone();
+                let _ = self.tx.send(Msg::Ended {
+                    name,
+                    generation,
+                    result: Err(e),
+                });
+                return;
+            }
+        };
+        let cancel = CancellationToken::new();
+        let ctx = Context::new(
+            u.name.clone(),
+            generation,
+            cancel.clone(),
+            self.reports_tx.clone(),
+            u.details.clone(),
+            u.logs.clone(),
+        );
+        // Every event the service emits carries its name (the span's field).
+        let span = tracing::info_span!("service", service = %u.name);
+        let task = tokio::spawn(tracing::Instrument::instrument(service.run(ctx), span));
+        u.abort = Some(task.abort_handle());
+        u.cancel = Some(cancel);
+        let tx = self.tx.clone();
+        let task_name = u.name.clone();
+        tokio::spawn(async move {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(ServiceError(format!(
+                    "panicked: {}",
+                    panic_message(e.into_panic())
+                ))),
+                Err(_) => Err(ServiceError("aborted after its stop timeout".into())),
+            };
+            let _ = tx.send(Msg::Ended {
+                name: task_name,
+                generation,
+                result,
+            });
+        });
+        tracing::info!(service = %u.name, generation, "started");
+        let timeout = u.spec.common.start_timeout;
+        let timer_name = u.name.clone();
+        if !timeout.is_zero() {
+            let t = self.timer(
+                timeout,
+                Msg::StartTimeout {
+                    name: timer_name,
+                    generation,
+                },
+            );
+            self.units[name].start_timer = Some(t);
+        }
+    }
+
+    /// Asks a running unit to stop; `cause` says what happens once it has.
+    pub(super) fn stop_unit(&mut self, name: &str, cause: impl Into<StopCause>) {
+        let u = &mut self.units[name];
+        if !matches!(u.state, State::Starting | State::Ready) {
+            return;
+        }
+        u.stop_cause = cause.into();
+        if let Some(c) = &u.cancel {
+            c.cancel();
+        }
+        let generation = u.generation;
+        let timeout = u.spec.common.stop.timeout;
+        let timer_name = u.name.clone();
+        self.transition(name, Event::Stop);
+        if self.forced {
+            if let Some(a) = &self.units[name].abort {
+                a.abort();
+            }
+        } else {
+            self.timer(
+                timeout,
+                Msg::StopTimeout {
+                    name: timer_name,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// The run was not ready within `start_timeout`: stop it, as a failure.
+    pub(super) fn start_timed_out(&mut self, name: &str, generation: u64) {
+        let Some(u) = self.units.get(name) else {
+            return;
+        };
+        if u.generation == generation && u.state == State::Starting {
+            let t = humantime::format_duration(u.spec.common.start_timeout);
+            self.stop_unit(
+                name,
+                StopCause::StartTimedOut(format!("not ready within start_timeout ({t})")),
+            );
+        }
+    }
+
+    /// The backoff delay is over: start the next run.
+    pub(super) fn backoff_elapsed(&mut self, name: &str, generation: u64) {
+        let Some(u) = self.units.get(name) else {
+            return;
+        };
+        if u.generation == generation && u.state == State::Backoff && !self.shutting_down {
+            self.start_unit(name);
+        }
+    }
+
+    /// The run did not stop within its stop timeout: abort it.
+    pub(super) fn stop_timed_out(&mut self, name: &str, generation: u64) {
+        if let Some(u) = self
+            .units
+            .get(name)
+            .filter(|u| u.generation == generation && u.state == State::Stopping)
+        {
+            tracing::warn!(service = %name, "did not stop in time; aborting");
+            if let Some(a) = &u.abort {
+                a.abort();
+            }
+        }
+    }
+
+    /// A run ended: work out what that leads to ([`decide`]) and carry it
+    /// out. Reports of older runs, and anything that is not the end of a
+    /// live run, are ignored.
+    pub(super) fn on_ended(
+        &mut self,
+        name: &str,
+        generation: u64,
+        result: Result<(), ServiceError>,
+    ) {
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
+        if u.generation != generation {
+            return;
+        }
+        u.cancel = None;
+        u.abort = None;
+        let (ending, error) = match u.state {
+            State::Stopping => match std::mem::replace(&mut u.stop_cause, AfterStop::Stay.into()) {
+                StopCause::Asked(after) => (Ending::Stopped(after), None),
+                StopCause::HealthFailed(e) => (Ending::HealthFailed, Some(e)),
+                StopCause::StartTimedOut(e) => (Ending::StartTimedOut, Some(e)),
+            },
+            State::Starting | State::Ready => match result {
+                Ok(()) => (Ending::Exited, None),
+                Err(e) => (Ending::Failed, Some(e.0)),
+            },
+            // A build failure arrives while still Starting; anything else
+            // is a stale message.
+            _ => return,
+        };
+        let c = &u.spec.common;
+        let (policy, oneshot, critical) = (c.restart.policy, c.oneshot, c.critical);
+        let budget_left = u.budget.allows(Instant::now());
+        // Whether a critical service would be blocked matters only when the
+        // run may fail for good; the walk is skipped when it cannot.
+        let dependents = if critical || matches!(ending, Ending::Stopped(_)) {
+            Vec::new()
+        } else {
+            self.transitive_dependents(name)
+        };
+        let critical_dependent = dependents
+            .iter()
+            .any(|d| self.units[&**d].spec.common.critical);
+        let decision = decide(ExitInput {
+            ending,
+            policy,
+            oneshot,
+            critical,
+            budget_left,
+            critical_dependent,
+            shutting_down: self.shutting_down,
+        });
+        // What the run itself said, whatever follows.
+        match &error {
+            Some(e) => {
+                tracing::warn!(service = %name, error = %e, "failed");
+                self.units[name].last_error = Some(e.clone());
+            }
+            None if ending == Ending::Exited => match decision.service {
+                Outcome::Complete => tracing::info!(service = %name, "completed"),
+                Outcome::Exit => tracing::info!(service = %name, "exited"),
+                _ => tracing::info!(service = %name, "exited; restarting (policy always)"),
+            },
+            None => {}
+        }
+        let reason = error.unwrap_or_else(|| "exited".into());
+        match decision.service {
+            Outcome::Restart(cause) => self.restart_after_backoff(name, cause, &reason),
+            Outcome::Fail { budget_spent } => {
+                if budget_spent {
+                    let u = &mut self.units[name];
+                    let r = &u.spec.common.restart;
+                    u.last_error = Some(format!(
+                        "{reason} (restart budget of {} in {} exhausted)",
+                        r.max_restarts,
+                        humantime::format_duration(r.window)
+                    ));
+                }
+                self.transition(name, Event::Fail);
+                if critical && !self.shutting_down {
+                    tracing::error!(service = %name, "critical service failed for good; shutting down");
+                }
+            }
+            Outcome::Complete => {
+                self.transition(name, Event::Complete);
+            }
+            Outcome::Exit => {
+                self.transition(name, Event::Exit);
+            }
+            Outcome::Stopped { then, keep_lock } => {
+                self.transition(name, Event::Stopped);
+                tracing::info!(service = %name, "stopped");
+                if !keep_lock {
+                    self.units[name].release_leadership();
+                }
+                self.after_stop(name, then);
+            }
+        }
+        match decision.dependents {
+            Dependents::Untouched => {}
+            Dependents::Restart => self.dependency_restarting(name),
+            Dependents::Block => self.block_dependents(name, dependents),
+        }
+        if decision.critical_exit {
+            self.exit_code = EXIT_CRITICAL;
+            if !self.shutting_down {
+                self.request_shutdown();
+            }
+        }
+    }
+
+    /// A run that was stopped on request has ended: what the stop was for.
+    fn after_stop(&mut self, name: &str, then: Then) {
+        match then {
+            Then::Stay => {}
+            Then::Wait => {
+                self.transition(name, Event::Reset);
+            }
+            Then::Start => self.start_unit(name),
+            Then::Block => {
+                self.transition(name, Event::Block);
+            }
+            Then::Disable => {
+                self.transition(name, Event::Disable);
+            }
+            Then::Remove => {
+                if let Some(u) = self.units.shift_remove(name) {
+                    u.schedule_cancel.cancel();
+                }
+            }
+            Then::Standby => {
+                self.transition(name, Event::Standby);
+            }
+            Then::Replace | Then::ReplaceAndWait => {
+                let u = &mut self.units[name];
+                if let Some(spec) = u.next_spec.take() {
+                    u.replace_spec(spec);
+                }
+                if then == Then::ReplaceAndWait {
+                    self.transition(name, Event::Reset);
+                }
+            }
+        }
+    }
+
+    /// Counts a restart in the metrics and tells the listeners.
+    pub(super) fn restarting(&self, name: &str, reason: RestartReason) {
+        let Some(u) = self.units.get(name) else {
+            return;
+        };
+        crate::metrics::restart(name, reason);
+        self.events.send(Happened::Restart {
+            service: u.name.clone(),
+            restarts: u.restarts,
+            reason,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// The run ended and the budget allows another: count the restart and
+    /// start again after the backoff delay.
+    fn restart_after_backoff(&mut self, name: &str, cause: RestartReason, reason: &str) {
+        let now = Instant::now();
+        let u = &mut self.units[name];
+        // Stable readiness for reset_after starts the backoff over (judged
+        // when the run ends: no timer per service is needed).
+        let stable = u.ready_since.take().map(|t| now.duration_since(t));
+        if stable.is_some_and(|d| d >= u.spec.common.restart.reset_after) {
+            u.backoff.reset();
+        }
+        let counted = u.budget.try_restart(now);
+        debug_assert!(counted, "decide() restarts only within the budget");
+        let delay = u.backoff.next_delay(&mut self.rng);
+        u.restarts += 1;
+        let generation = u.generation;
+        let timer_name = u.name.clone();
+        tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
+        self.restarting(name, cause);
+        self.transition(name, Event::Retry);
+        self.timer(
+            delay,
+            Msg::BackoffElapsed {
+                name: timer_name,
+                generation,
+            },
+        );
+    }
+}
+
+/// The message of a run's panic, so that a panic reads as the run's
+/// failure (`last_error`) rather than as a crash of warden.
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
