@@ -120,6 +120,18 @@ pub fn replay_failed_action() -> Action {
     }))
 }
 
+/// `replay-failed` on the table and database of `target` (a service's
+/// settings, or why they could not be read), as a factory answers it.
+pub fn replay_failed_in(
+    target: Result<(PostgresDsn, TableName), ServiceError>,
+    args: serde_json::Value,
+) -> super::BoxFuture<Result<serde_json::Value, ActionError>> {
+    Box::pin(async move {
+        let (dsn, table) = target?;
+        replay_failed(&dsn, &table, &args).await
+    })
+}
+
 /// The `replay-failed` action of a leased table: failed rows (all, or
 /// `{"ids": [..]}`) go back to `pending` with their retries reset, and
 /// the workers are woken. Answers `{"replayed": N}`.

@@ -1,5 +1,5 @@
 //! In-process supervisor tests on paused time, with mock services that
-//! crash, panic, never become ready or are slow to stop (DESIGN.md §3).
+//! crash, panic, never become ready or are slow to stop.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -53,11 +53,9 @@ impl Factory for OutboxFactory {
         _details: Details,
     ) -> BoxFuture<Result<Json, ActionError>> {
         // `replay-failed` is the kind's only action.
-        let spec = settings_of::<OutboxRelaySpec>(spec).cloned();
-        Box::pin(async move {
-            let spec = spec?;
-            super::data::replay_failed(&spec.postgres, &spec.table, &args).await
-        })
+        let target =
+            settings_of::<OutboxRelaySpec>(spec).map(|s| (s.postgres.clone(), s.table.clone()));
+        super::data::replay_failed_in(target, args)
     }
 }
 
