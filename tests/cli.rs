@@ -154,7 +154,11 @@ fn only_narrows_the_plan_to_the_dependency_closure() {
     let out = warden(dir.path(), &["check", "--only", "seed", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(j["plan"]["waves"], serde_json::json!([["db"], ["seed"]]));
+    assert_eq!(
+        j["plan"]["waves"],
+        serde_json::json!([["api", "db"], ["seed"]]),
+        "the API belongs to every selection"
+    );
 }
 
 #[test]

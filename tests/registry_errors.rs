@@ -40,7 +40,7 @@ comand = ["x"]
 "#,
         expected: &[
             "1:1 missing-key: services.a: missing required key `command`",
-            "3:1 unknown-key: services.a: unknown key `comand`; known: kind, description, enabled, critical, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, command, args, env, env_files, cwd, user [help: did you mean `command`?]",
+            "3:1 unknown-key: services.a: unknown key `comand`; known: kind, description, enabled, critical, main, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, command, args, env, env_files, cwd, user, success_exit_codes [help: did you mean `command`?]",
         ],
     },
     Case {
@@ -684,6 +684,60 @@ postgres = "postgres://db/app"
         expected: &["1:1 missing-key: services.mem: missing required key `endpoint`"],
     },
     Case {
+        name: "exit_code_out_of_range",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+success_exit_codes = [0, 256, -1]
+"#,
+        expected: &[
+            "4:26 invalid-value: services.a.success_exit_codes.1: exit code 256 is outside 0-255; a process can only exit with 0 to 255",
+            "4:31 invalid-value: services.a.success_exit_codes.2: exit code -1 is outside 0-255; a process can only exit with 0 to 255",
+        ],
+    },
+    Case {
+        name: "two_main_services",
+        registry: r#"[services.a]
+kind = "process"
+command = ["a"]
+main = true
+[services.b]
+kind = "process"
+command = ["b"]
+main = true
+"#,
+        expected: &[
+            "8:8 invalid-value: services.b.main: a is the main service already; a registry has at most one",
+        ],
+    },
+    Case {
+        name: "main_service_disabled_by_the_profile",
+        registry: r#"[warden]
+profile = "dev"
+[services.a]
+kind = "process"
+command = ["a"]
+main = true
+[profiles.dev.services.a]
+enabled = false
+"#,
+        expected: &[
+            "6:8 invalid-value: services.a.main: the main service is disabled by profile dev; warden would have nothing to wait for. Enable it, or set main on another service",
+        ],
+    },
+    Case {
+        name: "stop_command_without_a_process",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+stop = { command = ["true"] }
+"#,
+        expected: &[
+            "5:20 invalid-value: services.relay.stop.command: kind outbox-relay runs no process of its own to stop with a command; it is stopped by cancellation",
+        ],
+    },
+    Case {
         name: "boolean_as_string",
         registry: r#"[services.a]
 kind = "process"
@@ -714,7 +768,7 @@ depends_on = ["d"]
             "4:22 invalid-value: services.a.restart.policy: unknown value \"sometimes\"; expected one of always, on-failure, never",
             "4:50 type: services.a.restart.max_restarts: expected a non-negative integer, found \"five\"",
             "5:19 invalid-signal: services.a.stop.signal: unknown signal \"SIGNOPE\"; known: SIGHUP, SIGINT, SIGQUIT, SIGABRT, SIGKILL, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGCONT, SIGWINCH, SIGPWR",
-            "5:30 unknown-key: services.a.stop: unknown key `timout`; known: signal, timeout [help: did you mean `timeout`?]",
+            "5:30 unknown-key: services.a.stop: unknown key `timout`; known: signal, timeout, command [help: did you mean `timeout`?]",
             "10:9 invalid-identifier: services.b.table: \"1events\" is not a valid table name (schema.table or table; each part letters, digits and _, not starting with a digit, at most 63 characters)",
             "11:9 invalid-duration: services.b.lease: \"forever\" is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\"",
             "15:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api, a, b",

@@ -45,10 +45,11 @@ pub struct ApiState {
     /// The last `/v1/health` answer and what it was rendered from.
     pub health_cache: Arc<std::sync::Mutex<Option<routes::HealthCache>>>,
     /// The kinds of this build: their actions are checked before a
-    /// request's body is read, and listed in `/openapi.json`.
+    /// request's body is read, and listed in `/openapi.json` (rendered per
+    /// request: it is asked for rarely, and a resident copy would cost
+    /// more than the routes file it starts from, which stays in the
+    /// binary).
     pub kinds: Arc<KindTable>,
-    /// `/openapi.json`, rendered once for these kinds.
-    pub openapi: Arc<str>,
 }
 
 impl ApiState {

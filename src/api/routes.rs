@@ -509,16 +509,17 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if let Some(r) = refuse_mutation(state, &req) {
                 return r;
             }
-            match handle.status().iter().find(|s| s.name == *name) {
-                None => return unknown_service(&handle, name),
-                Some(s) if s.kind == "api" && *op != "start" => {
-                    return control_error(&ControlError::conflict(format!(
-                        "the API cannot {op} itself (it would cut this very connection); \
-                         use POST /v1/reload, POST /v1/shutdown or a signal"
-                    )));
-                }
-                Some(_) => {}
+            if let Some(s) = handle.status().iter().find(|s| s.name == *name)
+                && s.kind == crate::config::API_KIND
+                && *op != "start"
+            {
+                return control_error(&ControlError::conflict(format!(
+                    "the API cannot {op} itself (it would cut this very connection); \
+                     use POST /v1/reload, POST /v1/shutdown or a signal"
+                )));
             }
+            // The supervisor knows the services this instance does not run
+            // (another instance's, under --only), and says so.
             let result = match *op {
                 "start" => handle.start(name).await,
                 "stop" => handle.stop(name).await,
@@ -529,6 +530,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                     StatusCode::OK,
                     &json!({"ok": true, "service": name, "requested": op}),
                 ),
+                Err(ControlError::UnknownService { .. }) => unknown_service(&handle, name),
                 Err(e) => control_error(&e),
             }
         }
@@ -631,7 +633,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
         (["openapi.json"], &Method::GET) => text_response(
             StatusCode::OK,
             "application/json",
-            state.openapi.to_string(),
+            super::openapi::document(&state.kinds).to_string(),
         ),
         (["openapi.json"], _) => method_not_allowed("GET"),
         _ => error(

@@ -24,11 +24,23 @@ fn load(args: &RegistryArgs, kinds: &KindTable) -> Checked {
     load_and_check(&opts, &RealSources)
 }
 
+/// `--only`, with the API kept (see [`Graph::select_only`]).
+fn select(
+    checked: &Checked,
+    g: &Graph,
+    only: &[String],
+) -> Result<Graph, crate::graph::SelectionError> {
+    match checked.registry() {
+        Some(reg) => g.select_only(reg, only),
+        None => g.select(only),
+    }
+}
+
 pub fn check(args: &CheckArgs, kinds: &Kinds) -> u8 {
     let kinds = kinds.table();
     let checked = load(&args.registry, &kinds);
     let selection = match (&checked.graph, args.registry.only.is_empty()) {
-        (Some(g), false) => match g.select(&args.registry.only) {
+        (Some(g), false) => match select(&checked, g, &args.registry.only) {
             Ok(s) => Some(s),
             Err(e) => {
                 errln!("error: {e}");
@@ -436,7 +448,7 @@ pub fn graph(args: &GraphArgs, kinds: &Kinds) -> u8 {
     let g = if args.registry.only.is_empty() {
         g.clone()
     } else {
-        match g.select(&args.registry.only) {
+        match select(&checked, g, &args.registry.only) {
             Ok(s) => s,
             Err(e) => {
                 errln!("error: {e}");

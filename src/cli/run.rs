@@ -63,7 +63,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     let graph = if args.registry.only.is_empty() {
         graph.clone()
     } else {
-        match graph.select(&args.registry.only) {
+        match graph.select_only(registry, &args.registry.only) {
             Ok(g) => g,
             Err(e) => {
                 errln!("error: {e}");
@@ -77,6 +77,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     let registry = registry.clone();
     drop(checked);
     let only = args.registry.only.clone();
+    let only_list = only.clone();
     let reload_opts = opts.clone();
     let reloader: crate::api::Reloader = std::sync::Arc::new(move || {
         let checked = load_and_check(&reload_opts, &RealSources);
@@ -85,7 +86,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
                 let g = if only.is_empty() {
                     g.clone()
                 } else {
-                    g.select(&only).map_err(|e| e.to_string())?
+                    g.select_only(r, &only).map_err(|e| e.to_string())?
                 };
                 Ok((r.clone(), g))
             }
@@ -98,14 +99,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
                 .join("\n")),
         }
     });
-    let metrics = crate::metrics::install(
-        &[
-            crate::metrics::CORE,
-            crate::services::outbox::metrics::FAMILIES,
-            crate::services::memory::metrics::FAMILIES,
-        ]
-        .concat(),
-    );
+    let metrics = crate::metrics::install(&kinds.metric_families());
     let api = crate::api::ApiState {
         handle: Default::default(),
         spec: registry.api.clone(),
@@ -113,7 +107,6 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
         reloader: Some(reloader),
         metrics: metrics.clone(),
         health_cache: Default::default(),
-        openapi: crate::api::openapi::document(&table).to_string().into(),
         kinds: table,
     };
     kinds.register(crate::api::registration(api.clone()));
@@ -134,7 +127,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
             tracing::error!(error = %e, "cannot watch child processes");
             return exit::CRITICAL_FAILED;
         }
-        let supervisor = Supervisor::new(&registry, graph, kinds);
+        let supervisor = Supervisor::new(&registry, graph, kinds).with_only(only_list);
         let handle = supervisor.handle();
         let _ = api.handle.set(handle.clone());
         // Loading the registry and starting every service leave freed heap

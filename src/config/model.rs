@@ -119,10 +119,16 @@ config_table! {
 config_table! {
     /// How a service is stopped.
     pub struct StopSpec {
-        /// Signal sent to a process's group first.
+        /// Signal sent to a process's group (after `command`, if any).
         pub signal: Signal = Signal::TERM,
-        /// Grace before SIGKILL (processes) or abort (in-process services).
+        /// Grace before SIGKILL (processes) or abort (in-process services);
+        /// with a `command`, also the grace between the command and the
+        /// signal.
         pub timeout: Duration = secs(10),
+        /// A command run first to stop a process gracefully (such as
+        /// `["nginx", "-s", "quit"]`); the signal follows if the process
+        /// is still running `timeout` later.
+        pub command: Option<Command>,
     }
 }
 
@@ -471,6 +477,9 @@ config_table! {
         pub enabled: bool = true,
         /// When it fails for good, warden shuts down (exit 3).
         pub critical: bool = false,
+        /// The registry's main service (at most one): when it ends for
+        /// good, warden stops the rest and exits with its exit status.
+        pub main: bool = false,
         /// Runs to completion once; exit 0 is `completed`.
         pub oneshot: bool = false,
         /// Dependencies and the condition each must meet first.

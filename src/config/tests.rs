@@ -166,7 +166,7 @@ fn a_kinds_unknown_and_missing_keys_are_reported_with_their_place() {
         diags("[services.w]\nkind = \"worker\"\nbtach = 1\n"),
         vec![
             "1:1 missing-key: services.w: missing required key `postgres`",
-            "3:1 unknown-key: services.w: unknown key `btach`; known: kind, description, enabled, critical, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, postgres, batch, limit",
+            "3:1 unknown-key: services.w: unknown key `btach`; known: kind, description, enabled, critical, main, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, postgres, batch, limit",
         ]
     );
 }

@@ -18,6 +18,7 @@ pub(super) fn check(
     diags: &mut Diagnostics,
 ) {
     check_api(reg, root, diags);
+    let mut main: Option<&str> = None;
     for s in reg.services.values() {
         // The loader typed the service with a kind of the table (the API's
         // is the one exception, and has nothing to check).
@@ -55,6 +56,29 @@ pub(super) fn check(
         };
         check_service(reg, kind, s, &mut err);
         s.kind.check(&mut Problems::new(&mut err));
+        if s.common.main {
+            match main {
+                Some(first) => err(
+                    "invalid-value",
+                    &["main"],
+                    format!("{first} is the main service already; a registry has at most one"),
+                ),
+                None => main = Some(&s.name),
+            }
+            if !s.enabled() {
+                let by = match &reg.profile {
+                    Some(p) => format!("disabled by profile {p}"),
+                    None => "disabled".to_string(),
+                };
+                err(
+                    "invalid-value",
+                    &["main"],
+                    format!(
+                        "the main service is {by}; warden would have nothing to wait for. Enable it, or set main on another service"
+                    ),
+                );
+            }
+        }
     }
     warnings(reg, kinds, nodes, diags);
 }
@@ -130,6 +154,17 @@ fn check_service(
             format!(
                 "a {} probe only says when a process is ready; use tcp, http, exec, postgres or redis for health",
                 health.check.name()
+            ),
+        );
+    }
+
+    // A stop command runs beside a child process.
+    if c.stop.command.is_some() && kind.runs() != Runs::Process {
+        err(
+            "invalid-value",
+            &["stop", "command"],
+            format!(
+                "kind {kind_name} runs no process of its own to stop with a command; it is stopped by cancellation"
             ),
         );
     }

@@ -364,6 +364,21 @@ impl Graph {
         })
     }
 
+    /// `--only`: the services named, what they depend on, and the API
+    /// service, which belongs to every selection unless the registry
+    /// disables it (probes and the client commands reach each instance
+    /// through it).
+    pub fn select_only(&self, reg: &Registry, names: &[String]) -> Result<Graph, SelectionError> {
+        let mut names = names.to_vec();
+        if let Some(api) = reg.services.values().find(|s| s.is_api())
+            && self.contains(&api.name)
+            && !names.contains(&api.name)
+        {
+            names.push(api.name.clone());
+        }
+        self.select(&names)
+    }
+
     pub fn len(&self) -> usize {
         self.graph.node_count()
     }

@@ -300,6 +300,20 @@ pub struct Context {
     reports: mpsc::UnboundedSender<Report>,
     details: Details,
     logs: Logs,
+    exit_status: ExitStatusCell,
+}
+
+/// Where a run leaves the exit status it ended with, for the supervisor to
+/// read once the run is over (so it arrives with the end of the run, never
+/// before or after it).
+#[derive(Clone, Default, Debug)]
+pub struct ExitStatusCell(Arc<Mutex<Option<i32>>>);
+
+impl ExitStatusCell {
+    /// The status the run left, if any.
+    pub fn get(&self) -> Option<i32> {
+        self.0.lock().ok().and_then(|s| *s)
+    }
 }
 
 impl Context {
@@ -310,6 +324,7 @@ impl Context {
         reports: mpsc::UnboundedSender<Report>,
         details: Details,
         logs: Logs,
+        exit_status: ExitStatusCell,
     ) -> Context {
         Context {
             name,
@@ -318,6 +333,16 @@ impl Context {
             reports,
             details,
             logs,
+            exit_status,
+        }
+    }
+
+    /// Records the exit status the run ends with (a process's exit code,
+    /// or 128 + N when signal N killed it): a registry's `main` service
+    /// hands it on as warden's own exit code.
+    pub fn set_exit_status(&self, status: i32) {
+        if let Ok(mut s) = self.exit_status.0.lock() {
+            *s = Some(status);
         }
     }
 

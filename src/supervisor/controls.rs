@@ -7,17 +7,39 @@ use tokio::time::Instant;
 use super::events::{Happened, RestartReason};
 use super::restart::RestartBudget;
 use super::state::{Event, State};
-use super::{AfterStop, ControlError, Supervisor, Unit};
+use super::{AfterStop, ControlError, StopCause, Supervisor, Unit};
 use crate::services::ActionError;
 
 impl Supervisor {
-    /// A control names a service of the registry, or is refused as unknown.
+    /// A control names a service of this instance, or is refused: one of
+    /// the registry that `--only` left to another instance is a conflict
+    /// (it runs elsewhere), any other name is unknown.
     fn known(&self, name: &str) -> Result<(), ControlError> {
         if self.units.contains_key(name) {
             Ok(())
+        } else if self.outside.contains(name) {
+            let only = if self.only.is_empty() {
+                String::new()
+            } else {
+                format!(" (--only {})", self.only.join(","))
+            };
+            Err(ControlError::conflict(format!(
+                "{name} is not in this instance's selection{only}; it runs on the instance that selects it"
+            )))
         } else {
             Err(ControlError::UnknownService { name: name.into() })
         }
+    }
+
+    /// The words of a control refused because the service is disabled.
+    fn disabled(&self, name: &str) -> ControlError {
+        let by = match &self.profile {
+            Some(p) => format!("disabled by profile {p}"),
+            None => "disabled in the registry".to_string(),
+        };
+        ControlError::conflict(format!(
+            "{name} is {by} (enabled = false); enable it in the registry and reload"
+        ))
     }
 
     /// An operator's start of a service that is not running and will not
@@ -41,6 +63,7 @@ impl Supervisor {
                 self.unblock_dependents(name);
                 Ok(())
             }
+            State::Disabled => Err(self.disabled(name)),
             s => Err(ControlError::conflict(format!(
                 "{name} is {s}; only a stopped, failed or completed service can be started"
             ))),
@@ -48,12 +71,35 @@ impl Supervisor {
     }
 
     /// An operator's stop: the service stays stopped until started again.
+    /// It wins in every state: a restart in flight (stopping to start
+    /// again, a backoff, a stop for a failed health check) is cancelled.
     pub(super) fn control_stop(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
         let state = self.units[name].state;
         match state {
             State::Starting | State::Ready => {
                 self.stop_unit(name, AfterStop::Stay);
+                Ok(())
+            }
+            State::Stopping => {
+                let u = &mut self.units[name];
+                match &u.stop_cause {
+                    // Already not coming back.
+                    StopCause::Asked(
+                        AfterStop::Stay | AfterStop::Block | AfterStop::Disable | AfterStop::Remove,
+                    ) => {}
+                    // A failure that would have been restarted: keep its
+                    // words, not its restart.
+                    StopCause::HealthFailed(e) | StopCause::StartTimedOut(e) => {
+                        u.last_error = Some(e.clone());
+                        u.stop_cause = AfterStop::Stay.into();
+                    }
+                    // On its way to run again (a restart, a dependency's
+                    // restart, a reload's new spec, standby): it stays
+                    // stopped instead (a reload's spec is still taken).
+                    StopCause::Asked(_) => u.stop_cause = AfterStop::Stay.into(),
+                }
+                tracing::info!(service = %name, "stop requested while stopping: it stays stopped");
                 Ok(())
             }
             State::Pending | State::Backoff | State::Standby | State::Blocked => {
@@ -103,7 +149,7 @@ impl Supervisor {
             State::Standby => refuse(
                 "is standby; another instance holds its singleton lock and runs it: restart it there",
             ),
-            State::Disabled => refuse("is disabled; enable it in the registry and reload"),
+            State::Disabled => Err(self.disabled(name)),
         }
     }
 

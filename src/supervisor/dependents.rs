@@ -32,15 +32,19 @@ impl Supervisor {
     /// decided with the rest ([`super::decide`]); this names the critical
     /// service that would be left blocked.
     pub(super) fn block_dependents(&mut self, name: &str, dependents: Vec<Arc<str>>) {
-        if let Some(c) = dependents
-            .iter()
-            .find(|d| self.units[&***d].spec.common.critical)
-        {
+        if let Some(c) = dependents.iter().find(|d| {
+            let c = &self.units[&***d].spec.common;
+            c.critical || c.main
+        }) {
             tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
-            self.units[&**c].last_error =
-                Some(format!("blocked: its dependency {name} failed for good"));
         }
         for d in dependents {
+            if self.units[&*d].state != State::Blocked {
+                self.units[&*d].last_error = Some(match self.units[name].state {
+                    State::Failed => format!("blocked: its dependency {name} failed for good"),
+                    _ => format!("blocked: its dependency {name} is blocked"),
+                });
+            }
             match self.units[&*d].state {
                 State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),
                 State::Stopping => self.units[&*d].stop_cause = AfterStop::Block.into(),
@@ -51,6 +55,32 @@ impl Supervisor {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// `name`, pending, can never start: a dependency ended for good
+    /// without meeting its condition. It is blocked with `reason`, and so is
+    /// every service that depends on it; a critical (or the main) service
+    /// among them can never run, which ends warden (exit 3) as a failed
+    /// dependency does.
+    pub(super) fn block_for_good(&mut self, name: &str, reason: String) {
+        tracing::warn!(service = %name, "{reason}");
+        let u = &mut self.units[name];
+        u.last_error = Some(reason);
+        u.generation += 1;
+        u.release_leadership();
+        let mut critical = u.spec.common.critical || u.spec.common.main;
+        self.transition(name, Event::Block);
+        let dependents = self.transitive_dependents(name);
+        critical |= dependents.iter().any(|d| {
+            let c = &self.units[&**d].spec.common;
+            c.critical || c.main
+        });
+        self.block_dependents(name, dependents);
+        if critical && !self.shutting_down {
+            tracing::error!(service = %name, "a critical service can never run; shutting down");
+            self.choose_exit(super::EXIT_CRITICAL);
+            self.request_shutdown();
         }
     }
 

@@ -276,15 +276,21 @@ impl Supervisor {
             }
             return;
         }
-        let ready: Vec<Arc<str>> = self
-            .units
-            .values()
-            .filter(|u| {
-                matches!(u.state, State::Pending | State::Standby)
-                    && self.dependencies_hold(&u.name)
-            })
-            .map(|u| u.name.clone())
-            .collect();
+        let mut ready = Vec::new();
+        let mut stuck = Vec::new();
+        for u in self.units.values() {
+            if !matches!(u.state, State::Pending | State::Standby) {
+                continue;
+            }
+            match self.waiting_on(&u.name) {
+                Wait::Nothing => ready.push(u.name.clone()),
+                Wait::Dependencies => {}
+                Wait::Never(reason) => stuck.push((u.name.clone(), reason)),
+            }
+        }
+        for (name, reason) in stuck {
+            self.block_for_good(&name, reason);
+        }
         for name in ready {
             let u = &self.units[&*name];
             if !u.spec.common.singleton || u.leader {
@@ -295,17 +301,55 @@ impl Supervisor {
         }
     }
 
-    /// Every edge condition of `name` holds: it may start.
-    fn dependencies_hold(&self, name: &str) -> bool {
-        self.graph.dependencies(name).iter().all(|(d, c)| {
-            let s = self.units[*d].state;
-            match c {
-                Condition::Started => {
-                    matches!(s, State::Starting | State::Ready | State::Completed)
-                }
-                Condition::Ready => matches!(s, State::Ready | State::Completed),
-                Condition::Completed => s == State::Completed,
+    /// What `name` still waits for: nothing (every edge condition holds:
+    /// it may start), its dependencies, or nothing that can come (a
+    /// dependency ended for good without meeting its condition).
+    fn waiting_on(&self, name: &str) -> Wait {
+        let mut wait = Wait::Nothing;
+        for (d, c) in self.graph.dependencies(name) {
+            let dep = &self.units[d];
+            if holds(dep.state, dep.met, c) {
+                continue;
             }
-        })
+            if matches!(dep.state, State::Stopped | State::Failed | State::Blocked) {
+                let how = match dep.state {
+                    State::Failed => "failed for good".to_string(),
+                    State::Blocked => "is blocked".to_string(),
+                    _ => format!("stopped without being {c}"),
+                };
+                return Wait::Never(format!("blocked: its dependency {d} {how}"));
+            }
+            wait = Wait::Dependencies;
+        }
+        wait
+    }
+}
+
+/// What a pending service waits for.
+enum Wait {
+    Nothing,
+    Dependencies,
+    /// It can never start: why.
+    Never(String),
+}
+
+/// Whether a dependency in `state`, whose latest run met `met`, meets the
+/// condition `c`. A condition holds while the dependency is in it
+/// (`started`: starting or ready; `ready`: ready; all three once it
+/// completed). Once the dependency has stopped for good (it exited
+/// cleanly and is not restarted, or an operator stopped it), what its
+/// latest run met stays met; on its way to run again (stopping to
+/// restart, in backoff, waiting) only a new run meets it.
+pub(super) fn holds(state: State, met: super::Met, c: Condition) -> bool {
+    let stopped = state == State::Stopped;
+    match c {
+        Condition::Started => {
+            matches!(state, State::Starting | State::Ready | State::Completed)
+                || (stopped && met.started)
+        }
+        Condition::Ready => {
+            matches!(state, State::Ready | State::Completed) || (stopped && met.ready)
+        }
+        Condition::Completed => state == State::Completed,
     }
 }

@@ -452,6 +452,19 @@ struct Unit {
     leader: bool,
     /// Singletons: the task holding (or waiting for) the lock.
     leadership: Option<CancellationToken>,
+    /// What the latest run met of the conditions dependents wait for
+    /// (`started`, `ready`); it stays met once that run has ended for
+    /// good, and is cleared when the service is to run again.
+    met: Met,
+    /// Where the current run leaves its exit status.
+    exit_status: crate::services::ExitStatusCell,
+}
+
+/// The conditions a run has met, for the services that depend on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Met {
+    pub started: bool,
+    pub ready: bool,
 }
 
 impl Unit {
@@ -481,6 +494,8 @@ impl Unit {
             start_timer: None,
             leader: false,
             leadership: None,
+            met: Met::default(),
+            exit_status: Default::default(),
             spec,
         }
     }
@@ -512,6 +527,15 @@ pub struct Supervisor {
     shutting_down: bool,
     forced: bool,
     exit_code: u8,
+    /// Why warden is stopping, once something decided it: the first cause
+    /// chooses the exit code.
+    exit_chosen: bool,
+    /// The profile in force (for the words of a refused start).
+    profile: Option<String>,
+    /// Enabled services left out of this instance by `--only`, and the
+    /// `--only` list (for the words of a refused control).
+    outside: std::collections::HashSet<String>,
+    only: Vec<String>,
     /// Every `(state, event)` applied, for the transitions-coverage test.
     #[cfg(test)]
     coverage: Option<Coverage>,
@@ -522,6 +546,7 @@ impl Supervisor {
     /// was checked against `registry`.
     pub fn new(registry: &Registry, graph: Graph, kinds: Kinds) -> Supervisor {
         let mut units = IndexMap::new();
+        let mut outside = std::collections::HashSet::new();
         let log_lines = registry.warden.log_lines.0 as usize;
         for spec in registry.services.values() {
             let state = if graph.contains(&spec.name) {
@@ -529,6 +554,7 @@ impl Supervisor {
             } else if !spec.enabled() {
                 State::Disabled
             } else {
+                outside.insert(spec.name.clone());
                 continue; // left out by --only
             };
             let unit = Unit::new(spec.clone(), state, log_lines);
@@ -560,6 +586,10 @@ impl Supervisor {
             shutting_down: false,
             forced: false,
             exit_code: EXIT_OK,
+            exit_chosen: false,
+            profile: registry.profile.clone(),
+            outside,
+            only: Vec::new(),
             #[cfg(test)]
             coverage: None,
         };
@@ -567,9 +597,26 @@ impl Supervisor {
         s
     }
 
+    /// Settles warden's exit code: the first cause to stop warden chooses
+    /// it (a critical failure, the main service's end); a later one does
+    /// not change it.
+    fn choose_exit(&mut self, code: u8) {
+        if !self.exit_chosen {
+            self.exit_chosen = true;
+            self.exit_code = code;
+        }
+    }
+
     /// Holds singleton locks with `locker` instead of PostgreSQL (tests).
     pub fn with_locker(mut self, locker: Locker) -> Supervisor {
         self.locker = locker;
+        self
+    }
+
+    /// The `--only` list this instance runs (named in the words of a
+    /// control refused for a service outside it).
+    pub fn with_only(mut self, only: Vec<String>) -> Supervisor {
+        self.only = only;
         self
     }
 
@@ -610,6 +657,19 @@ impl Supervisor {
                 });
                 u.state = to;
                 u.since = Instant::now();
+                // A new run meets the conditions anew; a service on its
+                // way to run again meets none of them meanwhile.
+                match to {
+                    State::Starting => {
+                        u.met = Met {
+                            started: true,
+                            ready: false,
+                        }
+                    }
+                    State::Ready => u.met.ready = true,
+                    State::Pending | State::Backoff | State::Standby => u.met = Met::default(),
+                    _ => {}
+                }
                 if self.events.listened() {
                     self.events.send(Happened::State {
                         service: u.name.clone(),

@@ -136,6 +136,13 @@ impl Supervisor {
                 }
             }
         }
+        self.profile = registry.profile.clone();
+        self.outside = registry
+            .services
+            .values()
+            .filter(|s| s.enabled() && !graph.contains(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
         self.graph = graph;
         // Timers of removed services and of changed schedules were
         // cancelled; start those of added services and new schedules.

@@ -22,6 +22,7 @@ impl Supervisor {
         let u = &mut self.units[name];
         u.generation += 1;
         u.stop_cause = AfterStop::Stay.into();
+        u.exit_status = Default::default();
         u.ready_since = None;
         if let Some(t) = u.start_timer.take() {
             t.abort();
@@ -55,6 +56,7 @@ impl Supervisor {
             self.reports_tx.clone(),
             u.details.clone(),
             u.logs.clone(),
+            u.exit_status.clone(),
         );
         // Every event the service emits carries its name (the span's field).
         let span = tracing::info_span!("service", service = %u.name);
@@ -104,7 +106,9 @@ impl Supervisor {
             c.cancel();
         }
         let generation = u.generation;
-        let timeout = u.spec.common.stop.timeout;
+        // A stop command has its own grace before the signal's.
+        let stop = &u.spec.common.stop;
+        let timeout = stop.timeout * if stop.command.is_some() { 2 } else { 1 };
         let timer_name = u.name.clone();
         self.transition(name, Event::Stop);
         if self.forced {
@@ -201,9 +205,12 @@ impl Supervisor {
         } else {
             self.transitive_dependents(name)
         };
-        let critical_dependent = dependents
-            .iter()
-            .any(|d| self.units[&**d].spec.common.critical);
+        let critical_dependent = dependents.iter().any(|d| {
+            let c = &self.units[&**d].spec.common;
+            c.critical || c.main
+        });
+        let main = self.units[name].spec.common.main;
+        let status = self.units[name].exit_status.get();
         let decision = decide(ExitInput {
             ending,
             policy,
@@ -265,17 +272,30 @@ impl Supervisor {
             Dependents::Block => self.block_dependents(name, dependents),
         }
         if decision.critical_exit {
-            self.exit_code = EXIT_CRITICAL;
+            self.choose_exit(EXIT_CRITICAL);
             if !self.shutting_down {
                 self.request_shutdown();
             }
+        }
+        if main && !self.shutting_down && ends_for_good(decision.service) {
+            let code = main_exit_code(status, ending);
+            tracing::info!(service = %name, code, "the main service has ended; stopping the rest");
+            self.choose_exit(code);
+            self.request_shutdown();
         }
     }
 
     /// A run that was stopped on request has ended: what the stop was for.
     fn after_stop(&mut self, name: &str, then: Then) {
         match then {
-            Then::Stay => {}
+            Then::Stay => {
+                // An operator's stop overrode a reload's restart: the new
+                // spec is still the one to run next.
+                let u = &mut self.units[name];
+                if let Some(spec) = u.next_spec.take() {
+                    u.replace_spec(spec);
+                }
+            }
             Then::Wait => {
                 self.transition(name, Event::Reset);
             }
@@ -347,6 +367,35 @@ impl Supervisor {
                 generation,
             },
         );
+    }
+}
+
+/// Whether an outcome ends the service for good: it will not run again
+/// unless an operator starts it (what a registry's main service ending
+/// means).
+pub(super) fn ends_for_good(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Complete
+            | Outcome::Exit
+            | Outcome::Fail { .. }
+            | Outcome::Stopped {
+                then: Then::Stay | Then::Replace,
+                ..
+            }
+    )
+}
+
+/// warden's exit code when the main service has ended for good: the exit
+/// status its run left (a process's code, 128 + N for signal N), else 0
+/// for a run that ended cleanly or was stopped, 1 for one that failed.
+pub(super) fn main_exit_code(status: Option<i32>, ending: Ending) -> u8 {
+    match status {
+        Some(s) => u8::try_from(s).unwrap_or(1),
+        None => match ending {
+            Ending::Exited | Ending::Stopped(_) => 0,
+            Ending::Failed | Ending::HealthFailed | Ending::StartTimedOut => 1,
+        },
     }
 }
 

@@ -81,6 +81,8 @@ crate::config_table! {
         pub unbuildable: Option<bool>,
         /// The database of its singleton leadership.
         pub postgres: Option<PostgresDsn>,
+        /// The exit status its runs leave when they end by themselves.
+        pub status: Option<u64>,
     }
 }
 
@@ -178,6 +180,9 @@ impl Service for Mock {
                 match exit_after {
                     Some(e) => tokio::time::sleep_until(started + e).await,
                     None => std::future::pending::<()>().await,
+                }
+                if let Some(code) = s.get("status").and_then(Json::as_i64) {
+                    ctx.set_exit_status(code as i32);
                 }
                 match s.get("exit").and_then(Json::as_str).unwrap_or("ok") {
                     "err" => Err(ServiceError("exited with status 1".into())),
@@ -832,7 +837,7 @@ restart = { max_restarts = 5, backoff = { initial = "1h", max = "1h" } }
         ),
         (
             "off",
-            "off is disabled; enable it in the registry and reload",
+            "off is disabled in the registry (enabled = false); enable it in the registry and reload",
         ),
     ];
     for (name, words) in refusals {
@@ -1219,6 +1224,13 @@ exit_after = "10ms"
         ),
         (
             r#"
+[services.a_pending]
+kind = "mock"
+depends_on = ["z_gate"]
+[services.z_gate]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1h"
 [services.crash]
 kind = "mock"
 exit = "err"
@@ -1396,4 +1408,355 @@ async fn operate_everything(h: &Harness) {
         let _ = h.handle.start(&s.name).await;
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+// ---------------------------------------------------------------------------
+// Conditions once met, a clean end that blocks, the operator's stop, the
+// main service's exit code.
+
+#[tokio::test(start_paused = true)]
+async fn started_holds_once_the_dependency_has_started_even_after_it_exited() {
+    let h = start(
+        r#"
+[services.quick]
+kind = "mock"
+exit_after = "100ms"
+restart = { policy = "on-failure" }
+[services.slow]
+kind = "mock"
+oneshot = true
+exit_after = "1s"
+[services.app]
+kind = "mock"
+depends_on = { quick = "started", slow = "completed" }
+"#,
+    );
+    h.wait("app", State::Ready).await;
+    assert_eq!(
+        h.state("quick"),
+        State::Stopped,
+        "quick exited 0 long before"
+    );
+    assert_eq!(h.log.times("start app"), vec![1000], "when slow completed");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_ends_cleanly_before_it_is_ready_blocks_its_dependents() {
+    let h = start(
+        r#"
+[services.flaky]
+kind = "mock"
+ready_after = "never"
+exit_after = "200ms"
+restart = { policy = "on-failure" }
+[services.app]
+kind = "mock"
+depends_on = ["flaky"]
+[services.web]
+kind = "mock"
+depends_on = { app = "started" }
+"#,
+    );
+    h.wait("app", State::Blocked).await;
+    h.wait("web", State::Blocked).await;
+    assert_eq!(h.state("flaky"), State::Stopped);
+    assert_eq!(
+        h.status("app").last_error.as_deref(),
+        Some("blocked: its dependency flaky stopped without being ready")
+    );
+    assert_eq!(
+        h.status("web").last_error.as_deref(),
+        Some("blocked: its dependency app is blocked")
+    );
+    assert!(h.log.times("start app").is_empty());
+    // Nothing runs or could run: warden ends by itself, and cleanly (no
+    // critical service was involved).
+    let code = tokio::time::timeout(Duration::from_secs(5), h.done)
+        .await
+        .expect("warden ends by itself")
+        .unwrap();
+    assert_eq!(code, EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_dependency_that_then_exits_cleanly_still_counts_as_ready() {
+    let h = start(
+        r#"
+[services.setup]
+kind = "mock"
+ready_after = "100ms"
+exit_after = "300ms"
+restart = { policy = "never" }
+[services.gate]
+kind = "mock"
+oneshot = true
+exit_after = "1s"
+[services.app]
+kind = "mock"
+depends_on = { setup = "ready", gate = "completed" }
+"#,
+    );
+    h.wait("app", State::Ready).await;
+    assert_eq!(h.state("setup"), State::Stopped);
+    assert_eq!(h.log.times("start app"), vec![1000]);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_critical_service_blocked_by_a_clean_end_is_a_critical_failure() {
+    let h = start(
+        r#"
+[services.flaky]
+kind = "mock"
+ready_after = "never"
+exit_after = "200ms"
+[services.app]
+kind = "mock"
+critical = true
+depends_on = ["flaky"]
+[services.other]
+kind = "mock"
+"#,
+    );
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .expect("warden ends")
+        .unwrap();
+    assert_eq!(code, EXIT_CRITICAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_after_a_block_waits_again_and_an_operator_stop_of_a_pending_dependency_blocks() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "1s"
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    // Stopped before it was ready: app can never start, until db is
+    // started again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.handle.stop("db").await.unwrap();
+    h.wait("app", State::Blocked).await;
+    h.handle.start("db").await.unwrap();
+    h.wait("app", State::Ready).await;
+    h.shutdown().await;
+}
+
+/// A service in every state an operator's stop may find it in, and a check
+/// that it ends `stopped` and never runs again.
+#[tokio::test(start_paused = true)]
+async fn an_operators_stop_wins_in_every_state_and_cancels_a_restart_in_flight() {
+    let h = start(
+        r#"
+[services.gate]
+kind = "mock"
+ready_after = "1h"
+[services.pending]
+kind = "mock"
+depends_on = ["gate"]
+[services.starting]
+kind = "mock"
+ready_after = "1h"
+[services.crashy]
+kind = "mock"
+exit = "err"
+exit_after = "10ms"
+restart.backoff = { initial = "1s", max = "1s", jitter = 0.0 }
+[services.restarting]
+kind = "mock"
+stop_delay = "500ms"
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("starting", State::Starting).await;
+    h.wait("crashy", State::Backoff).await;
+    h.wait("restarting", State::Ready).await;
+    // Stopping on the way to a restart: the stop wins.
+    h.handle.restart("restarting").await.unwrap();
+    assert_eq!(h.state("restarting"), State::Stopping);
+    h.handle.stop("restarting").await.unwrap();
+    for name in ["pending", "starting", "crashy"] {
+        h.handle.stop(name).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for name in ["pending", "starting", "crashy", "restarting"] {
+        assert_eq!(h.state(name), State::Stopped, "{name}");
+    }
+    assert_eq!(
+        h.log.times("start restarting").len(),
+        1,
+        "the restart was cancelled"
+    );
+    assert_eq!(
+        h.log.times("start crashy").len(),
+        1,
+        "the backoff was cancelled"
+    );
+    assert!(h.log.times("start pending").is_empty());
+    // A stop of what is not running is refused, in words that say so.
+    let refused = h.handle.stop("crashy").await.unwrap_err();
+    assert_eq!(refused.to_string(), "crashy is stopped; it is not running");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operators_stop_wins_over_a_restart_after_a_failed_health_check() {
+    // The run is stopping because its start timed out, which its policy
+    // would restart: the operator's stop keeps it stopped, and the reason
+    // of the failure stays in last_error.
+    let h = start(
+        r#"
+[services.slow]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1s"
+stop_delay = "2s"
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.state("slow"), State::Stopping);
+    h.handle.stop("slow").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(h.state("slow"), State::Stopped);
+    assert_eq!(h.log.times("start slow"), vec![0]);
+    assert_eq!(
+        h.status("slow").last_error.as_deref(),
+        Some("not ready within start_timeout (1s)")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_main_services_exit_status_becomes_warden_s_exit_code() {
+    // It exits 7 and is not restarted (policy on-failure counts 7 as a
+    // failure: restarted twice, then failed for good with its last code).
+    let h = start(
+        r#"
+[services.app]
+kind = "mock"
+main = true
+exit = "err"
+exit_after = "1s"
+status = 7
+restart = { policy = "on-failure", max_restarts = 2, backoff = { initial = "10ms", jitter = 0.0 } }
+[services.side]
+kind = "mock"
+"#,
+    );
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .expect("warden ends with its main service")
+        .unwrap();
+    assert_eq!(code, 7);
+    assert_eq!(h.log.times("start app").len(), 3);
+    assert_eq!(h.log.times("stop side").len(), 1, "the rest was stopped");
+
+    // A clean exit: 0, at once.
+    let h = start(
+        "[services.app]\nkind = \"mock\"\nmain = true\nexit_after = \"1s\"\n[services.side]\nkind = \"mock\"\n",
+    );
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_cause_to_stop_warden_chooses_its_exit_code() {
+    // A critical failure first: 3, whatever the main service does next.
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+critical = true
+exit = "err"
+exit_after = "100ms"
+restart = { policy = "never" }
+[services.app]
+kind = "mock"
+main = true
+status = 9
+exit = "err"
+stop_delay = "10ms"
+"#,
+    );
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, EXIT_CRITICAL);
+    // A shutdown asked for first: 0, though the main service is stopped
+    // by it.
+    let h = start("[services.app]\nkind = \"mock\"\nmain = true\nstatus = 143\n");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.shutdown().await.0, EXIT_OK);
+}
+
+#[test]
+fn the_main_services_code_is_its_status_else_how_it_ended() {
+    use super::decide::Ending;
+    use super::runs::main_exit_code;
+    assert_eq!(main_exit_code(Some(7), Ending::Failed), 7);
+    assert_eq!(main_exit_code(Some(0), Ending::Exited), 0);
+    assert_eq!(
+        main_exit_code(Some(143), Ending::Stopped(AfterStop::Stay)),
+        143
+    );
+    assert_eq!(main_exit_code(Some(300), Ending::Failed), 1, "not a code");
+    assert_eq!(main_exit_code(Some(-1), Ending::Failed), 1, "not a code");
+    assert_eq!(main_exit_code(None, Ending::Exited), 0);
+    assert_eq!(main_exit_code(None, Ending::Stopped(AfterStop::Stay)), 0);
+    assert_eq!(main_exit_code(None, Ending::Failed), 1);
+    assert_eq!(main_exit_code(None, Ending::HealthFailed), 1);
+    assert_eq!(main_exit_code(None, Ending::StartTimedOut), 1);
+}
+
+#[test]
+fn conditions_hold_while_met_and_stay_met_once_ended_for_good() {
+    use super::event_loop::holds;
+    use crate::config::Condition::{Completed, Ready, Started};
+    let none = Met::default();
+    let started = Met {
+        started: true,
+        ready: false,
+    };
+    let ready = Met {
+        started: true,
+        ready: true,
+    };
+    // (state, what its run met) -> (started, ready, completed)
+    let table = [
+        (State::Pending, none, [false, false, false]),
+        (State::Starting, started, [true, false, false]),
+        (State::Ready, ready, [true, true, false]),
+        (State::Completed, ready, [true, true, true]),
+        (State::Stopped, none, [false, false, false]),
+        (State::Stopped, started, [true, false, false]),
+        (State::Stopped, ready, [true, true, false]),
+        (State::Stopping, ready, [false, false, false]),
+        (State::Backoff, none, [false, false, false]),
+        (State::Failed, ready, [false, false, false]),
+        (State::Blocked, none, [false, false, false]),
+        (State::Standby, none, [false, false, false]),
+    ];
+    for (state, met, want) in table {
+        let got = [
+            holds(state, met, Started),
+            holds(state, met, Ready),
+            holds(state, met, Completed),
+        ];
+        assert_eq!(got, want, "{state} {met:?}");
+    }
 }

@@ -30,6 +30,15 @@ impl ExitStatus {
     pub fn success(self) -> bool {
         self == ExitStatus::Code(0)
     }
+
+    /// The status as a shell reports it: the exit code, or 128 + N for a
+    /// process killed by signal N.
+    pub fn as_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
 }
 
 impl std::fmt::Display for ExitStatus {

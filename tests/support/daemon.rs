@@ -28,7 +28,21 @@ impl Warden {
         Warden::start_with(registry, &[], None)
     }
 
+    /// `warden run ARGS...` (such as `--only a`).
+    pub fn start_args(registry: &str, args: &[&str]) -> Warden {
+        Warden::start_full(registry, &[], None, args)
+    }
+
     pub fn start_with(registry: &str, env: &[(&str, &str)], wrapper: Option<&[&str]>) -> Warden {
+        Warden::start_full(registry, env, wrapper, &[])
+    }
+
+    fn start_full(
+        registry: &str,
+        env: &[(&str, &str)],
+        wrapper: Option<&[&str]>,
+        args: &[&str],
+    ) -> Warden {
         let dir = tempfile::tempdir().unwrap();
         write_registry(dir.path(), registry);
         let bin = env!("CARGO_BIN_EXE_warden");
@@ -41,6 +55,7 @@ impl Warden {
             None => Command::new(bin),
         };
         cmd.args(["run", "--log-format", "json"])
+            .args(args)
             .current_dir(dir.path())
             .env("WARDEN_LOG", "warden=debug")
             .env_remove("NOTIFY_SOCKET")

@@ -267,8 +267,13 @@ impl Service for ProcessService {
             let result = match outcome {
                 Ok(s) => {
                     ctx.details().set("last_exit", s.to_string());
+                    ctx.set_exit_status(s.as_code());
                     guard.disarm_and_kill_rest();
-                    if s.success() {
+                    let success = match s {
+                        ExitStatus::Code(c) => self.process().success_exit_codes.contains(c),
+                        ExitStatus::Signal(_) => false,
+                    };
+                    if success {
                         Ok(())
                     } else {
                         Err(ServiceError(s.to_string()))
@@ -276,14 +281,30 @@ impl Service for ProcessService {
                 }
                 Err(()) => {
                     let stop = &self.spec.common.stop;
-                    let _ = killpg(Pid::from_raw(pid), to_nix(stop.signal.number));
-                    match tokio::time::timeout(stop.timeout, &mut status).await {
-                        Ok(_) => {}
-                        Err(_) => {
-                            tracing::warn!(service = %ctx.name(), "did not stop within {}; sending SIGKILL", humantime::format_duration(stop.timeout));
-                            let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
-                            let _ = status.await;
+                    let mut exited = None;
+                    if let Some(command) = &stop.command {
+                        // The graceful way first; the signal only if the
+                        // process is still there a grace period later.
+                        self.run_stop_command(&ctx, &reaper, command, &extra_env);
+                        exited = tokio::time::timeout(stop.timeout, &mut status).await.ok();
+                    }
+                    let s = match exited {
+                        Some(s) => s,
+                        None => {
+                            let _ = killpg(Pid::from_raw(pid), to_nix(stop.signal.number));
+                            match tokio::time::timeout(stop.timeout, &mut status).await {
+                                Ok(s) => s,
+                                Err(_) => {
+                                    tracing::warn!(service = %ctx.name(), "did not stop within {}; sending SIGKILL", humantime::format_duration(stop.timeout));
+                                    let _ = killpg(Pid::from_raw(pid), NixSignal::SIGKILL);
+                                    status.await
+                                }
+                            }
                         }
+                    };
+                    if let Ok(s) = s {
+                        ctx.details().set("last_exit", s.to_string());
+                        ctx.set_exit_status(s.as_code());
                     }
                     guard.disarm_and_kill_rest();
                     Ok(())
@@ -299,6 +320,86 @@ impl Service for ProcessService {
             }
             result
         })
+    }
+}
+
+impl ProcessService {
+    /// Starts `stop.command` beside the running process (same working
+    /// directory, environment and user), its output going to the service's
+    /// log. It runs in a process group of its own, killed if it has not
+    /// ended within the whole stop's time (twice `stop.timeout`).
+    fn run_stop_command(
+        &self,
+        ctx: &Context,
+        reaper: &Reaper,
+        command: &crate::config::types::Command,
+        extra_env: &HashMap<String, String>,
+    ) {
+        let cmd = match self.command(extra_env) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command");
+                return;
+            }
+        };
+        // The service's own settings, another program.
+        let mut stop = std::process::Command::new(&command.0[0]);
+        stop.args(&command.0[1..]);
+        if let Some(dir) = cmd.get_current_dir() {
+            stop.current_dir(dir);
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => stop.env(k, v),
+                None => stop.env_remove(k),
+            };
+        }
+        stop.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(user) = &self.process().user
+            && let Err(e) = apply_user(&mut stop, user)
+        {
+            tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command");
+            return;
+        }
+        drop(cmd);
+        tracing::info!(service = %ctx.name(), "running the stop command {}", command.0.join(" "));
+        match reaper.spawn(&mut stop) {
+            Ok((mut child, status)) => {
+                let guard = GroupGuard::new(child.id() as i32);
+                let out = child
+                    .stdout
+                    .take()
+                    .and_then(|o| pump(ctx, Stream::Stdout, o, None).ok());
+                let err = child
+                    .stderr
+                    .take()
+                    .and_then(|e| pump(ctx, Stream::Stderr, e, None).ok());
+                let name = ctx.name().to_string();
+                let limit = self.spec.common.stop.timeout * 2;
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    // The guard kills whatever is left of it afterwards.
+                    match tokio::time::timeout(limit, status).await {
+                        Ok(Ok(s)) if !s.success() => {
+                            tracing::warn!(service = %name, "the stop command {s}")
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            tracing::warn!(service = %name, "the stop command did not end; killing it")
+                        }
+                    }
+                    for p in [out, err].into_iter().flatten() {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), p).await;
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command {}", command.0[0]);
+            }
+        }
     }
 }
 
