@@ -171,6 +171,31 @@ fn routes_answer_and_readiness_follows_startup_and_shutdown() {
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{body}"
     );
+    // A body that does not fit the action is the caller's mistake (400),
+    // found before any store is touched: a misspelt key must not replay
+    // every failed row.
+    for (sent, words) in [
+        (
+            &br#"{"id": [1]}"#[..],
+            "unknown argument \"id\"; replay-failed takes only ids",
+        ),
+        (
+            &b"[12, 13]"[..],
+            "the body must be a JSON object: {} for every failed row, or {\"ids\": [..]}",
+        ),
+        (&br#"{"ids": "x"}"#[..], "ids must be a list of row ids"),
+    ] {
+        let (status, _, body) = http(
+            port,
+            "POST",
+            "/v1/services/janitor/actions/replay-failed",
+            &[],
+            sent,
+        );
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], words);
+    }
 
     // Actions: unknown ones are 404, malformed JSON 400, big bodies 413.
     let (status, _, body) = http(

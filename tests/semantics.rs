@@ -162,7 +162,7 @@ enabled = false
 kind = "process"
 command = ["sh", "-c", "trap '' TERM; echo up; while [ ! -e quit ]; do sleep 0.05; done; echo graceful exit"]
 ready = { log = "^up$" }
-stop = { command = ["sh", "-c", "echo asked to quit; touch quit"], timeout = "20s" }
+stop = { command = ["sh", "-c", "echo asked to quit; touch quit"], timeout = "10s" }
 "#;
     let mut w = Warden::start(registry);
     w.wait_event("daemon", "ready");

@@ -76,7 +76,15 @@ pub fn document(kinds: &KindTable) -> Json {
         op["description"] = json!(format!(
             "{summaries}\n\nA service of another kind answers 404. Needs the bearer token when one is set."
         ));
-        let one_or_many = |schemas: Vec<Json>| -> Json {
+        // Kinds sharing an action may share its shapes: each distinct one
+        // once (`oneOf` of two equal schemas would match nothing).
+        let one_or_many = |all: Vec<Json>| -> Json {
+            let mut schemas: Vec<Json> = Vec::new();
+            for s in all {
+                if !schemas.contains(&s) {
+                    schemas.push(s);
+                }
+            }
             if schemas.len() == 1 {
                 schemas.into_iter().next().unwrap_or_default()
             } else {
@@ -126,6 +134,11 @@ mod tests {
             KindDef::new::<NoSettings>("b", Runs::InProcess)
                 .action(Action::new("go", "Also goes.")),
         );
+        // A third kind with the same shapes as b: listed once.
+        kinds.add(
+            KindDef::new::<NoSettings>("b2", Runs::InProcess)
+                .action(Action::new("go", "Goes too.")),
+        );
         kinds.add(KindDef::new::<NoSettings>("c", Runs::Process));
         let doc = document(&kinds);
         let op = &doc["paths"]["/v1/services/{name}/actions/go"]["post"];
@@ -133,6 +146,7 @@ mod tests {
         let req = &op["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(req["oneOf"][0]["properties"]["n"]["type"], "integer");
         assert_eq!(req["oneOf"][1]["type"], "object");
+        assert_eq!(req["oneOf"].as_array().map(Vec::len), Some(2), "{req}");
         let result = &op["responses"]["200"]["content"]["application/json"]["schema"];
         assert_eq!(
             result["properties"]["result"]["oneOf"][0]["type"],

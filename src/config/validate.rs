@@ -266,18 +266,26 @@ fn warnings(
             continue;
         }
         let node = nodes.get(&s.name);
-        if s.common.stop.timeout > reg.warden.shutdown_timeout {
+        // With a stop command, the grace runs twice: command, then signal.
+        let stop = &s.common.stop;
+        let steps = if stop.command.is_some() { 2 } else { 1 };
+        if stop.timeout.saturating_mul(steps) > reg.warden.shutdown_timeout {
             let span = node
                 .and_then(|n| n.get("stop"))
                 .and_then(|n| n.get("timeout"))
                 .map(|n| n.span);
+            let twice = if steps == 2 {
+                " (twice: once for stop.command, once for the signal)"
+            } else {
+                ""
+            };
             diags.push(
                 Diagnostic::warning(
                     "stop-timeout",
                     format!(
-                        "services.{}.stop.timeout ({}) is longer than warden.shutdown_timeout ({}); the shutdown cap will cut it short",
+                        "services.{}.stop.timeout ({}){twice} is longer than warden.shutdown_timeout ({}); the shutdown cap will cut it short",
                         s.name,
-                        humantime::format_duration(s.common.stop.timeout),
+                        humantime::format_duration(stop.timeout),
                         humantime::format_duration(reg.warden.shutdown_timeout)
                     ),
                 )

@@ -111,7 +111,8 @@ pub fn replay_failed_action() -> Action {
     )
     .request(serde_json::json!({
         "type": "object",
-        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}}
+        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}},
+        "additionalProperties": false
     }))
     .response(serde_json::json!({
         "type": "object",
@@ -141,6 +142,17 @@ pub async fn replay_failed(
     args: &serde_json::Value,
 ) -> Result<serde_json::Value, ActionError> {
     let bad = || ActionError::BadRequest("ids must be a list of row ids".into());
+    let Some(fields) = args.as_object() else {
+        return Err(ActionError::BadRequest(
+            "the body must be a JSON object: {} for every failed row, or {\"ids\": [..]}".into(),
+        ));
+    };
+    // A misspelt key must not mean "every row".
+    if let Some(k) = fields.keys().find(|k| *k != "ids") {
+        return Err(ActionError::BadRequest(format!(
+            "unknown argument {k:?}; replay-failed takes only ids"
+        )));
+    }
     let ids: Option<Vec<i64>> = match args.get("ids") {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(

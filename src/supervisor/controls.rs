@@ -106,6 +106,7 @@ impl Supervisor {
                 self.units[name].generation += 1;
                 self.units[name].release_leadership();
                 self.transition(name, Event::Stop);
+                self.main_stopped_idle(name);
                 Ok(())
             }
             s => Err(ControlError::conflict(format!(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::events::RestartReason;
 use super::state::{Event, State};
-use super::{AfterStop, Supervisor};
+use super::{AfterStop, StopCause, Supervisor};
 use crate::config::OnDependencyRestart;
 
 impl Supervisor {
@@ -38,17 +38,37 @@ impl Supervisor {
         }) {
             tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
         }
+        let why = match self.units[name].state {
+            State::Failed => format!("blocked: its dependency {name} failed for good"),
+            _ => format!("blocked: its dependency {name} is blocked"),
+        };
         for d in dependents {
-            if self.units[&*d].state != State::Blocked {
-                self.units[&*d].last_error = Some(match self.units[name].state {
-                    State::Failed => format!("blocked: its dependency {name} failed for good"),
-                    _ => format!("blocked: its dependency {name} is blocked"),
-                });
+            let u = &self.units[&*d];
+            // What is not running and not waiting to (stopped, completed,
+            // failed, already blocked) is left as it is.
+            let blocks = match u.state {
+                State::Starting
+                | State::Ready
+                | State::Pending
+                | State::Backoff
+                | State::Standby => true,
+                State::Stopping => u.stop_cause != StopCause::Asked(AfterStop::Stay),
+                _ => false,
+            };
+            if blocks {
+                self.units[&*d].last_error = Some(why.clone());
             }
             match self.units[&*d].state {
                 State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),
-                State::Stopping => self.units[&*d].stop_cause = AfterStop::Block.into(),
-                State::Pending | State::Backoff | State::Stopped | State::Standby => {
+                // Stopping to stay stopped (an operator's stop, a
+                // dependency's `stop` policy) stays so: it must not come
+                // back when it is unblocked.
+                State::Stopping
+                    if self.units[&*d].stop_cause != StopCause::Asked(AfterStop::Stay) =>
+                {
+                    self.units[&*d].stop_cause = AfterStop::Block.into()
+                }
+                State::Pending | State::Backoff | State::Standby => {
                     self.units[&*d].generation += 1;
                     self.units[&*d].release_leadership();
                     self.transition(&d, Event::Block);
@@ -130,6 +150,7 @@ impl Supervisor {
                 (OnDependencyRestart::Stop, State::Backoff) => {
                     self.units[&*d].generation += 1;
                     self.transition(&d, Event::Stop);
+                    self.main_stopped_idle(&d);
                 }
                 _ => {}
             }

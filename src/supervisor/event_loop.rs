@@ -35,6 +35,9 @@ impl Supervisor {
                 Some((name, l)) = self.leader_rx.recv() => self.handle_leadership(&name, l),
                 _ = &mut shutdown, if !shutdown_done => {
                     shutdown_done = true;
+                    // Asked to stop: a clean stop, unless something chose
+                    // another code first.
+                    self.choose_exit(super::EXIT_OK);
                     self.request_shutdown();
                 }
             }
@@ -162,7 +165,10 @@ impl Supervisor {
     /// Carries out an operator's request and answers it.
     fn handle_control(&mut self, c: Control) {
         match c {
-            Control::Shutdown => self.request_shutdown(),
+            Control::Shutdown => {
+                self.choose_exit(super::EXIT_OK);
+                self.request_shutdown();
+            }
             Control::Start { name, reply } => {
                 let r = self.control_start(&name);
                 let _ = reply.send(r);
@@ -288,10 +294,23 @@ impl Supervisor {
                 Wait::Never(reason) => stuck.push((u.name.clone(), reason)),
             }
         }
+        // Blocking one may block others of the list, or start the shutdown:
+        // each is judged again as it comes.
+        let waiting = |s: &Supervisor, name: &str| {
+            !s.shutting_down
+                && s.units
+                    .get(name)
+                    .is_some_and(|u| matches!(u.state, State::Pending | State::Standby))
+        };
         for (name, reason) in stuck {
-            self.block_for_good(&name, reason);
+            if waiting(self, &name) {
+                self.block_for_good(&name, reason);
+            }
         }
         for name in ready {
+            if !waiting(self, &name) {
+                continue;
+            }
             let u = &self.units[&*name];
             if !u.spec.common.singleton || u.leader {
                 self.start_unit(&name);

@@ -41,10 +41,18 @@ impl Supervisor {
         let mut summary = ReloadSummary::default();
         let log_lines = registry.warden.log_lines.0 as usize;
         self.shutdown_timeout = registry.warden.shutdown_timeout;
+        // Gone from the registry, or (under --only) now another instance's:
+        // an enabled service the new graph leaves out is not this one's.
+        let elsewhere = |name: &str| {
+            registry
+                .services
+                .get(name)
+                .is_none_or(|s| s.enabled() && !graph.contains(name))
+        };
         let removed: Vec<Arc<str>> = self
             .units
             .keys()
-            .filter(|n| !registry.services.contains_key(&***n))
+            .filter(|n| elsewhere(n))
             .cloned()
             .collect();
         for name in removed {
@@ -61,6 +69,9 @@ impl Supervisor {
         }
         for spec in registry.services.values() {
             let in_graph = graph.contains(&spec.name);
+            if spec.enabled() && !in_graph {
+                continue; // another instance's (--only)
+            }
             let Some(u) = self.units.get(spec.name.as_str()) else {
                 let state = if in_graph {
                     State::Pending

@@ -3,6 +3,7 @@
 //! a completion, or what the stop was for).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use super::decide::{Dependents, Ending, ExitInput, Outcome, Then, decide};
 use super::events::{Happened, RestartReason};
 use super::state::{Event, State};
 use super::{AfterStop, EXIT_CRITICAL, Msg, StopCause, Supervisor};
+use crate::config::Runs;
 use crate::services::{Context, ServiceError};
 
 impl Supervisor {
@@ -97,6 +99,10 @@ impl Supervisor {
 
     /// Asks a running unit to stop; `cause` says what happens once it has.
     pub(super) fn stop_unit(&mut self, name: &str, cause: impl Into<StopCause>) {
+        let process = self
+            .kinds
+            .get(self.units[name].spec.kind.kind_name())
+            .is_some_and(|k| k.def().runs() == Runs::Process);
         let u = &mut self.units[name];
         if !matches!(u.state, State::Starting | State::Ready) {
             return;
@@ -106,9 +112,17 @@ impl Supervisor {
             c.cancel();
         }
         let generation = u.generation;
-        // A stop command has its own grace before the signal's.
+        // A stop command has its own grace before the signal's. A process
+        // escalates to SIGKILL by itself when its grace is over; aborting
+        // the run is the last resort a moment after that, so that the
+        // process is reaped and its last lines read first.
         let stop = &u.spec.common.stop;
-        let timeout = stop.timeout * if stop.command.is_some() { 2 } else { 1 };
+        let mut timeout = stop
+            .timeout
+            .saturating_mul(if stop.command.is_some() { 2 } else { 1 });
+        if process {
+            timeout = timeout.saturating_add(Duration::from_secs(1));
+        }
         let timer_name = u.name.clone();
         self.transition(name, Event::Stop);
         if self.forced {
@@ -277,11 +291,30 @@ impl Supervisor {
                 self.request_shutdown();
             }
         }
-        if main && !self.shutting_down && ends_for_good(decision.service) {
-            let code = main_exit_code(status, ending);
-            tracing::info!(service = %name, code, "the main service has ended; stopping the rest");
-            self.choose_exit(code);
-            self.request_shutdown();
+        if main && ends_for_good(decision.service) {
+            self.main_ended(name, main_exit_code(status, ending));
+        }
+    }
+
+    /// The main service has ended for good (its run ended, or it was
+    /// stopped while not running): warden stops the rest and exits with
+    /// `code`, unless something else chose the exit code first.
+    pub(super) fn main_ended(&mut self, name: &str, code: u8) {
+        if self.shutting_down {
+            return;
+        }
+        tracing::info!(service = %name, code, "the main service has ended; stopping the rest");
+        self.choose_exit(code);
+        self.request_shutdown();
+    }
+
+    /// A main service stopped while no run was going (in backoff, waiting
+    /// for its dependencies): its last run's status, else 0.
+    pub(super) fn main_stopped_idle(&mut self, name: &str) {
+        let u = &self.units[name];
+        if u.spec.common.main {
+            let code = main_exit_code(u.exit_status.get(), Ending::Stopped(AfterStop::Stay));
+            self.main_ended(name, code);
         }
     }
 

@@ -252,7 +252,22 @@ fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
 }
 
 fn supervisor(registry: &str, coverage: Option<Coverage>) -> (Supervisor, Log, Instant) {
+    supervisor_only(registry, coverage, &[])
+}
+
+/// A supervisor of the `--only` selection `only` (all when empty).
+fn supervisor_only(
+    registry: &str,
+    coverage: Option<Coverage>,
+    only: &[&str],
+) -> (Supervisor, Log, Instant) {
     let (reg, graph) = checked(registry);
+    let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+    let graph = if only.is_empty() {
+        graph
+    } else {
+        graph.select_only(&reg, &only).unwrap()
+    };
     let log = Log::default();
     let t0 = Instant::now();
     let mut kinds = Kinds::new();
@@ -268,7 +283,9 @@ fn supervisor(registry: &str, coverage: Option<Coverage>) -> (Supervisor, Log, I
         )
         .action(poke()),
     );
-    let mut sup = Supervisor::new(&reg, graph, kinds).with_seed(1);
+    let mut sup = Supervisor::new(&reg, graph, kinds)
+        .with_seed(1)
+        .with_only(only);
     sup.coverage = coverage;
     (sup, log, t0)
 }
@@ -1759,4 +1776,150 @@ fn conditions_hold_while_met_and_stay_met_once_ended_for_good() {
         ];
         assert_eq!(got, want, "{state} {met:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_blocked_together_are_each_blocked_once() {
+    // migrate and app both wait on db, and app on migrate too: db ends
+    // before it is ready, and both are blocked in the same pass.
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "never"
+exit_after = "100ms"
+[services.migrate]
+kind = "mock"
+depends_on = ["db"]
+[services.app]
+kind = "mock"
+depends_on = ["db", "migrate"]
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("migrate", State::Blocked).await;
+    h.wait("app", State::Blocked).await;
+    assert_eq!(
+        h.status("migrate").last_error.as_deref(),
+        Some("blocked: its dependency db stopped without being ready")
+    );
+    assert!(h.log.times("start app").is_empty());
+    assert_eq!(h.shutdown().await.0, EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operators_stop_survives_a_block_and_an_unblock() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+exit = "err"
+exit_after = "1s"
+restart = { policy = "never" }
+[services.worker]
+kind = "mock"
+depends_on = ["db"]
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("worker", State::Ready).await;
+    h.handle.stop("worker").await.unwrap();
+    h.wait("db", State::Failed).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        h.state("worker"),
+        State::Stopped,
+        "a stopped service is not blocked"
+    );
+    h.handle.start("db").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.state("worker"), State::Stopped, "it does not come back");
+    assert_eq!(h.log.times("start worker").len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_main_service_stopped_in_backoff_ends_warden_with_its_last_status() {
+    let h = start(
+        r#"
+[services.app]
+kind = "mock"
+main = true
+exit = "err"
+exit_after = "10ms"
+status = 5
+restart = { backoff = { initial = "1h", max = "1h" } }
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("app", State::Backoff).await;
+    h.handle.stop("app").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .expect("warden ends with its main service")
+        .unwrap();
+    assert_eq!(code, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_critical_failure_during_a_requested_shutdown_does_not_change_the_code() {
+    // The shutdown stops app first (it takes 5 s); meanwhile db, critical
+    // and not yet asked to stop, crashes. The shutdown was asked for first:
+    // 0, not 3.
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+critical = true
+exit = "err"
+exit_after = "2s"
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+stop_delay = "5s"
+"#,
+    );
+    h.wait("app", State::Ready).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = h.log.clone();
+    assert_eq!(h.shutdown().await.0, EXIT_OK);
+    assert_eq!(
+        log.times("exit db"),
+        vec![2000],
+        "db crashed during the shutdown"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_under_only_leaves_another_instances_services_alone() {
+    let text = "[services.web]\nkind = \"mock\"\n[services.worker]\nkind = \"mock\"\n[services.off]\nkind = \"mock\"\nenabled = false\n";
+    let (sup, log, _t0) = supervisor_only(text, None, &["web"]);
+    let handle = sup.handle();
+    let done = tokio::spawn(sup.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let names = |h: &Handle| -> Vec<String> { h.status().iter().map(|s| s.name.clone()).collect() };
+    assert_eq!(names(&handle), vec!["web", "off"]);
+    let refused = handle.start("worker").await.unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "worker is not in this instance's selection (--only web); it runs on the instance that selects it"
+    );
+    // A reload enables `off`: it is not in this instance's selection either.
+    let (reg, graph) = checked(&text.replace("enabled = false\n", ""));
+    let graph = graph.select_only(&reg, &["web".to_string()]).unwrap();
+    let summary = handle.request_reload(reg, graph).await.unwrap();
+    assert_eq!(summary.removed, vec!["off"]);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(names(&handle), vec!["web"]);
+    assert!(log.times("start off").is_empty());
+    assert!(log.times("start worker").is_empty());
+    assert_eq!(
+        handle.stop("off").await.unwrap_err().to_string(),
+        "off is not in this instance's selection (--only web); it runs on the instance that selects it"
+    );
+    handle.shutdown();
+    assert_eq!(done.await.unwrap(), EXIT_OK);
 }

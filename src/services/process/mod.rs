@@ -282,10 +282,11 @@ impl Service for ProcessService {
                 Err(()) => {
                     let stop = &self.spec.common.stop;
                     let mut exited = None;
-                    if let Some(command) = &stop.command {
+                    if let Some(command) = &stop.command
+                        && self.run_stop_command(&ctx, &reaper, command, &extra_env)
+                    {
                         // The graceful way first; the signal only if the
                         // process is still there a grace period later.
-                        self.run_stop_command(&ctx, &reaper, command, &extra_env);
                         exited = tokio::time::timeout(stop.timeout, &mut status).await.ok();
                     }
                     let s = match exited {
@@ -327,19 +328,20 @@ impl ProcessService {
     /// Starts `stop.command` beside the running process (same working
     /// directory, environment and user), its output going to the service's
     /// log. It runs in a process group of its own, killed if it has not
-    /// ended within the whole stop's time (twice `stop.timeout`).
+    /// ended within the whole stop's time (twice `stop.timeout`). Answers
+    /// whether it started (if not, the signal need not wait for it).
     fn run_stop_command(
         &self,
         ctx: &Context,
         reaper: &Reaper,
         command: &crate::config::types::Command,
         extra_env: &HashMap<String, String>,
-    ) {
+    ) -> bool {
         let cmd = match self.command(extra_env) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command");
-                return;
+                return false;
             }
         };
         // The service's own settings, another program.
@@ -362,10 +364,11 @@ impl ProcessService {
             && let Err(e) = apply_user(&mut stop, user)
         {
             tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command");
-            return;
+            return false;
         }
         drop(cmd);
-        tracing::info!(service = %ctx.name(), "running the stop command {}", command.0.join(" "));
+        // The program only: arguments may hold a secret.
+        tracing::info!(service = %ctx.name(), "running the stop command {}", command.0[0]);
         match reaper.spawn(&mut stop) {
             Ok((mut child, status)) => {
                 let guard = GroupGuard::new(child.id() as i32);
@@ -378,7 +381,7 @@ impl ProcessService {
                     .take()
                     .and_then(|e| pump(ctx, Stream::Stderr, e, None).ok());
                 let name = ctx.name().to_string();
-                let limit = self.spec.common.stop.timeout * 2;
+                let limit = self.spec.common.stop.timeout.saturating_mul(2);
                 tokio::spawn(async move {
                     let _guard = guard;
                     // The guard kills whatever is left of it afterwards.
@@ -395,9 +398,11 @@ impl ProcessService {
                         let _ = tokio::time::timeout(Duration::from_millis(200), p).await;
                     }
                 });
+                true
             }
             Err(e) => {
                 tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command {}", command.0[0]);
+                false
             }
         }
     }
