@@ -63,6 +63,11 @@ impl ApiState {
         let reloader = self.reloader.clone().ok_or_else(|| {
             ReloadError::Unavailable(ControlError::conflict("reload is not available"))
         })?;
+        // After STOPPING=1 nothing else may be sent to systemd: a reload
+        // during the shutdown is refused before RELOADING=1.
+        if *handle.stopping().borrow() {
+            return Err(ReloadError::Unavailable(ControlError::shutting_down()));
+        }
         crate::supervisor::systemd::reloading();
         let outcome = match reloader() {
             Err(errors) => Err(ReloadError::Invalid(errors)),

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::{Happened, RestartReason};
 use super::restart::{BackoffState, RestartBudget};
 use super::state::{Event, State};
-use super::{AfterStop, ControlError, ReloadSummary, Supervisor, Unit};
+use super::{AfterStop, ControlError, ReloadSummary, StopCause, Supervisor, Unit};
 use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 
@@ -85,12 +85,34 @@ impl Supervisor {
                 self.units.insert(unit.name.clone(), unit);
                 continue;
             };
-            if same_config(&u.spec, spec) {
+            let name = spec.name.as_str();
+            // Leaving: it is stopping to be removed, yet the new registry
+            // has it. It comes back with this spec once it has stopped.
+            if u.state == State::Stopping && u.stop_cause == StopCause::Asked(AfterStop::Remove) {
+                summary.added.push(spec.name.clone());
+                let u = &mut self.units[name];
+                u.next_spec = Some(spec.clone());
+                u.stop_cause = if spec.enabled() {
+                    AfterStop::Replace.into()
+                } else {
+                    AfterStop::Disable.into()
+                };
+                continue;
+            }
+            // Compared with the spec that will run next: a change made by
+            // an earlier reload and not applied yet counts.
+            let next = u.next_spec.as_ref().unwrap_or(&u.spec);
+            if same_config(next, spec) {
                 summary.unchanged += 1;
                 continue;
             }
             summary.changed.push(spec.name.clone());
-            let name = spec.name.as_str();
+            if u.next_spec.is_some() && same_config(&u.spec, spec) {
+                // Back to the spec it runs: the abandoned one is dropped
+                // (the run stopping for it starts again as it was).
+                self.units[name].next_spec = None;
+                continue;
+            }
             let state = u.state;
             if !spec.enabled() {
                 self.units[name].next_spec = None;
@@ -105,7 +127,12 @@ impl Supervisor {
                         self.units[name].release_leadership();
                         self.transition(name, Event::Disable);
                     }
-                    State::Disabled | State::Stopping => {}
+                    // Whatever it was stopping for, it is disabled once
+                    // it has stopped (it must not come back).
+                    State::Stopping => {
+                        self.units[name].stop_cause = AfterStop::Disable.into();
+                    }
+                    State::Disabled => {}
                     _ => {
                         self.transition(name, Event::Disable);
                     }
@@ -119,6 +146,8 @@ impl Supervisor {
                     self.units[name].next_spec = Some(spec.clone());
                     self.restarting(name, RestartReason::Reload);
                     self.stop_unit(name, AfterStop::Replace);
+                    // A restart is a restart, whatever asked for it.
+                    self.dependency_restarting(name);
                 }
                 State::Stopping => {
                     self.units[name].next_spec = Some(spec.clone());
@@ -137,10 +166,13 @@ impl Supervisor {
                 State::Blocked => {
                     self.units[name].replace_spec(spec.clone());
                     self.transition(name, Event::Unblock);
+                    self.unblock_dependents(name);
                 }
                 State::Stopped | State::Completed | State::Failed => {
                     self.units[name].replace_spec(spec.clone());
                     self.transition(name, Event::Reset);
+                    // It may run again: what it blocked waits for it again.
+                    self.unblock_dependents(name);
                 }
                 State::Pending | State::Standby => {
                     self.units[name].replace_spec(spec.clone());

@@ -193,7 +193,11 @@ impl Supervisor {
         if u.generation != generation {
             return;
         }
-        u.cancel = None;
+        // The run is over, however it ended: what it left running (its
+        // health watch, tasks it spawned on its token) ends with it.
+        if let Some(c) = u.cancel.take() {
+            c.cancel();
+        }
         u.abort = None;
         let (ending, error) = match u.state {
             State::Stopping => match std::mem::replace(&mut u.stop_cause, AfterStop::Stay.into()) {

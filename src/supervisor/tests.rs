@@ -1923,3 +1923,187 @@ async fn a_reload_under_only_leaves_another_instances_services_alone() {
     handle.shutdown();
     assert_eq!(done.await.unwrap(), EXIT_OK);
 }
+
+// ---------------------------------------------------------------------------
+// Reload defects.
+
+/// Applies `text` as a reload.
+async fn reload_to(h: &Harness, text: &str) -> ReloadSummary {
+    let (reg, graph) = checked(text);
+    h.handle.request_reload(reg, graph).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_removed_then_restored_while_it_stops_comes_back_and_nothing_panics() {
+    let text = "[services.x]\nkind = \"mock\"\nstop_delay = \"3s\"\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Ready).await;
+    reload_to(&h, "[services.keeper]\nkind = \"mock\"\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.state("x"), State::Stopping);
+    let summary = reload_to(&h, text).await;
+    assert!(summary.added.contains(&"x".to_string()), "{summary:?}");
+    h.wait("x", State::Ready).await;
+    h.wait("y", State::Ready).await;
+    assert_eq!(h.log.times("start x").len(), 2);
+    // The loop is alive and stops everything in order.
+    assert_eq!(h.shutdown().await.0, EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_disabled_by_reload_while_it_stops_stays_disabled() {
+    let text =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("a", State::Ready).await;
+    h.handle.restart("a").await.unwrap();
+    assert_eq!(h.state("a"), State::Stopping);
+    reload_to(
+        &h,
+        &text.replace("stop_delay", "enabled = false\nstop_delay"),
+    )
+    .await;
+    h.wait("a", State::Disabled).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(h.state("a"), State::Disabled);
+    assert_eq!(h.log.times("start a").len(), 1, "it did not come back");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configuration_reverted_during_a_restart_runs_as_it_was() {
+    let v1 = "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n";
+    // v2 would crash at once.
+    let v2 = "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\nexit = \"err\"\nexit_after = \"10ms\"\nrestart = { policy = \"never\" }\n";
+    let h = start(v1);
+    h.wait("a", State::Ready).await;
+    let s = reload_to(&h, v2).await;
+    assert_eq!(s.changed, vec!["a"]);
+    assert_eq!(h.state("a"), State::Stopping);
+    let s = reload_to(&h, v1).await;
+    assert_eq!(s.changed, vec!["a"], "the change not applied yet is undone");
+    h.wait("a", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("a"), State::Ready, "v1 runs, not the abandoned v2");
+    // The same file once more: unchanged.
+    assert_eq!(reload_to(&h, v1).await.unchanged, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_fixes_a_failed_dependency_unblocks_its_dependents() {
+    let broken = "[services.db]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.app]\nkind = \"mock\"\ndepends_on = [\"db\"]\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(broken);
+    h.wait("app", State::Blocked).await;
+    let fixed = broken.replace("exit = \"err\"\nexit_after = \"100ms\"\n", "");
+    reload_to(&h, &fixed).await;
+    h.wait("db", State::Ready).await;
+    h.wait("app", State::Ready).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unblocking_a_dependent_respects_its_other_failed_dependencies() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+exit = "err"
+exit_after = "100ms"
+restart = { policy = "never" }
+[services.b]
+kind = "mock"
+exit = "err"
+exit_after = "100ms"
+restart = { policy = "never" }
+[services.c]
+kind = "mock"
+depends_on = ["a", "b"]
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("c", State::Blocked).await;
+    h.wait("b", State::Failed).await;
+    h.handle.start("a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.state("c"), State::Blocked, "b is still failed");
+    assert_eq!(
+        h.status("c").last_error.as_deref(),
+        Some("blocked: its dependency b failed for good")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_caused_by_reload_applies_on_dependency_restart() {
+    let text = "[services.db]\nkind = \"mock\"\n[services.app]\nkind = \"mock\"\non_dependency_restart = \"restart\"\ndepends_on = [\"db\"]\n";
+    let h = start(text);
+    h.wait("app", State::Ready).await;
+    reload_to(
+        &h,
+        &text.replace(
+            "[services.db]\nkind = \"mock\"\n",
+            "[services.db]\nkind = \"mock\"\nready_after = \"1s\"\n",
+        ),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(h.state("app"), State::Ready, "app waits for the new db");
+    h.wait("app", State::Ready).await;
+    assert_eq!(h.log.times("start app").len(), 2);
+    assert!(
+        h.log.times("start app")[1] >= 1000,
+        "after db was ready again"
+    );
+    h.shutdown().await;
+}
+
+/// A mock run that spawned a task on its token: the task must end when the
+/// run ends by itself (health watchers and the like live on that token).
+struct Spawner;
+
+impl Service for Spawner {
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
+        Box::pin(async move {
+            ctx.ready();
+            let token = ctx.token();
+            let details = ctx.details().clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                details.set("watcher", "ended");
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(ServiceError("crashed".into()))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_run_leaves_on_its_token_ends_when_the_run_ends_by_itself() {
+    struct SpawnerFactory;
+    impl Factory for SpawnerFactory {
+        fn build(&self, _: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+            Ok(Box::new(Spawner))
+        }
+    }
+    let (reg, graph) = checked("[services.s]\nkind = \"mock\"\nrestart = { policy = \"never\" }\n");
+    let mut kinds = Kinds::new();
+    kinds.register(Registration::new::<MockSettings>(
+        "mock",
+        Runs::InProcess,
+        SpawnerFactory,
+    ));
+    let sup = Supervisor::new(&reg, graph, kinds);
+    let handle = sup.handle();
+    let done = tokio::spawn(sup.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = handle.status();
+    let s = st.iter().find(|s| s.name == "s").unwrap();
+    assert_eq!(s.state, State::Failed);
+    assert_eq!(
+        s.details.snapshot().get("watcher"),
+        Some(&serde_json::json!("ended"))
+    );
+    assert_eq!(done.await.unwrap(), EXIT_OK);
+}

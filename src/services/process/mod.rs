@@ -289,7 +289,9 @@ impl Service for ProcessService {
                         // process is still there a grace period later.
                         exited = tokio::time::timeout(stop.timeout, &mut status).await.ok();
                     }
-                    let s = match exited {
+                    // A run stopped on request leaves no exit status: the
+                    // stop, not the process, decided how it ended.
+                    let _ = match exited {
                         Some(s) => s,
                         None => {
                             let _ = killpg(Pid::from_raw(pid), to_nix(stop.signal.number));
@@ -303,10 +305,6 @@ impl Service for ProcessService {
                             }
                         }
                     };
-                    if let Ok(s) = s {
-                        ctx.details().set("last_exit", s.to_string());
-                        ctx.set_exit_status(s.as_code());
-                    }
                     guard.disarm_and_kill_rest();
                     Ok(())
                 }
