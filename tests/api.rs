@@ -7,7 +7,7 @@ mod support;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::daemon::Warden;
+use support::daemon::{Warden, client};
 use support::http::{get_json, http, wait_http};
 use support::servers::free_port;
 
@@ -320,20 +320,6 @@ fn mutations_need_the_token_when_one_is_set() {
     let (status, _, _) = post(&auth, "/v1/shutdown", b"");
     assert_eq!(status, 202);
     assert_eq!(w.exit_code(), 0);
-}
-
-fn client(port: u16, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
-        .env_remove("WARDEN_API_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -7,23 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::daemon::Warden;
+use support::daemon::{Warden, client};
 use support::http::{get_json, wait_http};
 use support::servers::free_port;
-
-fn client(port: u16, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
-        .env_remove("WARDEN_API_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn a_registry_where_nothing_can_run_any_more_ends_by_itself() {

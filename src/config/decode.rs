@@ -745,21 +745,9 @@ impl Decode for Json {
 pub(crate) mod tests {
     use super::*;
     use crate::config::node;
-    use crate::config::source::{SourceMap, Sources};
-    use std::path::Path;
+    use crate::config::source::SourceMap;
 
-    pub(crate) struct NoSources;
-    impl Sources for NoSources {
-        fn read(&self, path: &Path) -> std::io::Result<String> {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} not found", path.display()),
-            ))
-        }
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    pub(crate) use crate::config::source::NoSources;
 
     config_table! {
         /// A test table.

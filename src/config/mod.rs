@@ -30,7 +30,7 @@ use indexmap::IndexMap;
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use kind::{API_KIND, Action, KindDef, KindSpec, KindTable, NoSettings, Runs, Settings};
 pub use model::*;
-pub use source::{RealSources, SourceMap, Sources, Span};
+pub use source::{NoSources, RealSources, SourceMap, Sources, Span};
 
 use decode::{Cx, Decode, Fields, TableReader};
 use diag::{did_you_mean, known_list};

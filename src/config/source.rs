@@ -19,6 +19,23 @@ pub trait Sources {
     fn var(&self, name: &str) -> Option<String>;
 }
 
+/// No file and no variable: for loading text already in hand, and for
+/// re-reading values that need neither.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSources;
+
+impl Sources for NoSources {
+    fn read(&self, path: &Path) -> io::Result<String> {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not read here", path.display()),
+        ))
+    }
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 /// The real file system and process environment.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealSources;

@@ -3,7 +3,7 @@
 //! singletons), its own checks, its schema, and the typed settings a
 //! service ends up with.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::decode::config_table;
@@ -56,26 +56,18 @@ fn table() -> KindTable {
     t
 }
 
-struct NoFiles;
-impl Sources for NoFiles {
-    fn read(&self, p: &Path) -> std::io::Result<String> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            p.display().to_string(),
-        ))
-    }
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 fn load_with(text: &str, profile: Option<&str>) -> Loaded {
     let opts = LoadOptions {
         path: PathBuf::from("services.toml"),
         profile: profile.map(str::to_string),
         kinds: Arc::new(table()),
     };
-    load_text(&opts, text.to_string(), &NoFiles, Default::default())
+    load_text(
+        &opts,
+        text.to_string(),
+        &crate::config::NoSources,
+        Default::default(),
+    )
 }
 
 /// Every diagnostic as `LINE:COL code: message`.

@@ -593,7 +593,11 @@ fn untyped_dependencies<'a>(
         if node.get("enabled").and_then(|n| n.as_bool()) == Some(false) {
             continue;
         }
-        let mut cx = Cx::new(&mut scratch, &NoSources, std::path::PathBuf::new());
+        let mut cx = Cx::new(
+            &mut scratch,
+            &crate::config::NoSources,
+            std::path::PathBuf::new(),
+        );
         let deps = node
             .get("depends_on")
             .and_then(|d| DependsOn::decode(d, &mut cx))
@@ -601,19 +605,4 @@ fn untyped_dependencies<'a>(
         out.insert(name.as_str(), deps);
     }
     out
-}
-
-/// Sources for re-reading a value that needs none.
-struct NoSources;
-
-impl crate::config::Sources for NoSources {
-    fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            format!("{} is not read here", path.display()),
-        ))
-    }
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::*;
-use crate::config::{KindDef, KindTable, LoadOptions, NoSettings, Runs};
+use crate::config::{KindDef, KindTable, LoadOptions, NoSettings, NoSources, Runs};
 
 /// The kinds of these tests: a process-like `job` (no settings needed).
 fn kinds() -> Arc<KindTable> {

@@ -2,7 +2,7 @@
 //! crash, panic, never become ready or are slow to stop.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use super::leader;
 use super::state::{State, TRANSITIONS};
 use super::*;
 use crate::config::types::PostgresDsn;
-use crate::config::{KindTable, LoadOptions, Runs, Settings, Sources};
+use crate::config::{KindTable, LoadOptions, Runs, Settings};
 use crate::services::{
     ActionError, BoxFuture, Context, Factory, Kinds, Registration, Service, settings_of,
 };
@@ -209,19 +209,6 @@ impl Service for Mock {
     }
 }
 
-struct NoFiles;
-impl Sources for NoFiles {
-    fn read(&self, p: &Path) -> std::io::Result<String> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            p.display().to_string(),
-        ))
-    }
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 struct Harness {
     log: Log,
     handle: Handle,
@@ -236,7 +223,8 @@ fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
         profile: None,
         kinds: Arc::new(mock_table()),
     };
-    let loaded = crate::config::load_text(&opts, text, &NoFiles, Default::default());
+    let loaded =
+        crate::config::load_text(&opts, text, &crate::config::NoSources, Default::default());
     let reg = loaded.registry.clone().unwrap_or_else(|| {
         panic!(
             "bad test registry: {:?}",

@@ -176,6 +176,22 @@ impl Drop for Warden {
     }
 }
 
+/// Runs a client command (`warden status`, `warden stop NAME`...) against
+/// the API on `port`, without a token; returns (exit code, stdout, stderr).
+pub fn client(port: u16, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
+        .env_remove("WARDEN_API_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A line received on the notify socket, and when.
 pub type Message = (Instant, String);
 
