@@ -409,3 +409,44 @@ fn the_client_commands_talk_to_the_daemon() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_reload_takes_a_new_token_at_once_and_names_what_needs_a_restart() {
+    let port = free_port();
+    let text = |token: &str, max: u32| {
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\nmax_connections = {max}\n[services.a]\nkind = \"process\"\ncommand = [\"sleep\", \"424250\"]\n"
+        )
+    };
+    let w = Warden::start(&text("old-token", 64));
+    wait_http(port, "/readyz", 200);
+    support::daemon::write_registry(&w.dir, &text("new-token", 32));
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/reload",
+        &[("Authorization", "Bearer old-token")],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        summary["restart_needed"],
+        serde_json::json!(["api.max_connections"]),
+        "{summary}"
+    );
+    // A credential change is never silent: the old token is refused now,
+    // the new one works.
+    let restart = |token: &str| {
+        http(
+            port,
+            "POST",
+            "/v1/services/a/restart",
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .0
+    };
+    assert_eq!(restart("old-token"), 401);
+    assert_eq!(restart("new-token"), 200);
+}

@@ -36,7 +36,10 @@ pub type Reloader = Arc<dyn Fn() -> Result<(Registry, Graph), String> + Send + S
 #[derive(Clone)]
 pub struct ApiState {
     pub handle: Arc<OnceLock<Handle>>,
-    pub spec: ApiSpec,
+    /// `[api]`. A reload replaces it: the token and body limit take effect
+    /// at once; the listener's address and connection cap only when warden
+    /// starts again (the reload says so).
+    pub spec: Arc<std::sync::RwLock<ApiSpec>>,
     pub graph: Arc<std::sync::Mutex<Graph>>,
     pub reloader: Option<Reloader>,
     /// What `/metrics` renders from (`None`: no recorder installed, only
@@ -73,11 +76,16 @@ impl ApiState {
             Err(errors) => Err(ReloadError::Invalid(errors)),
             Ok((registry, graph)) => {
                 let new_graph = graph.clone();
+                let new_api = registry.api.clone();
                 let r = handle.request_reload(registry, graph).await;
                 if let (true, Ok(mut g)) = (r.is_ok(), self.graph.lock()) {
                     *g = new_graph;
                 }
-                r.map_err(ReloadError::Unavailable)
+                r.map(|mut summary| {
+                    summary.restart_needed = self.apply_api(new_api);
+                    summary
+                })
+                .map_err(ReloadError::Unavailable)
             }
         };
         crate::supervisor::systemd::reloaded();
@@ -87,6 +95,46 @@ impl ApiState {
             Err(ReloadError::Unavailable(_)) => "refused",
         });
         outcome
+    }
+}
+
+impl ApiState {
+    /// Takes a reloaded `[api]`: what can change at once does (the token,
+    /// the body limit); what cannot is named, for the reload to say so.
+    fn apply_api(&self, new: ApiSpec) -> Vec<String> {
+        let Ok(mut spec) = self.spec.write() else {
+            return Vec::new();
+        };
+        let mut later = Vec::new();
+        if new.listen != spec.listen {
+            later.push("api.listen".to_string());
+        }
+        if new.max_connections != spec.max_connections {
+            later.push("api.max_connections".to_string());
+        }
+        if new.enabled != spec.enabled {
+            later.push("api.enabled".to_string());
+        }
+        for key in &later {
+            tracing::warn!(key = %key, "changed; takes effect when warden starts again");
+        }
+        // The listener keeps its address and cap: keep them in the spec it
+        // checks mutations against (loopback or not).
+        *spec = ApiSpec {
+            listen: spec.listen,
+            max_connections: spec.max_connections,
+            enabled: spec.enabled,
+            ..new
+        };
+        later
+    }
+
+    /// The `[api]` in force.
+    pub fn spec(&self) -> ApiSpec {
+        self.spec
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 }
 
@@ -140,14 +188,14 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 impl Service for Api {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
         Box::pin(async move {
-            let addr: SocketAddr = self.state.spec.listen;
+            let addr: SocketAddr = self.state.spec().listen;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| ServiceError(format!("cannot listen on {addr}: {e}")))?;
             tracing::info!(%addr, "API listening");
             ctx.details().set("listen", addr.to_string());
             ctx.ready();
-            let limit = Arc::new(Semaphore::new(self.state.spec.max_connections.0 as usize));
+            let limit = Arc::new(Semaphore::new(self.state.spec().max_connections.0 as usize));
             let shared = Arc::new(self.state);
             loop {
                 let permit = tokio::select! {

@@ -104,7 +104,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `None` when the request may mutate; else the refusal.
 fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
-    match state.spec.token() {
+    let spec = state.spec();
+    match spec.token() {
         Some(token) => {
             let given = req
                 .headers()
@@ -120,7 +121,7 @@ fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
                 )),
             }
         }
-        None if state.spec.listen.ip().is_loopback() => None,
+        None if spec.listen.ip().is_loopback() => None,
         None => Some(error(
             StatusCode::FORBIDDEN,
             "no API token is configured, so changes are refused on a non-loopback listener",
@@ -130,7 +131,7 @@ fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
 
 /// Reads a JSON body of at most `max_body` bytes (an empty body is `{}`).
 async fn json_body(state: &ApiState, req: Request<Incoming>) -> Result<Json, Resp> {
-    let limit = state.spec.max_body.0 as usize;
+    let limit = state.spec().max_body.0 as usize;
     let bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -580,7 +581,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             match state.reload().await {
                 Ok(s) => json_response(
                     StatusCode::OK,
-                    &json!({"added": s.added, "removed": s.removed, "changed": s.changed, "unchanged": s.unchanged}),
+                    &json!({"restart_needed": s.restart_needed, "added": s.added, "removed": s.removed, "changed": s.changed, "unchanged": s.unchanged}),
                 ),
                 Err(super::ReloadError::Invalid(errors)) => error(
                     StatusCode::BAD_REQUEST,

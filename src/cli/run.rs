@@ -102,7 +102,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     let metrics = crate::metrics::install(&kinds.metric_families());
     let api = crate::api::ApiState {
         handle: Default::default(),
-        spec: registry.api.clone(),
+        spec: std::sync::Arc::new(std::sync::RwLock::new(registry.api.clone())),
         graph: std::sync::Arc::new(std::sync::Mutex::new(graph.clone())),
         reloader: Some(reloader),
         metrics: metrics.clone(),

@@ -236,7 +236,7 @@ impl Kinds {
     pub fn metric_families(&self) -> Vec<Family> {
         let mut v = crate::metrics::CORE.to_vec();
         for r in self.by_name.values() {
-            v.extend_from_slice(r.metrics);
+            v.extend_from_slice(r.metric_families());
         }
         v
     }

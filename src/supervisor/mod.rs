@@ -172,6 +172,9 @@ impl std::error::Error for ControlError {}
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
+    /// Settings that changed but take effect only when warden starts again
+    /// (such as `api.listen`): said, never silently ignored.
+    pub restart_needed: Vec<String>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
