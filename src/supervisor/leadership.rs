@@ -10,6 +10,15 @@ use super::{AfterStop, Msg, Supervisor, Unit};
 use crate::config::ServiceSpec;
 use crate::services::ServiceError;
 
+/// A unit that is forgotten (removed by a reload) takes its lock and its
+/// schedule timers with it, whichever path removed it.
+impl Drop for Unit {
+    fn drop(&mut self) {
+        self.release_leadership();
+        self.schedule_cancel.cancel();
+    }
+}
+
 impl Unit {
     /// Gives up the singleton lock (its session ends, so another instance
     /// takes over).

@@ -673,6 +673,14 @@ impl Supervisor {
                     State::Pending | State::Backoff | State::Standby => u.met = Met::default(),
                     _ => {}
                 }
+                // A singleton that will not run again (until an operator or
+                // a reload says so) gives its lock to the other instances.
+                if matches!(
+                    to,
+                    State::Failed | State::Completed | State::Blocked | State::Disabled
+                ) {
+                    u.release_leadership();
+                }
                 if self.events.listened() {
                     self.events.send(Happened::State {
                         service: u.name.clone(),

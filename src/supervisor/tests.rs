@@ -2095,3 +2095,60 @@ async fn what_a_run_leaves_on_its_token_ends_when_the_run_ends_by_itself() {
     );
     assert_eq!(done.await.unwrap(), EXIT_OK);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_singleton_removed_or_disabled_while_waiting_gives_up_its_lock() {
+    // A runs cron; B waits for the lock. A reload removes cron from B, then
+    // A stops: nobody must hold the lock (B's waiting session is gone).
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(SINGLETON, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    let without = "[services.keeper]\nkind = \"mock\"\n";
+    reload_to(&b, without).await;
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        locks.held.lock().unwrap().get("cron"),
+        None,
+        "B took a lock it cannot use"
+    );
+    b.shutdown().await;
+
+    // A singleton that fails for good lets the standby take over.
+    let failing = SINGLETON.replace(
+        "[services.cron]\nkind = \"mock\"",
+        "[services.cron]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"1s\"\nrestart = { policy = \"never\" }",
+    );
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(&failing, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    a.wait("cron", State::Failed).await;
+    b.wait("cron", State::Ready).await;
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // Disabled by a reload while it waits for its dependency (pending, its
+    // lock task started by nothing yet) or for the lock (standby).
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(SINGLETON, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    reload_to(
+        &b,
+        &SINGLETON.replace(
+            "[services.cron]\nkind = \"mock\"",
+            "[services.cron]\nkind = \"mock\"\nenabled = false",
+        ),
+    )
+    .await;
+    b.wait("cron", State::Disabled).await;
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(locks.held.lock().unwrap().get("cron"), None);
+    b.shutdown().await;
+}
