@@ -29,6 +29,7 @@ pub const PROBE_SECONDS: &str = "warden_probe_duration_seconds";
 pub const PROBE_FAILURES: &str = "warden_probe_failures_total";
 pub const RELOADS: &str = "warden_config_reloads_total";
 pub const BUILD_INFO: &str = "warden_build_info";
+pub const OUTPUT_CUT: &str = "warden_output_lines_cut_total";
 
 /// What a family is, and for a histogram its buckets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,6 +98,11 @@ pub const CORE: &[Family] = &[
     Family {
         name: RELOADS,
         help: "Registry reloads, by result (ok, invalid: the file did not check, refused: warden could not apply it).",
+        shape: Shape::Counter,
+    },
+    Family {
+        name: OUTPUT_CUT,
+        help: "Output lines of a service's processes cut at 16 KiB (the rest of each is counted in its marker, not kept).",
         shape: Shape::Counter,
     },
     Family {
@@ -181,6 +187,11 @@ pub fn probed(service: &str, role: ProbeRole, took: Duration, ok: bool) {
     }
     metrics::histogram!(PROBE_SECONDS, "service" => service, "probe" => role.as_str())
         .record(took.as_secs_f64());
+}
+
+/// Counts an output line cut at its length limit.
+pub fn output_cut(service: &str) {
+    metrics::counter!(OUTPUT_CUT, "service" => service.to_string()).increment(1);
 }
 
 /// Counts a reload.

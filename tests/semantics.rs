@@ -188,3 +188,35 @@ depends_on = { migrate = "completed" }
     w.wait_event("report", "completed");
     assert_eq!(w.exit_code(), 0, "{}", w.dump());
 }
+
+#[test]
+fn a_line_without_end_is_cut_and_what_was_cut_is_said() {
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.noisy]
+kind = "process"
+command = ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\000' x; echo; echo done; exec sleep 424251"]
+"#
+    );
+    let mut w = Warden::start(&registry);
+    w.wait_log("the line after", |v| v["service"] == "noisy" && v["message"] == "done");
+    let (status, logs) = get_json(port, "/v1/services/noisy/logs");
+    assert_eq!(status, 200);
+    let lines = logs["lines"].as_array().unwrap();
+    let long = lines[0]["line"].as_str().unwrap();
+    assert_eq!(
+        long,
+        format!("{} … [983616 bytes cut]", "x".repeat(16 * 1024))
+    );
+    assert_eq!(lines[1]["line"], "done");
+    let (_, _, metrics) = support::http::http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("warden_output_lines_cut_total{service=\"noisy\"} 1"),
+        "{metrics}"
+    );
+}

@@ -12,6 +12,68 @@ use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
+/// The longest line kept, in bytes: a child that writes megabytes without
+/// a newline costs this much, and the rest of its line is counted, not
+/// kept (the line ends with a marker that says how much was cut).
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// The most bytes of lines a service's ring holds, whatever `log_lines`
+/// says: the oldest lines go first.
+pub const MAX_RING_BYTES: usize = 1024 * 1024;
+
+/// Splits a child's output into lines of at most [`MAX_LINE`] bytes. Bytes
+/// of a line past the limit are dropped and counted; the line then ends
+/// with `… [N bytes cut]`.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    cut: usize,
+}
+
+impl LineSplitter {
+    /// Takes the next bytes read; returns the lines they complete (each
+    /// with whether it was cut).
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            let (part, ended) = match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            let room = MAX_LINE - self.buf.len();
+            let take = part.len().min(room);
+            self.buf.extend_from_slice(&part[..take]);
+            self.cut += part.len() - take;
+            match ended {
+                Some(next) => {
+                    out.push(self.line());
+                    chunk = &chunk[next..];
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The last line, if the output ended without a newline.
+    pub fn finish(&mut self) -> Option<(String, bool)> {
+        (!self.buf.is_empty() || self.cut > 0).then(|| self.line())
+    }
+
+    fn line(&mut self) -> (String, bool) {
+        let mut line = String::from_utf8_lossy(&self.buf)
+            .trim_end_matches('\r')
+            .to_string();
+        let cut = self.cut > 0;
+        if cut {
+            line.push_str(&format!(" … [{} bytes cut]", self.cut));
+        }
+        self.buf.clear();
+        self.cut = 0;
+        (line, cut)
+    }
+}
+
 /// Which pipe a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -41,6 +103,8 @@ pub struct LogLine {
 #[derive(Debug, Default)]
 struct Ring {
     lines: VecDeque<LogLine>,
+    /// The bytes of the lines held (bounded by [`MAX_RING_BYTES`]).
+    bytes: usize,
     /// The sequence number the next line gets, minus one.
     last: u64,
 }
@@ -90,9 +154,14 @@ impl Logs {
     pub fn push(&self, stream: Stream, line: String) {
         {
             let mut r = self.ring();
-            if r.lines.len() == self.capacity {
-                r.lines.pop_front();
+            while r.lines.len() >= self.capacity
+                || (!r.lines.is_empty() && r.bytes + line.len() > MAX_RING_BYTES)
+            {
+                if let Some(old) = r.lines.pop_front() {
+                    r.bytes -= old.line.len();
+                }
             }
+            r.bytes += line.len();
             r.last += 1;
             let seq = r.last;
             r.lines.push_back(LogLine {
@@ -154,6 +223,54 @@ impl Default for Logs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_split_across_reads_and_cut_at_the_limit() {
+        let mut s = LineSplitter::default();
+        assert_eq!(s.feed(b"he"), vec![]);
+        assert_eq!(s.feed(b"llo\r\nwor"), vec![("hello".to_string(), false)]);
+        assert_eq!(
+            s.feed(b"ld\n\n"),
+            vec![("world".into(), false), (String::new(), false)]
+        );
+        assert_eq!(s.finish(), None);
+        // A line of MAX_LINE bytes is whole; one byte more is cut.
+        let exact = vec![b'a'; MAX_LINE];
+        assert_eq!(s.feed(&exact), vec![]);
+        assert_eq!(s.feed(b"\n"), vec![("a".repeat(MAX_LINE), false)]);
+        let long = vec![b'b'; MAX_LINE + 5];
+        s.feed(&long[..100]);
+        s.feed(&long[100..]);
+        assert_eq!(
+            s.feed(b"bb\nnext"),
+            vec![(format!("{} … [7 bytes cut]", "b".repeat(MAX_LINE)), true)]
+        );
+        // Megabytes without a newline cost MAX_LINE bytes.
+        for _ in 0..64 {
+            assert_eq!(s.feed(&vec![b'c'; 1 << 16]), vec![]);
+        }
+        assert!(s.buf.len() <= MAX_LINE);
+        let (last, cut) = s.finish().unwrap();
+        assert!(cut && last.starts_with("nextccc"), "{}", &last[..20]);
+        assert!(last.ends_with(&format!("[{} bytes cut]", 4 + 64 * (1 << 16) - MAX_LINE)));
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_too() {
+        let logs = Logs::new(1000);
+        let line = "x".repeat(MAX_LINE);
+        for _ in 0..200 {
+            logs.push(Stream::Stdout, line.clone());
+        }
+        let kept = logs.tail(1000);
+        assert_eq!(kept.len(), MAX_RING_BYTES / MAX_LINE);
+        assert_eq!(kept.last().unwrap().seq, 200, "the newest stay");
+        // A line larger than the whole budget is still kept, alone.
+        let logs = Logs::new(10);
+        logs.push(Stream::Stdout, "y".repeat(MAX_RING_BYTES + 1));
+        logs.push(Stream::Stdout, "z".into());
+        assert_eq!(texts(&logs.tail(10)), vec!["z"]);
+    }
 
     fn texts(lines: &[LogLine]) -> Vec<&str> {
         lines.iter().map(|l| l.line.as_str()).collect()

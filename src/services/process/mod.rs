@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use super::logs::LineSplitter;
 use super::{
     BoxFuture, Context, Factory, Registration, Service, ServiceError, Stream, settings_of,
 };
@@ -170,25 +171,34 @@ fn pump(
     let name = ctx.name().to_string();
     let logs = ctx.logs().clone();
     Ok(tokio::spawn(async move {
-        // A small buffer: 100 services are 200 pipes; long lines still work
-        // (read_until keeps appending), they just take more reads.
+        // A small buffer: 100 services are 200 pipes; long lines still work,
+        // they just take more reads (and are cut at MAX_LINE bytes).
         let mut reader = BufReader::with_capacity(256, rx);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    tracing::info!(target: "warden::output", service = %name, stream = stream.as_str(), "{line}");
-                    if let Some(tx) = &lines {
-                        let _ = tx.send(line.clone());
-                    }
-                    logs.push(stream, line);
-                }
+        let mut splitter = LineSplitter::default();
+        let emit = |(line, cut): (String, bool)| {
+            if cut {
+                crate::metrics::output_cut(&name);
             }
+            tracing::info!(target: "warden::output", service = %name, stream = stream.as_str(), "{line}");
+            if let Some(tx) = &lines {
+                let _ = tx.send(line.clone());
+            }
+            logs.push(stream, line);
+        };
+        loop {
+            let n = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => {
+                    for l in splitter.feed(chunk) {
+                        emit(l);
+                    }
+                    chunk.len()
+                }
+            };
+            reader.consume(n);
+        }
+        if let Some(l) = splitter.finish() {
+            emit(l);
         }
     }))
 }
