@@ -203,7 +203,9 @@ command = ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\000' x; echo; echo don
 "#
     );
     let mut w = Warden::start(&registry);
-    w.wait_log("the line after", |v| v["service"] == "noisy" && v["message"] == "done");
+    w.wait_log("the line after", |v| {
+        v["service"] == "noisy" && v["message"] == "done"
+    });
     let (status, logs) = get_json(port, "/v1/services/noisy/logs");
     assert_eq!(status, 200);
     let lines = logs["lines"].as_array().unwrap();
