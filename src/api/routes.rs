@@ -1,6 +1,5 @@
 //! The routes of the API, one function per route family.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http_body_util::channel::{Channel, Sender};
@@ -181,7 +180,8 @@ fn service_json(s: &ServiceStatus) -> Json {
 /// and orchestrators ask many times a second, and the answer changes only
 /// when a state or a detail does.
 pub struct HealthCache {
-    status: Arc<Vec<ServiceStatus>>,
+    /// The status's version it was rendered from.
+    version: u64,
     details: u64,
     stopping: bool,
     code: StatusCode,
@@ -189,14 +189,16 @@ pub struct HealthCache {
 }
 
 fn health(state: &ApiState, handle: &Handle) -> Resp {
-    let status = handle.status();
+    // Read before the status: a change in between renders again next time.
+    let version = handle.version();
     let details = crate::services::Details::epoch();
     let stopping = stopping(handle);
     let mut cache = state.health_cache.lock().unwrap_or_else(|e| e.into_inner());
-    let fresh = cache.as_ref().is_some_and(|c| {
-        Arc::ptr_eq(&c.status, &status) && c.details == details && c.stopping == stopping
-    });
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|c| c.version == version && c.details == details && c.stopping == stopping);
     if !fresh {
+        let status = handle.status();
         let overall = overall(&status, stopping);
         let services: serde_json::Map<String, Json> = status
             .iter()
@@ -209,7 +211,7 @@ fn health(state: &ApiState, handle: &Handle) -> Resp {
         };
         let body = Bytes::from(json!({"status": overall, "services": services}).to_string());
         *cache = Some(HealthCache {
-            status,
+            version,
             details,
             stopping,
             code,
@@ -413,12 +415,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
         (["livez"], &Method::GET) => json_response(StatusCode::OK, &json!({"status": "live"})),
         (["livez"], _) => method_not_allowed("GET"),
         (["readyz"], &Method::GET) => {
-            let status = handle.status();
-            let ready = !stopping(&handle)
-                && status
-                    .iter()
-                    .filter(|s| s.critical && s.state != State::Disabled)
-                    .all(|s| s.state.is_ready());
+            let ready = !stopping(&handle) && handle.tally().critical_ready();
             if ready {
                 json_response(StatusCode::OK, &json!({"status": "ready"}))
             } else {
@@ -440,8 +437,9 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if m != Method::GET {
                 return method_not_allowed("GET");
             }
-            match handle.status().iter().find(|s| s.name == *name) {
+            match handle.service(name) {
                 Some(s) => {
+                    let s = &s;
                     let mut j = service_json(s);
                     j["name"] = json!(s.name);
                     j["history"] = Json::Array(
@@ -482,7 +480,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if m != Method::GET {
                 return method_not_allowed("GET");
             }
-            let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
+            let Some(s) = handle.service(name) else {
                 return unknown_service(&handle, name);
             };
             let tail = match query_param(&query, "tail").map(|t| t.parse::<usize>()) {
@@ -510,7 +508,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if let Some(r) = refuse_mutation(state, &req) {
                 return r;
             }
-            if let Some(s) = handle.status().iter().find(|s| s.name == *name)
+            if let Some(s) = handle.service(name)
                 && s.kind == crate::config::API_KIND
                 && *op != "start"
             {
@@ -542,7 +540,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             if let Some(r) = refuse_mutation(state, &req) {
                 return r;
             }
-            let Some(s) = handle.status().iter().find(|s| s.name == *name).cloned() else {
+            let Some(s) = handle.service(name) else {
                 return unknown_service(&handle, name);
             };
             // Checked before the body is read (the supervisor checks again).

@@ -93,6 +93,7 @@ impl Supervisor {
                     StopCause::HealthFailed(e) | StopCause::StartTimedOut(e) => {
                         u.last_error = Some(e.clone());
                         u.stop_cause = AfterStop::Stay.into();
+                        self.touch(name);
                     }
                     // On its way to run again (a restart, a dependency's
                     // restart, a reload's new spec, standby): it stays

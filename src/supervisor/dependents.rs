@@ -57,6 +57,7 @@ impl Supervisor {
             };
             if blocks {
                 self.units[&*d].last_error = Some(why.clone());
+                self.touch(&d);
             }
             match self.units[&*d].state {
                 State::Starting | State::Ready => self.stop_unit(&d, AfterStop::Block),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::board::Change;
 use super::state::{Event, State};
 use super::{AfterStop, Control, Msg, ServiceStatus, Supervisor};
 use crate::config::Condition;
@@ -20,6 +21,12 @@ impl Supervisor {
     /// Runs until every service has stopped: after `shutdown` resolves (a
     /// signal), a [`Control::Shutdown`], a critical failure, or when nothing
     /// is left that runs or could run. Returns the exit code.
+    ///
+    /// Each turn applies one message, then `schedule` and `publish` look
+    /// only at the units that message touched: the work per message does
+    /// not grow with the number of services. The urgent lane (a shutdown
+    /// request, the watchdog's ping) and the shutdown's deadline are
+    /// looked at before every message, so a backlog cannot delay them.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> u8 {
         tokio::pin!(shutdown);
         let mut shutdown_done = false;
@@ -28,11 +35,25 @@ impl Supervisor {
             self.start_schedules(&name);
         }
         self.schedule();
+        self.publish();
         while !self.finished() {
+            while let Ok(u) = self.urgent_rx.try_recv() {
+                self.handle_urgent(u);
+            }
+            self.check_deadline();
+            let deadline = self.shutdown_deadline.filter(|_| !self.forced);
             tokio::select! {
+                Some(u) = self.urgent_rx.recv() => self.handle_urgent(u),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.check_deadline();
+                }
                 Some(msg) = self.rx.recv() => self.handle_msg(msg),
                 Some(report) = self.reports_rx.recv() => self.handle_report(report),
-                Some((name, l)) = self.leader_rx.recv() => self.handle_leadership(&name, l),
+                Some((name, l)) = self.leader_rx.recv() => {
+                    self.touch(&name);
+                    self.touched.push(name.clone());
+                    self.handle_leadership(&name, l);
+                }
                 _ = &mut shutdown, if !shutdown_done => {
                     shutdown_done = true;
                     // Asked to stop: a clean stop, unless something chose
@@ -48,54 +69,118 @@ impl Supervisor {
         self.exit_code
     }
 
-    /// Nothing runs and nothing is waiting to: done.
-    fn finished(&self) -> bool {
-        let live = |s: State| {
-            if self.shutting_down {
-                s.is_running()
-            } else {
-                matches!(
-                    s,
-                    State::Pending
-                        | State::Starting
-                        | State::Ready
-                        | State::Stopping
-                        | State::Backoff
-                        | State::Standby
-                )
+    /// A shutdown request or a ping, taken before any queued message.
+    fn handle_urgent(&mut self, u: super::Urgent) {
+        match u {
+            super::Urgent::Shutdown => {
+                self.choose_exit(super::EXIT_OK);
+                self.request_shutdown();
             }
-        };
-        !self.units.values().any(|u| live(u.state))
+            super::Urgent::Ping(reply) => {
+                let _ = reply.send(());
+            }
+        }
     }
 
-    /// Sends the status to its watchers, only when something changed (so
-    /// that a watcher wakes for a change, not for every message).
-    pub(super) fn publish(&self) {
-        let status: Vec<ServiceStatus> = self
-            .units
-            .values()
-            .map(|u| ServiceStatus {
-                name: u.name.to_string(),
-                kind: u.spec.kind.kind_name().to_string(),
-                state: u.state,
-                critical: u.spec.common.critical,
-                restarts: u.restarts,
-                last_error: u.last_error.clone(),
-                since: u.since,
-                schedules: u.schedule_last.clone(),
-                details: u.details.clone(),
-                logs: u.logs.clone(),
-                history: u.history.clone(),
-            })
-            .collect();
-        self.status_tx.send_if_modified(|old| {
-            if **old == status {
-                false
-            } else {
-                *old = Arc::new(status);
-                true
+    /// Forces the shutdown once its `shutdown_timeout` is over.
+    fn check_deadline(&mut self) {
+        if let Some(d) = self.shutdown_deadline
+            && !self.forced
+            && Instant::now() >= d
+        {
+            tracing::warn!("shutdown_timeout reached; forcing the rest");
+            self.force();
+        }
+    }
+
+    /// Nothing runs and nothing is waiting to: done (from the tally: no
+    /// walk over the units).
+    fn finished(&self) -> bool {
+        let t = &self.tally;
+        if self.shutting_down {
+            t.running() == 0
+        } else {
+            [
+                State::Pending,
+                State::Starting,
+                State::Ready,
+                State::Stopping,
+                State::Backoff,
+                State::Standby,
+            ]
+            .iter()
+            .all(|s| t.count(*s) == 0)
+        }
+    }
+
+    /// Tells the watchers what changed: only the entries of the units
+    /// touched since the last time (all of them after a reload).
+    pub(super) fn publish(&mut self) {
+        let changed = if std::mem::take(&mut self.republish) {
+            self.dirty.clear();
+            let all = self.units.values().map(|u| (u.name.clone(), status_of(u)));
+            self.board.rebuild(all.collect())
+        } else if self.dirty.is_empty() {
+            false
+        } else {
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            let changes = dirty.into_iter().map(|name| match self.units.get(&name) {
+                Some(u) => Change::Put(name, status_of(u)),
+                None => Change::Remove(name),
+            });
+            let changed = self.board.apply(changes.collect::<Vec<_>>());
+            self.dirty = Vec::new();
+            changed
+        };
+        if changed {
+            self.version_tx.send_modify(|v| *v += 1);
+        }
+        #[cfg(debug_assertions)]
+        self.check_books();
+    }
+
+    /// Debug builds (every test) check that the incremental books agree
+    /// with a count from scratch: the board with every unit's status, the
+    /// tally with their states, and that `schedule` left nothing behind.
+    #[cfg(debug_assertions)]
+    fn check_books(&self) {
+        let all: Vec<ServiceStatus> = self.units.values().map(status_of).collect();
+        assert!(
+            self.board.snapshot() == all,
+            "the board differs from the units' status"
+        );
+        let mut t = super::Tally::default();
+        for u in self.units.values() {
+            t.add(u.state, false);
+        }
+        assert_eq!(t, self.tally, "the tally differs from the units' states");
+        if !self.touched.is_empty() || self.rescan {
+            return;
+        }
+        for u in self.units.values() {
+            if self.shutting_down {
+                if matches!(u.state, State::Starting | State::Ready) {
+                    assert!(
+                        !self.may_stop(u),
+                        "{} may stop, yet schedule left it running",
+                        u.name
+                    );
+                }
+            } else if u.state == State::Pending || (u.state == State::Standby && u.leader) {
+                let left = match self.waiting_on(&u.name) {
+                    Wait::Nothing => !u.spec.common.singleton || u.leader,
+                    Wait::Never(_) => true,
+                    Wait::Dependencies => false,
+                };
+                assert!(
+                    !left,
+                    "{} may start (or block), yet schedule left it {}",
+                    u.name, u.state
+                );
             }
-        });
+        }
     }
 
     /// Sends `msg` to the loop after `after` (a tokio sleep: paused time in
@@ -152,12 +237,10 @@ impl Supervisor {
                 error,
             } => self.health_failed(&name, generation, error),
             Msg::ScheduleTick { name, index } => self.schedule_tick(&name, index),
-            Msg::ScheduleDone { name, index, run } => self.schedule_done(&name, index, run),
-            Msg::ShutdownTimeout => {
-                if self.shutting_down && !self.forced {
-                    tracing::warn!("shutdown_timeout reached; forcing the rest");
-                    self.force();
-                }
+            Msg::ScheduleDone { name, index, run } => {
+                // The run's result shows in the status.
+                self.touch(&name);
+                self.schedule_done(&name, index, run);
             }
         }
     }
@@ -180,9 +263,6 @@ impl Supervisor {
             Control::Restart { name, reply } => {
                 let r = self.control_restart(&name);
                 let _ = reply.send(r);
-            }
-            Control::Ping { reply } => {
-                let _ = reply.send(());
             }
             Control::Action {
                 name,
@@ -214,7 +294,8 @@ impl Supervisor {
         tracing::info!("shutting down");
         self.shutting_down = true;
         self.stopping_tx.send_replace(true);
-        self.timer(self.shutdown_timeout, Msg::ShutdownTimeout);
+        self.shutdown_deadline = Some(Instant::now() + self.shutdown_timeout);
+        self.rescan = true;
         // Nothing waiting to start will start now.
         let idle: Vec<Arc<str>> = self
             .units
@@ -254,44 +335,107 @@ impl Supervisor {
     }
 
     /// After every message: start what may start, or (shutting down) stop
-    /// what may stop.
+    /// what may stop. Only the units touched since the last time, and
+    /// their neighbours, can have changed their minds (dependents for a
+    /// start, dependencies and the API for a stop); what this starts or
+    /// stops is looked at again in turn, until nothing is left.
     fn schedule(&mut self) {
-        if self.shutting_down {
-            let candidates: Vec<Arc<str>> = self
+        loop {
+            let all = std::mem::take(&mut self.rescan);
+            let touched = std::mem::take(&mut self.touched);
+            if !all && touched.is_empty() {
+                return;
+            }
+            let candidates = self.candidates(all, touched);
+            if self.shutting_down {
+                let stop: Vec<Arc<str>> = candidates
+                    .into_iter()
+                    .filter(|n| self.units.get(n).is_some_and(|u| self.may_stop(u)))
+                    .collect();
+                for name in stop {
+                    self.stop_unit(&name, AfterStop::Stay);
+                }
+            } else {
+                self.start_ready(candidates);
+            }
+        }
+    }
+
+    /// The units to look at, in the registry's order: every unit, or the
+    /// touched ones with their neighbours.
+    fn candidates(&self, all: bool, touched: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        if all {
+            return self.units.keys().cloned().collect();
+        }
+        let mut out: Vec<(usize, Arc<str>)> = Vec::new();
+        let mut add = |s: &Supervisor, name: &str| {
+            if let Some((i, n, _)) = s.units.get_full(name) {
+                out.push((i, n.clone()));
+            }
+        };
+        let mut api_too = false;
+        for t in &touched {
+            add(self, t);
+            if self.shutting_down {
+                if self.units.get(t).is_none_or(|u| !u.state.is_running()) {
+                    for (d, _) in self.graph.dependencies(t) {
+                        add(self, d);
+                    }
+                    api_too = true;
+                }
+            } else {
+                for d in self.graph.dependents(t) {
+                    add(self, d);
+                }
+            }
+        }
+        if api_too
+            && let Some(api) = self
                 .units
                 .values()
-                .filter(|u| matches!(u.state, State::Starting | State::Ready))
-                .filter(|u| {
-                    // A service stops only after all its dependents have;
-                    // the API stops last, so that it can say so meanwhile.
-                    if u.spec.is_api() {
-                        self.units
-                            .values()
-                            .all(|o| o.name == u.name || !o.state.is_running())
-                    } else {
-                        self.graph
-                            .dependents(&u.name)
-                            .iter()
-                            .all(|d| !self.units[*d].state.is_running())
-                    }
-                })
+                .find(|u| u.spec.is_api())
                 .map(|u| u.name.clone())
-                .collect();
-            for name in candidates {
-                self.stop_unit(&name, AfterStop::Stay);
-            }
-            return;
+        {
+            add(self, &api);
         }
+        out.sort_unstable_by_key(|(i, _)| *i);
+        out.dedup_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Shutting down: a unit stops once every unit that depends on it has;
+    /// the API stops last, so that it can say so meanwhile.
+    fn may_stop(&self, u: &super::Unit) -> bool {
+        if !matches!(u.state, State::Starting | State::Ready) {
+            return false;
+        }
+        if u.spec.is_api() {
+            // Itself is the one still running.
+            self.tally.running() == 1
+        } else {
+            self.graph
+                .dependents(&u.name)
+                .iter()
+                .all(|d| self.units.get(*d).is_none_or(|d| !d.state.is_running()))
+        }
+    }
+
+    /// Starts (or seeks the lock of) the candidates whose conditions hold,
+    /// and blocks those that can never start.
+    fn start_ready(&mut self, candidates: Vec<Arc<str>>) {
         let mut ready = Vec::new();
         let mut stuck = Vec::new();
-        for u in self.units.values() {
+        for name in candidates {
+            let Some(u) = self.units.get(&name) else {
+                continue;
+            };
             if !matches!(u.state, State::Pending | State::Standby) {
                 continue;
             }
             match self.waiting_on(&u.name) {
-                Wait::Nothing => ready.push(u.name.clone()),
+                Wait::Nothing => ready.push(name),
                 Wait::Dependencies => {}
-                Wait::Never(reason) => stuck.push((u.name.clone(), reason)),
+                Wait::Never(reason) => stuck.push((name, reason)),
             }
         }
         // Blocking one may block others of the list, or start the shutdown:
@@ -341,6 +485,23 @@ impl Supervisor {
             wait = Wait::Dependencies;
         }
         wait
+    }
+}
+
+/// One service's status as the outside sees it.
+fn status_of(u: &super::Unit) -> ServiceStatus {
+    ServiceStatus {
+        name: u.name.to_string(),
+        kind: u.spec.kind.kind_name().to_string(),
+        state: u.state,
+        critical: u.spec.common.critical,
+        restarts: u.restarts,
+        last_error: u.last_error.clone(),
+        since: u.since,
+        schedules: u.schedule_last.clone(),
+        details: u.details.clone(),
+        logs: u.logs.clone(),
+        history: u.history.clone(),
     }
 }
 

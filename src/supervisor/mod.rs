@@ -15,6 +15,7 @@
 //! [`decide::decide`] decides), `controls`, `reload`,
 //! `schedules`, `leadership`, `health` and `dependents`.
 
+mod board;
 mod controls;
 pub mod decide;
 mod dependents;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 use crate::services::{Details, Kinds, Logs, Report, ServiceError};
+pub use board::{Board, StatusWatch, Tally};
 use decide::AfterStop;
 use events::{Events, Happened};
 use restart::{BackoffState, RestartBudget};
@@ -97,8 +99,6 @@ pub enum Control {
         args: serde_json::Value,
         reply: oneshot::Sender<Result<serde_json::Value, ControlError>>,
     },
-    /// Answers at once: proves the loop is live (systemd's watchdog).
-    Ping { reply: oneshot::Sender<()> },
     /// Switch to a new, already checked registry: stop removed services,
     /// start added ones, restart changed ones, leave the others alone.
     Reload {
@@ -181,11 +181,22 @@ pub struct ReloadSummary {
     pub unchanged: usize,
 }
 
+/// What the loop takes before any other message, however many wait: a
+/// shutdown request (its `shutdown_timeout` counts from the request, not
+/// from when a backlog lets it through) and the watchdog's ping.
+#[derive(Debug)]
+enum Urgent {
+    Shutdown,
+    Ping(oneshot::Sender<()>),
+}
+
 /// A handle to a running supervisor: send it controls, watch its states.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
-    status: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    urgent: mpsc::UnboundedSender<Urgent>,
+    board: Arc<Board>,
+    version: watch::Receiver<u64>,
     stopping: watch::Receiver<bool>,
     events: Events,
 }
@@ -193,7 +204,10 @@ pub struct Handle {
 impl Handle {
     /// Sends a control; `false` when the supervisor has ended.
     pub fn send(&self, c: Control) -> bool {
-        self.tx.send(Msg::Control(c)).is_ok()
+        match c {
+            Control::Shutdown => self.urgent.send(Urgent::Shutdown).is_ok(),
+            c => self.tx.send(Msg::Control(c)).is_ok(),
+        }
     }
 
     /// Asks for an ordered shutdown (a second call forces it).
@@ -216,9 +230,25 @@ impl Handle {
         rx.await.unwrap_or_else(|_| Err(ended()))
     }
 
-    /// The latest status of every service.
+    /// The latest status of every service (a copy: see
+    /// [`Handle::service`] for one, [`Handle::tally`] for counts).
     pub fn status(&self) -> Arc<Vec<ServiceStatus>> {
-        self.status.borrow().clone()
+        Arc::new(self.board.snapshot())
+    }
+
+    /// The latest status of one service.
+    pub fn service(&self, name: &str) -> Option<ServiceStatus> {
+        self.board.get(name)
+    }
+
+    /// How many services are in each state.
+    pub fn tally(&self) -> Tally {
+        self.board.tally()
+    }
+
+    /// A number that changes whenever the status does (for caches).
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
     }
 
     /// Starts a stopped, failed or completed service.
@@ -277,10 +307,12 @@ impl Handle {
         self.stopping.clone()
     }
 
-    /// Whether the supervisor loop answers within `within`.
+    /// Whether the supervisor loop answers within `within` (the ping
+    /// passes every queued message: it proves the loop turns, not that
+    /// the queue is short).
     pub async fn ping(&self, within: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        self.send(Control::Ping { reply: tx })
+        self.urgent.send(Urgent::Ping(tx)).is_ok()
             && matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
     }
 
@@ -289,10 +321,12 @@ impl Handle {
         self.events.subscribe()
     }
 
-    /// A receiver that sees every new status (for waiting in tests, the
-    /// API's events and sd_notify).
-    pub fn watch(&self) -> watch::Receiver<Arc<Vec<ServiceStatus>>> {
-        self.status.clone()
+    /// Wakes at every new status (for waiting in tests and sd_notify).
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch {
+            board: self.board.clone(),
+            version: self.version.clone(),
+        }
     }
 }
 
@@ -404,7 +438,6 @@ enum Msg {
         index: usize,
         run: ActionRun,
     },
-    ShutdownTimeout,
 }
 
 /// Why a unit that is stopping was asked to stop: what its end leads to.
@@ -451,6 +484,10 @@ struct Unit {
     ready_since: Option<Instant>,
     /// The current run's start_timeout timer, cancelled once it is ready.
     start_timer: Option<AbortHandle>,
+    /// The timer of the state it is in (the stop timeout while stopping,
+    /// the delay while in backoff), cancelled when it leaves that state:
+    /// timers do not pile up behind a crash loop or a mass stop.
+    state_timer: Option<AbortHandle>,
     /// Singletons: this instance holds the service's lock.
     leader: bool,
     /// Singletons: the task holding (or waiting for) the lock.
@@ -495,6 +532,7 @@ impl Unit {
             schedule_cancel: CancellationToken::new(),
             ready_since: None,
             start_timer: None,
+            state_timer: None,
             leader: false,
             leadership: None,
             met: Met::default(),
@@ -514,8 +552,27 @@ pub struct Supervisor {
     rx: mpsc::UnboundedReceiver<Msg>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
-    status_tx: watch::Sender<Arc<Vec<ServiceStatus>>>,
-    status_rx: watch::Receiver<Arc<Vec<ServiceStatus>>>,
+    urgent_tx: mpsc::UnboundedSender<Urgent>,
+    urgent_rx: mpsc::UnboundedReceiver<Urgent>,
+    /// What the outside reads, changed entry by entry ([`board`]).
+    board: Arc<Board>,
+    version_tx: watch::Sender<u64>,
+    /// How many units are in each state (states only: `critical` is the
+    /// board's), kept by [`Supervisor::transition`] and where units come
+    /// and go.
+    tally: Tally,
+    /// Units whose state changed since `schedule` last looked: only they
+    /// and their neighbours can have become startable (or stoppable).
+    touched: Vec<Arc<str>>,
+    /// `schedule` looks at every unit once (after a reload, when the
+    /// shutdown begins).
+    rescan: bool,
+    /// Units whose status changed since the last `publish`.
+    dirty: Vec<Arc<str>>,
+    /// `publish` rebuilds the whole board (after a reload).
+    republish: bool,
+    /// When the shutdown is forced (`shutdown_timeout` after it began).
+    shutdown_deadline: Option<Instant>,
     stopping_tx: watch::Sender<bool>,
     /// Where state changes, restarts and action results are broadcast.
     events: Events,
@@ -549,6 +606,7 @@ impl Supervisor {
     /// was checked against `registry`.
     pub fn new(registry: &Registry, graph: Graph, kinds: Kinds) -> Supervisor {
         let mut units = IndexMap::new();
+        let mut tally = Tally::default();
         let mut outside = std::collections::HashSet::new();
         let log_lines = registry.warden.log_lines.0 as usize;
         for spec in registry.services.values() {
@@ -561,14 +619,16 @@ impl Supervisor {
                 continue; // left out by --only
             };
             let unit = Unit::new(spec.clone(), state, log_lines);
+            tally.add(state, false);
             units.insert(unit.name.clone(), unit);
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
-        let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
+        let (version_tx, _) = watch::channel(0);
         let (stopping_tx, _) = watch::channel(false);
         let (leader_tx, leader_rx) = mpsc::unbounded_channel();
-        let s = Supervisor {
+        let mut s = Supervisor {
             units,
             graph,
             kinds,
@@ -576,8 +636,16 @@ impl Supervisor {
             rx,
             reports_tx,
             reports_rx,
-            status_tx,
-            status_rx,
+            urgent_tx,
+            urgent_rx,
+            board: Arc::default(),
+            version_tx,
+            tally,
+            touched: Vec::new(),
+            rescan: true,
+            dirty: Vec::new(),
+            republish: true,
+            shutdown_deadline: None,
             stopping_tx,
             events: Events::default(),
             leader_tx,
@@ -634,9 +702,36 @@ impl Supervisor {
     pub fn handle(&self) -> Handle {
         Handle {
             tx: self.tx.clone(),
-            status: self.status_rx.clone(),
+            urgent: self.urgent_tx.clone(),
+            board: self.board.clone(),
+            version: self.version_tx.subscribe(),
             stopping: self.stopping_tx.subscribe(),
             events: self.events.clone(),
+        }
+    }
+
+    /// Adds a unit (a reload's new service).
+    fn add_unit(&mut self, unit: Unit) {
+        self.tally.add(unit.state, false);
+        self.touched.push(unit.name.clone());
+        self.dirty.push(unit.name.clone());
+        self.units.insert(unit.name.clone(), unit);
+    }
+
+    /// Forgets a unit (removed by a reload); its lock and schedule timers
+    /// go with it (`Drop for Unit`).
+    fn remove_unit(&mut self, name: &str) {
+        if let Some(u) = self.units.shift_remove(name) {
+            self.tally.remove(u.state, false);
+            self.dirty.push(u.name.clone());
+        }
+    }
+
+    /// Something the outside sees of `name` changed without a change of
+    /// state (its last error, its schedules' runs).
+    fn touch(&mut self, name: &str) {
+        if let Some(u) = self.units.get(name) {
+            self.dirty.push(u.name.clone());
         }
     }
 
@@ -658,8 +753,22 @@ impl Supervisor {
                     to,
                     event,
                 });
+                self.tally.remove(u.state, false);
+                self.tally.add(to, false);
+                if to != u.state {
+                    if let Some(t) = u.state_timer.take() {
+                        t.abort();
+                    }
+                    if u.state == State::Starting
+                        && let Some(t) = u.start_timer.take()
+                    {
+                        t.abort();
+                    }
+                }
                 u.state = to;
                 u.since = Instant::now();
+                self.touched.push(u.name.clone());
+                self.dirty.push(u.name.clone());
                 // A new run meets the conditions anew; a service on its
                 // way to run again meets none of them meanwhile.
                 match to {

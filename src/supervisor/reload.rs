@@ -60,11 +60,7 @@ impl Supervisor {
             match self.units[&*name].state {
                 State::Starting | State::Ready => self.stop_unit(&name, AfterStop::Remove),
                 State::Stopping => self.units[&*name].stop_cause = AfterStop::Remove.into(),
-                _ => {
-                    if let Some(u) = self.units.shift_remove(&*name) {
-                        u.schedule_cancel.cancel();
-                    }
-                }
+                _ => self.remove_unit(&name),
             }
         }
         for spec in registry.services.values() {
@@ -81,8 +77,7 @@ impl Supervisor {
                     continue;
                 };
                 summary.added.push(spec.name.clone());
-                let unit = Unit::new(spec.clone(), state, log_lines);
-                self.units.insert(unit.name.clone(), unit);
+                self.add_unit(Unit::new(spec.clone(), state, log_lines));
                 continue;
             };
             let name = spec.name.as_str();
@@ -187,6 +182,10 @@ impl Supervisor {
             .map(|s| s.name.clone())
             .collect();
         self.graph = graph;
+        // Edges changed, and so may have what any service waits for or
+        // shows: look at every service once.
+        self.rescan = true;
+        self.republish = true;
         // Timers of removed services and of changed schedules were
         // cancelled; start those of added services and new schedules.
         for name in summary.added.iter().chain(summary.changed.iter()) {

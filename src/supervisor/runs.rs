@@ -130,13 +130,14 @@ impl Supervisor {
                 a.abort();
             }
         } else {
-            self.timer(
+            let t = self.timer(
                 timeout,
                 Msg::StopTimeout {
                     name: timer_name,
                     generation,
                 },
             );
+            self.units[name].state_timer = Some(t);
         }
     }
 
@@ -343,11 +344,7 @@ impl Supervisor {
             Then::Disable => {
                 self.transition(name, Event::Disable);
             }
-            Then::Remove => {
-                if let Some(u) = self.units.shift_remove(name) {
-                    u.schedule_cancel.cancel();
-                }
-            }
+            Then::Remove => self.remove_unit(name),
             Then::Standby => {
                 self.transition(name, Event::Standby);
             }
@@ -397,13 +394,14 @@ impl Supervisor {
         tracing::info!(service = %name, reason = %reason, delay = ?delay, restarts = u.restarts, "restarting");
         self.restarting(name, cause);
         self.transition(name, Event::Retry);
-        self.timer(
+        let t = self.timer(
             delay,
             Msg::BackoffElapsed {
                 name: timer_name,
                 generation,
             },
         );
+        self.units[name].state_timer = Some(t);
     }
 }
 

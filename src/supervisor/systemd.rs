@@ -1,5 +1,5 @@
-//! The systemd side (`Type=notify`): `READY=1` once every critical service
-//! is ready, `STATUS=` summaries as states change, `STOPPING=1` when the
+//! The systemd side (`Type=notify`): `READY=1` once every enabled critical
+//! service is ready, `STATUS=` summaries as states change, `STOPPING=1` when the
 //! shutdown begins, and `WATCHDOG=1` at half of `WATCHDOG_USEC` while the
 //! supervisor loop is live. Without `NOTIFY_SOCKET` every call is a no-op.
 
@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use super::ServiceStatus;
+use super::Tally;
 use super::state::State;
 
 /// A one-line summary for `STATUS=`.
-pub fn summary(status: &[ServiceStatus]) -> String {
-    let count = |s: State| status.iter().filter(|x| x.state == s).count();
+pub fn summary(t: &Tally) -> String {
     let mut parts = vec![format!(
         "{}/{} ready",
-        count(State::Ready) + count(State::Completed),
-        status.len()
+        t.count(State::Ready) + t.count(State::Completed),
+        t.total()
     )];
     for s in [
         State::Starting,
@@ -25,20 +24,12 @@ pub fn summary(status: &[ServiceStatus]) -> String {
         State::Blocked,
         State::Stopping,
     ] {
-        let n = count(s);
+        let n = t.count(s);
         if n > 0 {
             parts.push(format!("{n} {s}"));
         }
     }
     parts.join(", ")
-}
-
-/// Every enabled critical service is ready (completed counts for oneshots).
-pub fn critical_ready(status: &[ServiceStatus]) -> bool {
-    status
-        .iter()
-        .filter(|s| s.critical)
-        .all(|s| matches!(s.state, State::Ready | State::Completed))
 }
 
 /// Follows the supervisor's status and speaks the sd_notify protocol until
@@ -56,14 +47,14 @@ pub async fn notifier(handle: super::Handle) {
     let mut stopping_sent = false;
     let mut last_status = String::new();
     loop {
-        let snapshot = status.borrow_and_update().clone();
+        let tally = status.tally_and_update();
         if *stopping.borrow_and_update() && !stopping_sent {
             stopping_sent = true;
             let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         }
         if !stopping_sent {
-            let line = summary(&snapshot);
-            if !ready_sent && critical_ready(&snapshot) {
+            let line = summary(&tally);
+            if !ready_sent && tally.critical_ready() {
                 ready_sent = true;
                 let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
                 last_status = line;

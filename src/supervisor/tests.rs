@@ -2152,3 +2152,83 @@ async fn a_singleton_removed_or_disabled_while_waiting_gives_up_its_lock() {
     assert_eq!(locks.held.lock().unwrap().get("cron"), None);
     b.shutdown().await;
 }
+
+/// A dependent on `started` starts with its dependency, in the same turn:
+/// nothing else has to happen first (a dependency that never becomes
+/// ready and has no start_timeout sends nothing more).
+#[tokio::test(start_paused = true)]
+async fn a_dependent_on_started_starts_in_the_same_turn_as_its_dependency() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "never"
+start_timeout = "0s"
+[services.app]
+kind = "mock"
+depends_on = { db = "started" }
+[services.web]
+kind = "mock"
+depends_on = { app = "started" }
+"#,
+    );
+    h.wait("web", State::Ready).await;
+    assert_eq!(h.log.times("start app"), vec![0]);
+    assert_eq!(h.log.times("start web"), vec![0]);
+    let (code, _) = h.shutdown().await;
+    assert_eq!(code, EXIT_OK);
+}
+
+/// A stop's timer ends with the stop: a mass stop of services that stop at
+/// once leaves no timers behind (each would wake the loop for nothing).
+#[tokio::test(start_paused = true)]
+async fn stop_timers_end_with_the_stop() {
+    let mut reg = String::new();
+    for i in 0..200 {
+        reg.push_str(&format!(
+            "[services.s{i}]\nkind = \"mock\"\nstop = {{ timeout = \"1h\" }}\n"
+        ));
+    }
+    let h = start(&reg);
+    h.wait("s199", State::Ready).await;
+    for i in 0..200 {
+        h.handle.stop(&format!("s{i}")).await.unwrap();
+    }
+    h.wait("s199", State::Stopped).await;
+    tokio::task::yield_now().await;
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert!(alive < 20, "{alive} tasks alive after every stop ended");
+    let (code, _) = h.shutdown().await;
+    assert_eq!(code, EXIT_OK);
+}
+
+/// A shutdown request passes every message already queued: controls sent
+/// before it are answered as refused, because the shutdown has begun
+/// (its `shutdown_timeout` counts from the request, not from the end of a
+/// backlog).
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_request_overtakes_queued_controls() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+"#,
+    );
+    h.wait("a", State::Ready).await;
+    let mut replies = Vec::new();
+    for _ in 0..100 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(h.handle.send(Control::Restart {
+            name: "a".into(),
+            reply: tx
+        }));
+        replies.push(rx);
+    }
+    h.handle.shutdown();
+    for rx in replies {
+        assert_eq!(rx.await.unwrap(), Err(ControlError::shutting_down()));
+    }
+    assert_eq!(h.done.await.unwrap(), EXIT_OK);
+}
