@@ -47,6 +47,9 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The last `/v1/health` answer and what it was rendered from.
     pub health_cache: Arc<std::sync::Mutex<Option<routes::HealthCache>>>,
+    /// One reload at a time (SIGHUP and `POST /v1/reload` alike): two
+    /// checks running side by side must not apply in the wrong order.
+    pub reloading: Arc<tokio::sync::Mutex<()>>,
     /// The kinds of this build: their actions are checked before a
     /// request's body is read, and listed in `/openapi.json` (rendered per
     /// request: it is asked for rarely, and a resident copy would cost
@@ -66,13 +69,20 @@ impl ApiState {
         let reloader = self.reloader.clone().ok_or_else(|| {
             ReloadError::Unavailable(ControlError::conflict("reload is not available"))
         })?;
+        let _one_at_a_time = self.reloading.lock().await;
         // After STOPPING=1 nothing else may be sent to systemd: a reload
         // during the shutdown is refused before RELOADING=1.
         if *handle.stopping().borrow() {
             return Err(ReloadError::Unavailable(ControlError::shutting_down()));
         }
         crate::supervisor::systemd::reloading();
-        let outcome = match reloader() {
+        // Reading and checking a large registry takes a while: on the
+        // blocking pool, so that the supervisor (on this thread) keeps
+        // turning meanwhile.
+        let loaded = tokio::task::spawn_blocking(move || reloader())
+            .await
+            .unwrap_or_else(|e| Err(format!("the reload's check failed: {e}")));
+        let outcome = match loaded {
             Err(errors) => Err(ReloadError::Invalid(errors)),
             Ok((registry, graph)) => {
                 let new_graph = graph.clone();

@@ -107,6 +107,7 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
         reloader: Some(reloader),
         metrics: metrics.clone(),
         health_cache: Default::default(),
+        reloading: Default::default(),
         kinds: table,
     };
     kinds.register(crate::api::registration(api.clone()));
@@ -198,13 +199,18 @@ async fn forward_signals(handle: crate::supervisor::Handle, api: crate::api::Api
             _ = term.recv() => { tracing::info!("SIGTERM"); handle.shutdown(); }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the registry");
-                match api.reload().await {
-                    Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "reload applied"),
-                    Err(crate::api::ReloadError::Invalid(errors)) => {
-                        tracing::error!(errors = %errors, "reload rejected: the registry is invalid; keeping the running one");
+                // On its own task: a signal that follows (SIGTERM) is
+                // taken at once, not after the reload.
+                let api = api.clone();
+                tokio::spawn(async move {
+                    match api.reload().await {
+                        Ok(s) => tracing::info!(added = ?s.added, removed = ?s.removed, changed = ?s.changed, "reload applied"),
+                        Err(crate::api::ReloadError::Invalid(errors)) => {
+                            tracing::error!(errors = %errors, "reload rejected: the registry is invalid; keeping the running one");
+                        }
+                        Err(crate::api::ReloadError::Unavailable(e)) => tracing::error!(error = %e, "reload failed"),
                     }
-                    Err(crate::api::ReloadError::Unavailable(e)) => tracing::error!(error = %e, "reload failed"),
-                }
+                });
             }
         }
     }

@@ -573,6 +573,8 @@ pub struct Supervisor {
     republish: bool,
     /// When the shutdown is forced (`shutdown_timeout` after it began).
     shutdown_deadline: Option<Instant>,
+    /// The API's unit, if it runs (it stops last).
+    api: Option<Arc<str>>,
     stopping_tx: watch::Sender<bool>,
     /// Where state changes, restarts and action results are broadcast.
     events: Events,
@@ -646,6 +648,7 @@ impl Supervisor {
             dirty: Vec::new(),
             republish: true,
             shutdown_deadline: None,
+            api: None,
             stopping_tx,
             events: Events::default(),
             leader_tx,
@@ -664,8 +667,17 @@ impl Supervisor {
             #[cfg(test)]
             coverage: None,
         };
+        s.api = s.find_api();
         s.publish();
         s
+    }
+
+    /// The API's unit (looked for when the units change wholesale).
+    fn find_api(&self) -> Option<Arc<str>> {
+        self.units
+            .values()
+            .find(|u| u.spec.is_api())
+            .map(|u| u.name.clone())
     }
 
     /// Settles warden's exit code: the first cause to stop warden chooses

@@ -186,6 +186,7 @@ impl Supervisor {
         // shows: look at every service once.
         self.rescan = true;
         self.republish = true;
+        self.api = self.find_api();
         // Timers of removed services and of changed schedules were
         // cancelled; start those of added services and new schedules.
         for name in summary.added.iter().chain(summary.changed.iter()) {
