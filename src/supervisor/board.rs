@@ -206,3 +206,85 @@ impl StatusWatch {
         self.board.tally()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn status(name: &str, state: State, critical: bool) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            kind: "mock".into(),
+            state,
+            critical,
+            restarts: 0,
+            last_error: None,
+            since: Instant::now(),
+            schedules: Vec::new(),
+            details: Default::default(),
+            logs: crate::services::Logs::new(10),
+            history: Default::default(),
+        }
+    }
+
+    fn put(b: &Board, s: ServiceStatus) -> bool {
+        b.apply([Change::Put(Arc::from(s.name.as_str()), s)])
+    }
+
+    #[test]
+    fn the_tally_follows_every_change_and_agrees_with_a_count() {
+        let b = Board::default();
+        assert!(b.tally().critical_ready(), "nothing to wait for");
+        assert!(put(&b, status("db", State::Starting, true)));
+        assert!(put(&b, status("web", State::Pending, false)));
+        assert!(!b.tally().critical_ready());
+        assert_eq!(b.tally().running(), 1);
+        let mut db = status("db", State::Ready, true);
+        assert!(put(&b, db.clone()));
+        assert!(b.tally().critical_ready());
+        // The same entry again changes nothing a reader sees.
+        db.since = b.get("db").unwrap().since;
+        db.logs = b.get("db").unwrap().logs;
+        db.details = b.get("db").unwrap().details;
+        db.history = b.get("db").unwrap().history;
+        assert!(!put(&b, db));
+        assert!(put(&b, status("job", State::Completed, true)));
+        assert!(b.tally().critical_ready(), "a completed oneshot counts");
+        assert_eq!(b.tally(), Tally::of(&b.snapshot()));
+        assert!(b.apply([Change::Remove(Arc::from("db"))]));
+        assert!(!b.apply([Change::Remove(Arc::from("db"))]), "already gone");
+        assert_eq!(b.tally().total(), 2);
+        assert_eq!(b.tally().count(State::Pending), 1);
+        assert_eq!(b.tally(), Tally::of(&b.snapshot()));
+        let names: Vec<String> = b.snapshot().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["web", "job"], "the registry's order is kept");
+    }
+
+    #[test]
+    fn a_disabled_critical_service_is_not_waited_for() {
+        let b = Board::default();
+        put(&b, status("api", State::Ready, true));
+        put(&b, status("off", State::Disabled, true));
+        assert!(b.tally().critical_ready());
+        put(&b, status("off", State::Pending, true));
+        assert!(!b.tally().critical_ready(), "enabled again: waited for");
+        put(&b, status("off", State::Disabled, true));
+        assert!(b.tally().critical_ready());
+    }
+
+    #[test]
+    fn a_rebuild_replaces_every_entry_and_says_whether_anything_changed() {
+        let b = Board::default();
+        put(&b, status("a", State::Ready, false));
+        let a = b.get("a").unwrap();
+        assert!(!b.rebuild(vec![(Arc::from("a"), a.clone())]));
+        let z = status("z", State::Failed, true);
+        assert!(b.rebuild(vec![(Arc::from("z"), z), (Arc::from("a"), a)]));
+        let names: Vec<String> = b.snapshot().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["z", "a"]);
+        assert_eq!(b.tally(), Tally::of(&b.snapshot()));
+        assert_eq!(b.tally().count(State::Failed), 1);
+        assert!(!b.tally().critical_ready());
+    }
+}

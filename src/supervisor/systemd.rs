@@ -94,3 +94,33 @@ pub fn reloaded() {
         let _ = sd_notify::notify(&[NotifyState::Ready]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_counts_ready_and_names_only_the_states_present() {
+        let mut t = Tally::default();
+        for (s, n) in [
+            (State::Ready, 6),
+            (State::Completed, 1),
+            (State::Starting, 1),
+            (State::Backoff, 1),
+            (State::Stopped, 2),
+        ] {
+            for _ in 0..n {
+                t.add(s, false);
+            }
+        }
+        assert_eq!(summary(&t), "7/11 ready, 1 starting, 1 backoff");
+        t.add(State::Failed, false);
+        t.add(State::Blocked, false);
+        t.add(State::Stopping, false);
+        assert_eq!(
+            summary(&t),
+            "7/14 ready, 1 starting, 1 backoff, 1 failed, 1 blocked, 1 stopping"
+        );
+        assert_eq!(summary(&Tally::default()), "0/0 ready");
+    }
+}
