@@ -21,6 +21,12 @@ polling its API:
   SIGTERM, with shutdown_timeout = 1s and a 60 s stop timeout: SIGTERM to
   exit minus the second it should take (how late the deadline was kept
   while thousands of services stopped).
+
+WARDEN_BASELINE=PATH (WARDEN_BASELINE_NAME=label) runs another warden
+binary, such as an earlier commit's release build, on the same registries
+at BENCH_SCALE_BASELINE_SIZES (default 1000,4000: an earlier build may
+take minutes beyond that), for a before/after table in the same run.
+BENCH_SCALE_SIZES=a,b replaces the sizes of this build.
 """
 import os
 import random
@@ -248,6 +254,28 @@ def scenario(warden, out, quick):
               f"{r['stop_s']*1000:.0f} ms | {stop_per*1e6:.1f} µs ({stop_per/base[1]:.2f}×) | "
               f"{r['watchdog_late_s']*1000:.0f} ms | {r['watchdog_stop_late_s']*1000:.0f} ms | {r['code']} |")
     print()
+    baseline = os.environ.get("WARDEN_BASELINE")
+    if baseline and not quick:
+        name = os.environ.get("WARDEN_BASELINE_NAME", "baseline")
+        bsizes = [int(x) for x in os.environ.get("BENCH_SCALE_BASELINE_SIZES", "1000,4000").split(",")]
+        listener = Listener()
+        try:
+            pairs = []
+            for n in bsizes:
+                mine = run_one(warden, out, n, listener)
+                theirs = run_one(baseline, out, n, listener)
+                pairs.append((n, mine, theirs))
+        finally:
+            listener.close()
+        print(f"Before and after, same registries, same run: `{name}` against this build.\n")
+        print(f"| services | CPU until all ready: {name} | this build | ratio | SIGTERM to exit: {name} | this build | ratio | watchdog lateness: {name} | this build |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, m, t in pairs:
+            print(f"| {n:,} | {t['start_cpu_s']*1000:.0f} ms | {m['start_cpu_s']*1000:.0f} ms | "
+                  f"{m['start_cpu_s']/t['start_cpu_s']:.2f} | {t['stop_s']*1000:.0f} ms | "
+                  f"{m['stop_s']*1000:.0f} ms | {m['stop_s']/t['stop_s']:.2f} | "
+                  f"{t['watchdog_late_s']*1000:.0f} ms | {m['watchdog_late_s']*1000:.0f} ms |")
+        print()
     print("With one more service, a process that ignores SIGTERM (60 s stop timeout),")
     print("and `shutdown_timeout = \"1s\"`: how late the deadline is kept while the other")
     print("services stop (goal: within 100 ms, whatever the number of services).\n")

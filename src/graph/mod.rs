@@ -495,9 +495,24 @@ impl Graph {
         out
     }
 
-    /// Mermaid flowchart.
+    /// Mermaid flowchart. Node ids are the names with `-` as `_`, made
+    /// unique (`a-b` and `a_b` would be one node) and never Mermaid's
+    /// `end`; the label keeps the name as written.
     pub fn to_mermaid(&self) -> String {
-        let id = |n: &str| n.replace('-', "_");
+        let mut ids: HashMap<&str, String> = HashMap::new();
+        let mut taken: HashSet<String> = HashSet::new();
+        for (i, name) in self.names().enumerate() {
+            let base = name.replace('-', "_");
+            let mut id = base.clone();
+            let mut k = i;
+            while id.eq_ignore_ascii_case("end") || taken.contains(&id) {
+                id = format!("{base}_{k}");
+                k += 1;
+            }
+            taken.insert(id.clone());
+            ids.insert(name, id);
+        }
+        let id = |n: &str| ids[n].clone();
         let mut out = String::from("flowchart LR\n");
         for name in self.names() {
             out.push_str(&format!("  {}[\"{}\"]\n", id(name), name));

@@ -292,6 +292,20 @@ fn the_renderings_list_nodes_and_labelled_edges() {
 }
 
 #[test]
+fn mermaid_ids_stay_distinct_when_names_differ_only_by_dash_or_are_end() {
+    let g = graph(&[
+        ("a-b", ""),
+        ("a_b", "depends_on = [\"a-b\"]"),
+        ("end", "depends_on = [\"a_b\"]"),
+    ]);
+    assert_eq!(
+        g.to_mermaid(),
+        "flowchart LR\n  a_b[\"a-b\"]\n  a_b_1[\"a_b\"]\n  end_2[\"end\"]\n  \
+         a_b -->|ready| a_b_1\n  a_b_1 -->|ready| end_2\n"
+    );
+}
+
+#[test]
 fn the_plan_carries_each_services_kind_flags_and_edges() {
     let reg = registry(&jobs(&[
         ("seed", "oneshot = true"),
