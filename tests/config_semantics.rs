@@ -234,6 +234,39 @@ redis = "redis://:hunter2@127.0.0.1:6379"
     assert!(shown.contains("postgres://app:***@db/app"));
 }
 
+/// A probe's DSN holds a password too: `postgres_file` and `redis_file`
+/// stand in for it as they do for a kind's keys (the schema says so).
+#[test]
+fn probe_dsns_may_come_from_secret_files() {
+    let text = r#"
+[services.db]
+kind = "external"
+ready = { postgres_file = "secrets/db" }
+health = { redis_file = "secrets/cache" }
+"#;
+    let sources = MemSources::new(text)
+        .file("secrets/db", "postgres://app:dbpass@db/app\n")
+        .file("secrets/cache", "redis://:cachepass@cache:6379\n");
+    let checked = load(&sources, None);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    let db = &checked.registry().unwrap().services["db"];
+    let ready = db.common.ready.as_ref().expect("ready probe");
+    assert_eq!(ready.check.target(), "postgres://app:***@db/app");
+    let health = db.common.health.as_ref().expect("health probe");
+    assert_eq!(health.check.target(), "redis://:***@cache:6379");
+    let both = "[services.db]\nkind = \"external\"\nready = { postgres = \"postgres://db/app\", postgres_file = \"secrets/db\" }\n";
+    let checked = load(
+        &MemSources::new(both).file("secrets/db", "postgres://db/x"),
+        None,
+    );
+    assert_eq!(
+        diagnostics(&checked),
+        vec![
+            "3:43 conflicting-keys: services.db.ready.postgres: both `postgres` and `postgres_file` are set; keep one"
+        ]
+    );
+}
+
 #[test]
 fn a_secret_in_a_bad_value_is_masked_in_the_error_and_the_quoted_line() {
     let text = "[services.relay]\nkind = \"outbox-relay\"\npostgres = \"mysql://root:hunter2@db/app\"\nredis = \"redis://h:1\"\n";

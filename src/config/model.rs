@@ -286,7 +286,14 @@ impl ProbeCheck {
     }
 
     fn decode_fields(r: &mut TableReader<'_>, cx: &mut Cx<'_>) -> Option<ProbeCheck> {
-        let present: Vec<&str> = Self::KEYS.iter().copied().filter(|k| r.has(k)).collect();
+        // A DSN may come from its secret file (`postgres_file`).
+        let present: Vec<&str> = Self::KEYS
+            .iter()
+            .copied()
+            .filter(|k| {
+                r.has(k) || (matches!(*k, "postgres" | "redis") && r.has(&format!("{k}_file")))
+            })
+            .collect();
         let none = None::<fn() -> Option<bool>>;
         let tcp = r.field::<Option<HostPort>>(cx, "tcp", None::<fn() -> _>);
         let http = r.field::<Option<HttpUrl>>(cx, "http", None::<fn() -> _>);
