@@ -461,6 +461,9 @@ struct Unit {
     met: Met,
     /// Where the current run leaves its exit status.
     exit_status: crate::services::ExitStatusCell,
+    /// A stop, an end or a start that waits for the dependents a restart
+    /// stops (rest_for_one); cleared by any change of state.
+    held: Option<dependents::Held>,
 }
 
 /// The conditions a run has met, for the services that depend on it.
@@ -499,6 +502,7 @@ impl Unit {
             leadership: None,
             met: Met::default(),
             exit_status: Default::default(),
+            held: None,
             spec,
         }
     }
@@ -660,6 +664,7 @@ impl Supervisor {
                 });
                 u.state = to;
                 u.since = Instant::now();
+                u.held = None;
                 // A new run meets the conditions anew; a service on its
                 // way to run again meets none of them meanwhile.
                 match to {
