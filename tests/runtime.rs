@@ -1,6 +1,7 @@
 //! Supervision with the real `warden` binary and real processes: critical
-//! failure and exit 3, no process left behind, PID 1 reaping, sd_notify in
-//! both directions, reload with a broken file.
+//! failure and exit 3, no process left behind (those that left their group
+//! included), PID 1 reaping, sd_notify in both directions, reload with a
+//! broken file.
 
 mod support;
 
@@ -66,6 +67,82 @@ stop = { timeout = "500ms" }
     assert_eq!(w.exit_code(), 0, "log:\n{}", w.dump());
     let left = processes_with("76543");
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Kills (SIGKILL) every process whose command line holds one of the
+/// markers when dropped: a test that fails leaves nothing running.
+struct KillMarked(&'static [&'static str]);
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        for marker in self.0 {
+            for (pid, _) in processes_with(marker) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+#[test]
+fn processes_that_left_their_group_are_stopped_when_warden_exits() {
+    // Two descendants leave the service's process group (setsid) and
+    // outlive their parent: they are re-parented to warden, the child
+    // subreaper. One quits on SIGTERM; the other ignores it and is killed
+    // once the rest of shutdown_timeout (2 s) is over.
+    let _cleanup = KillMarked(&["765441", "765442", "765443"]);
+    let mut w = Warden::start(
+        r#"
+[warden]
+shutdown_timeout = "2s"
+[api]
+enabled = false
+[services.spawner]
+kind = "process"
+command = ["sh", "-c", "setsid sh -c 'echo $$$$ > polite.pid; exec sleep 765441' & setsid sh -c 'trap \"\" TERM; : 765442; echo $$$$ > stubborn.pid; while :; do sleep 0.1; done' & exec sleep 765443"]
+"#,
+    );
+    w.wait_event("spawner", "ready");
+    let (polite, stubborn) = (w.dir.join("polite.pid"), w.dir.join("stubborn.pid"));
+    wait_until("both escaped processes wrote their pid", || {
+        [&polite, &stubborn]
+            .iter()
+            .all(|f| std::fs::read_to_string(f).is_ok_and(|s| s.trim().parse::<u32>().is_ok()))
+    });
+    let pid = |f: &std::path::Path| -> u32 {
+        std::fs::read_to_string(f).unwrap().trim().parse().unwrap()
+    };
+    let (polite, stubborn) = (pid(&polite), pid(&stubborn));
+    // Not in the service's group: stopping the service leaves them running.
+    assert_eq!(processes_with("765441").len(), 1);
+    assert_eq!(processes_with("765442").len(), 1);
+    let began = Instant::now();
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0, "log:\n{}", w.dump());
+    let took = began.elapsed();
+    // warden reaped them before it exited: no process and no zombie left.
+    for (marker, pid) in [("765441", polite), ("765442", stubborn)] {
+        assert!(
+            processes_with(marker).is_empty(),
+            "{marker} (pid {pid}) outlived warden"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is left (a zombie?)"
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "the stubborn one had the rest of shutdown_timeout, then SIGKILL: {took:?}"
+    );
+    let found = w.wait_log("the escaped processes named", |v| {
+        v["message"] == "stopping processes that left their service's process group"
+    });
+    assert_eq!(found["count"], 2, "{found}");
+    w.wait_log("the SIGKILL said", |v| {
+        v["message"] == "killed processes that outlived the grace (SIGKILL)"
+    });
 }
 
 #[test]

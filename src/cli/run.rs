@@ -79,6 +79,11 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     let only = args.registry.only.clone();
     let only_list = only.clone();
     let reload_opts = opts.clone();
+    // The shutdown_timeout of the registry last loaded: what is left of it
+    // once the services have stopped is the grace of the processes that
+    // left their groups (see stop_escaped below).
+    let shutdown_timeout = Arc::new(std::sync::Mutex::new(registry.warden.shutdown_timeout));
+    let reloaded_timeout = shutdown_timeout.clone();
     let reloader: crate::api::Reloader = std::sync::Arc::new(move || {
         let checked = load_and_check(&reload_opts, &RealSources);
         match (checked.registry(), checked.graph.as_ref()) {
@@ -88,6 +93,8 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
                 } else {
                     g.select_only(r, &only).map_err(|e| e.to_string())?
                 };
+                *reloaded_timeout.lock().unwrap_or_else(|e| e.into_inner()) =
+                    r.warden.shutdown_timeout;
                 Ok((r.clone(), g))
             }
             _ => Err(checked
@@ -147,6 +154,8 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
         if let Some(m) = metrics {
             tokio::spawn(crate::metrics::upkeep(m));
         }
+        // When the shutdown begins (a signal, the API, a critical failure).
+        let mut stopping = handle.stopping();
         tokio::spawn(forward_signals(handle, api));
         tracing::info!(
             file = %registry.file.display(),
@@ -156,10 +165,32 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
         );
         // The supervisor holds each service's spec: the registry can go.
         drop(registry);
+        let shutdown_began = tokio::spawn(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            std::time::Instant::now()
+        });
         let code = supervisor.run(std::future::pending()).await;
-        if let Ok(reaper) = crate::sys::reaper::Reaper::get()
-            && !reaper.drain(std::time::Duration::from_secs(1))
-        {
+        let began = if shutdown_began.is_finished() {
+            shutdown_began.await.ok()
+        } else {
+            // It ended by itself (nothing runs or could run).
+            shutdown_began.abort();
+            None
+        };
+        let Ok(reaper) = crate::sys::reaper::Reaper::get() else {
+            return code;
+        };
+        if std::process::id() != 1 {
+            // Processes that left their service's group came to warden (the
+            // child subreaper) when their parent ended: stop them within
+            // what is left of shutdown_timeout, so that none outlives warden.
+            let timeout = *shutdown_timeout.lock().unwrap_or_else(|e| e.into_inner());
+            let grace = timeout.saturating_sub(began.map(|b| b.elapsed()).unwrap_or_default());
+            reaper.stop_escaped(grace);
+        }
+        // As PID 1, what is left ends with the PID namespace when warden
+        // exits.
+        if !reaper.drain(std::time::Duration::from_secs(1)) {
             tracing::warn!("some processes outlived their services (not in their groups)");
         }
         code

@@ -117,7 +117,8 @@ impl Supervisor {
     }
 
     /// An operator's restart: stop the run (its dependents follow their
-    /// `on_dependency_restart`) and start again at once. A service that is
+    /// `on_dependency_restart` first, and those that stop stop before it)
+    /// and start again at once. A service that is
     /// not running is started; one that cannot be is refused with words
     /// about a restart, saying what to do instead.
     pub(super) fn control_restart(&mut self, name: &str) -> Result<(), ControlError> {
@@ -129,14 +130,13 @@ impl Supervisor {
         match self.units[name].state {
             State::Starting | State::Ready => {
                 self.restarting(name, RestartReason::Operator);
-                self.stop_unit(name, AfterStop::Restart);
-                self.dependency_restarting(name);
+                self.restart_with_dependents(name, AfterStop::Restart);
                 Ok(())
             }
             State::Backoff => {
                 // Already counted as restarting (its failure); this only
                 // skips the rest of the delay.
-                self.start_unit(name);
+                self.start_after_backoff(name);
                 Ok(())
             }
             // Already waiting for its dependencies, with nothing running to

@@ -1,6 +1,13 @@
 //! What happens to the services that depend on one whose run ended: they
 //! are blocked when it failed for good, unblocked when it is started again,
 //! and follow their `on_dependency_restart` when it restarts.
+//!
+//! A restart stops in order (rest_for_one): the dependents it stops stop
+//! first, the deepest first, each before its own dependencies; the service
+//! itself stops last, and starts again only once none of them is still
+//! stopping. So an old run of a dependent never runs beside a new run of
+//! its dependency. What waits is [`Held`] on the waiting unit, and goes on
+//! ([`Supervisor::release_held`]) when a run ends.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,6 +16,23 @@ use super::events::RestartReason;
 use super::state::{Event, State};
 use super::{AfterStop, StopCause, Supervisor};
 use crate::config::OnDependencyRestart;
+use crate::services::ServiceError;
+
+/// What of a unit's restart waits for the dependents that restart stops.
+/// It is valid in the state it was set in: any change of state clears it.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// `stopping`, not asked yet: its run goes on (it still serves the
+    /// dependents on their way out) and is asked to stop, its stop timer
+    /// with it, once they have stopped.
+    Stop,
+    /// `stopping`, not asked yet, and its run ended by itself: that end
+    /// is carried out once the dependents have stopped.
+    Ended(Result<(), ServiceError>),
+    /// Its next run (after its backoff, at once after its stop, or once
+    /// its dependencies hold) starts once the dependents have stopped.
+    Start,
+}
 
 impl Supervisor {
     /// Every service that depends on `name`, directly or not.
@@ -115,8 +139,116 @@ impl Supervisor {
         }
     }
 
+    /// `name` restarts (an operator's restart, a reload's new spec): its
+    /// dependents follow their `on_dependency_restart` first, then it stops
+    /// for `cause`, once those its restart stops have stopped.
+    pub(super) fn restart_with_dependents(&mut self, name: &str, cause: AfterStop) {
+        self.dependency_restarting(name);
+        self.stop_for_restart(name, cause);
+    }
+
+    /// Stops a running unit for a restart (its own or a dependency's): at
+    /// once when none of the dependents the restart stops is stopping,
+    /// else it turns `stopping` now (nothing may count on it any more) and
+    /// is asked to stop once they have stopped.
+    fn stop_for_restart(&mut self, name: &str, cause: AfterStop) {
+        if !matches!(self.units[name].state, State::Starting | State::Ready) {
+            return;
+        }
+        if !self.dependents_stopping(name) {
+            self.stop_unit(name, cause);
+            return;
+        }
+        tracing::info!(service = %name, "waiting for its dependents to stop before it stops");
+        self.units[name].stop_cause = cause.into();
+        self.transition(name, Event::Stop);
+        self.hold(name, Held::Stop);
+    }
+
+    /// Whether a dependent that a restart of `name` stops is still
+    /// stopping: a direct dependent that restarts or stops with it, and in
+    /// turn, through a dependent that restarts and does not run (a
+    /// completed oneshot sent back to `pending`), the dependents of that
+    /// one. A dependent that ignores the restart, or runs (a new run, or
+    /// one the restart did not touch), is not waited for; nor are the
+    /// dependents of one that has never run (they have not either: at
+    /// start-up this looks no further than the direct dependents).
+    pub(super) fn dependents_stopping(&self, name: &str) -> bool {
+        let mut seen = HashSet::new();
+        let mut stack = vec![name];
+        while let Some(n) = stack.pop() {
+            for d in self.graph.dependents(n) {
+                let Some(u) = self.units.get(d) else {
+                    continue;
+                };
+                let policy = u.spec.common.on_dependency_restart;
+                if policy == OnDependencyRestart::Ignore {
+                    continue;
+                }
+                if u.state == State::Stopping {
+                    return true;
+                }
+                let passed_through = policy == OnDependencyRestart::Restart
+                    && !u.state.is_running()
+                    && u.generation > 0;
+                if passed_through && seen.insert(d) {
+                    stack.push(d);
+                }
+            }
+        }
+        false
+    }
+
+    /// A run ended (or the graph changed): whatever waited for dependents
+    /// that have now all stopped goes on.
+    pub(super) fn release_held(&mut self) {
+        // Only the units that hold something are looked at, not every unit.
+        let mut waiting = std::mem::take(&mut self.holding);
+        waiting.sort_unstable();
+        waiting.dedup();
+        for name in waiting {
+            // An earlier release may have carried this one on already.
+            let Some(u) = self.units.get(&*name) else {
+                continue;
+            };
+            if u.held.is_none() {
+                continue;
+            }
+            if self.dependents_stopping(&name) {
+                self.holding.push(name);
+                continue;
+            }
+            let u = &mut self.units[&*name];
+            let (held, state, generation) = (u.held.take(), u.state, u.generation);
+            match held {
+                Some(Held::Stop) => {
+                    tracing::info!(service = %name, "its dependents have stopped; stopping");
+                    self.ask_to_stop(&name);
+                }
+                Some(Held::Ended(result)) => self.on_ended(&name, generation, result),
+                // A pending (or standby) unit is started by the loop once
+                // its dependencies hold, as any other.
+                Some(Held::Start) if matches!(state, State::Backoff | State::Stopped) => {
+                    if !self.shutting_down {
+                        self.start_unit(&name);
+                    }
+                }
+                Some(Held::Start) | None => {}
+            }
+        }
+    }
+
+    /// Holds what `name` was about to do until its dependents have stopped
+    /// (`release_held` carries it on).
+    pub(super) fn hold(&mut self, name: &str, held: Held) {
+        let u = &mut self.units[name];
+        u.held = Some(held);
+        self.holding.push(u.name.clone());
+    }
+
     /// `name` is restarting: apply each direct dependent's
-    /// `on_dependency_restart` (rest_for_one for `restart`).
+    /// `on_dependency_restart` (rest_for_one for `restart`), the deepest
+    /// dependents first.
     pub(super) fn dependency_restarting(&mut self, name: &str) {
         let dependents: Vec<Arc<str>> = self
             .graph
@@ -132,8 +264,14 @@ impl Supervisor {
                 (OnDependencyRestart::Restart, State::Starting | State::Ready) => {
                     tracing::info!(service = %d, dependency = %name, "stopping for its dependency's restart");
                     self.restarting(&d, RestartReason::Dependency);
-                    self.stop_unit(&d, AfterStop::Reset);
-                    self.dependency_restarting(&d);
+                    self.restart_with_dependents(&d, AfterStop::Reset);
+                }
+                // Stopping to start again at once (an operator's restart):
+                // it waits for its dependency instead.
+                (OnDependencyRestart::Restart, State::Stopping)
+                    if self.units[&*d].stop_cause == StopCause::Asked(AfterStop::Restart) =>
+                {
+                    self.units[&*d].stop_cause = AfterStop::Reset.into();
                 }
                 (OnDependencyRestart::Restart, State::Backoff) => {
                     self.units[&*d].generation += 1;

@@ -498,6 +498,9 @@ struct Unit {
     met: Met,
     /// Where the current run leaves its exit status.
     exit_status: crate::services::ExitStatusCell,
+    /// A stop, an end or a start that waits for the dependents a restart
+    /// stops (rest_for_one); cleared by any change of state.
+    held: Option<dependents::Held>,
 }
 
 /// The conditions a run has met, for the services that depend on it.
@@ -537,6 +540,7 @@ impl Unit {
             leadership: None,
             met: Met::default(),
             exit_status: Default::default(),
+            held: None,
             spec,
         }
     }
@@ -575,6 +579,9 @@ pub struct Supervisor {
     shutdown_deadline: Option<Instant>,
     /// The API's unit, if it runs (it stops last).
     api: Option<Arc<str>>,
+    /// The units that hold a stop, an end or a start until their
+    /// dependents have stopped (`Unit::held`; some may have let go since).
+    holding: Vec<Arc<str>>,
     stopping_tx: watch::Sender<bool>,
     /// Where state changes, restarts and action results are broadcast.
     events: Events,
@@ -649,6 +656,7 @@ impl Supervisor {
             republish: true,
             shutdown_deadline: None,
             api: None,
+            holding: Vec::new(),
             stopping_tx,
             events: Events::default(),
             leader_tx,
@@ -781,6 +789,7 @@ impl Supervisor {
                 u.since = Instant::now();
                 self.touched.push(u.name.clone());
                 self.dirty.push(u.name.clone());
+                u.held = None;
                 // A new run meets the conditions anew; a service on its
                 // way to run again meets none of them meanwhile.
                 match to {

@@ -140,9 +140,8 @@ impl Supervisor {
                     tracing::info!(service = %name, "configuration changed; restarting");
                     self.units[name].next_spec = Some(spec.clone());
                     self.restarting(name, RestartReason::Reload);
-                    self.stop_unit(name, AfterStop::Replace);
                     // A restart is a restart, whatever asked for it.
-                    self.dependency_restarting(name);
+                    self.restart_with_dependents(name, AfterStop::Replace);
                 }
                 State::Stopping => {
                     self.units[name].next_spec = Some(spec.clone());
@@ -187,6 +186,9 @@ impl Supervisor {
         self.rescan = true;
         self.republish = true;
         self.api = self.find_api();
+        // A restart that waited for dependents the new graph no longer
+        // has (removed, or now ignoring it) goes on.
+        self.release_held();
         // Timers of removed services and of changed schedules were
         // cancelled; start those of added services and new schedules.
         for name in summary.added.iter().chain(summary.changed.iter()) {

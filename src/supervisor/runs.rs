@@ -9,15 +9,27 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{Dependents, Ending, ExitInput, Outcome, Then, decide};
+use super::dependents::Held;
+use super::event_loop::holds;
 use super::events::{Happened, RestartReason};
 use super::state::{Event, State};
 use super::{AfterStop, EXIT_CRITICAL, Msg, StopCause, Supervisor};
-use crate::config::Runs;
+use crate::config::{OnDependencyRestart, Runs};
 use crate::services::{Context, ServiceError};
 
 impl Supervisor {
-    /// Builds and spawns one run of a unit.
+    /// Builds and spawns one run of a unit, unless a dependent that its
+    /// restart stopped is still stopping: then the start waits for it
+    /// ([`Held::Start`]).
     pub(super) fn start_unit(&mut self, name: &str) {
+        if self.dependents_stopping(name) {
+            let u = &mut self.units[name];
+            if u.held.is_none() {
+                tracing::info!(service = %name, "waiting for its dependents to stop before it starts");
+            }
+            self.hold(name, Held::Start);
+            return;
+        }
         if !self.transition(name, Event::Start) {
             return;
         }
@@ -99,15 +111,23 @@ impl Supervisor {
 
     /// Asks a running unit to stop; `cause` says what happens once it has.
     pub(super) fn stop_unit(&mut self, name: &str, cause: impl Into<StopCause>) {
-        let process = self
-            .kinds
-            .get(self.units[name].spec.kind.kind_name())
-            .is_some_and(|k| k.def().runs() == Runs::Process);
         let u = &mut self.units[name];
         if !matches!(u.state, State::Starting | State::Ready) {
             return;
         }
         u.stop_cause = cause.into();
+        self.transition(name, Event::Stop);
+        self.ask_to_stop(name);
+    }
+
+    /// Asks the run of a `stopping` unit to end (its token is cancelled),
+    /// and gives it its stop timeout (when forced, aborts it at once).
+    pub(super) fn ask_to_stop(&mut self, name: &str) {
+        let process = self
+            .kinds
+            .get(self.units[name].spec.kind.kind_name())
+            .is_some_and(|k| k.def().runs() == Runs::Process);
+        let u = &self.units[name];
         if let Some(c) = &u.cancel {
             c.cancel();
         }
@@ -124,7 +144,6 @@ impl Supervisor {
             timeout = timeout.saturating_add(Duration::from_secs(1));
         }
         let timer_name = u.name.clone();
-        self.transition(name, Event::Stop);
         if self.forced {
             if let Some(a) = &self.units[name].abort {
                 a.abort();
@@ -161,6 +180,27 @@ impl Supervisor {
             return;
         };
         if u.generation == generation && u.state == State::Backoff && !self.shutting_down {
+            self.start_after_backoff(name);
+        }
+    }
+
+    /// The next run of a unit in backoff (its delay over, or an operator's
+    /// restart). One that restarts with its dependencies
+    /// (`on_dependency_restart = "restart"`) and finds one of them on its
+    /// way to restart waits for it in `pending` instead.
+    pub(super) fn start_after_backoff(&mut self, name: &str) {
+        let u = &self.units[name];
+        let waits = u.spec.common.on_dependency_restart == OnDependencyRestart::Restart
+            && self.graph.dependencies(name).iter().any(|(d, c)| {
+                self.units
+                    .get(*d)
+                    .is_some_and(|d| !holds(d.state, d.met, *c))
+            });
+        if waits {
+            self.units[name].generation += 1;
+            self.transition(name, Event::Stop);
+            self.transition(name, Event::Reset);
+        } else {
             self.start_unit(name);
         }
     }
@@ -200,6 +240,12 @@ impl Supervisor {
             c.cancel();
         }
         u.abort = None;
+        if u.state == State::Stopping && matches!(u.held, Some(Held::Stop)) {
+            // It ended before it was asked to stop, while its dependents
+            // stop: what follows its end waits for them too.
+            self.hold(name, Held::Ended(result));
+            return;
+        }
         let (ending, error) = match u.state {
             State::Stopping => match std::mem::replace(&mut u.stop_cause, AfterStop::Stay.into()) {
                 StopCause::Asked(after) => (Ending::Stopped(after), None),
@@ -299,6 +345,8 @@ impl Supervisor {
         if main && ends_for_good(decision.service) {
             self.main_ended(name, main_exit_code(status, ending));
         }
+        // A restart that waited for this run to end may go on.
+        self.release_held();
     }
 
     /// The main service has ended for good (its run ended, or it was

@@ -44,7 +44,9 @@ impl Log {
 
 /// A mock kind. Settings: `ready_after` (duration or "never"), `exit_after`
 /// (duration), `exit` ("ok", "err", "panic"), `fail_times` (the first N runs
-/// fail at once), `stop_delay` (duration or "forever").
+/// fail at once), `stop_delay` (duration or "forever"). Its runs log
+/// `start NAME`, `ready NAME`, `exit NAME` (ended by itself) and `stop NAME`
+/// (ended on request, after the stop delay).
 struct MockFactory {
     log: Log,
     t0: Instant,
@@ -175,6 +177,7 @@ impl Service for Mock {
             let outcome = async {
                 if let Some(r) = ready_after {
                     tokio::time::sleep(r).await;
+                    self.log.push(self.t0, format!("ready {}", self.name));
                     ctx.ready();
                 }
                 match exit_after {
@@ -605,6 +608,326 @@ depends_on = ["db"]
     assert!(h.log.times("stop ignoring").is_empty());
     assert_eq!(h.log.times("stop stopping"), vec![1000]);
     assert_eq!(h.state("stopping"), State::Stopped);
+    h.shutdown().await;
+}
+
+/// a <- b <- c, both dependents rest_for_one; every stop takes 1 s and
+/// every start 100 ms to be ready.
+const CHAIN: &str = r#"
+[services.a]
+kind = "mock"
+ready_after = "100ms"
+stop_delay = "1s"
+restart = { backoff = { initial = "100ms", jitter = 0.0 } }
+[services.b]
+kind = "mock"
+ready_after = "100ms"
+stop_delay = "1s"
+depends_on = ["a"]
+on_dependency_restart = "restart"
+[services.c]
+kind = "mock"
+ready_after = "100ms"
+stop_delay = "1s"
+depends_on = ["b"]
+on_dependency_restart = "restart"
+"#;
+
+/// What the mocks did from `t` on, as (ms after `t`, what).
+fn since(log: &Log, t: u128) -> Vec<(u128, String)> {
+    log.entries()
+        .into_iter()
+        .filter(|(at, _)| *at >= t)
+        .map(|(at, w)| (at - t, w))
+        .collect()
+}
+
+/// The whole restart of `a` in CHAIN, from the moment it began: the
+/// dependents stop first, deepest first, each after the one that depends
+/// on it; `a` stops last and starts at once; each dependent starts once
+/// its own dependency is ready again. `ready_a` is when the new `a` is
+/// ready (after its start).
+fn chain_restart(ready_a: u128) -> Vec<(u128, String)> {
+    [
+        (1000, "stop c"),
+        (2000, "stop b"),
+        (3000, "stop a"),
+        (3000, "start a"),
+        (3000 + ready_a, "ready a"),
+        (3000 + ready_a, "start b"),
+        (3100 + ready_a, "ready b"),
+        (3100 + ready_a, "start c"),
+        (3200 + ready_a, "ready c"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect()
+}
+
+/// No run of a dependent that began before `dependency`'s restart is still
+/// going when its new run starts.
+fn no_old_dependent_with_new_dependency(log: &Log, dependency: &str, dependents: &[&str]) {
+    let new_start = log.times(&format!("start {dependency}"))[1];
+    for d in dependents {
+        let old_end = log
+            .entries()
+            .into_iter()
+            .find(|(_, w)| *w == format!("stop {d}") || *w == format!("exit {d}"))
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| panic!("the old {d} never ended"));
+        assert!(
+            old_end <= new_start,
+            "the old {d} ran until {old_end} ms, the new {dependency} started at {new_start} ms"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operators_restart_stops_the_dependents_first_deepest_first_and_starts_them_after() {
+    let h = start(CHAIN);
+    h.wait("c", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    h.handle.restart("a").await.unwrap();
+    // While the dependents stop, `a` waits, still running, in `stopping`:
+    // nothing may count on it, and it is not asked to stop yet.
+    assert_eq!(h.state("a"), State::Stopping);
+    assert_eq!(h.state("b"), State::Stopping);
+    assert_eq!(h.state("c"), State::Stopping);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(since(&h.log, t), chain_restart(100));
+    no_old_dependent_with_new_dependency(&h.log, "a", &["b", "c"]);
+    assert_eq!(h.state("c"), State::Ready);
+    h.shutdown().await;
+}
+
+/// A reload that changes `a` restarts it as an operator's restart does
+/// (the same path: `restart_with_dependents`), in the same order.
+#[tokio::test(start_paused = true)]
+async fn a_reload_restart_stops_the_dependents_first_deepest_first_and_starts_them_after() {
+    let h = start(CHAIN);
+    h.wait("c", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    let changed = CHAIN.replacen("ready_after = \"100ms\"", "ready_after = \"150ms\"", 1);
+    let summary = reload_to(&h, &changed).await;
+    assert_eq!(summary.changed, vec!["a"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(since(&h.log, t), chain_restart(150));
+    no_old_dependent_with_new_dependency(&h.log, "a", &["b", "c"]);
+    h.shutdown().await;
+}
+
+/// A crash: `a` is gone at once, its dependents stop deepest first, and its
+/// next run waits for them past the end of its backoff (100 ms).
+#[tokio::test(start_paused = true)]
+async fn a_crashed_dependency_starts_again_only_once_its_dependents_have_stopped() {
+    let h = start(&CHAIN.replacen(
+        "ready_after = \"100ms\"",
+        "ready_after = \"100ms\"\nexit = \"err\"\nexit_after = \"1s\"",
+        1,
+    ));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // From the crash on.
+    let expected: Vec<(u128, String)> = [
+        (0, "exit a"),
+        (1000, "stop c"),
+        (2000, "stop b"),
+        (2000, "start a"),
+        (2100, "ready a"),
+        (2100, "start b"),
+        (2200, "ready b"),
+        (2200, "start c"),
+        (2300, "ready c"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect();
+    assert_eq!(since(&h.log, 1000), expected);
+    no_old_dependent_with_new_dependency(&h.log, "a", &["b", "c"]);
+    h.shutdown().await;
+}
+
+/// `a` waits for its dependents to stop, and its run ends by itself
+/// meanwhile: what follows (its new run) waits for them all the same.
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_ends_while_its_dependents_stop_starts_again_after_them() {
+    let h = start(&CHAIN.replacen(
+        "ready_after = \"100ms\"",
+        "ready_after = \"100ms\"\nexit = \"err\"\nexit_after = \"2500ms\"",
+        1,
+    ));
+    h.wait("c", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    assert_eq!(t, 1300);
+    h.handle.restart("a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let expected: Vec<(u128, String)> = [
+        (1000, "stop c"),
+        (1200, "exit a"),
+        (2000, "stop b"),
+        (2000, "start a"),
+        (2100, "ready a"),
+        (2100, "start b"),
+        (2200, "ready b"),
+        (2200, "start c"),
+        (2300, "ready c"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect();
+    assert_eq!(since(&h.log, t), expected);
+    assert_eq!(
+        h.status("a").restarts,
+        0,
+        "a stop on request, not a failure"
+    );
+    h.shutdown().await;
+}
+
+/// A shutdown during a restart stops what is left in the same order, and
+/// nothing starts again.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_during_a_restart_keeps_the_order_and_starts_nothing() {
+    let h = start(CHAIN);
+    h.wait("c", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    h.handle.restart("a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, log) = h.shutdown().await;
+    assert_eq!(code, EXIT_OK);
+    let expected: Vec<(u128, String)> = [(1000, "stop c"), (2000, "stop b"), (3000, "stop a")]
+        .into_iter()
+        .map(|(t, w)| (t, w.to_string()))
+        .collect();
+    assert_eq!(since(&log, t), expected);
+}
+
+/// `b` is stopping on its own account (not ready in time) when `a`
+/// restarts: `a` waits for it, and `b`'s backoff, over before `a` has
+/// stopped, does not start it against the old `a`: it waits for the new one.
+#[tokio::test(start_paused = true)]
+async fn a_dependent_whose_backoff_ends_while_its_dependency_restarts_waits_for_it() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+stop_delay = "1s"
+[services.b]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1s"
+stop_delay = "2s"
+depends_on = ["a"]
+on_dependency_restart = "restart"
+restart = { backoff = { initial = "100ms", jitter = 0.0 } }
+"#,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.state("b"), State::Stopping, "not ready within 1 s");
+    h.handle.restart("a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let expected: Vec<(u128, String)> = [
+        (1500, "stop b"),
+        (2500, "stop a"),
+        (2500, "start a"),
+        (2500, "ready a"),
+        (2500, "start b"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect();
+    assert_eq!(since(&h.log, 1500), expected);
+    h.shutdown().await;
+}
+
+/// Through a completed oneshot that runs again: `c` depends on `a` only
+/// through `seed`, which has nothing left running, and still stops before
+/// `a` does.
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_for_dependents_behind_a_completed_oneshot() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+stop_delay = "500ms"
+[services.seed]
+kind = "mock"
+oneshot = true
+exit_after = "10ms"
+depends_on = ["a"]
+on_dependency_restart = "restart"
+[services.c]
+kind = "mock"
+stop_delay = "1s"
+depends_on = { seed = "completed" }
+on_dependency_restart = "restart"
+"#,
+    );
+    h.wait("c", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    h.handle.restart("a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let expected: Vec<(u128, String)> = [
+        (1000, "stop c"),
+        (1500, "stop a"),
+        (1500, "start a"),
+        (1500, "ready a"),
+        (1500, "start seed"),
+        (1500, "ready seed"),
+        (1510, "exit seed"),
+        (1510, "start c"),
+        (1510, "ready c"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect();
+    assert_eq!(since(&h.log, t), expected);
+    h.shutdown().await;
+}
+
+/// The restart waits for a dependent that stops for good (`stop`), not for
+/// one that keeps running (`ignore`).
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_for_dependents_that_stop_and_not_for_those_that_ignore_it() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+stop_delay = "1s"
+[services.quits]
+kind = "mock"
+stop_delay = "2500ms"
+depends_on = ["a"]
+on_dependency_restart = "stop"
+[services.stays]
+kind = "mock"
+stop_delay = "5s"
+depends_on = ["a"]
+on_dependency_restart = "ignore"
+"#,
+    );
+    h.wait("stays", State::Ready).await;
+    h.wait("quits", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = h.ms();
+    h.handle.restart("a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let expected: Vec<(u128, String)> = [
+        (2500, "stop quits"),
+        (3500, "stop a"),
+        (3500, "start a"),
+        (3500, "ready a"),
+    ]
+    .into_iter()
+    .map(|(t, w)| (t, w.to_string()))
+    .collect();
+    assert_eq!(since(&h.log, t), expected);
+    assert_eq!(h.state("quits"), State::Stopped);
+    assert_eq!(h.state("stays"), State::Ready);
     h.shutdown().await;
 }
 

@@ -136,6 +136,72 @@ impl Reaper {
         }
     }
 
+    /// At exit, when warden is not PID 1: stops what is left among its
+    /// children once every service has stopped. Those are descendants of
+    /// services that left their process group (`setsid`) and outlived
+    /// their parent, re-parented to warden as child subreaper (the groups
+    /// of the services themselves were killed with them). Each gets
+    /// SIGTERM (its whole group too when it leads one), then `grace` for
+    /// all of them to exit, then SIGKILL; what they leave in turn comes to
+    /// warden and is treated alike. What it signalled is reaped here, or
+    /// by [`Reaper::drain`] after it (at most a second past `grace`).
+    ///
+    /// It runs without yielding: the reaping task cannot run meanwhile, so
+    /// a pid listed here stays this child's (alive or a zombie) until it
+    /// is reaped here, and signalling it cannot hit another process.
+    pub fn stop_escaped(&self, grace: std::time::Duration) {
+        use nix::sys::signal::Signal;
+        use std::collections::HashSet;
+        use std::time::{Duration, Instant};
+        let term_until = Instant::now() + grace;
+        let mut termed = HashSet::new();
+        let mut killed = HashSet::new();
+        let mut kill_until = None;
+        loop {
+            self.reap_all();
+            let live = live_children();
+            let now = Instant::now();
+            if live.is_empty() {
+                break;
+            }
+            let sig = if now < term_until {
+                Signal::SIGTERM
+            } else {
+                let until = *kill_until.get_or_insert(now + Duration::from_secs(1));
+                if now >= until {
+                    tracing::warn!(pids = ?live, "some processes could not be stopped");
+                    break;
+                }
+                Signal::SIGKILL
+            };
+            if termed.is_empty() && killed.is_empty() {
+                tracing::warn!(
+                    count = live.len(),
+                    pids = ?live,
+                    grace = ?grace,
+                    "stopping processes that left their service's process group"
+                );
+            }
+            if sig == Signal::SIGKILL && killed.is_empty() {
+                tracing::warn!(
+                    count = live.len(),
+                    pids = ?live,
+                    "killed processes that outlived the grace (SIGKILL)"
+                );
+            }
+            for pid in live {
+                let sent = match sig {
+                    Signal::SIGKILL => &mut killed,
+                    _ => &mut termed,
+                };
+                if sent.insert(pid) {
+                    signal_with_group(pid, sig);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn orphans_reaped(&self) -> u64 {
         self.orphans.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -165,5 +231,98 @@ impl Reaper {
                 }
             }
         }
+    }
+}
+
+/// The children of warden that live on: of any of its threads
+/// (`/proc/self/task/*/children`), else, where the kernel lacks that file,
+/// of warden's pid (a scan of `/proc`); without those already dying (a
+/// zombie, or SIGKILL pending: what was left in a service's group, killed
+/// with it).
+fn live_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let mut listed = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                listed = true;
+                pids.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    if !listed && let Ok(all) = std::fs::read_dir("/proc") {
+        pids.extend(
+            all.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| ppid_of(p) == Some(me)),
+        );
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.retain(|&p| p != me && !dying(p));
+    pids
+}
+
+/// A zombie, or a process with SIGKILL pending (`SigPnd`/`ShdPnd` of
+/// `/proc/PID/status`); also one that is gone.
+fn dying(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let sigkill = 1u64 << (nix::sys::signal::Signal::SIGKILL as u64 - 1);
+    status.lines().any(|l| {
+        let (key, value) = l.split_once(':').unwrap_or((l, ""));
+        match key {
+            "State" => value.trim_start().starts_with(['Z', 'X']),
+            "SigPnd" | "ShdPnd" => {
+                u64::from_str_radix(value.trim(), 16).is_ok_and(|m| m & sigkill != 0)
+            }
+            _ => false,
+        }
+    })
+}
+
+/// A process's parent pid, from `/proc/PID/stat`.
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Sends `sig` to `pid`, and to its process group when it leads one that is
+/// not warden's own (a process that called setsid(): what it started in
+/// its group goes with it).
+fn signal_with_group(pid: i32, sig: nix::sys::signal::Signal) {
+    use nix::sys::signal::{kill, killpg};
+    use nix::unistd::{Pid, getpgid};
+    let p = Pid::from_raw(pid);
+    let _ = kill(p, sig);
+    if getpgid(Some(p)) == Ok(p) && getpgid(None) != Ok(p) {
+        let _ = killpg(p, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dying, ppid_of};
+
+    #[test]
+    fn parent_and_dying_are_read_from_proc() {
+        let me = std::process::id() as i32;
+        assert_eq!(ppid_of(me), Some(nix::unistd::getppid().as_raw()));
+        assert!(!dying(me));
+        // An exited child that nobody has reaped yet is a zombie.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !dying(pid) {
+            assert!(std::time::Instant::now() < deadline, "{pid} never ended");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = child.wait();
+        // A pid that is gone counts as dying: nothing is left to stop.
+        assert!(dying(pid));
     }
 }
