@@ -282,6 +282,17 @@ impl Supervisor {
             }
             return;
         }
+        // A service that starts may let others start (`started`), and one
+        // that is blocked may block others: look again until a pass
+        // changes nothing (there is no other message to wait for).
+        while self.start_what_may_start() {}
+    }
+
+    /// One pass of `schedule` outside the shutdown: starts every pending
+    /// service whose conditions hold and blocks those that can never
+    /// start. Whether it started or blocked any.
+    fn start_what_may_start(&mut self) -> bool {
+        let mut changed = false;
         let mut ready = Vec::new();
         let mut stuck = Vec::new();
         for u in self.units.values() {
@@ -305,6 +316,7 @@ impl Supervisor {
         for (name, reason) in stuck {
             if waiting(self, &name) {
                 self.block_for_good(&name, reason);
+                changed = true;
             }
         }
         for name in ready {
@@ -314,10 +326,13 @@ impl Supervisor {
             let u = &self.units[&*name];
             if !u.spec.common.singleton || u.leader {
                 self.start_unit(&name);
+                changed = true;
             } else {
+                // Waiting for the lock is no change: its task reports.
                 self.seek_leadership(&name);
             }
         }
+        changed
     }
 
     /// What `name` still waits for: nothing (every edge condition holds:

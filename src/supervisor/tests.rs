@@ -2152,3 +2152,30 @@ async fn a_singleton_removed_or_disabled_while_waiting_gives_up_its_lock() {
     assert_eq!(locks.held.lock().unwrap().get("cron"), None);
     b.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_on_started_starts_with_its_dependency_without_waiting_for_another_message() {
+    // Nothing else happens for an hour: b must not wait for some other
+    // message to be looked at again once a has started.
+    let text = r#"
+[services.a]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1h"
+[services.b]
+kind = "mock"
+depends_on = { a = "started" }
+"#;
+    let h = start(text);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.log.times("start a"), vec![0]);
+    assert_eq!(h.log.times("start b"), vec![0]);
+    // The same when a reload adds both.
+    let h2 = start("[services.keeper]\nkind = \"mock\"\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reload_to(&h2, &format!("{text}[services.keeper]\nkind = \"mock\"\n")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h2.log.times("start b"), vec![1000]);
+    h.shutdown().await;
+    h2.shutdown().await;
+}
