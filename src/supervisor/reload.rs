@@ -67,22 +67,36 @@ impl Supervisor {
                 }
             }
         }
+        // New services first, then the new graph: what a change sets off
+        // (dependents restarted, unblocked) follows the new registry's
+        // edges, over units that all exist (the old graph names services
+        // removed just above).
+        let mut new = std::collections::HashSet::new();
         for spec in registry.services.values() {
-            let in_graph = graph.contains(&spec.name);
-            if spec.enabled() && !in_graph {
+            if self.units.contains_key(spec.name.as_str()) {
+                continue;
+            }
+            let state = if graph.contains(&spec.name) {
+                State::Pending
+            } else if !spec.enabled() {
+                State::Disabled
+            } else {
+                continue; // another instance's (--only)
+            };
+            summary.added.push(spec.name.clone());
+            new.insert(spec.name.as_str());
+            let unit = Unit::new(spec.clone(), state, log_lines);
+            self.units.insert(unit.name.clone(), unit);
+        }
+        self.graph = graph;
+        for spec in registry.services.values() {
+            if spec.enabled() && !self.graph.contains(&spec.name) {
                 continue; // another instance's (--only)
             }
+            if new.contains(spec.name.as_str()) {
+                continue;
+            }
             let Some(u) = self.units.get(spec.name.as_str()) else {
-                let state = if in_graph {
-                    State::Pending
-                } else if !spec.enabled() {
-                    State::Disabled
-                } else {
-                    continue;
-                };
-                summary.added.push(spec.name.clone());
-                let unit = Unit::new(spec.clone(), state, log_lines);
-                self.units.insert(unit.name.clone(), unit);
                 continue;
             };
             let name = spec.name.as_str();
@@ -183,10 +197,9 @@ impl Supervisor {
         self.outside = registry
             .services
             .values()
-            .filter(|s| s.enabled() && !graph.contains(&s.name))
+            .filter(|s| s.enabled() && !self.graph.contains(&s.name))
             .map(|s| s.name.clone())
             .collect();
-        self.graph = graph;
         // Timers of removed services and of changed schedules were
         // cancelled; start those of added services and new schedules.
         for name in summary.added.iter().chain(summary.changed.iter()) {

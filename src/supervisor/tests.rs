@@ -2179,3 +2179,36 @@ depends_on = { a = "started" }
     h.shutdown().await;
     h2.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_a_dependent_and_changes_its_dependency_does_not_panic() {
+    // x failed for good and blocked y; the reload removes y (it goes at
+    // once: nothing runs) and changes x, which may run again: what it
+    // blocked is looked up in the registry being applied, not the old one.
+    let text = "[services.x]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Blocked).await;
+    let s = reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    assert_eq!((s.removed, s.changed), (vec!["y".into()], vec!["x".into()]));
+    h.wait("x", State::Ready).await;
+    h.shutdown().await;
+
+    // x runs and y failed for good; the reload removes y and changes x,
+    // whose restart applies its dependents' on_dependency_restart.
+    let text = "[services.x]\nkind = \"mock\"\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Failed).await;
+    reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\nready_after = \"1s\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.state("x"), State::Ready);
+    assert_eq!(h.log.times("start x").len(), 2);
+    h.shutdown().await;
+}
