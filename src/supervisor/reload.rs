@@ -123,8 +123,18 @@ impl Supervisor {
             summary.changed.push(spec.name.clone());
             if u.next_spec.is_some() && same_config(&u.spec, spec) {
                 // Back to the spec it runs: the abandoned one is dropped
-                // (the run stopping for it starts again as it was).
-                self.units[name].next_spec = None;
+                // (the run stopping for it starts again as it was), and so
+                // is what the abandoned one made the stop for: a spec that
+                // is off is disabled once stopped; an enabled one that the
+                // abandoned spec had turned off (removed, then restored
+                // disabled) comes back.
+                let u = &mut self.units[name];
+                u.next_spec = None;
+                if !spec.enabled() {
+                    u.stop_cause = AfterStop::Disable.into();
+                } else if u.stop_cause == StopCause::Asked(AfterStop::Disable) {
+                    u.stop_cause = AfterStop::Replace.into();
+                }
                 continue;
             }
             let state = u.state;

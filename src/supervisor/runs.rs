@@ -324,15 +324,17 @@ impl Supervisor {
 
     /// A run that was stopped on request has ended: what the stop was for.
     fn after_stop(&mut self, name: &str, then: Then) {
-        match then {
-            Then::Stay => {
-                // An operator's stop overrode a reload's restart: the new
-                // spec is still the one to run next.
-                let u = &mut self.units[name];
-                if let Some(spec) = u.next_spec.take() {
-                    u.replace_spec(spec);
-                }
+        // Whatever the stop ended up being for (an operator's stop that
+        // overrode a reload's restart, a block, a reload that turned it
+        // off), the spec a reload brought meanwhile is the one to run next.
+        if then != Then::Remove {
+            let u = &mut self.units[name];
+            if let Some(spec) = u.next_spec.take() {
+                u.replace_spec(spec);
             }
+        }
+        match then {
+            Then::Stay => {}
             Then::Wait => {
                 self.transition(name, Event::Reset);
             }
@@ -351,14 +353,9 @@ impl Supervisor {
             Then::Standby => {
                 self.transition(name, Event::Standby);
             }
-            Then::Replace | Then::ReplaceAndWait => {
-                let u = &mut self.units[name];
-                if let Some(spec) = u.next_spec.take() {
-                    u.replace_spec(spec);
-                }
-                if then == Then::ReplaceAndWait {
-                    self.transition(name, Event::Reset);
-                }
+            Then::Replace => {}
+            Then::ReplaceAndWait => {
+                self.transition(name, Event::Reset);
             }
         }
     }

@@ -2212,3 +2212,58 @@ async fn a_reload_that_removes_a_dependent_and_changes_its_dependency_does_not_p
     assert_eq!(h.log.times("start x").len(), 2);
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_removed_restored_disabled_then_enabled_while_it_stops_comes_back() {
+    // Removed (stopping to go), restored disabled, then restored as it
+    // was, all before it has stopped: it is enabled, so it comes back.
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, "[services.keeper]\nkind = \"mock\"\n").await;
+    assert_eq!(h.state("a"), State::Stopping);
+    reload_to(&h, &off).await;
+    reload_to(&h, on).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("a"), State::Ready);
+    assert_eq!(h.log.times("start a").len(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_restored_disabled_while_it_stops_takes_that_spec_and_can_be_enabled_again() {
+    // Removed, restored disabled before it has stopped: once stopped it is
+    // disabled with the restored spec, so a reload enabling it is a change.
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, "[services.keeper]\nkind = \"mock\"\n").await;
+    reload_to(&h, &off).await;
+    h.wait("a", State::Disabled).await;
+    let summary = reload_to(&h, on).await;
+    assert_eq!(summary.changed, vec!["a"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.state("a"), State::Ready);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_disabled_enabled_and_disabled_again_while_it_stops_stays_disabled() {
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, &off).await;
+    assert_eq!(h.state("a"), State::Stopping);
+    reload_to(&h, on).await;
+    reload_to(&h, &off).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("a"), State::Disabled);
+    assert_eq!(h.log.times("start a").len(), 1, "it did not come back");
+    h.shutdown().await;
+}
