@@ -105,11 +105,19 @@ impl Supervisor {
     }
 
     /// `name` may run again (an operator started it): its blocked
-    /// dependents wait for their conditions again.
+    /// dependents wait for their conditions again, and so do those still
+    /// stopping to be blocked.
     pub(super) fn unblock_dependents(&mut self, name: &str) {
         for d in self.transitive_dependents(name) {
-            if self.units[&*d].state == State::Blocked {
-                self.transition(&d, Event::Unblock);
+            let u = &mut self.units[&*d];
+            match u.state {
+                State::Blocked => {
+                    self.transition(&d, Event::Unblock);
+                }
+                State::Stopping if u.stop_cause == StopCause::Asked(AfterStop::Block) => {
+                    u.stop_cause = AfterStop::Reset.into();
+                }
+                _ => {}
             }
         }
     }

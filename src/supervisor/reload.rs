@@ -127,12 +127,17 @@ impl Supervisor {
                 // is what the abandoned one made the stop for: a spec that
                 // is off is disabled once stopped; an enabled one that the
                 // abandoned spec had turned off (removed, then restored
-                // disabled) comes back.
+                // disabled) comes back, and one blocked by a dependency of
+                // the abandoned spec waits for its own again (judged anew,
+                // they may block it again).
                 let u = &mut self.units[name];
                 u.next_spec = None;
                 if !spec.enabled() {
                     u.stop_cause = AfterStop::Disable.into();
-                } else if u.stop_cause == StopCause::Asked(AfterStop::Disable) {
+                } else if matches!(
+                    u.stop_cause,
+                    StopCause::Asked(AfterStop::Disable | AfterStop::Block)
+                ) {
                     u.stop_cause = AfterStop::Replace.into();
                 }
                 continue;

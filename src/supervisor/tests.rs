@@ -2267,3 +2267,50 @@ async fn a_service_disabled_enabled_and_disabled_again_while_it_stops_stays_disa
     assert_eq!(h.log.times("start a").len(), 1, "it did not come back");
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_stopping_for_a_block_comes_back_when_its_dependency_is_started_again() {
+    // b's first run fails for good: c stops to be blocked. Before c has
+    // stopped, an operator starts b again: c waits for it, not blocked.
+    let h = start(
+        r#"
+[services.b]
+kind = "mock"
+fail_times = 1
+restart = { policy = "never" }
+ready_after = "100ms"
+[services.c]
+kind = "mock"
+depends_on = { b = "started" }
+stop_delay = "2s"
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("b", State::Failed).await;
+    h.wait("c", State::Stopping).await;
+    h.handle.start("b").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("b"), State::Ready);
+    assert_eq!(h.state("c"), State::Ready);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_stopping_for_a_block_comes_back_when_a_reload_reverts_it() {
+    // c is restarting for a reload that made it depend on b; b fails for
+    // good (c's stop is now for a block); a reload reverts both: c runs
+    // as it was, with no dependency to be blocked by.
+    let v1 =
+        "[services.c]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let v2 = "[services.b]\nkind = \"mock\"\nfail_times = 1\nrestart = { policy = \"never\" }\n[services.c]\nkind = \"mock\"\nstop_delay = \"2s\"\ndepends_on = { b = \"started\" }\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(v1);
+    h.wait("c", State::Ready).await;
+    reload_to(&h, v2).await;
+    h.wait("b", State::Failed).await;
+    assert_eq!(h.state("c"), State::Stopping);
+    reload_to(&h, v1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("c"), State::Ready);
+    h.shutdown().await;
+}
