@@ -20,7 +20,7 @@ use crate::services::{
 
 /// What the mock services did, with the (paused) time since the test began.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(u128, String)>>>);
+pub(super) struct Log(Arc<Mutex<Vec<(u128, String)>>>);
 
 impl Log {
     fn push(&self, t0: Instant, what: String) {
@@ -45,10 +45,13 @@ impl Log {
 /// A mock kind. Settings: `ready_after` (duration or "never"), `exit_after`
 /// (duration), `exit` ("ok", "err", "panic"), `fail_times` (the first N runs
 /// fail at once), `stop_delay` (duration or "forever").
-struct MockFactory {
-    log: Log,
-    t0: Instant,
-    runs: Arc<Mutex<HashMap<String, u32>>>,
+pub(super) struct MockFactory {
+    pub(super) log: Log,
+    pub(super) t0: Instant,
+    pub(super) runs: Arc<Mutex<HashMap<String, u32>>>,
+    /// The settings of each service's latest build (what its current run
+    /// runs), as the run reads them.
+    pub(super) built: Arc<Mutex<HashMap<String, Json>>>,
 }
 
 struct Mock {
@@ -94,7 +97,7 @@ impl Settings for MockSettings {
 
 /// The mock kind's one action: `poke` answers `{"poked": NAME}`, fails with
 /// `{"fail": true}` and refuses `{"bad": true}`.
-fn poke() -> crate::config::Action {
+pub(super) fn poke() -> crate::config::Action {
     crate::config::Action::new("poke", "Logs the poke.")
 }
 
@@ -143,6 +146,10 @@ impl Factory for MockFactory {
         if let Json::Object(o) = &mut settings {
             o.retain(|_, v| !v.is_null());
         }
+        self.built
+            .lock()
+            .unwrap()
+            .insert(spec.name.clone(), settings.clone());
         let mut runs = self.runs.lock().unwrap();
         let run = runs.entry(spec.name.clone()).or_insert(0);
         *run += 1;
@@ -216,7 +223,7 @@ struct Harness {
     t0: Instant,
 }
 
-fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
+pub(super) fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
     let text = format!("[api]\nenabled = false\n{registry}");
     let opts = LoadOptions {
         path: PathBuf::from("test.toml"),
@@ -267,6 +274,7 @@ fn supervisor_only(
                 log: log.clone(),
                 t0,
                 runs: Default::default(),
+                built: Default::default(),
             },
         )
         .action(poke()),
@@ -2154,66 +2162,6 @@ async fn a_singleton_removed_or_disabled_while_waiting_gives_up_its_lock() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_dependent_on_started_starts_with_its_dependency_without_waiting_for_another_message() {
-    // Nothing else happens for an hour: b must not wait for some other
-    // message to be looked at again once a has started.
-    let text = r#"
-[services.a]
-kind = "mock"
-ready_after = "never"
-start_timeout = "1h"
-[services.b]
-kind = "mock"
-depends_on = { a = "started" }
-"#;
-    let h = start(text);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(h.log.times("start a"), vec![0]);
-    assert_eq!(h.log.times("start b"), vec![0]);
-    // The same when a reload adds both.
-    let h2 = start("[services.keeper]\nkind = \"mock\"\n");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    reload_to(&h2, &format!("{text}[services.keeper]\nkind = \"mock\"\n")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(h2.log.times("start b"), vec![1000]);
-    h.shutdown().await;
-    h2.shutdown().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_reload_that_removes_a_dependent_and_changes_its_dependency_does_not_panic() {
-    // x failed for good and blocked y; the reload removes y (it goes at
-    // once: nothing runs) and changes x, which may run again: what it
-    // blocked is looked up in the registry being applied, not the old one.
-    let text = "[services.x]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\n[services.keeper]\nkind = \"mock\"\n";
-    let h = start(text);
-    h.wait("y", State::Blocked).await;
-    let s = reload_to(
-        &h,
-        "[services.x]\nkind = \"mock\"\n[services.keeper]\nkind = \"mock\"\n",
-    )
-    .await;
-    assert_eq!((s.removed, s.changed), (vec!["y".into()], vec!["x".into()]));
-    h.wait("x", State::Ready).await;
-    h.shutdown().await;
-
-    // x runs and y failed for good; the reload removes y and changes x,
-    // whose restart applies its dependents' on_dependency_restart.
-    let text = "[services.x]\nkind = \"mock\"\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.keeper]\nkind = \"mock\"\n";
-    let h = start(text);
-    h.wait("y", State::Failed).await;
-    reload_to(
-        &h,
-        "[services.x]\nkind = \"mock\"\nready_after = \"1s\"\n[services.keeper]\nkind = \"mock\"\n",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(h.state("x"), State::Ready);
-    assert_eq!(h.log.times("start x").len(), 2);
-    h.shutdown().await;
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_service_removed_restored_disabled_then_enabled_while_it_stops_comes_back() {
     // Removed (stopping to go), restored disabled, then restored as it
     // was, all before it has stopped: it is enabled, so it comes back.
@@ -2252,6 +2200,33 @@ async fn a_service_restored_disabled_while_it_stops_takes_that_spec_and_can_be_e
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dependent_on_started_starts_with_its_dependency_without_waiting_for_another_message() {
+    // Nothing else happens for an hour: b must not wait for some other
+    // message to be looked at again once a has started.
+    let text = r#"
+[services.a]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1h"
+[services.b]
+kind = "mock"
+depends_on = { a = "started" }
+"#;
+    let h = start(text);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.log.times("start a"), vec![0]);
+    assert_eq!(h.log.times("start b"), vec![0]);
+    // The same when a reload adds both.
+    let h2 = start("[services.keeper]\nkind = \"mock\"\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reload_to(&h2, &format!("{text}[services.keeper]\nkind = \"mock\"\n")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h2.log.times("start b"), vec![1000]);
+    h.shutdown().await;
+    h2.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_service_disabled_enabled_and_disabled_again_while_it_stops_stays_disabled() {
     let on =
         "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
@@ -2265,6 +2240,39 @@ async fn a_service_disabled_enabled_and_disabled_again_while_it_stops_stays_disa
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.state("a"), State::Disabled);
     assert_eq!(h.log.times("start a").len(), 1, "it did not come back");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_a_dependent_and_changes_its_dependency_does_not_panic() {
+    // x failed for good and blocked y; the reload removes y (it goes at
+    // once: nothing runs) and changes x, which may run again: what it
+    // blocked is looked up in the registry being applied, not the old one.
+    let text = "[services.x]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Blocked).await;
+    let s = reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    assert_eq!((s.removed, s.changed), (vec!["y".into()], vec!["x".into()]));
+    h.wait("x", State::Ready).await;
+    h.shutdown().await;
+
+    // x runs and y failed for good; the reload removes y and changes x,
+    // whose restart applies its dependents' on_dependency_restart.
+    let text = "[services.x]\nkind = \"mock\"\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Failed).await;
+    reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\nready_after = \"1s\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.state("x"), State::Ready);
+    assert_eq!(h.log.times("start x").len(), 2);
     h.shutdown().await;
 }
 
