@@ -13,18 +13,24 @@ use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 
 impl Unit {
-    /// Takes a new spec: restart arithmetic starts over.
-    pub(super) fn replace_spec(&mut self, spec: ServiceSpec) {
+    /// Takes a new spec: restart arithmetic starts over. A changed
+    /// `[[schedule]]` cancels the old timers; `true` says so, and that the
+    /// new spec's are to be started ([`Supervisor::start_schedules`]: the
+    /// reload does it for every service it changed, `after_stop` for a
+    /// spec taken once a run has stopped).
+    pub(super) fn replace_spec(&mut self, spec: ServiceSpec) -> bool {
         let r = &spec.common.restart;
         self.backoff = BackoffState::new(r.backoff.clone());
         self.budget = RestartBudget::new(r.max_restarts, r.window);
-        if spec.common.schedule != self.spec.common.schedule {
+        let schedules_changed = spec.common.schedule != self.spec.common.schedule;
+        if schedules_changed {
             self.schedule_cancel.cancel();
             self.schedule_cancel = CancellationToken::new();
             self.schedule_busy = vec![false; spec.common.schedule.len()];
             self.schedule_last = vec![None; spec.common.schedule.len()];
         }
         self.spec = spec;
+        schedules_changed
     }
 }
 

@@ -330,7 +330,11 @@ impl Supervisor {
         if then != Then::Remove {
             let u = &mut self.units[name];
             if let Some(spec) = u.next_spec.take() {
-                u.replace_spec(spec);
+                // The reload started the timers of the spec then running:
+                // the new spec's replace them.
+                if u.replace_spec(spec) {
+                    self.start_schedules(name);
+                }
             }
         }
         match then {

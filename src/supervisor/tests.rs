@@ -2322,3 +2322,24 @@ async fn a_dependent_stopping_for_a_block_comes_back_when_a_reload_reverts_it() 
     assert_eq!(h.state("c"), State::Ready);
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_a_running_services_schedule_runs_the_new_one() {
+    let v1 = "[services.db]\nkind = \"mock\"\n[[services.db.schedule]]\naction = \"poke\"\nevery = \"10s\"\n";
+    let v2 = v1.replace("10s", "4s");
+    for other in ["", "ready_after = \"10ms\"\n"] {
+        let h = start(v1);
+        h.wait("db", State::Ready).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let v2 = v2.replace("kind = \"mock\"\n", &format!("kind = \"mock\"\n{other}"));
+        assert_eq!(reload_to(&h, &v2).await.changed, vec!["db"]);
+        tokio::time::sleep(Duration::from_millis(19_500)).await;
+        // The new entry, from the reload on; the old one never again.
+        assert_eq!(
+            h.log.times("action db poke"),
+            vec![5000, 9000, 13000, 17000],
+            "changed besides the schedule: {other:?}"
+        );
+        h.shutdown().await;
+    }
+}
