@@ -37,6 +37,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The backoff's `max` of every service.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// One step of time running on with no step of the sequence.
+const SETTLE_STEP: Duration = Duration::from_secs(10);
+
 /// Slack for the time bounds: messages due at the same instant as the
 /// check may not have been handled yet.
 const SLACK: Duration = Duration::from_millis(100);
@@ -168,14 +171,25 @@ enum Step {
 /// What the test knows of a registry it applied.
 struct Model {
     text: String,
-    /// name -> (variant tag, enabled, dependencies with their conditions).
-    services: Vec<(String, u64, bool, Vec<(String, Cond)>)>,
+    services: Vec<Service>,
     summary: String,
 }
 
+/// One service of a registry the test applied.
+struct Service {
+    name: String,
+    /// The variant's tag (the mock's `status`).
+    tag: u64,
+    enabled: bool,
+    /// Dependencies with their conditions.
+    deps: Vec<(String, Cond)>,
+    /// Its `[[schedule]]` entry's period, in seconds.
+    every_s: Option<u64>,
+}
+
 impl Model {
-    fn get(&self, name: &str) -> Option<&(String, u64, bool, Vec<(String, Cond)>)> {
-        self.services.iter().find(|s| s.0 == name)
+    fn get(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
     }
 }
 
@@ -224,14 +238,16 @@ fn render(u: &Universe, choice: &Choice) -> Model {
             NAMES[i],
             if enabled { "" } else { "(off)" }
         ));
-        services.push((
-            NAMES[i].to_string(),
-            v.tag,
+        services.push(Service {
+            name: NAMES[i].to_string(),
+            tag: v.tag,
             enabled,
-            deps.iter()
+            deps: deps
+                .iter()
                 .map(|(j, c)| (NAMES[*j].to_string(), *c))
                 .collect(),
-        ));
+            every_s: v.schedule_every_s,
+        });
     }
     Model {
         text,
@@ -415,7 +431,7 @@ fn check(
     if state(KEEPER).is_none() {
         return Err(format!("{KEEPER} is not listed"));
     }
-    for (name, _, enabled, _) in &model.services {
+    for Service { name, enabled, .. } in &model.services {
         match state(name) {
             None => return Err(format!("{name} is in the registry but not listed")),
             Some(State::Disabled) if *enabled => {
@@ -456,7 +472,7 @@ fn check(
         }
     }
     if !shutting_down {
-        for (name, _, _, deps) in &model.services {
+        for Service { name, deps, .. } in &model.services {
             let dep_state = |d: &str| state(d).expect("a dependency is listed");
             match state(name) {
                 // A pending service waits for a dependency that may still
@@ -494,8 +510,8 @@ fn check(
                             cause = true;
                             break;
                         }
-                        if let Some((_, _, _, more)) = model.get(d) {
-                            stack.extend(more.iter().map(|(d, _)| d.as_str()));
+                        if let Some(dep) = model.get(d) {
+                            stack.extend(dep.deps.iter().map(|(d, _)| d.as_str()));
                         }
                     }
                     if !cause {
@@ -510,7 +526,7 @@ fn check(
     }
     if settled {
         // What runs, runs the registry's settings.
-        for (name, tag, _, _) in &model.services {
+        for Service { name, tag, .. } in &model.services {
             if matches!(state(name), Some(State::Starting | State::Ready)) {
                 let ran = built
                     .get(name)
@@ -522,6 +538,44 @@ fn check(
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Once time runs on with no step, in steps of `SETTLE_STEP`: a service
+/// that was ready through the whole step ran its spec's `[[schedule]]`
+/// entry about once a period (each run takes 500 ms, less than any
+/// period), and one whose spec has none ran nothing (no timer of an older
+/// spec is left).
+fn check_schedules(
+    status: &[ServiceStatus],
+    model: &Model,
+    log: &Log,
+    now: Duration,
+) -> Result<(), String> {
+    let from = now.saturating_sub(SETTLE_STEP).as_millis();
+    for s in status {
+        let Some(service) = model.get(&s.name) else {
+            continue;
+        };
+        if s.state != State::Ready || s.since.elapsed() < SETTLE_STEP {
+            continue;
+        }
+        let ran = log
+            .times(&format!("action {} poke", s.name))
+            .into_iter()
+            .filter(|t| *t > from)
+            .count() as u64;
+        let ok = match service.every_s {
+            Some(every) => ran.abs_diff(SETTLE_STEP.as_secs() / every) <= 1,
+            None => ran == 0,
+        };
+        if !ok {
+            return Err(format!(
+                "{} ran its scheduled action {ran} times in the last {SETTLE_STEP:?}, ready all along; its schedule: every {:?} s",
+                s.name, service.every_s
+            ));
         }
     }
     Ok(())
@@ -552,6 +606,7 @@ async fn ended(done: &mut tokio::task::JoinHandle<u8>) -> Result<Option<u8>, Str
 async fn run_case(u: Universe, initial: Choice, steps: Vec<Step>) -> Result<(), String> {
     let t0 = Instant::now();
     let built: Arc<Mutex<HashMap<String, Json>>> = Default::default();
+    let actions = Log::default();
     let mut model = render(&u, &initial);
     let (reg, graph) = checked(&model.text);
     let mut kinds = Kinds::new();
@@ -560,7 +615,7 @@ async fn run_case(u: Universe, initial: Choice, steps: Vec<Step>) -> Result<(), 
             "mock",
             Runs::InProcess,
             MockFactory {
-                log: Log::default(),
+                log: actions.clone(),
                 t0,
                 runs: Default::default(),
                 built: built.clone(),
@@ -589,7 +644,7 @@ async fn run_case(u: Universe, initial: Choice, steps: Vec<Step>) -> Result<(), 
     log.note(t0, format!("start: {}", model.summary), &handle.status());
 
     // Every step, then time running on with no more steps.
-    let settle = std::iter::repeat_n(Step::Advance(10_000), 12);
+    let settle = std::iter::repeat_n(Step::Advance(SETTLE_STEP.as_millis() as u64), 12);
     let n_steps = steps.len();
     for (i, step) in steps.into_iter().chain(settle).enumerate() {
         let settled = i >= n_steps + 2;
@@ -657,6 +712,11 @@ async fn run_case(u: Universe, initial: Choice, steps: Vec<Step>) -> Result<(), 
             let built = built.lock().unwrap().clone();
             if let Err(why) = check(&status, &model, &bounds, shutting_down, settled, &built) {
                 return Err(fail(&log, &registries, why));
+            }
+            if settled && !shutting_down {
+                if let Err(why) = check_schedules(&status, &model, &actions, t0.elapsed()) {
+                    return Err(fail(&log, &registries, why));
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ impl Log {
         self.0.lock().unwrap().clone()
     }
     /// The times at which `what` happened.
-    fn times(&self, what: &str) -> Vec<u128> {
+    pub(super) fn times(&self, what: &str) -> Vec<u128> {
         self.entries()
             .into_iter()
             .filter(|(_, w)| w == what)
