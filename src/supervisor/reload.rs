@@ -163,9 +163,16 @@ impl Supervisor {
                         self.transition(name, Event::Disable);
                     }
                     // Whatever it was stopping for, it is disabled once
-                    // it has stopped (it must not come back).
+                    // it has stopped (it must not come back); a failure's
+                    // words are kept.
                     State::Stopping => {
-                        self.units[name].stop_cause = AfterStop::Disable.into();
+                        let u = &mut self.units[name];
+                        if let StopCause::HealthFailed(e) | StopCause::StartTimedOut(e) =
+                            &u.stop_cause
+                        {
+                            u.last_error = Some(e.clone());
+                        }
+                        u.stop_cause = AfterStop::Disable.into();
                     }
                     State::Disabled => {}
                     _ => {
@@ -185,32 +192,17 @@ impl Supervisor {
                     self.dependency_restarting(name);
                 }
                 State::Stopping => {
-                    self.units[name].next_spec = Some(spec.clone());
-                    self.units[name].stop_cause = AfterStop::Replace.into();
+                    let u = &mut self.units[name];
+                    u.next_spec = Some(spec.clone());
+                    // A stop for a failure (health, start timeout) ends as
+                    // that failure, and the new spec is taken then
+                    // (`on_ended`); any other stop ends in the new spec.
+                    if let StopCause::Asked(_) = u.stop_cause {
+                        u.stop_cause = AfterStop::Replace.into();
+                    }
                 }
-                State::Disabled => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Enable);
-                }
-                State::Backoff => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.units[name].generation += 1;
-                    self.transition(name, Event::Stop);
-                    self.transition(name, Event::Reset);
-                }
-                State::Blocked => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Unblock);
-                    self.unblock_dependents(name);
-                }
-                State::Stopped | State::Completed | State::Failed => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Reset);
-                    // It may run again: what it blocked waits for it again.
-                    self.unblock_dependents(name);
-                }
-                State::Pending | State::Standby => {
-                    self.units[name].replace_spec(spec.clone());
+                _ => {
+                    self.take_changed_spec(name, spec.clone());
                 }
             }
         }
@@ -242,6 +234,41 @@ impl Supervisor {
             at: std::time::SystemTime::now(),
         });
         Ok(summary)
+    }
+}
+
+impl Supervisor {
+    /// A changed, enabled spec for a unit that runs nothing (neither
+    /// starting, ready nor stopping): it takes it and waits for its
+    /// dependencies again (a failed, stopped or completed one runs again,
+    /// and what it blocked waits for it again). `true` when the
+    /// `[[schedule]]` changed (its timers are to be started).
+    pub(super) fn take_changed_spec(&mut self, name: &str, spec: ServiceSpec) -> bool {
+        let schedules_changed = self.units[name].replace_spec(spec);
+        match self.units[name].state {
+            State::Disabled => {
+                self.transition(name, Event::Enable);
+            }
+            State::Backoff => {
+                self.units[name].generation += 1;
+                self.transition(name, Event::Stop);
+                self.transition(name, Event::Reset);
+            }
+            State::Blocked => {
+                self.transition(name, Event::Unblock);
+                self.unblock_dependents(name);
+            }
+            State::Stopped | State::Completed | State::Failed => {
+                self.transition(name, Event::Reset);
+                // It may run again: what it blocked waits for it again.
+                self.unblock_dependents(name);
+            }
+            State::Pending | State::Standby => {}
+            State::Starting | State::Ready | State::Stopping => {
+                debug_assert!(false, "{name}: a new spec for a unit that runs");
+            }
+        }
+        schedules_changed
     }
 }
 

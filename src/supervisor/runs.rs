@@ -298,6 +298,21 @@ impl Supervisor {
         if main && ends_for_good(decision.service) {
             self.main_ended(name, main_exit_code(status, ending));
         }
+        // A reload changed it while it stopped for a failure: the failure
+        // was carried out above as if the reload had not come; the new
+        // spec is taken now, as a reload takes it in the state the failure
+        // led to (backoff or failed: it waits for its dependencies again,
+        // so the next run is the new spec's).
+        if let Some(spec) = self.units.get_mut(name).and_then(|u| u.next_spec.take()) {
+            let schedules_changed = if self.shutting_down {
+                self.units[name].replace_spec(spec)
+            } else {
+                self.take_changed_spec(name, spec)
+            };
+            if schedules_changed {
+                self.start_schedules(name);
+            }
+        }
     }
 
     /// The main service has ended for good (its run ended, or it was

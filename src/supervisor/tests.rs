@@ -2343,3 +2343,80 @@ async fn a_reload_that_changes_a_running_services_schedule_runs_the_new_one() {
         h.shutdown().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_while_a_service_stops_for_a_failure_keeps_the_failure_and_runs_the_new_spec() {
+    // slow is not ready within its start_timeout (1 s) and takes 2 s to
+    // stop; meanwhile a reload changes it. The failure is still one: its
+    // words, a restart counted (reason start_timeout), within the budget in
+    // force; the run after it is the new spec's.
+    let v1 = "[services.slow]\nkind = \"mock\"\nready_after = \"never\"\nstart_timeout = \"1s\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let v2 = v1.replace("\"never\"", "\"500ms\"");
+    let h = start(v1);
+    let mut events = h.handle.subscribe();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.state("slow"), State::Stopping);
+    assert_eq!(reload_to(&h, &v2).await.changed, vec!["slow"]);
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the stop ended at 3 s
+    let s = h.status("slow");
+    assert_eq!(s.state, State::Starting, "the new spec's run");
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("not ready within start_timeout (1s)")
+    );
+    assert_eq!(s.restarts, 1);
+    let mut reasons = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let events::Happened::Restart { reason, .. } = e {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons, vec![events::RestartReason::StartTimeout]);
+    h.wait("slow", State::Ready).await;
+    assert_eq!(h.log.times("start slow"), vec![0, 3000]);
+    h.shutdown().await;
+
+    // The budget in force decides: with it spent, the failure is for good
+    // (and says so); the reload's spec then runs, as a reload runs a
+    // failed service it changes.
+    let v1 = v1.replace("stop_delay", "restart = { max_restarts = 0 }\nstop_delay");
+    let v2 = v1.replace("\"never\"", "\"500ms\"");
+    let h = start(&v1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_to(&h, &v2).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let s = h.status("slow");
+    assert_eq!(s.state, State::Starting);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("not ready within start_timeout (1s) (restart budget of 0 in 1m exhausted)")
+    );
+    assert_eq!(
+        s.history
+            .snapshot()
+            .iter()
+            .map(|t| t.to)
+            .collect::<Vec<_>>(),
+        vec![
+            State::Starting,
+            State::Stopping,
+            State::Failed,
+            State::Pending,
+            State::Starting
+        ]
+    );
+    h.wait("slow", State::Ready).await;
+    h.shutdown().await;
+
+    // A reload that turns it off meanwhile: disabled once stopped, with the
+    // words of its failure.
+    let h = start(&v1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_to(&h, &v1.replace("stop_delay", "enabled = false\nstop_delay")).await;
+    h.wait("slow", State::Disabled).await;
+    assert_eq!(
+        h.status("slow").last_error.as_deref(),
+        Some("not ready within start_timeout (1s)")
+    );
+    h.shutdown().await;
+}
