@@ -121,6 +121,9 @@ impl Supervisor {
                     return;
                 }
                 crate::metrics::started(&name, u.since.elapsed());
+                // last_error is the current trouble: a run that is ready
+                // ends it (the history and the events keep the past).
+                self.units[&*name].last_error = None;
                 if self.transition(&name, Event::Ready) {
                     tracing::info!(service = %name, "ready");
                     let u = &mut self.units[&*name];

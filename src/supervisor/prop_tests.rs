@@ -454,6 +454,16 @@ fn check(
             ));
         }
     }
+    // last_error is the current trouble: none once a run is ready or has
+    // completed.
+    for s in status {
+        if matches!(s.state, State::Ready | State::Completed) && s.last_error.is_some() {
+            return Err(format!(
+                "{} is {} with last_error {:?}",
+                s.name, s.state, s.last_error
+            ));
+        }
+    }
     // Nothing is starting, stopping or in backoff longer than its timers
     // allow.
     for s in status {

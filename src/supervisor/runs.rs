@@ -270,6 +270,8 @@ impl Supervisor {
                 }
             }
             Outcome::Complete => {
+                // A run that did what it was for ends the trouble.
+                self.units[name].last_error = None;
                 self.transition(name, Event::Complete);
             }
             Outcome::Exit => {

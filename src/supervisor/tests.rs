@@ -2420,3 +2420,74 @@ async fn a_reload_while_a_service_stops_for_a_failure_keeps_the_failure_and_runs
     );
     h.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn last_error_describes_the_current_trouble_and_clears_once_a_run_succeeds() {
+    let h = start(&format!(
+        r#"
+[services.flaky]
+kind = "mock"
+fail_times = 2
+{NO_JITTER}
+[services.job]
+kind = "mock"
+oneshot = true
+fail_times = 1
+exit_after = "1s"
+{NO_JITTER}
+[services.db]
+kind = "mock"
+fail_times = 1
+restart = {{ policy = "never" }}
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+"#
+    ));
+    let mut events = h.handle.subscribe();
+    // While it crashes, the error is there.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.state("flaky"), State::Backoff);
+    assert_eq!(
+        h.status("flaky").last_error.as_deref(),
+        Some("run 1 failed")
+    );
+    assert_eq!(h.status("job").last_error.as_deref(), Some("run 1 failed"));
+    h.wait("app", State::Blocked).await;
+    assert_eq!(h.status("db").last_error.as_deref(), Some("run 1 failed"));
+    // A run that becomes ready, or completes, clears it; the restarts
+    // and the history keep the past.
+    h.wait("flaky", State::Ready).await;
+    let s = h.status("flaky");
+    assert_eq!((s.last_error, s.restarts), (None, 2));
+    assert!(s.history.snapshot().iter().any(|t| t.to == State::Backoff));
+    h.wait("job", State::Completed).await;
+    assert_eq!(h.status("job").last_error, None);
+    // Started again by an operator, db and what it blocked run: no error.
+    h.handle.start("db").await.unwrap();
+    h.wait("app", State::Ready).await;
+    assert_eq!(h.status("db").last_error, None);
+    assert_eq!(h.status("app").last_error, None);
+    // The state event of the readiness says so too.
+    let mut ready_errors = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let events::Happened::State {
+            service,
+            state: State::Ready,
+            last_error,
+            ..
+        } = e
+        {
+            ready_errors.push((service.to_string(), last_error));
+        }
+    }
+    assert!(
+        ready_errors.iter().any(|(s, _)| s == "flaky"),
+        "{ready_errors:?}"
+    );
+    assert!(
+        ready_errors.iter().all(|(_, e)| e.is_none()),
+        "{ready_errors:?}"
+    );
+    h.shutdown().await;
+}
