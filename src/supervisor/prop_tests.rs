@@ -211,9 +211,9 @@ fn render(u: &Universe, choice: &Choice) -> Model {
     );
     let mut services = Vec::new();
     let mut summary = Vec::new();
-    for i in 0..n {
+    for (i, name) in NAMES.iter().enumerate().take(n) {
         let Some((v, enabled)) = pick(i) else {
-            summary.push(format!("{}=-", NAMES[i]));
+            summary.push(format!("{name}=-"));
             continue;
         };
         let mut deps: Vec<(usize, Cond)> = Vec::new();
@@ -231,15 +231,15 @@ fn render(u: &Universe, choice: &Choice) -> Model {
             };
             deps.push((j, c));
         }
-        text += &v.toml(NAMES[i], enabled, &deps);
+        text += &v.toml(name, enabled, &deps);
         let idx = v.tag % 10;
         summary.push(format!(
             "{}=v{idx}{}",
-            NAMES[i],
+            name,
             if enabled { "" } else { "(off)" }
         ));
         services.push(Service {
-            name: NAMES[i].to_string(),
+            name: name.to_string(),
             tag: v.tag,
             enabled,
             deps: deps
@@ -723,10 +723,11 @@ async fn run_case(u: Universe, initial: Choice, steps: Vec<Step>) -> Result<(), 
             if let Err(why) = check(&status, &model, &bounds, shutting_down, settled, &built) {
                 return Err(fail(&log, &registries, why));
             }
-            if settled && !shutting_down {
-                if let Err(why) = check_schedules(&status, &model, &actions, t0.elapsed()) {
-                    return Err(fail(&log, &registries, why));
-                }
+            if settled
+                && !shutting_down
+                && let Err(why) = check_schedules(&status, &model, &actions, t0.elapsed())
+            {
+                return Err(fail(&log, &registries, why));
             }
         }
     }
