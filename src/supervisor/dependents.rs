@@ -130,11 +130,19 @@ impl Supervisor {
     }
 
     /// `name` may run again (an operator started it): its blocked
-    /// dependents wait for their conditions again.
+    /// dependents wait for their conditions again, and so do those still
+    /// stopping to be blocked.
     pub(super) fn unblock_dependents(&mut self, name: &str) {
         for d in self.transitive_dependents(name) {
-            if self.units[&*d].state == State::Blocked {
-                self.transition(&d, Event::Unblock);
+            let u = &mut self.units[&*d];
+            match u.state {
+                State::Blocked => {
+                    self.transition(&d, Event::Unblock);
+                }
+                State::Stopping if u.stop_cause == StopCause::Asked(AfterStop::Block) => {
+                    u.stop_cause = AfterStop::Reset.into();
+                }
+                _ => {}
             }
         }
     }
@@ -185,7 +193,11 @@ impl Supervisor {
                 if policy == OnDependencyRestart::Ignore {
                     continue;
                 }
-                if u.state == State::Stopping {
+                // Its stopping run counted on `n` (a run whose spec, from
+                // before a reload, did not name it never did).
+                if u.state == State::Stopping
+                    && u.spec.common.depends_on.0.iter().any(|dep| dep.name == n)
+                {
                     return true;
                 }
                 let passed_through = policy == OnDependencyRestart::Restart
@@ -228,12 +240,14 @@ impl Supervisor {
                 Some(Held::Ended(result)) => self.on_ended(&name, generation, result),
                 // A pending (or standby) unit is started by the loop once
                 // its dependencies hold, as any other.
-                Some(Held::Start) if matches!(state, State::Backoff | State::Stopped) => {
-                    if !self.shutting_down {
-                        self.start_unit(&name);
-                    }
+                Some(Held::Start)
+                    if matches!(state, State::Backoff | State::Stopped) && !self.shutting_down =>
+                {
+                    self.start_unit(&name);
                 }
-                Some(Held::Start) | None => {}
+                // A pending (or standby) one: `schedule` looks at it again.
+                Some(Held::Start) => self.touched.push(name.clone()),
+                None => {}
             }
         }
     }

@@ -37,25 +37,32 @@ impl Supervisor {
         self.schedule();
         self.publish();
         while !self.finished() {
-            while let Ok(u) = self.urgent_rx.try_recv() {
-                self.handle_urgent(u);
-            }
-            self.check_deadline();
+            self.take_urgent();
             let deadline = self.shutdown_deadline.filter(|_| !self.forced);
-            tokio::select! {
-                Some(u) = self.urgent_rx.recv() => self.handle_urgent(u),
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.check_deadline();
+            let next = tokio::select! {
+                Some(u) = self.urgent_rx.recv() => Next::Urgent(u),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Next::Deadline,
+                Some(msg) = self.rx.recv() => Next::Msg(msg),
+                Some(report) = self.reports_rx.recv() => Next::Report(report),
+                Some((name, l)) = self.leader_rx.recv() => Next::Leadership(name, l),
+                _ = &mut shutdown, if !shutdown_done => {
+                    shutdown_done = true;
+                    Next::Signal
                 }
-                Some(msg) = self.rx.recv() => self.handle_msg(msg),
-                Some(report) = self.reports_rx.recv() => self.handle_report(report),
-                Some((name, l)) = self.leader_rx.recv() => {
+            };
+            // Whatever woke the loop, what is urgent goes first.
+            self.take_urgent();
+            match next {
+                Next::Urgent(u) => self.handle_urgent(u),
+                Next::Deadline => {}
+                Next::Msg(msg) => self.handle_msg(msg),
+                Next::Report(report) => self.handle_report(report),
+                Next::Leadership(name, l) => {
                     self.touch(&name);
                     self.touched.push(name.clone());
                     self.handle_leadership(&name, l);
                 }
-                _ = &mut shutdown, if !shutdown_done => {
-                    shutdown_done = true;
+                Next::Signal => {
                     // Asked to stop: a clean stop, unless something chose
                     // another code first.
                     self.choose_exit(super::EXIT_OK);
@@ -67,6 +74,14 @@ impl Supervisor {
         }
         self.publish();
         self.exit_code
+    }
+
+    /// Every waiting shutdown request and ping, then the deadline.
+    fn take_urgent(&mut self) {
+        while let Ok(u) = self.urgent_rx.try_recv() {
+            self.handle_urgent(u);
+        }
+        self.check_deadline();
     }
 
     /// A shutdown request or a ping, taken before any queued message.
@@ -170,7 +185,9 @@ impl Supervisor {
                 }
             } else if u.state == State::Pending || (u.state == State::Standby && u.leader) {
                 let left = match self.waiting_on(&u.name) {
-                    Wait::Nothing => !u.spec.common.singleton || u.leader,
+                    // (A start held until its dependents have stopped is
+                    // carried on when they have.)
+                    Wait::Nothing => (!u.spec.common.singleton || u.leader) && u.held.is_none(),
                     Wait::Never(_) => true,
                     Wait::Dependencies => false,
                 };
@@ -206,6 +223,9 @@ impl Supervisor {
                     return;
                 }
                 crate::metrics::started(&name, u.since.elapsed());
+                // last_error is the current trouble: a run that is ready
+                // ends it (the history and the events keep the past).
+                self.units[&*name].last_error = None;
                 if self.transition(&name, Event::Ready) {
                     tracing::info!(service = %name, "ready");
                     let u = &mut self.units[&*name];
@@ -486,6 +506,16 @@ impl Supervisor {
         }
         wait
     }
+}
+
+/// What woke the loop.
+enum Next {
+    Urgent(super::Urgent),
+    Deadline,
+    Msg(Msg),
+    Report(Report),
+    Leadership(Arc<str>, super::leader::Leadership),
+    Signal,
 }
 
 /// One service's status as the outside sees it.

@@ -835,3 +835,6 @@ impl Supervisor {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod prop_tests;

@@ -13,18 +13,24 @@ use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
 
 impl Unit {
-    /// Takes a new spec: restart arithmetic starts over.
-    pub(super) fn replace_spec(&mut self, spec: ServiceSpec) {
+    /// Takes a new spec: restart arithmetic starts over. A changed
+    /// `[[schedule]]` cancels the old timers; `true` says so, and that the
+    /// new spec's are to be started ([`Supervisor::start_schedules`]: the
+    /// reload does it for every service it changed, `after_stop` for a
+    /// spec taken once a run has stopped).
+    pub(super) fn replace_spec(&mut self, spec: ServiceSpec) -> bool {
         let r = &spec.common.restart;
         self.backoff = BackoffState::new(r.backoff.clone());
         self.budget = RestartBudget::new(r.max_restarts, r.window);
-        if spec.common.schedule != self.spec.common.schedule {
+        let schedules_changed = spec.common.schedule != self.spec.common.schedule;
+        if schedules_changed {
             self.schedule_cancel.cancel();
             self.schedule_cancel = CancellationToken::new();
             self.schedule_busy = vec![false; spec.common.schedule.len()];
             self.schedule_last = vec![None; spec.common.schedule.len()];
         }
         self.spec = spec;
+        schedules_changed
     }
 }
 
@@ -63,21 +69,35 @@ impl Supervisor {
                 _ => self.remove_unit(&name),
             }
         }
+        // New services first, then the new graph: what a change sets off
+        // (dependents restarted, unblocked) follows the new registry's
+        // edges, over units that all exist (the old graph names services
+        // removed just above).
+        let mut new = std::collections::HashSet::new();
         for spec in registry.services.values() {
-            let in_graph = graph.contains(&spec.name);
-            if spec.enabled() && !in_graph {
+            if self.units.contains_key(spec.name.as_str()) {
+                continue;
+            }
+            let state = if graph.contains(&spec.name) {
+                State::Pending
+            } else if !spec.enabled() {
+                State::Disabled
+            } else {
+                continue; // another instance's (--only)
+            };
+            summary.added.push(spec.name.clone());
+            new.insert(spec.name.as_str());
+            self.add_unit(Unit::new(spec.clone(), state, log_lines));
+        }
+        self.graph = graph;
+        for spec in registry.services.values() {
+            if spec.enabled() && !self.graph.contains(&spec.name) {
                 continue; // another instance's (--only)
             }
+            if new.contains(spec.name.as_str()) {
+                continue;
+            }
             let Some(u) = self.units.get(spec.name.as_str()) else {
-                let state = if in_graph {
-                    State::Pending
-                } else if !spec.enabled() {
-                    State::Disabled
-                } else {
-                    continue;
-                };
-                summary.added.push(spec.name.clone());
-                self.add_unit(Unit::new(spec.clone(), state, log_lines));
                 continue;
             };
             let name = spec.name.as_str();
@@ -104,8 +124,23 @@ impl Supervisor {
             summary.changed.push(spec.name.clone());
             if u.next_spec.is_some() && same_config(&u.spec, spec) {
                 // Back to the spec it runs: the abandoned one is dropped
-                // (the run stopping for it starts again as it was).
-                self.units[name].next_spec = None;
+                // (the run stopping for it starts again as it was), and so
+                // is what the abandoned one made the stop for: a spec that
+                // is off is disabled once stopped; an enabled one that the
+                // abandoned spec had turned off (removed, then restored
+                // disabled) comes back, and one blocked by a dependency of
+                // the abandoned spec waits for its own again (judged anew,
+                // they may block it again).
+                let u = &mut self.units[name];
+                u.next_spec = None;
+                if !spec.enabled() {
+                    u.stop_cause = AfterStop::Disable.into();
+                } else if matches!(
+                    u.stop_cause,
+                    StopCause::Asked(AfterStop::Disable | AfterStop::Block)
+                ) {
+                    u.stop_cause = AfterStop::Replace.into();
+                }
                 continue;
             }
             let state = u.state;
@@ -123,9 +158,16 @@ impl Supervisor {
                         self.transition(name, Event::Disable);
                     }
                     // Whatever it was stopping for, it is disabled once
-                    // it has stopped (it must not come back).
+                    // it has stopped (it must not come back); a failure's
+                    // words are kept.
                     State::Stopping => {
-                        self.units[name].stop_cause = AfterStop::Disable.into();
+                        let u = &mut self.units[name];
+                        if let StopCause::HealthFailed(e) | StopCause::StartTimedOut(e) =
+                            &u.stop_cause
+                        {
+                            u.last_error = Some(e.clone());
+                        }
+                        u.stop_cause = AfterStop::Disable.into();
                     }
                     State::Disabled => {}
                     _ => {
@@ -144,32 +186,17 @@ impl Supervisor {
                     self.restart_with_dependents(name, AfterStop::Replace);
                 }
                 State::Stopping => {
-                    self.units[name].next_spec = Some(spec.clone());
-                    self.units[name].stop_cause = AfterStop::Replace.into();
+                    let u = &mut self.units[name];
+                    u.next_spec = Some(spec.clone());
+                    // A stop for a failure (health, start timeout) ends as
+                    // that failure, and the new spec is taken then
+                    // (`on_ended`); any other stop ends in the new spec.
+                    if let StopCause::Asked(_) = u.stop_cause {
+                        u.stop_cause = AfterStop::Replace.into();
+                    }
                 }
-                State::Disabled => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Enable);
-                }
-                State::Backoff => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.units[name].generation += 1;
-                    self.transition(name, Event::Stop);
-                    self.transition(name, Event::Reset);
-                }
-                State::Blocked => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Unblock);
-                    self.unblock_dependents(name);
-                }
-                State::Stopped | State::Completed | State::Failed => {
-                    self.units[name].replace_spec(spec.clone());
-                    self.transition(name, Event::Reset);
-                    // It may run again: what it blocked waits for it again.
-                    self.unblock_dependents(name);
-                }
-                State::Pending | State::Standby => {
-                    self.units[name].replace_spec(spec.clone());
+                _ => {
+                    self.take_changed_spec(name, spec.clone());
                 }
             }
         }
@@ -177,10 +204,9 @@ impl Supervisor {
         self.outside = registry
             .services
             .values()
-            .filter(|s| s.enabled() && !graph.contains(&s.name))
+            .filter(|s| s.enabled() && !self.graph.contains(&s.name))
             .map(|s| s.name.clone())
             .collect();
-        self.graph = graph;
         // Edges changed, and so may have what any service waits for or
         // shows: look at every service once.
         self.rescan = true;
@@ -210,6 +236,41 @@ impl Supervisor {
             at: std::time::SystemTime::now(),
         });
         Ok(summary)
+    }
+}
+
+impl Supervisor {
+    /// A changed, enabled spec for a unit that runs nothing (neither
+    /// starting, ready nor stopping): it takes it and waits for its
+    /// dependencies again (a failed, stopped or completed one runs again,
+    /// and what it blocked waits for it again). `true` when the
+    /// `[[schedule]]` changed (its timers are to be started).
+    pub(super) fn take_changed_spec(&mut self, name: &str, spec: ServiceSpec) -> bool {
+        let schedules_changed = self.units[name].replace_spec(spec);
+        match self.units[name].state {
+            State::Disabled => {
+                self.transition(name, Event::Enable);
+            }
+            State::Backoff => {
+                self.units[name].generation += 1;
+                self.transition(name, Event::Stop);
+                self.transition(name, Event::Reset);
+            }
+            State::Blocked => {
+                self.transition(name, Event::Unblock);
+                self.unblock_dependents(name);
+            }
+            State::Stopped | State::Completed | State::Failed => {
+                self.transition(name, Event::Reset);
+                // It may run again: what it blocked waits for it again.
+                self.unblock_dependents(name);
+            }
+            State::Pending | State::Standby => {}
+            State::Starting | State::Ready | State::Stopping => {
+                debug_assert!(false, "{name}: a new spec for a unit that runs");
+            }
+        }
+        schedules_changed
     }
 }
 

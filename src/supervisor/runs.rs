@@ -317,6 +317,8 @@ impl Supervisor {
                 }
             }
             Outcome::Complete => {
+                // A run that did what it was for ends the trouble.
+                self.units[name].last_error = None;
                 self.transition(name, Event::Complete);
             }
             Outcome::Exit => {
@@ -344,6 +346,21 @@ impl Supervisor {
         }
         if main && ends_for_good(decision.service) {
             self.main_ended(name, main_exit_code(status, ending));
+        }
+        // A reload changed it while it stopped for a failure: the failure
+        // was carried out above as if the reload had not come; the new
+        // spec is taken now, as a reload takes it in the state the failure
+        // led to (backoff or failed: it waits for its dependencies again,
+        // so the next run is the new spec's).
+        if let Some(spec) = self.units.get_mut(name).and_then(|u| u.next_spec.take()) {
+            let schedules_changed = if self.shutting_down {
+                self.units[name].replace_spec(spec)
+            } else {
+                self.take_changed_spec(name, spec)
+            };
+            if schedules_changed {
+                self.start_schedules(name);
+            }
         }
         // A restart that waited for this run to end may go on.
         self.release_held();
@@ -373,15 +390,21 @@ impl Supervisor {
 
     /// A run that was stopped on request has ended: what the stop was for.
     fn after_stop(&mut self, name: &str, then: Then) {
-        match then {
-            Then::Stay => {
-                // An operator's stop overrode a reload's restart: the new
-                // spec is still the one to run next.
-                let u = &mut self.units[name];
-                if let Some(spec) = u.next_spec.take() {
-                    u.replace_spec(spec);
+        // Whatever the stop ended up being for (an operator's stop that
+        // overrode a reload's restart, a block, a reload that turned it
+        // off), the spec a reload brought meanwhile is the one to run next.
+        if then != Then::Remove {
+            let u = &mut self.units[name];
+            if let Some(spec) = u.next_spec.take() {
+                // The reload started the timers of the spec then running:
+                // the new spec's replace them.
+                if u.replace_spec(spec) {
+                    self.start_schedules(name);
                 }
             }
+        }
+        match then {
+            Then::Stay => {}
             Then::Wait => {
                 self.transition(name, Event::Reset);
             }
@@ -396,14 +419,9 @@ impl Supervisor {
             Then::Standby => {
                 self.transition(name, Event::Standby);
             }
-            Then::Replace | Then::ReplaceAndWait => {
-                let u = &mut self.units[name];
-                if let Some(spec) = u.next_spec.take() {
-                    u.replace_spec(spec);
-                }
-                if then == Then::ReplaceAndWait {
-                    self.transition(name, Event::Reset);
-                }
+            Then::Replace => {}
+            Then::ReplaceAndWait => {
+                self.transition(name, Event::Reset);
             }
         }
     }

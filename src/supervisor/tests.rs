@@ -20,7 +20,7 @@ use crate::services::{
 
 /// What the mock services did, with the (paused) time since the test began.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<(u128, String)>>>);
+pub(super) struct Log(Arc<Mutex<Vec<(u128, String)>>>);
 
 impl Log {
     fn push(&self, t0: Instant, what: String) {
@@ -33,7 +33,7 @@ impl Log {
         self.0.lock().unwrap().clone()
     }
     /// The times at which `what` happened.
-    fn times(&self, what: &str) -> Vec<u128> {
+    pub(super) fn times(&self, what: &str) -> Vec<u128> {
         self.entries()
             .into_iter()
             .filter(|(_, w)| w == what)
@@ -47,10 +47,13 @@ impl Log {
 /// fail at once), `stop_delay` (duration or "forever"). Its runs log
 /// `start NAME`, `ready NAME`, `exit NAME` (ended by itself) and `stop NAME`
 /// (ended on request, after the stop delay).
-struct MockFactory {
-    log: Log,
-    t0: Instant,
-    runs: Arc<Mutex<HashMap<String, u32>>>,
+pub(super) struct MockFactory {
+    pub(super) log: Log,
+    pub(super) t0: Instant,
+    pub(super) runs: Arc<Mutex<HashMap<String, u32>>>,
+    /// The settings of each service's latest build (what its current run
+    /// runs), as the run reads them.
+    pub(super) built: Arc<Mutex<HashMap<String, Json>>>,
 }
 
 struct Mock {
@@ -96,7 +99,7 @@ impl Settings for MockSettings {
 
 /// The mock kind's one action: `poke` answers `{"poked": NAME}`, fails with
 /// `{"fail": true}` and refuses `{"bad": true}`.
-fn poke() -> crate::config::Action {
+pub(super) fn poke() -> crate::config::Action {
     crate::config::Action::new("poke", "Logs the poke.")
 }
 
@@ -145,6 +148,10 @@ impl Factory for MockFactory {
         if let Json::Object(o) = &mut settings {
             o.retain(|_, v| !v.is_null());
         }
+        self.built
+            .lock()
+            .unwrap()
+            .insert(spec.name.clone(), settings.clone());
         let mut runs = self.runs.lock().unwrap();
         let run = runs.entry(spec.name.clone()).or_insert(0);
         *run += 1;
@@ -219,7 +226,7 @@ struct Harness {
     t0: Instant,
 }
 
-fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
+pub(super) fn checked(registry: &str) -> (crate::config::Registry, crate::graph::Graph) {
     let text = format!("[api]\nenabled = false\n{registry}");
     let opts = LoadOptions {
         path: PathBuf::from("test.toml"),
@@ -270,6 +277,7 @@ fn supervisor_only(
                 log: log.clone(),
                 t0,
                 runs: Default::default(),
+                built: Default::default(),
             },
         )
         .action(poke()),
@@ -2554,4 +2562,335 @@ kind = "mock"
         assert_eq!(rx.await.unwrap(), Err(ControlError::shutting_down()));
     }
     assert_eq!(h.done.await.unwrap(), EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_removed_restored_disabled_then_enabled_while_it_stops_comes_back() {
+    // Removed (stopping to go), restored disabled, then restored as it
+    // was, all before it has stopped: it is enabled, so it comes back.
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, "[services.keeper]\nkind = \"mock\"\n").await;
+    assert_eq!(h.state("a"), State::Stopping);
+    reload_to(&h, &off).await;
+    reload_to(&h, on).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("a"), State::Ready);
+    assert_eq!(h.log.times("start a").len(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_restored_disabled_while_it_stops_takes_that_spec_and_can_be_enabled_again() {
+    // Removed, restored disabled before it has stopped: once stopped it is
+    // disabled with the restored spec, so a reload enabling it is a change.
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, "[services.keeper]\nkind = \"mock\"\n").await;
+    reload_to(&h, &off).await;
+    h.wait("a", State::Disabled).await;
+    let summary = reload_to(&h, on).await;
+    assert_eq!(summary.changed, vec!["a"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.state("a"), State::Ready);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_on_started_starts_with_its_dependency_without_waiting_for_another_message() {
+    // Nothing else happens for an hour: b must not wait for some other
+    // message to be looked at again once a has started.
+    let text = r#"
+[services.a]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1h"
+[services.b]
+kind = "mock"
+depends_on = { a = "started" }
+"#;
+    let h = start(text);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.log.times("start a"), vec![0]);
+    assert_eq!(h.log.times("start b"), vec![0]);
+    // The same when a reload adds both.
+    let h2 = start("[services.keeper]\nkind = \"mock\"\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    reload_to(&h2, &format!("{text}[services.keeper]\nkind = \"mock\"\n")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h2.log.times("start b"), vec![1000]);
+    h.shutdown().await;
+    h2.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_disabled_enabled_and_disabled_again_while_it_stops_stays_disabled() {
+    let on =
+        "[services.a]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let off = on.replace("stop_delay", "enabled = false\nstop_delay");
+    let h = start(on);
+    h.wait("a", State::Ready).await;
+    reload_to(&h, &off).await;
+    assert_eq!(h.state("a"), State::Stopping);
+    reload_to(&h, on).await;
+    reload_to(&h, &off).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("a"), State::Disabled);
+    assert_eq!(h.log.times("start a").len(), 1, "it did not come back");
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_removes_a_dependent_and_changes_its_dependency_does_not_panic() {
+    // x failed for good and blocked y; the reload removes y (it goes at
+    // once: nothing runs) and changes x, which may run again: what it
+    // blocked is looked up in the registry being applied, not the old one.
+    let text = "[services.x]\nkind = \"mock\"\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Blocked).await;
+    let s = reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    assert_eq!((s.removed, s.changed), (vec!["y".into()], vec!["x".into()]));
+    h.wait("x", State::Ready).await;
+    h.shutdown().await;
+
+    // x runs and y failed for good; the reload removes y and changes x,
+    // whose restart applies its dependents' on_dependency_restart.
+    let text = "[services.x]\nkind = \"mock\"\n[services.y]\nkind = \"mock\"\ndepends_on = [\"x\"]\nexit = \"err\"\nexit_after = \"100ms\"\nrestart = { policy = \"never\" }\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(text);
+    h.wait("y", State::Failed).await;
+    reload_to(
+        &h,
+        "[services.x]\nkind = \"mock\"\nready_after = \"1s\"\n[services.keeper]\nkind = \"mock\"\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.state("x"), State::Ready);
+    assert_eq!(h.log.times("start x").len(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_stopping_for_a_block_comes_back_when_its_dependency_is_started_again() {
+    // b's first run fails for good: c stops to be blocked. Before c has
+    // stopped, an operator starts b again: c waits for it, not blocked.
+    let h = start(
+        r#"
+[services.b]
+kind = "mock"
+fail_times = 1
+restart = { policy = "never" }
+ready_after = "100ms"
+[services.c]
+kind = "mock"
+depends_on = { b = "started" }
+stop_delay = "2s"
+[services.keeper]
+kind = "mock"
+"#,
+    );
+    h.wait("b", State::Failed).await;
+    h.wait("c", State::Stopping).await;
+    h.handle.start("b").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("b"), State::Ready);
+    assert_eq!(h.state("c"), State::Ready);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_stopping_for_a_block_comes_back_when_a_reload_reverts_it() {
+    // c is restarting for a reload that made it depend on b; b fails for
+    // good (c's stop is now for a block); a reload reverts both: c runs
+    // as it was, with no dependency to be blocked by.
+    let v1 =
+        "[services.c]\nkind = \"mock\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let v2 = "[services.b]\nkind = \"mock\"\nfail_times = 1\nrestart = { policy = \"never\" }\n[services.c]\nkind = \"mock\"\nstop_delay = \"2s\"\ndepends_on = { b = \"started\" }\n[services.keeper]\nkind = \"mock\"\n";
+    let h = start(v1);
+    h.wait("c", State::Ready).await;
+    reload_to(&h, v2).await;
+    h.wait("b", State::Failed).await;
+    assert_eq!(h.state("c"), State::Stopping);
+    reload_to(&h, v1).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.state("c"), State::Ready);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_a_running_services_schedule_runs_the_new_one() {
+    let v1 = "[services.db]\nkind = \"mock\"\n[[services.db.schedule]]\naction = \"poke\"\nevery = \"10s\"\n";
+    let v2 = v1.replace("10s", "4s");
+    for other in ["", "ready_after = \"10ms\"\n"] {
+        let h = start(v1);
+        h.wait("db", State::Ready).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let v2 = v2.replace("kind = \"mock\"\n", &format!("kind = \"mock\"\n{other}"));
+        assert_eq!(reload_to(&h, &v2).await.changed, vec!["db"]);
+        tokio::time::sleep(Duration::from_millis(19_500)).await;
+        // The new entry, from the reload on; the old one never again.
+        assert_eq!(
+            h.log.times("action db poke"),
+            vec![5000, 9000, 13000, 17000],
+            "changed besides the schedule: {other:?}"
+        );
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_while_a_service_stops_for_a_failure_keeps_the_failure_and_runs_the_new_spec() {
+    // slow is not ready within its start_timeout (1 s) and takes 2 s to
+    // stop; meanwhile a reload changes it. The failure is still one: its
+    // words, a restart counted (reason start_timeout), within the budget in
+    // force; the run after it is the new spec's.
+    let v1 = "[services.slow]\nkind = \"mock\"\nready_after = \"never\"\nstart_timeout = \"1s\"\nstop_delay = \"2s\"\n[services.keeper]\nkind = \"mock\"\n";
+    let v2 = v1.replace("\"never\"", "\"500ms\"");
+    let h = start(v1);
+    let mut events = h.handle.subscribe();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.state("slow"), State::Stopping);
+    assert_eq!(reload_to(&h, &v2).await.changed, vec!["slow"]);
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the stop ended at 3 s
+    let s = h.status("slow");
+    assert_eq!(s.state, State::Starting, "the new spec's run");
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("not ready within start_timeout (1s)")
+    );
+    assert_eq!(s.restarts, 1);
+    let mut reasons = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let events::Happened::Restart { reason, .. } = e {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons, vec![events::RestartReason::StartTimeout]);
+    h.wait("slow", State::Ready).await;
+    assert_eq!(h.log.times("start slow"), vec![0, 3000]);
+    h.shutdown().await;
+
+    // The budget in force decides: with it spent, the failure is for good
+    // (and says so); the reload's spec then runs, as a reload runs a
+    // failed service it changes.
+    let v1 = v1.replace("stop_delay", "restart = { max_restarts = 0 }\nstop_delay");
+    let v2 = v1.replace("\"never\"", "\"500ms\"");
+    let h = start(&v1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_to(&h, &v2).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let s = h.status("slow");
+    assert_eq!(s.state, State::Starting);
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("not ready within start_timeout (1s) (restart budget of 0 in 1m exhausted)")
+    );
+    assert_eq!(
+        s.history
+            .snapshot()
+            .iter()
+            .map(|t| t.to)
+            .collect::<Vec<_>>(),
+        vec![
+            State::Starting,
+            State::Stopping,
+            State::Failed,
+            State::Pending,
+            State::Starting
+        ]
+    );
+    h.wait("slow", State::Ready).await;
+    h.shutdown().await;
+
+    // A reload that turns it off meanwhile: disabled once stopped, with the
+    // words of its failure.
+    let h = start(&v1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reload_to(&h, &v1.replace("stop_delay", "enabled = false\nstop_delay")).await;
+    h.wait("slow", State::Disabled).await;
+    assert_eq!(
+        h.status("slow").last_error.as_deref(),
+        Some("not ready within start_timeout (1s)")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn last_error_describes_the_current_trouble_and_clears_once_a_run_succeeds() {
+    let h = start(&format!(
+        r#"
+[services.flaky]
+kind = "mock"
+fail_times = 2
+{NO_JITTER}
+[services.job]
+kind = "mock"
+oneshot = true
+fail_times = 1
+exit_after = "1s"
+{NO_JITTER}
+[services.db]
+kind = "mock"
+fail_times = 1
+restart = {{ policy = "never" }}
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+"#
+    ));
+    let mut events = h.handle.subscribe();
+    // While it crashes, the error is there.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.state("flaky"), State::Backoff);
+    assert_eq!(
+        h.status("flaky").last_error.as_deref(),
+        Some("run 1 failed")
+    );
+    assert_eq!(h.status("job").last_error.as_deref(), Some("run 1 failed"));
+    h.wait("app", State::Blocked).await;
+    assert_eq!(h.status("db").last_error.as_deref(), Some("run 1 failed"));
+    // A run that becomes ready, or completes, clears it; the restarts
+    // and the history keep the past.
+    h.wait("flaky", State::Ready).await;
+    let s = h.status("flaky");
+    assert_eq!((s.last_error, s.restarts), (None, 2));
+    assert!(s.history.snapshot().iter().any(|t| t.to == State::Backoff));
+    h.wait("job", State::Completed).await;
+    assert_eq!(h.status("job").last_error, None);
+    // Started again by an operator, db and what it blocked run: no error.
+    h.handle.start("db").await.unwrap();
+    h.wait("app", State::Ready).await;
+    assert_eq!(h.status("db").last_error, None);
+    assert_eq!(h.status("app").last_error, None);
+    // The state event of the readiness says so too.
+    let mut ready_errors = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let events::Happened::State {
+            service,
+            state: State::Ready,
+            last_error,
+            ..
+        } = e
+        {
+            ready_errors.push((service.to_string(), last_error));
+        }
+    }
+    assert!(
+        ready_errors.iter().any(|(s, _)| s == "flaky"),
+        "{ready_errors:?}"
+    );
+    assert!(
+        ready_errors.iter().all(|(_, e)| e.is_none()),
+        "{ready_errors:?}"
+    );
+    h.shutdown().await;
 }
