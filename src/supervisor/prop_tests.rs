@@ -404,14 +404,17 @@ impl Transcript {
 /// backoff longer than its timeouts allow.
 struct Bounds {
     starting: Duration,
-    stopping: Duration,
+    /// A stop that waits for its dependents' stops first (a restart stops
+    /// them deepest first): one stop per service of the universe.
+    chain: Duration,
 }
 
 fn bounds(u: &Universe) -> Bounds {
     let all = || u.variants.iter().flatten();
     Bounds {
         starting: Duration::from_secs(all().map(|v| v.start_timeout_s).max().unwrap_or(0)),
-        stopping: Duration::from_secs(all().map(|v| v.stop_timeout_s).max().unwrap_or(0)),
+        chain: Duration::from_secs(all().map(|v| v.stop_timeout_s).max().unwrap_or(0))
+            * (u.variants.len() as u32 + 1),
     }
 }
 
@@ -470,9 +473,9 @@ fn check(
         let took = s.since.elapsed();
         let limit = match s.state {
             State::Starting => bounds.starting,
-            State::Stopping => bounds.stopping,
+            State::Stopping => bounds.chain,
             // Its next run also waits for dependents its restart stops.
-            State::Backoff => BACKOFF_MAX + bounds.stopping,
+            State::Backoff => BACKOFF_MAX + bounds.chain,
             _ => continue,
         };
         if took > limit + SLACK {
@@ -497,12 +500,22 @@ fn check(
                         _ => false,
                     });
                     // A start also waits for dependents still stopping (a
-                    // run of theirs may have counted on it): they stop in
+                    // run of theirs may have counted on it), directly or
+                    // through dependents waiting to run again: they stop in
                     // bounded time, and it starts then.
-                    let dependent_stopping = model.services.iter().any(|o| {
-                        o.deps.iter().any(|(d, _)| d == name)
-                            && state(&o.name) == Some(State::Stopping)
-                    });
+                    let mut stack = vec![name.as_str()];
+                    let mut seen = std::collections::HashSet::new();
+                    let mut dependent_stopping = false;
+                    while let Some(n) = stack.pop() {
+                        for o in &model.services {
+                            if o.deps.iter().any(|(d, _)| d == n) && seen.insert(o.name.as_str()) {
+                                if state(&o.name) == Some(State::Stopping) {
+                                    dependent_stopping = true;
+                                }
+                                stack.push(o.name.as_str());
+                            }
+                        }
+                    }
                     if !waits && !dependent_stopping {
                         let ds: Vec<String> = deps
                             .iter()
