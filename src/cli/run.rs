@@ -135,7 +135,9 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
             tracing::error!(error = %e, "cannot watch child processes");
             return exit::CRITICAL_FAILED;
         }
-        let supervisor = Supervisor::new(&registry, graph, kinds).with_only(only_list);
+        let supervisor = Supervisor::new(&registry, graph, kinds)
+            .with_only(only_list)
+            .exiting_with_loop();
         let handle = supervisor.handle();
         let _ = api.handle.set(handle.clone());
         // Loading the registry and starting every service leave freed heap

@@ -73,7 +73,20 @@ impl Supervisor {
             self.publish();
         }
         self.publish();
-        self.exit_code
+        let code = self.exit_code;
+        if self.exit_with_loop {
+            // Every run has ended; the units and the board are the
+            // process's to free as it exits. What a unit's drop would end
+            // (its schedule timers, its lock) ends here.
+            let mut units = std::mem::take(&mut self.units);
+            for u in units.values_mut() {
+                u.schedule_cancel.cancel();
+                u.release_leadership();
+            }
+            std::mem::forget(units);
+            std::mem::forget(self.board.clone());
+        }
+        code
     }
 
     /// Every waiting shutdown request and ping, then the deadline.
