@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,69 +24,109 @@ struct Seen {
 }
 
 /// A memory backend: answers each POST with what `answer` says for its
-/// body and the number of times that body was seen before.
+/// body and the number of times that body was seen before. It keeps
+/// connections alive (HTTP/1.1) and counts them.
 struct Backend {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Backend {
-    fn start(answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + 'static) -> Backend {
+    fn start(
+        answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + Sync + 'static,
+    ) -> Backend {
         Backend::start_on(0, answer)
     }
 
     fn start_on(
         port: u16,
-        answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + 'static,
+        answer: impl Fn(&str, usize) -> (u16, &'static str) + Send + Sync + 'static,
     ) -> Backend {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::<Seen>::new()));
-        let log = seen.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let (log, count) = (seen.clone(), connections.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let (mut len, mut key) = (0usize, String::new());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if lower.starts_with("idempotency-key:") {
-                        key = line["idempotency-key:".len()..].trim().to_string();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let body = String::from_utf8_lossy(&body).into_owned();
-                let before = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|s: &&Seen| s.body == body)
-                    .count();
-                log.lock().unwrap().push(Seen {
-                    at: Instant::now(),
-                    idempotency_key: key,
-                    body: body.clone(),
-                });
-                let (status, extra) = answer(&body, before);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n{extra}\r\n{{}}"
-                );
+                let Ok(stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (log, answer) = (log.clone(), answer.clone());
+                std::thread::spawn(move || serve(stream, &log, &*answer));
             }
         });
-        Backend { port, seen }
+        Backend {
+            port,
+            seen,
+            connections,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers the requests of one connection until the client closes it.
+fn serve(
+    mut stream: std::net::TcpStream,
+    log: &Mutex<Vec<Seen>>,
+    answer: &dyn Fn(&str, usize) -> (u16, &'static str),
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let (mut len, mut key, mut any) = (0usize, String::new(), false);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            any = true;
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("idempotency-key:") {
+                key = line["idempotency-key:".len()..].trim().to_string();
+            }
+        }
+        if !any {
+            continue;
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let before = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s: &&Seen| s.body == body)
+            .count();
+        log.lock().unwrap().push(Seen {
+            at: Instant::now(),
+            idempotency_key: key,
+            body: body.clone(),
+        });
+        let (status, extra) = answer(&body, before);
+        if write!(
+            stream,
+            "HTTP/1.1 {status} X\r\ncontent-length: 2\r\n{extra}\r\n{{}}"
+        )
+        .is_err()
+        {
+            return;
+        }
     }
 }
 
@@ -155,6 +196,13 @@ fn writes_reach_the_backend_once_and_their_wal_events_reach_redis() {
         let n = support::db::redis_cmd(&redis.url, &["XLEN", "memory.wal"]);
         n == redis::Value::Int(20)
     });
+    // Connections are kept alive and reused: far fewer than writes (a
+    // connection per write before).
+    assert!(
+        backend.connections() <= 3,
+        "{} connections carried 20 writes",
+        backend.connections()
+    );
     let (_, s) = get_json(port, "/v1/services/memory");
     assert_eq!(s["details"]["sent"], 20, "{s}");
     assert_eq!(s["details"]["circuit"], "closed", "{s}");

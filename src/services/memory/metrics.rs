@@ -34,7 +34,11 @@ pub const FAMILIES: &[Family] = &[
 
 /// Counts memory writes by result (`sent`, `retry`, `failed`).
 pub fn jobs(service: &str, result: &'static str) {
-    metrics::counter!(JOBS, "service" => service.to_string(), "result" => result).increment(1);
+    jobs_n(service, result, 1);
+}
+
+pub fn jobs_n(service: &str, result: &'static str, n: u64) {
+    metrics::counter!(JOBS, "service" => service.to_string(), "result" => result).increment(n);
 }
 
 pub fn backlog(service: &str, rows: i64) {

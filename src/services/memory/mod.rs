@@ -12,14 +12,13 @@
 //! retryable failures in a row and holds every POST for
 //! `circuit.cooldown`.
 
+pub mod http;
 pub mod metrics;
 pub mod settings;
 pub mod sql;
 
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::Value as Json;
 
 use super::data::{listening, pg};
@@ -28,6 +27,7 @@ use super::{
     settings_of,
 };
 use crate::config::{Runs, ServiceSpec};
+use http::{Answer, Backend};
 pub use settings::MemorySyncSpec;
 
 /// The registration of `kind = "memory-sync"`.
@@ -64,106 +64,6 @@ impl Factory for MemorySyncFactory {
 
 struct MemorySync {
     spec: MemorySyncSpec,
-}
-
-/// What the backend said about one row.
-enum Answer {
-    /// 2xx.
-    Accepted,
-    /// The backend could not be reached (no connection, no handshake):
-    /// it never saw the row, which is not charged a retry.
-    Unreachable(String),
-    /// 429, 5xx or no answer in time: try again, not before the given
-    /// seconds (the backend's `Retry-After`, else 0).
-    Later(f64, String),
-    /// Any other status: the row is refused for good.
-    Refused(String),
-}
-
-/// The longest `Retry-After` honoured (seconds); a larger or malformed
-/// value is read as this or as absent.
-const MAX_RETRY_AFTER: f64 = 300.0;
-
-/// `Retry-After` in seconds (the delay form; an HTTP date is ignored).
-fn retry_after(v: Option<&hyper::header::HeaderValue>) -> f64 {
-    v.and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(0.0, |s| s.min(MAX_RETRY_AFTER))
-}
-
-/// POSTs one payload. The status decides (within `timeout`); the body is
-/// then drained briefly and never changes the answer.
-async fn post(uri: &hyper::Uri, key: &str, body: String, timeout: Duration) -> Answer {
-    let host = uri
-        .host()
-        .unwrap_or("")
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let connect = async {
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))
-    };
-    let (mut sender, conn) = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Answer::Unreachable(e),
-        Err(_) => {
-            return Answer::Unreachable(format!(
-                "no connection within {}",
-                humantime::format_duration(timeout)
-            ));
-        }
-    };
-    let _driver = super::data::AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    // Host is host[:port] only: credentials in the URL are never sent.
-    let host_header = match uri.port_u16() {
-        Some(p) => format!("{}:{p}", uri.host().unwrap_or("")),
-        None => uri.host().unwrap_or("").to_string(),
-    };
-    let req = match hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, host_header)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("warden/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("idempotency-key", key)
-        .body(Full::new(Bytes::from(body)))
-    {
-        Ok(r) => r,
-        Err(e) => return Answer::Refused(format!("cannot build the request: {e}")),
-    };
-    let res = match tokio::time::timeout(timeout, sender.send_request(req)).await {
-        Err(_) => {
-            return Answer::Later(
-                0.0,
-                format!("no answer within {}", humantime::format_duration(timeout)),
-            );
-        }
-        Ok(Err(e)) => return Answer::Later(0.0, format!("HTTP request failed: {e}")),
-        Ok(Ok(res)) => res,
-    };
-    let status = res.status();
-    let after = retry_after(res.headers().get(hyper::header::RETRY_AFTER));
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        http_body_util::Limited::new(res.into_body(), 64 * 1024).collect(),
-    )
-    .await;
-    if status.is_success() {
-        Answer::Accepted
-    } else if status.as_u16() == 429 || status.is_server_error() {
-        Answer::Later(after, format!("HTTP {status}"))
-    } else {
-        Answer::Refused(format!("HTTP {status}"))
-    }
 }
 
 /// The circuit breaker of the backend.
@@ -222,19 +122,30 @@ impl Service for MemorySync {
             tracing::info!(table = %spec.table, "syncing");
 
             let name = ctx.name().to_string();
-            // A batch must finish within its lease even if every POST
-            // takes its whole timeout, or another instance would take the
-            // rows over and send them again.
-            let per_lease = (spec.lease.as_secs_f64() / spec.timeout.as_secs_f64().max(0.001))
-                .floor()
-                .max(1.0) as i64;
-            let batch = i64::from(spec.batch.0).min(per_lease);
+            let backend = Backend::new(uri, spec.timeout);
+            // A batch must end within its lease, or another instance would
+            // take its rows over and send them again: a POST starts only
+            // while a whole `timeout` still fits before the lease's end,
+            // less a margin for marking the batch; what is left goes back
+            // to the queue uncharged. (A POST never takes longer than
+            // `timeout`, connection and body included.)
+            let margin = (spec.lease / 10).min(Duration::from_secs(1));
+            let usable = spec.lease.saturating_sub(margin);
+            if spec.timeout > usable {
+                return Err(ServiceError(format!(
+                    "lease ({}) leaves no time for a POST of timeout ({}): make the lease longer",
+                    humantime::format_duration(spec.lease),
+                    humantime::format_duration(spec.timeout)
+                )));
+            }
+            let batch = i64::from(spec.batch.0);
             let lease = spec.lease.as_secs_f64();
             let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
             let threshold = spec.circuit.failures.0.max(1);
             let mut circuit = Circuit::Closed(0);
             let mut sent = 0u64;
             let mut last_stats: Option<Instant> = None;
+            let mut last_reap: Option<Instant> = None;
             let mut pause: Option<Instant> = None;
             metrics::circuit(&name, false);
             ctx.details().set("circuit", circuit.name());
@@ -264,7 +175,12 @@ impl Service for MemorySync {
                     }
                     continue;
                 }
-                client.execute(&reap, &[]).await.map_err(pg)?;
+                // Expired leases (another instance's, or ours after a
+                // crash) go back at most once a second, not every batch.
+                if last_reap.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    client.execute(&reap, &[]).await.map_err(pg)?;
+                    last_reap = Some(Instant::now());
+                }
                 // Half-open: one row decides.
                 let take = if circuit == Circuit::HalfOpen {
                     1
@@ -272,6 +188,8 @@ impl Service for MemorySync {
                     batch
                 };
                 let rows = client.query(&claim, &[&take, &lease]).await.map_err(pg)?;
+                // Measured after the claim: the lease began before this.
+                let lease_end = Instant::now() + usable;
                 if rows.is_empty() {
                     let due: Option<f64> =
                         client.query_one(&next_due, &[]).await.map_err(pg)?.get(0);
@@ -292,39 +210,31 @@ impl Service for MemorySync {
                 rows.sort_by_key(|r| r.0);
                 let claim_token = rows[0].3;
                 let mut next = 0;
+                // Accepted rows, marked sent together once the batch ends.
+                let mut accepted: Vec<i64> = Vec::new();
                 while next < rows.len() {
                     if matches!(circuit, Circuit::Open(_)) || pause.is_some() {
+                        break;
+                    }
+                    if Instant::now() + spec.timeout > lease_end {
+                        // Not enough lease left for a whole POST.
                         break;
                     }
                     let (id, key, payload, _) = &rows[next];
                     let began = Instant::now();
                     let answer = tokio::select! {
-                        a = post(&uri, key, payload.clone(), spec.timeout) => a,
+                        a = backend.post(key, payload.clone()) => a,
                         _ = ctx.cancelled() => break,
                     };
                     next += 1;
                     metrics::seconds(&name, began.elapsed());
                     let (error, after, fatal) = match answer {
                         Answer::Accepted => {
-                            let marked: i64 = client
-                                .query_one(&done, &[id, &claim_token, &spec.wal_topic])
-                                .await
-                                .map_err(pg)?
-                                .get(0);
+                            accepted.push(*id);
                             if circuit != Circuit::Closed(0) {
                                 circuit = Circuit::Closed(0);
                                 ctx.details().set("circuit", circuit.name());
                                 metrics::circuit(&name, false);
-                            }
-                            if marked == 1 {
-                                sent += 1;
-                                ctx.details().set("sent", sent);
-                                metrics::jobs(&name, "sent");
-                            } else {
-                                tracing::warn!(
-                                    id,
-                                    "the lease ran out before the write was marked; another instance sends it again"
-                                );
                             }
                             continue;
                         }
@@ -383,9 +293,28 @@ impl Service for MemorySync {
                         .set("last_error", format!("row {id}: {error}"));
                     ctx.details().set("circuit", circuit.name());
                 }
+                if !accepted.is_empty() {
+                    let marked: i64 = client
+                        .query_one(&done, &[&accepted, &claim_token, &spec.wal_topic])
+                        .await
+                        .map_err(pg)?
+                        .get(0);
+                    let marked = u64::try_from(marked).unwrap_or(0);
+                    sent += marked;
+                    ctx.details().set("sent", sent);
+                    metrics::jobs_n(&name, "sent", marked);
+                    let lost = accepted.len() as u64 - marked.min(accepted.len() as u64);
+                    if lost > 0 {
+                        tracing::warn!(
+                            lost,
+                            "the lease ran out before accepted writes were marked; another instance sends them again"
+                        );
+                    }
+                }
                 if next < rows.len() {
-                    // The circuit opened, the backend asked for quiet, or we
-                    // stop: the rest goes back untouched.
+                    // The circuit opened, the backend asked for quiet, the
+                    // lease is nearly over, or we stop: the rest goes back
+                    // untouched.
                     let rest: Vec<i64> = rows[next..].iter().map(|r| r.0).collect();
                     client
                         .execute(&release, &[&rest, &claim_token])

@@ -60,22 +60,23 @@ CREATE UNIQUE INDEX IF NOT EXISTS {idem} ON {t} (idempotency_key);
         self.l.reap()
     }
 
-    /// Row `$1` of claim `$2` was accepted: mark it sent and, in the same
-    /// statement (one transaction), put its WAL event (topic `$3`) into the
-    /// outbox, deduplicated on `memory:<idempotency_key>`. Answers how many
-    /// rows were marked (0: the claim was lost).
+    /// Rows `$1` (an array) of claim `$2` were accepted: mark them sent
+    /// and, in the same statement (one transaction), put their WAL events
+    /// (topic `$3`) into the outbox, deduplicated on
+    /// `memory:<idempotency_key>`. One statement per batch, not per row.
+    /// Answers how many rows were marked (fewer: the claim was lost).
     pub fn done(&self) -> String {
         format!(
             "WITH done AS (
     UPDATE {t} SET status = 'sent', sent_at = now(), claimed_until = NULL, last_error = NULL
-    WHERE id = $1 AND status = 'sending' AND claimed_until = $2
+    WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2
     RETURNING id, tenant, session_id, idempotency_key, payload),
 wal AS (
     INSERT INTO {o} (topic, payload, dedupe_key, partition_key)
     SELECT $3, jsonb_build_object('memory_id', id, 'tenant', tenant, 'session_id', session_id,
                                   'idempotency_key', idempotency_key, 'payload', payload),
            'memory:' || idempotency_key, session_id
-    FROM done
+    FROM done ORDER BY id
     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING)
 SELECT count(*) FROM done",
             t = self.l.table,
