@@ -56,15 +56,16 @@ pub struct Backend {
 
 impl Backend {
     /// A backend at `uri` (checked: `http://`, no credentials), each POST
-    /// within `timeout`.
-    pub fn new(uri: hyper::Uri, timeout: Duration) -> Backend {
+    /// within `timeout`, up to `in_flight` at once (as many connections
+    /// are kept).
+    pub fn new(uri: hyper::Uri, timeout: Duration, in_flight: usize) -> Backend {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE)
             .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(in_flight.max(1))
             .build(connector);
         Backend {
             client,

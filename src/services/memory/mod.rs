@@ -66,6 +66,31 @@ struct MemorySync {
     spec: MemorySyncSpec,
 }
 
+/// A claimed row.
+struct Claimed {
+    id: i64,
+    key: String,
+    payload: String,
+    session: Option<String>,
+    claimed_until: std::time::SystemTime,
+}
+
+/// How many of `rows` (from the first) go out together: at most `width`,
+/// stopping before a second row of a session already in the wave.
+fn wave_of(rows: &[Claimed], width: usize) -> usize {
+    let mut sessions = std::collections::HashSet::new();
+    let mut n = 0;
+    for r in rows.iter().take(width.max(1)) {
+        if let Some(s) = &r.session
+            && !sessions.insert(s.as_str())
+        {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1)
+}
+
 /// The circuit breaker of the backend.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Circuit {
@@ -122,7 +147,8 @@ impl Service for MemorySync {
             tracing::info!(table = %spec.table, "syncing");
 
             let name = ctx.name().to_string();
-            let backend = Backend::new(uri, spec.timeout);
+            let in_flight = (spec.in_flight.0 as usize).max(1);
+            let backend = Backend::new(uri, spec.timeout, in_flight);
             // A batch must end within its lease, or another instance would
             // take its rows over and send them again: a POST starts only
             // while a whole `timeout` still fits before the lease's end,
@@ -203,16 +229,24 @@ impl Service for MemorySync {
                     }
                     continue;
                 }
-                let mut rows: Vec<(i64, String, String, std::time::SystemTime)> = rows
+                let mut rows: Vec<Claimed> = rows
                     .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .map(|r| Claimed {
+                        id: r.get(0),
+                        key: r.get(1),
+                        payload: r.get(2),
+                        session: r.get(3),
+                        claimed_until: r.get(4),
+                    })
                     .collect();
-                rows.sort_by_key(|r| r.0);
-                let claim_token = rows[0].3;
+                rows.sort_by_key(|r| r.id);
+                let claim_token = rows[0].claimed_until;
                 let mut next = 0;
-                // Accepted rows, marked sent together once the batch ends.
+                // Accepted rows, marked sent together once the batch ends;
+                // rows the backend never saw, released with the rest.
                 let mut accepted: Vec<i64> = Vec::new();
-                while next < rows.len() {
+                let mut unseen: Vec<i64> = Vec::new();
+                'batch: while next < rows.len() {
                     if matches!(circuit, Circuit::Open(_)) || pause.is_some() {
                         break;
                     }
@@ -220,78 +254,101 @@ impl Service for MemorySync {
                         // Not enough lease left for a whole POST.
                         break;
                     }
-                    let (id, key, payload, _) = &rows[next];
+                    // A wave of requests in flight together, in id order,
+                    // never two of one session (a session's writes reach
+                    // the backend one after the other); half-open: one.
+                    // And no more than the failures the circuit still
+                    // allows: it opens after `circuit.failures` in a row
+                    // without more requests already on their way.
+                    let width = match circuit {
+                        Circuit::HalfOpen | Circuit::Open(_) => 1,
+                        Circuit::Closed(n) => {
+                            in_flight.min(threshold.saturating_sub(n).max(1) as usize)
+                        }
+                    };
+                    let wave = wave_of(&rows[next..], width);
                     let began = Instant::now();
-                    let answer = tokio::select! {
-                        a = backend.post(key, payload.clone()) => a,
-                        _ = ctx.cancelled() => break,
+                    let posts = rows[next..next + wave]
+                        .iter()
+                        .map(|r| backend.post(&r.key, r.payload.clone()));
+                    let answers = tokio::select! {
+                        a = futures_util::future::join_all(posts) => a,
+                        _ = ctx.cancelled() => break 'batch,
                     };
-                    next += 1;
-                    metrics::seconds(&name, began.elapsed());
-                    let (error, after, fatal) = match answer {
-                        Answer::Accepted => {
-                            accepted.push(*id);
-                            if circuit != Circuit::Closed(0) {
-                                circuit = Circuit::Closed(0);
-                                ctx.details().set("circuit", circuit.name());
-                                metrics::circuit(&name, false);
+                    let took = began.elapsed();
+                    for (row, answer) in rows[next..next + wave].iter().zip(answers) {
+                        metrics::seconds(&name, took);
+                        let id = &row.id;
+                        let (error, after, fatal) = match answer {
+                            Answer::Accepted => {
+                                accepted.push(*id);
+                                if circuit != Circuit::Closed(0) {
+                                    circuit = Circuit::Closed(0);
+                                    ctx.details().set("circuit", circuit.name());
+                                    metrics::circuit(&name, false);
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                        Answer::Unreachable(e) => {
-                            // Never seen by the backend: back in the queue
-                            // uncharged, with the rest of the batch.
-                            next -= 1;
-                            circuit = match circuit {
-                                Circuit::Closed(n) if n + 1 < threshold => Circuit::Closed(n + 1),
-                                _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
-                            };
-                            if !matches!(circuit, Circuit::Open(_)) {
-                                pause = Some(
-                                    Instant::now()
-                                        + super::data::doubling(0, Duration::from_secs(1)),
-                                );
+                            Answer::Unreachable(e) => {
+                                // Never seen by the backend: back in the
+                                // queue uncharged, with the rest of the batch.
+                                unseen.push(*id);
+                                circuit = match circuit {
+                                    Circuit::Closed(n) if n + 1 < threshold => {
+                                        Circuit::Closed(n + 1)
+                                    }
+                                    _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                                };
+                                if !matches!(circuit, Circuit::Open(_)) {
+                                    pause = Some(
+                                        Instant::now()
+                                            + super::data::doubling(0, Duration::from_secs(1)),
+                                    );
+                                }
+                                tracing::warn!(error = %e, "memory backend unreachable");
+                                ctx.details().set("last_error", e);
+                                continue;
                             }
-                            tracing::warn!(error = %e, "memory backend unreachable");
-                            ctx.details().set("last_error", e);
-                            break;
-                        }
-                        Answer::Later(after, e) => {
-                            circuit = match circuit {
-                                Circuit::Closed(n) if n + 1 < threshold => Circuit::Closed(n + 1),
-                                _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
-                            };
-                            if after > 0.0 {
-                                // The backend asked for quiet: the rest of
-                                // the batch waits too.
-                                pause = Some(Instant::now() + Duration::from_secs_f64(after));
+                            Answer::Later(after, e) => {
+                                circuit = match circuit {
+                                    Circuit::Closed(n) if n + 1 < threshold => {
+                                        Circuit::Closed(n + 1)
+                                    }
+                                    _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                                };
+                                if after > 0.0 {
+                                    // The backend asked for quiet: the rest
+                                    // of the batch waits too.
+                                    pause = Some(Instant::now() + Duration::from_secs_f64(after));
+                                }
+                                (e, after, false)
                             }
-                            (e, after, false)
-                        }
-                        Answer::Refused(e) => {
-                            // The backend is up and said no to this row.
-                            if circuit != Circuit::Closed(0) {
-                                circuit = Circuit::Closed(0);
-                                metrics::circuit(&name, false);
+                            Answer::Refused(e) => {
+                                // The backend is up and said no to this row.
+                                if circuit != Circuit::Closed(0) {
+                                    circuit = Circuit::Closed(0);
+                                    metrics::circuit(&name, false);
+                                }
+                                (e, 0.0, true)
                             }
-                            (e, 0.0, true)
+                        };
+                        let outcome = client
+                            .query_opt(
+                                &retry,
+                                &[id, &error, &max_retries, &claim_token, &after, &fatal],
+                            )
+                            .await
+                            .map_err(pg)?;
+                        if let Some(row) = outcome {
+                            let failed: bool = row.get(0);
+                            metrics::jobs(&name, if failed { "failed" } else { "retry" });
+                            tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
                         }
-                    };
-                    let outcome = client
-                        .query_opt(
-                            &retry,
-                            &[id, &error, &max_retries, &claim_token, &after, &fatal],
-                        )
-                        .await
-                        .map_err(pg)?;
-                    if let Some(row) = outcome {
-                        let failed: bool = row.get(0);
-                        metrics::jobs(&name, if failed { "failed" } else { "retry" });
-                        tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
+                        ctx.details()
+                            .set("last_error", format!("row {id}: {error}"));
+                        ctx.details().set("circuit", circuit.name());
                     }
-                    ctx.details()
-                        .set("last_error", format!("row {id}: {error}"));
-                    ctx.details().set("circuit", circuit.name());
+                    next += wave;
                 }
                 if !accepted.is_empty() {
                     let marked: i64 = client
@@ -311,11 +368,15 @@ impl Service for MemorySync {
                         );
                     }
                 }
-                if next < rows.len() {
+                if next < rows.len() || !unseen.is_empty() {
                     // The circuit opened, the backend asked for quiet, the
                     // lease is nearly over, or we stop: the rest goes back
-                    // untouched.
-                    let rest: Vec<i64> = rows[next..].iter().map(|r| r.0).collect();
+                    // untouched, with the rows the backend never saw.
+                    let rest: Vec<i64> = rows[next..]
+                        .iter()
+                        .map(|r| r.id)
+                        .chain(unseen.iter().copied())
+                        .collect();
                     client
                         .execute(&release, &[&rest, &claim_token])
                         .await
@@ -333,5 +394,37 @@ impl Service for MemorySync {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(sessions: &[Option<&str>]) -> Vec<Claimed> {
+        sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Claimed {
+                id: i as i64,
+                key: format!("k{i}"),
+                payload: "{}".into(),
+                session: s.map(str::to_string),
+                claimed_until: std::time::SystemTime::UNIX_EPOCH,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wave_holds_at_most_width_rows_and_one_per_session() {
+        let r = rows(&[Some("a"), Some("b"), None, None, Some("c")]);
+        assert_eq!(wave_of(&r, 8), 5, "all distinct, rows without session too");
+        assert_eq!(wave_of(&r, 3), 3, "the width caps it");
+        assert_eq!(wave_of(&r, 0), 1, "at least one row goes");
+        let r = rows(&[Some("a"), Some("b"), Some("a"), Some("c")]);
+        assert_eq!(wave_of(&r, 8), 2, "stops before a's second row");
+        let r = rows(&[Some("a"), Some("a")]);
+        assert_eq!(wave_of(&r, 8), 1);
+        assert_eq!(wave_of(&r[..1], 8), 1);
     }
 }

@@ -42,6 +42,8 @@ config_table! {
         pub poll_interval: Duration = Duration::from_secs(1),
         /// Rows claimed per batch.
         pub batch: Count = Count(50),
+        /// Requests in flight at once (never two of one session).
+        pub in_flight: Count = Count(8),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
     }

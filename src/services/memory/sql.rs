@@ -52,7 +52,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS {idem} ON {t} (idempotency_key);
 
     /// Claims up to `$1` due rows for `$2` seconds.
     pub fn claim(&self) -> String {
-        self.l.claim("o.id, o.idempotency_key, o.payload::text")
+        self.l
+            .claim("o.id, o.idempotency_key, o.payload::text, o.session_id")
     }
 
     /// Expired leases go back to `pending`.
