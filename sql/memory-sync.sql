@@ -3,7 +3,7 @@
 -- "memory_write_outbox"`. The WAL events go to the outbox table, whose DDL is
 -- sql/outbox-relay.sql (apply that first).
 BEGIN;
-SET LOCAL lock_timeout = '10s';
+SET LOCAL lock_timeout = '200ms';
 SELECT pg_advisory_xact_lock(hashtext('warden memory-sync ' || '"memory_write_outbox"'));
 CREATE TABLE IF NOT EXISTS "memory_write_outbox" (
     id              bigserial PRIMARY KEY,
@@ -20,9 +20,6 @@ CREATE TABLE IF NOT EXISTS "memory_write_outbox" (
     created_at      timestamptz NOT NULL DEFAULT now(),
     sent_at         timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS "memory_write_outbox_idempotency_key" ON "memory_write_outbox" (idempotency_key);
-CREATE INDEX IF NOT EXISTS "memory_write_outbox_pending" ON "memory_write_outbox" (id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS "memory_write_outbox_sending" ON "memory_write_outbox" (claimed_until) WHERE status = 'sending';
 CREATE OR REPLACE FUNCTION "memory_write_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('memory_write_outbox_inserted', '');
@@ -39,3 +36,6 @@ BEGIN
 END
 $$;
 COMMIT;
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "memory_write_outbox_idempotency_key" ON "memory_write_outbox" (idempotency_key);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "memory_write_outbox_pending" ON "memory_write_outbox" (id) WHERE status = 'pending';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "memory_write_outbox_sending" ON "memory_write_outbox" (claimed_until) WHERE status = 'sending';

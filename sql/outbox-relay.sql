@@ -3,7 +3,7 @@
 -- Apply it yourself with create_schema = false (psql -f). Other table
 -- names get the same statements with the name replaced.
 BEGIN;
-SET LOCAL lock_timeout = '10s';
+SET LOCAL lock_timeout = '200ms';
 SELECT pg_advisory_xact_lock(hashtext('warden outbox ' || '"message_outbox"'));
 CREATE TABLE IF NOT EXISTS "message_outbox" (
     id              bigserial PRIMARY KEY,
@@ -21,9 +21,6 @@ CREATE TABLE IF NOT EXISTS "message_outbox" (
     created_at      timestamptz NOT NULL DEFAULT now(),
     published_at    timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS "message_outbox_dedupe_key" ON "message_outbox" (dedupe_key) WHERE dedupe_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS "message_outbox_pending" ON "message_outbox" (id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS "message_outbox_sending" ON "message_outbox" (claimed_until) WHERE status = 'sending';
 CREATE OR REPLACE FUNCTION "message_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('message_outbox_inserted', '');
@@ -40,3 +37,6 @@ BEGIN
 END
 $$;
 COMMIT;
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS "message_outbox_dedupe_key" ON "message_outbox" (dedupe_key) WHERE dedupe_key IS NOT NULL;
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "message_outbox_pending" ON "message_outbox" (id) WHERE status = 'pending';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS "message_outbox_sending" ON "message_outbox" (claimed_until) WHERE status = 'sending';

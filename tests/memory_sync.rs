@@ -179,8 +179,16 @@ fn writes_reach_the_backend_once_and_their_wal_events_reach_redis() {
     });
     let seen = backend.seen();
     assert_eq!(seen.len(), 20, "each write POSTed once");
-    assert_eq!(seen[0].idempotency_key, "key-1");
-    assert_eq!(seen[0].body, r#"{"text": "memory 1"}"#);
+    // Writes of different sessions are in flight together: any order.
+    let first = seen
+        .iter()
+        .find(|s| s.idempotency_key == "key-1")
+        .expect("key-1 was POSTed");
+    assert_eq!(first.body, r#"{"text": "memory 1"}"#);
+    let mut keys: Vec<&str> = seen.iter().map(|s| s.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "each with its own key");
     // Each sent write has its WAL event in the outbox, published by the
     // relay to the stream memory.wal.
     let wal = sql(
@@ -383,6 +391,42 @@ circuit = {{ failures = 2, cooldown = "300ms" }}
         String::from_utf8_lossy(&metrics)
             .contains(r#"warden_memory_sync_circuit_open{service="memory"} 0"#)
     );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// The writes of one session reach the backend one after the other, in
+/// the order they were queued, while other sessions' go in parallel.
+#[test]
+fn a_sessions_writes_arrive_in_order() {
+    let pg = Postgres::start();
+    let backend = Backend::start(|_, _| (200, ""));
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &backend, "in_flight = 8\n"));
+    w.wait_event("memory", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO memory_write_outbox (session_id, idempotency_key, payload)
+         SELECT CASE WHEN n % 2 = 0 THEN 'even' ELSE 'odd-' || n END, 'k' || n,
+                jsonb_build_object('n', n)
+         FROM generate_series(1, 60) n",
+    );
+    wait_until("60 rows sent", Duration::from_secs(20), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+        )[0]
+        .get::<_, i64>(0)
+            == 60
+    });
+    let even: Vec<u32> = backend
+        .seen()
+        .iter()
+        .filter_map(|s| s.idempotency_key.strip_prefix('k')?.parse().ok())
+        .filter(|n| n % 2 == 0)
+        .collect();
+    let queued: Vec<u32> = (1..=60).filter(|n| n % 2 == 0).collect();
+    assert_eq!(even, queued, "session `even` in its order");
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

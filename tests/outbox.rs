@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::daemon::Warden;
-use support::db::{redis_cmd, sql, stream, wait_until};
+use support::db::{redis_cmd, sql, sql_result, stream, wait_until};
 use support::http::{get_json, http, wait_http};
 use support::servers::{Postgres, Redis, free_port};
 
@@ -288,6 +288,96 @@ fn a_full_redis_is_an_outage_not_the_rows_fault_and_long_table_names_work() {
         Duration::from_secs(30),
         || stream(&redis.url, "app.t").len() == 1,
     );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// Adopting an outbox table that already exists, with rows, no trigger and
+/// no indexes, while a producer's transaction is open on it: warden waits
+/// for its locks in short attempts and builds the indexes concurrently, so
+/// another producer's insert meanwhile goes through (with a plain
+/// `CREATE INDEX`, or a trigger waiting 10 s for its lock, that insert
+/// queued behind warden's DDL until the open transaction ended).
+#[test]
+fn adopting_an_existing_table_never_blocks_its_producers() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    sql(
+        &pg.dsn,
+        "CREATE TABLE message_outbox (
+            id bigserial PRIMARY KEY, topic text NOT NULL, partition_key text,
+            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}', dedupe_key text,
+            status text NOT NULL DEFAULT 'pending', retry_count int NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT now(), claimed_until timestamptz,
+            last_error text, created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz)",
+    );
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, 1000) n",
+    );
+    // A producer's transaction, open across warden's start.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let open = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "BEGIN; INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"open\": 1}')",
+            )
+            .await
+            .unwrap();
+        client
+    });
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    // warden's DDL is waiting for the open transaction.
+    wait_until("warden's DDL waiting", Duration::from_secs(20), || {
+        !sql(
+            &pg.dsn,
+            "SELECT 1 FROM pg_stat_activity
+             WHERE wait_event_type IN ('Lock') AND (query ILIKE '%TRIGGER%' OR query ILIKE '%INDEX%'
+                   OR query ILIKE '%pg_advisory%' OR query ILIKE '%CREATE%')
+               AND datname = 'postgres'",
+        )
+        .is_empty()
+            || !sql(
+                &pg.dsn,
+                "SELECT 1 FROM pg_stat_activity WHERE query ILIKE '%CONCURRENTLY%'",
+            )
+            .is_empty()
+    });
+    // A producer that would rather fail than wait 3 s for a lock.
+    let impatient = format!("{}?options=-c%20lock_timeout%3D3000", pg.dsn);
+    for n in 0..5 {
+        let inserted = sql_result(
+            &impatient,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{{\"meanwhile\": {n}}}')"
+            ),
+        );
+        assert!(
+            inserted.is_ok(),
+            "a producer's insert waited behind warden's DDL: {inserted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    rt.block_on(async { open.batch_execute("COMMIT").await.unwrap() });
+    w.wait_event("relay", "ready");
+    wait_until("every row published", Duration::from_secs(30), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(1006)
+    });
+    let valid = sql(
+        &pg.dsn,
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE c.relname IN ('message_outbox_dedupe_key', 'message_outbox_pending',
+                             'message_outbox_sending') AND i.indisvalid",
+    );
+    assert_eq!(valid[0].get::<_, i64>(0), 3, "the three indexes, valid");
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

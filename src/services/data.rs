@@ -31,6 +31,61 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Runs a kind's idempotent DDL: `tx` (the table and its trigger, one
+/// transaction), then each missing index with `CREATE INDEX CONCURRENTLY`,
+/// outside any transaction, so that adopting a large table that already
+/// exists never blocks the producers writing to it. An index that an
+/// interrupted build left invalid is dropped and built again.
+pub async fn adopt(
+    client: &tokio_postgres::Client,
+    tx: &str,
+    indexes: &[(String, String)],
+) -> Result<(), ServiceError> {
+    // Short attempts at the table's lock (for the trigger), so that the
+    // producers queued behind an attempt wait at most its 200 ms.
+    let mut attempt = 0u32;
+    loop {
+        match client.batch_execute(tx).await {
+            Ok(()) => break,
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && attempt < 100 =>
+            {
+                let _ = client.batch_execute("ROLLBACK").await;
+                if attempt == 0 {
+                    tracing::info!("the table is busy; taking its lock in short attempts");
+                }
+                attempt += 1;
+                tokio::time::sleep(doubling(attempt - 1, Duration::from_secs(1))).await;
+            }
+            Err(e) => return Err(pg(e)),
+        }
+    }
+    for (name, create) in indexes {
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass($1)",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        match valid {
+            Some(true) => continue,
+            Some(false) => {
+                tracing::warn!(index = %name, "an earlier build left this index invalid; building it again");
+                client
+                    .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                    .await
+                    .map_err(pg)?;
+            }
+            None => {}
+        }
+        client.batch_execute(create).await.map_err(pg)?;
+    }
+    Ok(())
+}
+
 /// A PostgreSQL session and the task driving it.
 pub async fn connect(
     dsn: &PostgresDsn,
@@ -199,6 +254,20 @@ impl Leased {
         }
     }
 
+    /// An index of the table, built without blocking writers: its
+    /// schema-qualified quoted name, and its statement.
+    pub fn index(&self, suffix: &str, unique: bool, on: &str) -> (String, String) {
+        let name = self.derived(suffix);
+        (
+            format!("{}{name}", self.schema),
+            format!(
+                "CREATE {u}INDEX CONCURRENTLY IF NOT EXISTS {name} ON {t} {on}",
+                u = if unique { "UNIQUE " } else { "" },
+                t = self.table
+            ),
+        )
+    }
+
     /// A name derived from the table's, quoted.
     pub fn derived(&self, suffix: &str) -> String {
         format!("\"{}\"", derived_name(&self.parsed, suffix))
@@ -214,27 +283,48 @@ impl Leased {
     }
 
     /// The start of the idempotent DDL: a transaction that waits at most
-    /// 10 s for locks, under an advisory lock so that workers starting
-    /// together do not race on `CREATE ... IF NOT EXISTS`.
+    /// 200 ms for a lock (a producer's insert queued behind it waits no
+    /// longer; [`adopt`] tries again), under an advisory lock so that
+    /// workers starting together do not race on `CREATE ... IF NOT
+    /// EXISTS`.
     pub fn ddl_begin(&self, kind: &str) -> String {
         format!(
             "BEGIN;
-SET LOCAL lock_timeout = '10s';
+SET LOCAL lock_timeout = '200ms';
 SELECT pg_advisory_xact_lock(hashtext('warden {kind} ' || '{t_lit}'));
 ",
             t_lit = self.table.replace('\'', "''"),
         )
     }
 
-    /// The end of the idempotent DDL: the claim's indexes, the insert
-    /// trigger (created only when missing: no lock on every start), commit.
+    /// The claim's indexes (quoted name, statement), built without
+    /// blocking writers (see [`adopt`]).
+    pub fn indexes(&self) -> Vec<(String, String)> {
+        let t = &self.table;
+        let (pending, sending) = (self.derived("pending"), self.derived("sending"));
+        vec![
+            (
+                format!("{}{pending}", self.schema),
+                format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {pending} ON {t} (id) WHERE status = 'pending'"
+                ),
+            ),
+            (
+                format!("{}{sending}", self.schema),
+                format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending'"
+                ),
+            ),
+        ]
+    }
+
+    /// The end of the idempotent DDL: the insert trigger (created only
+    /// when missing: no lock on every start), commit.
     pub fn ddl_end(&self) -> String {
         let t = &self.table;
         let f = format!("{}{}", self.schema, self.derived("notify"));
         format!(
-            "CREATE INDEX IF NOT EXISTS {pending} ON {t} (id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS {sending} ON {t} (claimed_until) WHERE status = 'sending';
-CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
+            "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('{channel}', '');
     RETURN NULL;
@@ -252,8 +342,6 @@ $$;
 COMMIT;
 ",
             t_lit = t.replace('\'', "''"),
-            pending = self.derived("pending"),
-            sending = self.derived("sending"),
             trigger = self.derived("notify"),
             trigger_bare = derived_name(&self.parsed, "notify"),
             channel = self.channel(),

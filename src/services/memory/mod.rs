@@ -133,8 +133,8 @@ impl Service for MemorySync {
             if spec.create_schema {
                 // The outbox first: the WAL events go there.
                 let outbox = super::outbox::sql::Outbox::new(&spec.outbox_table);
-                client.batch_execute(&outbox.create()).await.map_err(pg)?;
-                client.batch_execute(&q.create()).await.map_err(pg)?;
+                super::data::adopt(&client, &outbox.create_tx(), &outbox.indexes()).await?;
+                super::data::adopt(&client, &q.create_tx(), &q.indexes()).await?;
             }
             let claim = client.prepare(&q.claim()).await.map_err(pg)?;
             let reap = client.prepare(&q.reap()).await.map_err(pg)?;

@@ -23,8 +23,28 @@ impl Queue {
         self.l.channel_quoted()
     }
 
-    /// Idempotent DDL of the queue (the outbox's is the relay's).
+    /// Idempotent DDL of the queue (the outbox's is the relay's), as
+    /// shipped in `sql/memory-sync.sql`: the table and its insert trigger
+    /// in one transaction, then its indexes.
     pub fn create(&self) -> String {
+        let mut out = self.create_tx();
+        for (_, index) in self.indexes() {
+            out.push_str(&index);
+            out.push_str(";\n");
+        }
+        out
+    }
+
+    /// The indexes, built without blocking writers
+    /// ([`crate::services::data::adopt`]).
+    pub fn indexes(&self) -> Vec<(String, String)> {
+        let mut v = vec![self.l.index("idempotency_key", true, "(idempotency_key)")];
+        v.extend(self.l.indexes());
+        v
+    }
+
+    /// The table and the insert trigger, one transaction.
+    pub fn create_tx(&self) -> String {
         let t = &self.l.table;
         format!(
             "{begin}CREATE TABLE IF NOT EXISTS {t} (
@@ -42,10 +62,8 @@ impl Queue {
     created_at      timestamptz NOT NULL DEFAULT now(),
     sent_at         timestamptz
 );
-CREATE UNIQUE INDEX IF NOT EXISTS {idem} ON {t} (idempotency_key);
 {end}",
             begin = self.l.ddl_begin("memory-sync"),
-            idem = self.l.derived("idempotency_key"),
             end = self.l.ddl_end(),
         )
     }
@@ -139,6 +157,17 @@ mod tests {
             .skip_while(|l| l.starts_with("--"))
             .collect::<Vec<_>>()
             .join("\n");
+        if std::env::var_os("WARDEN_BLESS_SQL").is_some() {
+            // Rewrites the shipped file from the code (its comment kept).
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/memory-sync.sql");
+            let head: String = shipped
+                .lines()
+                .take_while(|l| l.starts_with("--"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(path, format!("{head}{}", q.create())).unwrap();
+            return;
+        }
         assert_eq!(body.trim(), q.create().trim());
     }
 }

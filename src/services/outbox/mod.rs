@@ -183,7 +183,7 @@ impl Service for Relay {
             let t = sql::Outbox::new(&spec.table);
             let (client, wake, _driver) = listening(&spec.postgres, &t.channel_quoted()).await?;
             if spec.create_schema {
-                client.batch_execute(&t.create()).await.map_err(pg)?;
+                super::data::adopt(&client, &t.create_tx(), &t.indexes()).await?;
             }
             let redis_client = redis::Client::open(spec.redis.0.expose())
                 .map_err(|e| ServiceError(format!("bad Redis URL: {e}")))?;
