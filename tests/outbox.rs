@@ -381,3 +381,34 @@ fn adopting_an_existing_table_never_blocks_its_producers() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A row `sending` without a lease (written so by another program: no
+/// relay holds it) is reaped back to `pending` and published, not left
+/// waiting forever.
+#[test]
+fn a_row_sending_without_a_lease_is_reaped() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, status, claimed_until)
+         VALUES ('orders', '{\"stuck\": 1}', 'sending', NULL)",
+    );
+    // An ordinary insert wakes the relay (the poll is an hour).
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"n\": 2}')",
+    );
+    wait_until("both rows published", Duration::from_secs(20), || {
+        stream(&redis.url, "app.orders").len() == 2
+    });
+    let left = sql(
+        &pg.dsn,
+        "SELECT count(*) FROM message_outbox WHERE status <> 'sent'",
+    );
+    assert_eq!(left[0].get::<_, i64>(0), 0);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

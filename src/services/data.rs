@@ -364,11 +364,13 @@ RETURNING {returning}, o.claimed_until"
         )
     }
 
-    /// Expired leases (a worker died holding them) go back to `pending`.
+    /// Expired leases (a worker died holding them) go back to `pending`,
+    /// and so does a row `sending` without a lease (written so by hand or
+    /// by another program: no worker holds it, so it would wait forever).
     pub fn reap(&self) -> String {
         format!(
             "UPDATE {} SET status = 'pending', claimed_until = NULL
-WHERE status = 'sending' AND claimed_until < now()",
+WHERE status = 'sending' AND (claimed_until < now() OR claimed_until IS NULL)",
             self.table
         )
     }
