@@ -12,10 +12,10 @@ use crate::config::Action;
 use crate::config::types::{PostgresDsn, TableName};
 
 /// A PostgreSQL error in words (the server's message when there is one;
-/// never the DSN).
+/// never the DSN: passwords are masked).
 pub fn pg(e: tokio_postgres::Error) -> ServiceError {
     use std::error::Error;
-    ServiceError(match (e.as_db_error(), e.source()) {
+    ServiceError::redacted(match (e.as_db_error(), e.source()) {
         (Some(db), _) => format!("PostgreSQL: {}", db.message()),
         (None, Some(src)) => format!("PostgreSQL: {e}: {src}"),
         (None, None) => format!("PostgreSQL: {e}"),
