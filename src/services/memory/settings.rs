@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::Endpoint;
 use crate::config::decode::{config_table, defaults_of};
-use crate::config::kind::Settings;
+use crate::config::kind::{Problems, Settings, below_minimum};
 use crate::config::types::{Count, HttpUrl, PostgresDsn, TableName};
 
 config_table! {
@@ -58,6 +58,57 @@ impl Settings for MemorySyncSpec {
     fn leadership(&self) -> Option<&PostgresDsn> {
         Some(&self.postgres)
     }
+
+    fn check(&self, problems: &mut Problems<'_>) {
+        problems.at_least(
+            &["poll_interval"],
+            self.poll_interval,
+            super::super::outbox::settings::MIN_POLL_INTERVAL,
+            "a shorter poll queries PostgreSQL without pause",
+        );
+        problems.at_least(
+            &["timeout"],
+            self.timeout,
+            MIN_TIMEOUT,
+            "a request needs time to connect and to be answered; with less every request fails, and the circuit never closes",
+        );
+        problems.at_least(
+            &["circuit", "cooldown"],
+            self.circuit.cooldown,
+            MIN_COOLDOWN,
+            "an open circuit would let the next request through at once, giving the backend no pause",
+        );
+        let min_lease = min_lease(self.timeout);
+        if self.lease < min_lease {
+            problems.error(
+                "invalid-value",
+                &["lease"],
+                below_minimum(
+                    self.lease,
+                    min_lease,
+                    &format!(
+                        "twice the timeout ({}) and 1s: one POST may take the timeout to connect, the timeout to be answered and 1s to read the answer, and a lease that runs out while a row is sent lets another instance send it again",
+                        humantime::format_duration(self.timeout)
+                    ),
+                ),
+            );
+        }
+    }
+}
+
+/// The shortest `timeout` of a POST.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The shortest `circuit.cooldown`.
+pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
+
+/// The shortest `lease` for a POST `timeout`: one POST may take the
+/// timeout to connect, the timeout to be answered, and 1 s to read the
+/// answer's body; the row must still be leased when it is marked.
+pub fn min_lease(timeout: Duration) -> Duration {
+    timeout
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(1))
 }
 
 #[cfg(test)]
