@@ -131,6 +131,7 @@ struct Secrets {
     probe_redis_encoded: Secret,
     exec_arg: Secret,
     env_value: Secret,
+    unquoted_pg: Secret,
     token: Secret,
 }
 
@@ -150,6 +151,7 @@ impl Secrets {
             probe_redis_encoded: Secret::new("Vk2"),
             exec_arg: Secret::new("Vk3"),
             env_value: Secret::new("Vk4"),
+            unquoted_pg: Secret::new("Vk6"),
             token: Secret::new("Vk5"),
         }
     }
@@ -169,6 +171,7 @@ impl Secrets {
             &self.probe_redis_encoded,
             &self.exec_arg,
             &self.env_value,
+            &self.unquoted_pg,
             &self.token,
         ]
     }
@@ -207,6 +210,15 @@ kind = "outbox-relay"
 table = "bad_outbox"
 postgres = "postgres://postgres:{relay2_pg}@127.0.0.1:{pg}/postgres"
 redis = "redis://:{bad_redis}@127.0.0.1:{closed}/0"
+restart = {{ backoff = {{ initial = "200ms", max = "1s" }}, max_restarts = 1000 }}
+
+# A key-value password with a space, not quoted: the driver cannot read
+# it, and its error quotes a piece of it.
+[services.relay-unquoted]
+kind = "outbox-relay"
+table = "unquoted_outbox"
+postgres = "host=127.0.0.1 port={closed} user=relay password={unquoted_pg} dbname=app"
+redis = "redis://127.0.0.1:{closed}/0"
 restart = {{ backoff = {{ initial = "200ms", max = "1s" }}, max_restarts = 1000 }}
 
 [services.memory]
@@ -256,6 +268,7 @@ singleton = true
         probe_redis_encoded = s.probe_redis_encoded.encoded(),
         exec_arg = toml(&s.exec_arg.value),
         env_value = toml(&s.env_value.value),
+        unquoted_pg = toml(&s.unquoted_pg.value),
     )
 }
 
@@ -438,6 +451,7 @@ fn no_secret_reaches_any_output() {
     run.wait_log("memory", "memory backend unreachable");
     run.wait_log("relay-raw", "failed");
     run.wait_log("relay-badredis", "failed");
+    run.wait_log("relay-unquoted", "failed");
     run.wait_log("job", "singleton lock lost or unavailable");
     for s in ["db", "cache", "cache-encoded", "tool"] {
         run.wait_log(s, "failed");
@@ -449,6 +463,7 @@ fn no_secret_reaches_any_output() {
         "relay",
         "relay-raw",
         "relay-badredis",
+        "relay-unquoted",
         "memory",
         "db",
         "cache",
@@ -493,6 +508,11 @@ fn no_secret_reaches_any_output() {
         last_error("db").contains("PostgreSQL"),
         "{}",
         last_error("db")
+    );
+    assert!(
+        last_error("relay-unquoted").contains("invalid connection string"),
+        "{}",
+        last_error("relay-unquoted")
     );
     for name in names {
         get(&mut seen, api, &format!("/v1/services/{name}"));

@@ -144,7 +144,37 @@ enum Mode {
 }
 
 fn redact_unit(s: &str, mode: Mode) -> String {
-    mask_pairs(&mask_userinfo(s, mode), mode)
+    mask_echoes(&mask_pairs(&mask_userinfo(s, mode), mode))
+}
+
+/// What the PostgreSQL driver quotes of a connection string it cannot
+/// read: an unquoted password with a space (`password=a b=c`) makes it
+/// say ``unknown option `b` `` or ``expected `=` but got `c` ``, a piece
+/// of the password. Such a quoted word is masked unless it is a
+/// connection keyword.
+fn mask_echoes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        let found = ["unknown option `", "but got `"]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| i + p.len()))
+            .min();
+        let Some(start) = found else { break };
+        let Some(len) = rest[start..].find('`') else {
+            break;
+        };
+        let word = &rest[start..start + len];
+        out.push_str(&rest[..start]);
+        if KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
+            out.push_str(word);
+        } else {
+            out.push_str(MASK);
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Masks the password of every URL's user-info.
@@ -729,6 +759,36 @@ mod tests {
         assert_eq!(value_span(b"a  ", 0, false, t), (0, 1));
         assert_eq!(value_span(b"a b", 0, false, t), (0, 3));
         assert_eq!(value_span(b"x=ab c", 2, false, t), (2, 6));
+    }
+
+    #[test]
+    fn what_the_driver_quotes_of_a_password_is_masked() {
+        table(&[
+            (
+                "PostgreSQL: invalid connection string: unknown option `b`",
+                "PostgreSQL: invalid connection string: unknown option `***`",
+            ),
+            (
+                "unexpected character at byte 12: expected `=` but got `c`",
+                "unexpected character at byte 12: expected `=` but got `***`",
+            ),
+            // Keywords are no secret; the first echo is not the last.
+            ("unknown option `PASSWORD`", "unknown option `PASSWORD`"),
+            (
+                "unknown option `dbname` or unknown option `x` but got `y`!",
+                "unknown option `dbname` or unknown option `***` but got `***`!",
+            ),
+            (
+                "but got `x` and unknown option `y`",
+                "but got `***` and unknown option `***`",
+            ),
+            (
+                "invalid value for option `port`",
+                "invalid value for option `port`",
+            ),
+            // Not closed: left as it is.
+            ("unknown option `b", "unknown option `b"),
+        ]);
     }
 
     #[test]
