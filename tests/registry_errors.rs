@@ -738,6 +738,92 @@ stop = { command = ["true"] }
         ],
     },
     Case {
+        name: "relay_durations_below_their_minimum",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+poll_interval = "0s"
+lease = "1s"
+"#,
+        expected: &[
+            "5:17 invalid-value: services.relay.poll_interval: 0s is below the minimum of 10ms: a shorter poll queries PostgreSQL without pause",
+            "6:9 invalid-value: services.relay.lease: 1s is below the minimum of 2s: the relay waits for Redis up to half the lease, and at least 1s; a shorter lease runs out while Redis answers, and another relay takes the rows and sends them again",
+        ],
+    },
+    Case {
+        name: "memory_sync_durations_below_their_minimum",
+        registry: r#"[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
+timeout = "0s"
+poll_interval = "5ms"
+circuit = { failures = 3, cooldown = "0s" }
+"#,
+        expected: &[
+            "5:11 invalid-value: services.memory.timeout: 0s is below the minimum of 100ms: a request needs time to connect and to be answered; with less every request fails, and the circuit never closes",
+            "6:17 invalid-value: services.memory.poll_interval: 5ms is below the minimum of 10ms: a shorter poll queries PostgreSQL without pause",
+            "7:38 invalid-value: services.memory.circuit.cooldown: 0s is below the minimum of 100ms: an open circuit would let the next request through at once, giving the backend no pause",
+        ],
+    },
+    Case {
+        name: "memory_sync_lease_shorter_than_a_post",
+        registry: r#"[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
+timeout = "10s"
+lease = "10s"
+"#,
+        expected: &[
+            "6:9 invalid-value: services.memory.lease: 10s is below the minimum of 11s: the timeout (10s) and 1s: a POST starts only while a whole timeout fits in what is left of the lease, less a margin to mark the batch, and a lease that runs out while a row is sent lets another instance send it again",
+        ],
+    },
+    Case {
+        name: "memory_sync_default_lease_shorter_than_a_post",
+        registry: r#"[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
+timeout = "30s"
+"#,
+        expected: &[
+            "1:1 invalid-value: services.memory.lease: 30s is below the minimum of 31s: the timeout (30s) and 1s: a POST starts only while a whole timeout fits in what is left of the lease, less a margin to mark the batch, and a lease that runs out while a row is sent lets another instance send it again",
+        ],
+    },
+    Case {
+        name: "probe_timings_below_their_minimum",
+        registry: r#"[services.db]
+kind = "external"
+ready = { tcp = "127.0.0.1:5432", interval = "0s", timeout = "0s" }
+health = { tcp = "127.0.0.1:5432", interval = "9ms", timeout = "0ms" }
+"#,
+        expected: &[
+            "3:46 invalid-value: services.db.ready.interval: 0s is below the minimum of 10ms: a shorter interval checks without pause",
+            "3:62 invalid-value: services.db.ready.timeout: 0s is below the minimum of 10ms: an attempt needs time to connect; with less every attempt fails",
+            "4:47 invalid-value: services.db.health.interval: 9ms is below the minimum of 10ms: a shorter interval checks without pause",
+            "4:64 invalid-value: services.db.health.timeout: 0s is below the minimum of 10ms: an attempt needs time to connect; with less every attempt fails",
+        ],
+    },
+    Case {
+        name: "a_probe_timing_in_defaults_is_reported_once",
+        registry: r#"[defaults]
+health = { interval = "0s" }
+[services.a]
+kind = "process"
+command = ["a"]
+health = { tcp = "127.0.0.1:1" }
+[services.b]
+kind = "process"
+command = ["b"]
+health = { tcp = "127.0.0.1:2" }
+"#,
+        expected: &[
+            "2:23 invalid-value: services.a.health.interval: 0s is below the minimum of 10ms: a shorter interval checks without pause",
+        ],
+    },
+    Case {
         name: "boolean_as_string",
         registry: r#"[services.a]
 kind = "process"
@@ -797,4 +883,40 @@ fn every_bad_registry_gets_its_exact_errors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Each duration's minimum is itself accepted, and the zeros that mean
+/// "none" (no start timeout, no stop grace, no delay, no budget window,
+/// restart at once, kill at once on shutdown) stay valid.
+#[test]
+fn durations_at_their_minimum_and_meaningful_zeros_are_accepted() {
+    let text = r#"[warden]
+shutdown_timeout = "0s"
+[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+poll_interval = "10ms"
+lease = "2s"
+stop = { timeout = "0s" }
+[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
+timeout = "100ms"
+lease = "1200ms"
+poll_interval = "10ms"
+circuit = { cooldown = "100ms" }
+stop = { timeout = "0s" }
+[services.db]
+kind = "external"
+ready = { tcp = "127.0.0.1:5432", interval = "10ms", timeout = "10ms" }
+health = { tcp = "127.0.0.1:5432", interval = "10ms", timeout = "10ms", initial_delay = "0s" }
+start_timeout = "0s"
+stop = { timeout = "0s" }
+restart = { window = "0s", reset_after = "0s", backoff = { initial = "0s", max = "0s" } }
+"#;
+    let checked = load(&MemSources::new(text), None);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    assert!(checked.registry().is_some() && checked.graph.is_some());
 }

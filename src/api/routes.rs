@@ -106,13 +106,14 @@ fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
     let spec = state.spec();
     match spec.token() {
         Some(token) => {
+            // Bytes, not text: a token may hold any character the
+            // registry can (a header's text is ASCII only).
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
             match given {
-                Some(g) if constant_time_eq(g.trim().as_bytes(), token.expose().as_bytes()) => None,
+                Some(g) if constant_time_eq(g.trim_ascii(), token.expose().as_bytes()) => None,
                 Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
                 None => Some(error(
                     StatusCode::UNAUTHORIZED,

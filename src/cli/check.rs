@@ -252,7 +252,13 @@ fn print_json(
             r.services
                 .values()
                 .filter(|s| graph.is_some_and(|g| g.contains(&s.name)))
-                .map(|s| (s.name.clone(), s.to_json()))
+                .map(|s| {
+                    // Every string a user wrote may hold a DSN (a command's
+                    // argument, an environment value, a custom kind's key).
+                    let mut j = s.to_json();
+                    crate::config::secret::redact_json(&mut j);
+                    (s.name.clone(), j)
+                })
                 .collect()
         }),
         connect,
@@ -420,7 +426,7 @@ fn run_connect(
                     target: e.display(),
                     services,
                     ok: Some(o.result.is_ok()),
-                    error: o.result.err(),
+                    error: o.result.err().map(|e| crate::config::secret::redact(&e)),
                     millis: Some(o.elapsed.as_millis()),
                 }
             }));

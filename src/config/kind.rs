@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json, json};
@@ -41,6 +42,25 @@ impl<'a> Problems<'a> {
     pub fn error(&mut self, code: &'static str, path: &[&str], message: impl Into<String>) {
         (self.report)(code, path, message.into());
     }
+
+    /// An `invalid-value` error about the duration at `path` when it is
+    /// shorter than `min`: the message gives the minimum and `why` a
+    /// shorter one cannot work.
+    pub fn at_least(&mut self, path: &[&str], value: Duration, min: Duration, why: &str) {
+        if value < min {
+            self.error("invalid-value", path, below_minimum(value, min, why));
+        }
+    }
+}
+
+/// The words of a duration below its minimum: `0s is below the minimum of
+/// 10ms: <why>`.
+pub fn below_minimum(value: Duration, min: Duration, why: &str) -> String {
+    format!(
+        "{} is below the minimum of {}: {why}",
+        humantime::format_duration(value),
+        humantime::format_duration(min)
+    )
 }
 
 /// The typed settings of one kind: the keys of a service's table beyond the

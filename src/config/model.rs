@@ -276,8 +276,13 @@ impl ProbeCheck {
     pub fn target(&self) -> String {
         match self {
             ProbeCheck::Tcp(h) => h.to_string(),
-            ProbeCheck::Http(u) => super::secret::redact(&u.0),
-            ProbeCheck::Exec(c) => c.0.join(" "),
+            ProbeCheck::Http(u) => super::secret::redact_dsn(&u.0),
+            ProbeCheck::Exec(c) => {
+                c.0.iter()
+                    .map(|a| super::secret::redact_dsn(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
             ProbeCheck::Postgres(d) => d.0.redacted(),
             ProbeCheck::Redis(d) => d.0.redacted(),
             ProbeCheck::Log(p) => p.0.clone(),
@@ -546,7 +551,7 @@ impl Endpoint {
         match self {
             Endpoint::Postgres(d) => d.0.redacted(),
             Endpoint::Redis(d) => d.0.redacted(),
-            Endpoint::Http(u) => super::secret::redact(&u.0),
+            Endpoint::Http(u) => super::secret::redact_dsn(&u.0),
             Endpoint::Tcp(h) => h.to_string(),
         }
     }

@@ -248,7 +248,7 @@ impl Decode for PostgresDsn {
                 node.span,
                 format!(
                     "{:?} is not a PostgreSQL connection string; expected postgres://user@host:port/database or host=... dbname=...",
-                    super::secret::redact(t)
+                    super::secret::redact_dsn(t)
                 ),
             );
             None
@@ -283,7 +283,7 @@ impl Decode for RedisDsn {
                 node.span,
                 format!(
                     "{:?} is not a Redis URL; expected redis://host:port[/db], rediss://... or unix:///path",
-                    super::secret::redact(t)
+                    super::secret::redact_dsn(t)
                 ),
             );
             None
@@ -400,7 +400,7 @@ impl Decode for HttpUrl {
             cx.error(
                 "invalid-url",
                 node.span,
-                format!("{:?}: https is not supported by the built-in HTTP client; use http:// or an exec probe with curl", super::secret::redact(t)),
+                format!("{:?}: https is not supported by the built-in HTTP client; use http:// or an exec probe with curl", super::secret::redact_dsn(t)),
             );
             None
         } else {
@@ -409,7 +409,7 @@ impl Decode for HttpUrl {
                 node.span,
                 format!(
                     "{:?} is not an http:// URL such as \"http://127.0.0.1:8080/healthz\"",
-                    super::secret::redact(t)
+                    super::secret::redact_dsn(t)
                 ),
             );
             None
@@ -419,7 +419,7 @@ impl Decode for HttpUrl {
         json!({"type": "string", "pattern": "^(http://|.*\\$\\{)"})
     }
     fn to_json(&self) -> Json {
-        Json::String(super::secret::redact(&self.0))
+        Json::String(super::secret::redact_dsn(&self.0))
     }
 }
 

@@ -3,9 +3,10 @@
 //! dependency graph is checked by `crate::graph`.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
-use super::kind::{KindDef, KindTable, Problems, Runs};
+use super::kind::{KindDef, KindTable, Problems, Runs, below_minimum};
 use super::model::{ProbeCheck, Registry, RestartPolicy, ServiceSpec};
 use super::node::Node;
 use super::source::Span;
@@ -105,6 +106,11 @@ fn check_api(reg: &Registry, root: &Node, diags: &mut Diagnostics) {
     }
 }
 
+/// The shortest probe `interval` and `timeout`.
+pub const MIN_PROBE_TIME: Duration = Duration::from_millis(10);
+const INTERVAL_WHY: &str = "a shorter interval checks without pause";
+const TIMEOUT_WHY: &str = "an attempt needs time to connect; with less every attempt fails";
+
 fn check_service(
     reg: &Registry,
     kind: &KindDef,
@@ -156,6 +162,30 @@ fn check_service(
                 health.check.name()
             ),
         );
+    }
+
+    // Probe timings: a zero interval polls without pause, a zero timeout
+    // fails every attempt.
+    let mut at_least = |path: &[&str], value: Duration, why: &str| {
+        if value < MIN_PROBE_TIME {
+            err(
+                "invalid-value",
+                path,
+                below_minimum(value, MIN_PROBE_TIME, why),
+            );
+        }
+    };
+    if let Some(ready) = &c.ready {
+        at_least(&["ready", "interval"], ready.timing.interval, INTERVAL_WHY);
+        at_least(&["ready", "timeout"], ready.timing.timeout, TIMEOUT_WHY);
+    }
+    if let Some(health) = &c.health {
+        at_least(
+            &["health", "interval"],
+            health.timing.interval,
+            INTERVAL_WHY,
+        );
+        at_least(&["health", "timeout"], health.timing.timeout, TIMEOUT_WHY);
     }
 
     // A stop command runs beside a child process.

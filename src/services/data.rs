@@ -12,10 +12,10 @@ use crate::config::Action;
 use crate::config::types::{PostgresDsn, TableName};
 
 /// A PostgreSQL error in words (the server's message when there is one;
-/// never the DSN).
+/// never the DSN: passwords are masked).
 pub fn pg(e: tokio_postgres::Error) -> ServiceError {
     use std::error::Error;
-    ServiceError(match (e.as_db_error(), e.source()) {
+    ServiceError::redacted(match (e.as_db_error(), e.source()) {
         (Some(db), _) => format!("PostgreSQL: {}", db.message()),
         (None, Some(src)) => format!("PostgreSQL: {e}: {src}"),
         (None, None) => format!("PostgreSQL: {e}"),
@@ -150,6 +150,14 @@ pub fn derived_name(table: &TableName, suffix: &str) -> String {
     let keep = 63 - suffix.len() - 1 - 9;
     format!("{}_{:08x}_{suffix}", &name[..keep], hash as u32)
 }
+
+/// The delay before a row's next attempt, in seconds, as SQL over the
+/// row's `retry_count` before this failure (`n`): the backoff `b` is
+/// 0.5 s × 2^n, at most 300 s, and the delay a random time between `b/2`
+/// and `b` ("equal jitter"), so rows that failed together (a backend
+/// that was down) do not come back together. `random()` is drawn per row.
+pub const RETRY_DELAY: &str =
+    "least(300, 0.5 * power(2, least(retry_count, 20))) * (0.5 + random() / 2)";
 
 /// 0.5 s doubling per attempt, capped.
 pub fn doubling(attempt: u32, max: Duration) -> Duration {

@@ -42,15 +42,25 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceError(pub String);
 
+impl ServiceError {
+    /// An error in `words`, passwords masked (words that quote what a
+    /// driver said may hold a connection string).
+    pub fn redacted(words: String) -> ServiceError {
+        ServiceError(crate::config::secret::redact(&words))
+    }
+}
+
 impl fmt::Display for ServiceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
+/// A library's error in words, passwords masked (a driver's error may
+/// quote the connection string it was given).
 impl<E: std::error::Error> From<E> for ServiceError {
     fn from(e: E) -> ServiceError {
-        ServiceError(e.to_string())
+        ServiceError::redacted(e.to_string())
     }
 }
 
@@ -79,6 +89,17 @@ impl fmt::Display for ActionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActionError::BadRequest(m) | ActionError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl ActionError {
+    /// The same error with its passwords masked: what leaves warden.
+    pub fn redacted(self) -> ActionError {
+        use crate::config::secret::redact;
+        match self {
+            ActionError::BadRequest(m) => ActionError::BadRequest(redact(&m)),
+            ActionError::Failed(m) => ActionError::Failed(redact(&m)),
         }
     }
 }
@@ -265,9 +286,16 @@ impl PartialEq for Details {
 static DETAILS_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Details {
+    /// Sets a detail. A text is shown with its passwords masked (details
+    /// reach the API and the event stream; an error in them may quote a
+    /// connection string).
     pub fn set(&self, key: &str, value: impl Into<Json>) {
+        let mut value = value.into();
+        if let Json::String(s) = &mut value {
+            *s = crate::config::secret::redact(s);
+        }
         if let Ok(mut m) = self.0.lock() {
-            m.insert(key.to_string(), value.into());
+            m.insert(key.to_string(), value);
             DETAILS_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }

@@ -60,6 +60,7 @@ impl Supervisor {
             return;
         };
         if u.generation == generation && u.state == State::Ready {
+            let error = crate::config::secret::redact(&error);
             self.stop_unit(name, StopCause::HealthFailed(error));
         }
     }

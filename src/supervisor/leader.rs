@@ -89,6 +89,7 @@ pub async fn hold(
             r = session => match r {
                 Ok(()) => return,
                 Err(e) => {
+                    let e = crate::config::secret::redact(&e);
                     tracing::warn!(service = %service, error = %e, "singleton lock lost or unavailable");
                     if !send(Leadership::Lost(e)) {
                         return;

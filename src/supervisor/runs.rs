@@ -254,7 +254,9 @@ impl Supervisor {
             },
             State::Starting | State::Ready => match result {
                 Ok(()) => (Ending::Exited, None),
-                Err(e) => (Ending::Failed, Some(e.0)),
+                // A run's error reaches the log, last_error and the API:
+                // no password in it, whatever the service wrote.
+                Err(e) => (Ending::Failed, Some(crate::config::secret::redact(&e.0))),
             },
             // A build failure arrives while still Starting; anything else
             // is a stale message.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::Endpoint;
 use crate::config::decode::{config_table, defaults_of};
-use crate::config::kind::Settings;
+use crate::config::kind::{Problems, Settings, below_minimum};
 use crate::config::types::{Count, HttpUrl, PostgresDsn, TableName};
 
 config_table! {
@@ -60,6 +60,56 @@ impl Settings for MemorySyncSpec {
     fn leadership(&self) -> Option<&PostgresDsn> {
         Some(&self.postgres)
     }
+
+    fn check(&self, problems: &mut Problems<'_>) {
+        problems.at_least(
+            &["poll_interval"],
+            self.poll_interval,
+            super::super::outbox::settings::MIN_POLL_INTERVAL,
+            "a shorter poll queries PostgreSQL without pause",
+        );
+        problems.at_least(
+            &["timeout"],
+            self.timeout,
+            MIN_TIMEOUT,
+            "a request needs time to connect and to be answered; with less every request fails, and the circuit never closes",
+        );
+        problems.at_least(
+            &["circuit", "cooldown"],
+            self.circuit.cooldown,
+            MIN_COOLDOWN,
+            "an open circuit would let the next request through at once, giving the backend no pause",
+        );
+        let min_lease = min_lease(self.timeout);
+        if self.lease < min_lease {
+            problems.error(
+                "invalid-value",
+                &["lease"],
+                below_minimum(
+                    self.lease,
+                    min_lease,
+                    &format!(
+                        "the timeout ({}) and 1s: a POST starts only while a whole timeout fits in what is left of the lease, less a margin to mark the batch, and a lease that runs out while a row is sent lets another instance send it again",
+                        humantime::format_duration(self.timeout)
+                    ),
+                ),
+            );
+        }
+    }
+}
+
+/// The shortest `timeout` of a POST.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The shortest `circuit.cooldown`.
+pub const MIN_COOLDOWN: Duration = Duration::from_millis(100);
+
+/// The shortest `lease` for a POST `timeout`: one POST takes at most the
+/// timeout (connection, answer and body), a POST starts only while a whole
+/// timeout fits before the lease's end less a margin (a tenth of the
+/// lease, at most 1 s) kept to mark the batch.
+pub fn min_lease(timeout: Duration) -> Duration {
+    timeout.saturating_add(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -103,10 +103,12 @@ SELECT count(*) FROM done",
         )
     }
 
-    /// Row `$1` of claim `$4` failed with `$2`: retry after at least `$5`
-    /// seconds (0.5 s doubling, at most 5 min, or the backend's
-    /// Retry-After), or `failed` once it has had `$3` attempts; `$6` true
-    /// fails it at once (a 4xx other than 429).
+    /// Row `$1` of claim `$4` failed with `$2`: retry after the jittered
+    /// backoff ([`crate::services::data::RETRY_DELAY`]: a random time
+    /// between half and all of 0.5 s doubling, at most 5 min), but never
+    /// before `$5` seconds (the backend's Retry-After), or `failed` once
+    /// it has had `$3` attempts; `$6` true fails it at once (a 4xx other
+    /// than 429).
     pub fn retry(&self) -> String {
         format!(
             "UPDATE {} SET
@@ -114,11 +116,11 @@ SELECT count(*) FROM done",
     last_error = $2,
     claimed_until = NULL,
     status = CASE WHEN $6 OR retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
-    next_attempt_at = now() + greatest($5::float8,
-        least(300, 0.5 * power(2, least(retry_count, 20)))) * interval '1 second'
+    next_attempt_at = now() + greatest($5::float8, {delay}) * interval '1 second'
 WHERE id = $1 AND status = 'sending' AND claimed_until = $4
 RETURNING status = 'failed'",
-            self.l.table
+            self.l.table,
+            delay = crate::services::data::RETRY_DELAY
         )
     }
 

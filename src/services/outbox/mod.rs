@@ -24,6 +24,7 @@ use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
     settings_of,
 };
+use crate::config::secret::redact;
 use crate::config::{Runs, ServiceSpec};
 pub use settings::OutboxRelaySpec;
 
@@ -153,18 +154,18 @@ impl Relay {
         {
             // The pipeline as a whole failed: nothing says which row is at
             // fault, so none is charged.
-            Err(e) => Sent::Outage(e.to_string()),
+            Err(e) => Sent::Outage(redact(&e.to_string())),
             Ok(answers) => {
                 if let Some(e) = answers
                     .iter()
                     .find_map(|a| a.as_ref().err().filter(|e| is_outage(e)))
                 {
-                    return Sent::Outage(e.to_string());
+                    return Sent::Outage(redact(&e.to_string()));
                 }
                 let refused: Vec<(i64, String)> = rows
                     .iter()
                     .zip(answers)
-                    .filter_map(|(r, a)| a.err().map(|e| (r.id, e.to_string())))
+                    .filter_map(|(r, a)| a.err().map(|e| (r.id, redact(&e.to_string()))))
                     .collect();
                 if refused.is_empty() {
                     Sent::All
@@ -186,7 +187,7 @@ impl Service for Relay {
                 super::data::adopt(&client, &t.create_tx(), &t.indexes()).await?;
             }
             let redis_client = redis::Client::open(spec.redis.0.expose())
-                .map_err(|e| ServiceError(format!("bad Redis URL: {e}")))?;
+                .map_err(|e| ServiceError(redact(&format!("bad Redis URL: {e}"))))?;
             let mut redis: Option<redis::aio::MultiplexedConnection> = None;
             let claim = client.prepare(&t.claim()).await.map_err(pg)?;
             let reap = client.prepare(&t.reap()).await.map_err(pg)?;
@@ -282,7 +283,7 @@ impl Service for Relay {
                                 .map_err(pg)?;
                             let delay = outage_delay(outages);
                             outages += 1;
-                            let msg = format!("cannot connect to Redis: {e}");
+                            let msg = redact(&format!("cannot connect to Redis: {e}"));
                             tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
                             ctx.details().set("last_error", msg);
                             tokio::select! {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::Endpoint;
 use crate::config::decode::config_table;
-use crate::config::kind::Settings;
+use crate::config::kind::{Problems, Settings};
 use crate::config::types::{Count, PostgresDsn, RedisDsn, TableName};
 
 config_table! {
@@ -46,4 +46,27 @@ impl Settings for OutboxRelaySpec {
     fn leadership(&self) -> Option<&PostgresDsn> {
         Some(&self.postgres)
     }
+
+    fn check(&self, problems: &mut Problems<'_>) {
+        problems.at_least(
+            &["poll_interval"],
+            self.poll_interval,
+            MIN_POLL_INTERVAL,
+            "a shorter poll queries PostgreSQL without pause",
+        );
+        problems.at_least(
+            &["lease"],
+            self.lease,
+            MIN_LEASE,
+            "the relay waits for Redis up to half the lease, and at least 1s; a shorter lease runs out while Redis answers, and another relay takes the rows and sends them again",
+        );
+    }
 }
+
+/// The shortest `poll_interval` of the data kinds: below it the fallback
+/// poll is a busy loop on PostgreSQL.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The shortest relay `lease`: the relay waits for Redis up to half the
+/// lease but at least 1 s, which must still be within the lease.
+pub const MIN_LEASE: Duration = Duration::from_secs(2);

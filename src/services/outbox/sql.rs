@@ -117,9 +117,10 @@ WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
     }
 
     /// Row `$1` of claim `$4` was refused with error `$2`: retry later
-    /// (0.5 s doubling, at most 5 min), or `failed` once it has had `$3`
-    /// attempts. Answers whether it failed for good (no row: the claim was
-    /// lost).
+    /// (a random time between half and all of 0.5 s doubling per attempt,
+    /// at most 5 min: see [`crate::services::data::RETRY_DELAY`]), or
+    /// `failed` once it has had `$3` attempts. Answers whether it failed
+    /// for good (no row: the claim was lost).
     pub fn retry(&self) -> String {
         format!(
             "UPDATE {} SET
@@ -127,10 +128,11 @@ WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
     last_error = $2,
     claimed_until = NULL,
     status = CASE WHEN retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
-    next_attempt_at = now() + least(300, 0.5 * power(2, least(retry_count, 20))) * interval '1 second'
+    next_attempt_at = now() + {delay} * interval '1 second'
 WHERE id = $1 AND status = 'sending' AND claimed_until = $4
 RETURNING status = 'failed'",
-            self.l.table
+            self.l.table,
+            delay = crate::services::data::RETRY_DELAY
         )
     }
 

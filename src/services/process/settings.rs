@@ -30,7 +30,7 @@ impl Decode for EnvValue {
         json!({"type": ["string", "number", "boolean"]})
     }
     fn to_json(&self) -> Json {
-        Json::String(crate::config::secret::redact(&self.0))
+        Json::String(crate::config::secret::redact_dsn(&self.0))
     }
 }
 
