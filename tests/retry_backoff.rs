@@ -81,7 +81,9 @@ async fn delays(
         let p = params(id);
         let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|b| b.as_ref()).collect();
         let row = tx.query_opt(&stmt, &refs).await.unwrap();
-        let failed: bool = row.expect("the row was still claimed").get(0);
+        let row = row.expect("the row was still claimed");
+        // Whether it failed is the statement's last column.
+        let failed: bool = row.get(row.len() - 1);
         assert!(!failed, "row {id} failed instead of being retried");
     }
     let delays = tx
@@ -141,11 +143,13 @@ fn refused_outbox_rows_come_back_spread_between_half_and_all_of_the_backoff() {
         warden::services::data::adopt(&client, &outbox.create_tx(), &outbox.indexes())
             .await
             .unwrap();
-        let retry = outbox.retry();
+        // The statement the relay runs: a batch's refused rows at once
+        // (here one at a time, to read each row's delay).
+        let retry = outbox.retry_many();
         let params = |id: &i64| -> Vec<Box<dyn ToSql + Sync>> {
             vec![
-                Box::new(*id),
-                Box::new("WRONGTYPE".to_string()),
+                Box::new(vec![*id]),
+                Box::new(vec!["WRONGTYPE".to_string()]),
                 Box::new(100i32),
                 Box::new(claim()),
             ]

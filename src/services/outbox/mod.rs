@@ -200,7 +200,7 @@ impl Service for Relay {
                 .await
                 .map_err(pg)?;
             let release = client.prepare(&t.release()).await.map_err(pg)?;
-            let retry = client.prepare(&t.retry()).await.map_err(pg)?;
+            let retry = client.prepare(&t.retry_many()).await.map_err(pg)?;
             let stats = client.prepare(&t.stats()).await.map_err(pg)?;
             let next_due = client.prepare(&t.next_due()).await.map_err(pg)?;
             ctx.ready();
@@ -323,7 +323,8 @@ impl Service for Relay {
                         metrics::published(&name, "sent", ids.len());
                     }
                     Sent::Refused(refused) => {
-                        let bad: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
+                        let bad: std::collections::HashSet<i64> =
+                            refused.iter().map(|(id, _)| *id).collect();
                         let good: Vec<i64> =
                             ids.iter().copied().filter(|id| !bad.contains(id)).collect();
                         client
@@ -332,15 +333,18 @@ impl Service for Relay {
                             .map_err(pg)?;
                         published += good.len() as u64;
                         metrics::published(&name, "sent", good.len());
-                        for (id, error) in &refused {
-                            let Some(row) = client
-                                .query_opt(&retry, &[id, error, &max_retries, &claim_token])
-                                .await
-                                .map_err(pg)?
-                            else {
-                                continue; // the claim was lost: another relay has it
-                            };
-                            let failed: bool = row.get(0);
+                        // Every refused row of the batch in one statement.
+                        let (bad_ids, errors): (Vec<i64>, Vec<String>) =
+                            refused.iter().cloned().unzip();
+                        let settled = client
+                            .query(&retry, &[&bad_ids, &errors, &max_retries, &claim_token])
+                            .await
+                            .map_err(pg)?;
+                        let error_of: std::collections::HashMap<i64, &str> =
+                            refused.iter().map(|(id, e)| (*id, e.as_str())).collect();
+                        for row in &settled {
+                            let (id, failed): (i64, bool) = (row.get(0), row.get(1));
+                            let error = error_of.get(&id).copied().unwrap_or("");
                             let result = if failed { "failed" } else { "retry" };
                             metrics::published(&name, result, 1);
                             tracing::warn!(id, error = %error, result, "Redis refused a row");

@@ -136,6 +136,26 @@ RETURNING status = 'failed'",
         )
     }
 
+    /// Rows `$1` of claim `$4` were refused, each with its error in `$2`
+    /// (arrays, in the same order): all settled in one statement, as
+    /// [`Outbox::retry`] settles one. Answers each settled row's id and
+    /// whether it failed for good (a row missing: the claim was lost).
+    pub fn retry_many(&self) -> String {
+        format!(
+            "UPDATE {} o SET
+    retry_count = o.retry_count + 1,
+    last_error = r.error,
+    claimed_until = NULL,
+    status = CASE WHEN o.retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+    next_attempt_at = now() + {delay} * interval '1 second'
+FROM unnest($1::bigint[], $2::text[]) AS r(id, error)
+WHERE o.id = r.id AND o.status = 'sending' AND o.claimed_until = $4
+RETURNING o.id, o.status = 'failed'",
+            self.l.table,
+            delay = crate::services::data::RETRY_DELAY
+        )
+    }
+
     /// Backlog (pending rows) and lag (age of the oldest, in seconds).
     pub fn stats(&self) -> String {
         format!(
