@@ -433,6 +433,101 @@ redis = "127.0.0.1:6379"
         ],
     },
     Case {
+        name: "bad_sslmode",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://app:hunter2@db/app?sslmode=verify_full"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"postgres://app:***@db/app?sslmode=verify_full\": sslmode \"verify_full\" is not one of disable, prefer, require, verify-ca, verify-full",
+        ],
+    },
+    Case {
+        name: "sslmode_allow_is_not_offered",
+        registry: r#"[services.db]
+kind = "external"
+ready = { postgres = "host=db dbname=app sslmode=allow" }
+"#,
+        expected: &[
+            "3:22 invalid-dsn: services.db.ready.postgres: \"host=db dbname=app sslmode=allow\": sslmode \"allow\" is not supported (it tries a plain connection first); use prefer, require or a verify mode",
+        ],
+    },
+    Case {
+        name: "sslrootcert_that_cannot_be_read",
+        registry: r#"[warden]
+postgres = "postgres://db/app?sslmode=verify-full&sslrootcert=/no/such/ca.pem"
+"#,
+        expected: &[
+            "2:12 file-read: warden.postgres: sslrootcert cannot read the CA file /no/such/ca.pem: No such file or directory (os error 2)",
+        ],
+    },
+    Case {
+        name: "unknown_dsn_option",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmod=require"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"postgres://db/app?sslmod=require\": unknown option `sslmod`",
+        ],
+    },
+    Case {
+        name: "client_certificates_are_not_offered",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "host=db sslmode=verify-full sslcert=/c.pem sslkey=/c.key"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"host=db sslmode=verify-full sslcert=/c.pem sslkey=/c.key\": sslcert: client certificates are not supported",
+        ],
+    },
+    Case {
+        name: "tls_ca_that_cannot_be_read",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmode=verify-full"
+redis = "rediss://cache:6380"
+tls_ca = "/no/such/ca.pem"
+"#,
+        expected: &[
+            "5:10 file-read: services.relay.tls_ca: cannot read the CA file /no/such/ca.pem: No such file or directory (os error 2)",
+        ],
+    },
+    Case {
+        name: "rediss_with_an_unknown_fragment",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "rediss://:hunter2@cache:6380#insecur"
+"#,
+        expected: &[
+            "4:9 invalid-dsn: services.relay.redis: \"rediss://:***@cache:6380#insecur\": #insecur is not understood after a rediss:// URL; only #insecure (TLS without verifying the certificate) is",
+        ],
+    },
+    Case {
+        name: "redis_url_with_a_bad_database",
+        registry: r#"[services.cache]
+kind = "external"
+ready = { redis = "redis://127.0.0.1:6379/zero" }
+"#,
+        expected: &[
+            "3:19 invalid-dsn: services.cache.ready.redis: \"redis://127.0.0.1:6379/zero\": Invalid database number",
+        ],
+    },
+    Case {
+        name: "tls_ca_on_a_check_without_tls",
+        registry: r#"[services.web]
+kind = "external"
+ready = { http = "http://127.0.0.1:8080/", tls_ca = "/etc/ssl/certs/ca-certificates.crt" }
+"#,
+        expected: &[
+            "3:9 invalid-probe: services.web.ready: `tls_ca` applies to the postgres and redis checks, not to http",
+        ],
+    },
+    Case {
         name: "secret_and_secret_file",
         registry: r#"[services.relay]
 kind = "outbox-relay"
