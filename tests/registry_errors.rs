@@ -893,3 +893,49 @@ fn every_bad_registry_gets_its_exact_errors() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A CA certificate (PEM) for registries that name one.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAT+gAwIBAgIUYSgZJi1zVwG+GLuDRnx6XcWyhH4wCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXd2FyZGVuIHJlZ2lzdHJ5IHRlc3QgQ0EwHhcNMjYxMTI5MDYy\nNTM3WhcNMzYxMTI2MDYyNTM3WjAiMSAwHgYDVQQDDBd3YXJkZW4gcmVnaXN0cnkg\ndGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABB+HH7E+O9nMIkjFxmZ9\n2b24jX2/oCcJ3PKQDGCEISh3GyjyMA93kJYLohhxc95NXZOp5r2v0zlZCORHn7EZ\nB8SjUzBRMB0GA1UdDgQWBBSyWxKs0DXBWx/tqHpe7vExr4gPnTAfBgNVHSMEGDAW\ngBSyWxKs0DXBWx/tqHpe7vExr4gPnTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49\nBAMCA0kAMEYCIQDkX8KGI1ejhzKVK3ZufUn1SCBv78a4zRTMPlp8iZpMXwIhAPZ8\nrogNwOKgya7IyA3IapgjV2VTkPkptYd2PhQSTfzE\n-----END CERTIFICATE-----";
+
+/// `tls_ca` and `sslrootcert` name files of PEM certificates: one that
+/// holds none is refused where it is named; a good one loads, relative to
+/// the registry's directory (`tls_ca`) or as written (`sslrootcert`).
+#[test]
+fn ca_files_must_hold_pem_certificates() {
+    let registry = r#"[warden]
+postgres = "host=db sslmode=verify-full sslrootcert=certs/notes.txt"
+
+[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmode=verify-full"
+redis = "rediss://cache:6380"
+tls_ca = "certs/empty.pem"
+"#;
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", "not a certificate\n")
+        .file("certs/empty.pem", "");
+    let got = diagnostics(&load(&sources, None));
+    assert_eq!(
+        got,
+        [
+            "2:12 invalid-value: warden.postgres: sslrootcert certs/notes.txt holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+            "8:10 invalid-value: services.relay.tls_ca: certs/empty.pem holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+        ]
+    );
+    let broken = CA_PEM.replace("MIIB", "M!IB");
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", CA_PEM)
+        .file("certs/empty.pem", &broken);
+    let got = diagnostics(&load(&sources, None));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("8:10 invalid-value: services.relay.tls_ca: certs/empty.pem is not a PEM certificate file"),
+        "{got:#?}"
+    );
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", CA_PEM)
+        .file("certs/empty.pem", CA_PEM);
+    let checked = load(&sources, None);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    assert!(checked.registry().is_some());
+}

@@ -380,7 +380,13 @@ impl Decode for CaFile {
             );
             return None;
         }
-        let path = cx.base_dir.join(s.trim());
+        // Relative to the registry's directory (as written when that is
+        // the working directory).
+        let path = if cx.base_dir == Path::new(".") {
+            PathBuf::from(s.trim())
+        } else {
+            cx.base_dir.join(s.trim())
+        };
         match check_ca_file(&path, cx) {
             Ok(()) => Some(CaFile(path)),
             Err((code, why)) => {
