@@ -939,3 +939,44 @@ tls_ca = "certs/empty.pem"
     assert_eq!(diagnostics(&checked), Vec::<String>::new());
     assert!(checked.registry().is_some());
 }
+
+/// `tls_ca` does not turn TLS on: one that no connection of its service
+/// (or probe) uses is a warning, with what to set.
+#[test]
+fn a_tls_ca_that_nothing_uses_is_a_warning() {
+    let registry = r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://cache:6379"
+tls_ca = "ca.pem"
+
+[services.cache]
+kind = "external"
+ready = { redis = "redis://cache:6379", tls_ca = "ca.pem" }
+
+[services.db]
+kind = "external"
+ready = { postgres = "postgres://db/app?sslmode=require", tls_ca = "ca.pem" }
+
+[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app?sslmode=verify-full"
+endpoint = "http://memory:8700/v1/memories"
+tls_ca = "ca.pem"
+"#;
+    let sources = MemSources::new(registry).file("ca.pem", CA_PEM);
+    let checked = load(&sources, None);
+    assert!(checked.registry().is_some(), "warnings only");
+    let help = " [help: tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, or use rediss:// for Redis]";
+    assert_eq!(
+        diagnostics(&checked),
+        [
+            format!(
+                "5:10 unused-tls-ca: services.relay.tls_ca (ca.pem) is not used: no connection it applies to checks the server's certificate{help}"
+            ),
+            format!(
+                "9:50 unused-tls-ca: services.cache.ready.tls_ca (ca.pem) is not used: no connection it applies to checks the server's certificate{help}"
+            ),
+        ]
+    );
+}

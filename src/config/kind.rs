@@ -170,6 +170,11 @@ impl KindSpec {
             .map(|dsn| PgTarget::new(dsn.clone(), self.settings.tls_ca().cloned()))
     }
 
+    /// The CA file the kind's TLS connections trust (`tls_ca`).
+    pub fn tls_ca(&self) -> Option<&CaFile> {
+        self.settings.tls_ca()
+    }
+
     pub(super) fn check(&self, problems: &mut Problems<'_>) {
         self.settings.check(problems)
     }
