@@ -6,6 +6,7 @@
 //!   every error out (pure; I/O only through [`config::Sources`]).
 //! - [`graph`]: the dependency graph on petgraph: cycles, waves, `--only`.
 //! - [`probe`]: one-shot checks of endpoints (TCP, HTTP, PostgreSQL, Redis).
+//! - [`conn`]: every connection to PostgreSQL and Redis, and their TLS.
 //! - [`services`]: the `Service` trait, its context, and kind factories.
 //! - [`supervisor`]: the state machine, restart arithmetic and the event
 //!   loop that runs services.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod graph;
 pub mod metrics;
 pub mod probe;

@@ -1,6 +1,6 @@
 //! The layers of the crate: which top-level module uses which. The arrows
 //! must point one way only (cli → api → supervisor → services → probe →
-//! graph → config, with `metrics` and `sys` at the bottom), so that no two
+//! conn → graph → config, with `metrics` and `sys` at the bottom), so that no two
 //! modules import each other, even through a third.
 //!
 //! `cargo test --test layers -- --nocapture` prints the module graph (as
@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["supervisor"],
     &["services"],
     &["probe"],
+    &["conn"],
     &["graph"],
     &["config"],
     &["metrics", "sys"],
@@ -214,4 +215,39 @@ fn the_scanner_sees_paths_groups_and_skips_comments() {
         .map(|s| s.to_string())
         .collect();
     assert_eq!(used, want);
+}
+
+/// Every connection to PostgreSQL and Redis is made in `src/conn/`, which
+/// applies the DSN's TLS settings: no code elsewhere opens one by itself
+/// (a `NoTls`, a bare `tokio_postgres::connect`, a redis `Client`).
+#[test]
+fn no_connection_bypasses_conn() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap();
+        if top_module(rel) == "conn" {
+            continue;
+        }
+        let code = strip_comments(&std::fs::read_to_string(&f).unwrap());
+        for needle in [
+            "NoTls",
+            "tokio_postgres::connect(",
+            "Config::connect(",
+            "redis::Client::",
+            "get_multiplexed_",
+            "MultiplexedConnection::new",
+        ] {
+            if code.contains(needle) {
+                found.push(format!("{}: {needle}", rel.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "connections made outside src/conn/:\n{}",
+        found.join("\n")
+    );
 }

@@ -433,6 +433,101 @@ redis = "127.0.0.1:6379"
         ],
     },
     Case {
+        name: "bad_sslmode",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://app:hunter2@db/app?sslmode=verify_full"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"postgres://app:***@db/app?sslmode=verify_full\": sslmode \"verify_full\" is not one of disable, prefer, require, verify-ca, verify-full",
+        ],
+    },
+    Case {
+        name: "sslmode_allow_is_not_offered",
+        registry: r#"[services.db]
+kind = "external"
+ready = { postgres = "host=db dbname=app sslmode=allow" }
+"#,
+        expected: &[
+            "3:22 invalid-dsn: services.db.ready.postgres: \"host=db dbname=app sslmode=allow\": sslmode \"allow\" is not supported (it tries a plain connection first); use prefer, require or a verify mode",
+        ],
+    },
+    Case {
+        name: "sslrootcert_that_cannot_be_read",
+        registry: r#"[warden]
+postgres = "postgres://db/app?sslmode=verify-full&sslrootcert=/no/such/ca.pem"
+"#,
+        expected: &[
+            "2:12 file-read: warden.postgres: sslrootcert cannot read the CA file /no/such/ca.pem: No such file or directory (os error 2)",
+        ],
+    },
+    Case {
+        name: "unknown_dsn_option",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmod=require"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"postgres://db/app?sslmod=require\": unknown option `***`",
+        ],
+    },
+    Case {
+        name: "client_certificates_are_not_offered",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "host=db sslmode=verify-full sslcert=/c.pem sslkey=/c.key"
+redis = "redis://127.0.0.1:6379"
+"#,
+        expected: &[
+            "3:12 invalid-dsn: services.relay.postgres: \"host=db sslmode=verify-full sslcert=/c.pem sslkey=/c.key\": sslcert: client certificates are not supported",
+        ],
+    },
+    Case {
+        name: "tls_ca_that_cannot_be_read",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmode=verify-full"
+redis = "rediss://cache:6380"
+tls_ca = "/no/such/ca.pem"
+"#,
+        expected: &[
+            "5:10 file-read: services.relay.tls_ca: cannot read the CA file /no/such/ca.pem: No such file or directory (os error 2)",
+        ],
+    },
+    Case {
+        name: "rediss_with_an_unknown_fragment",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "rediss://:hunter2@cache:6380#insecur"
+"#,
+        expected: &[
+            "4:9 invalid-dsn: services.relay.redis: \"rediss://:***@cache:6380#insecur\": #insecur is not understood after a rediss:// URL; only #insecure (TLS without verifying the certificate) is",
+        ],
+    },
+    Case {
+        name: "redis_url_with_a_bad_database",
+        registry: r#"[services.cache]
+kind = "external"
+ready = { redis = "redis://127.0.0.1:6379/zero" }
+"#,
+        expected: &[
+            "3:19 invalid-dsn: services.cache.ready.redis: \"redis://127.0.0.1:6379/zero\": Invalid database number",
+        ],
+    },
+    Case {
+        name: "tls_ca_on_a_check_without_tls",
+        registry: r#"[services.web]
+kind = "external"
+ready = { http = "http://127.0.0.1:8080/", tls_ca = "/etc/ssl/certs/ca-certificates.crt" }
+"#,
+        expected: &[
+            "3:9 invalid-probe: services.web.ready: `tls_ca` applies to the postgres and redis checks, not to http",
+        ],
+    },
+    Case {
         name: "secret_and_secret_file",
         registry: r#"[services.relay]
 kind = "outbox-relay"
@@ -919,4 +1014,91 @@ restart = { window = "0s", reset_after = "0s", backoff = { initial = "0s", max =
     let checked = load(&MemSources::new(text), None);
     assert_eq!(diagnostics(&checked), Vec::<String>::new());
     assert!(checked.registry().is_some() && checked.graph.is_some());
+}
+
+/// A CA certificate (PEM) for registries that name one.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAT+gAwIBAgIUYSgZJi1zVwG+GLuDRnx6XcWyhH4wCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXd2FyZGVuIHJlZ2lzdHJ5IHRlc3QgQ0EwHhcNMjYxMTI5MDYy\nNTM3WhcNMzYxMTI2MDYyNTM3WjAiMSAwHgYDVQQDDBd3YXJkZW4gcmVnaXN0cnkg\ndGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABB+HH7E+O9nMIkjFxmZ9\n2b24jX2/oCcJ3PKQDGCEISh3GyjyMA93kJYLohhxc95NXZOp5r2v0zlZCORHn7EZ\nB8SjUzBRMB0GA1UdDgQWBBSyWxKs0DXBWx/tqHpe7vExr4gPnTAfBgNVHSMEGDAW\ngBSyWxKs0DXBWx/tqHpe7vExr4gPnTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49\nBAMCA0kAMEYCIQDkX8KGI1ejhzKVK3ZufUn1SCBv78a4zRTMPlp8iZpMXwIhAPZ8\nrogNwOKgya7IyA3IapgjV2VTkPkptYd2PhQSTfzE\n-----END CERTIFICATE-----";
+
+/// `tls_ca` and `sslrootcert` name files of PEM certificates: one that
+/// holds none is refused where it is named; a good one loads, relative to
+/// the registry's directory (`tls_ca`) or as written (`sslrootcert`).
+#[test]
+fn ca_files_must_hold_pem_certificates() {
+    let registry = r#"[warden]
+postgres = "host=db sslmode=verify-full sslrootcert=certs/notes.txt"
+
+[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app?sslmode=verify-full"
+redis = "rediss://cache:6380"
+tls_ca = "certs/empty.pem"
+"#;
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", "not a certificate\n")
+        .file("certs/empty.pem", "");
+    let got = diagnostics(&load(&sources, None));
+    assert_eq!(
+        got,
+        [
+            "2:12 invalid-value: warden.postgres: sslrootcert certs/notes.txt holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+            "8:10 invalid-value: services.relay.tls_ca: certs/empty.pem holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+        ]
+    );
+    let broken = CA_PEM.replace("MIIB", "M!IB");
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", CA_PEM)
+        .file("certs/empty.pem", &broken);
+    let got = diagnostics(&load(&sources, None));
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("8:10 invalid-value: services.relay.tls_ca: certs/empty.pem is not a PEM certificate file"),
+        "{got:#?}"
+    );
+    let sources = MemSources::new(registry)
+        .file("certs/notes.txt", CA_PEM)
+        .file("certs/empty.pem", CA_PEM);
+    let checked = load(&sources, None);
+    assert_eq!(diagnostics(&checked), Vec::<String>::new());
+    assert!(checked.registry().is_some());
+}
+
+/// `tls_ca` does not turn TLS on: one that no connection of its service
+/// (or probe) uses is a warning, with what to set.
+#[test]
+fn a_tls_ca_that_nothing_uses_is_a_warning() {
+    let registry = r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://cache:6379"
+tls_ca = "ca.pem"
+
+[services.cache]
+kind = "external"
+ready = { redis = "redis://cache:6379", tls_ca = "ca.pem" }
+
+[services.db]
+kind = "external"
+ready = { postgres = "postgres://db/app?sslmode=require", tls_ca = "ca.pem" }
+
+[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app?sslmode=verify-full"
+endpoint = "http://memory:8700/v1/memories"
+tls_ca = "ca.pem"
+"#;
+    let sources = MemSources::new(registry).file("ca.pem", CA_PEM);
+    let checked = load(&sources, None);
+    assert!(checked.registry().is_some(), "warnings only");
+    let help = " [help: tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, or use rediss:// for Redis]";
+    assert_eq!(
+        diagnostics(&checked),
+        [
+            format!(
+                "5:10 unused-tls-ca: services.relay.tls_ca (ca.pem) is not used: no connection it applies to checks the server's certificate{help}"
+            ),
+            format!(
+                "9:50 unused-tls-ca: services.cache.ready.tls_ca (ca.pem) is not used: no connection it applies to checks the server's certificate{help}"
+            ),
+        ]
+    );
 }

@@ -180,7 +180,20 @@ impl Secrets {
 /// The registry: secrets in every place a DSN or a token goes. `pg` is a
 /// real PostgreSQL (trust authentication: any password is accepted);
 /// `closed` a port nothing listens on.
-fn registry(s: &Secrets, api: u16, pg: u16, closed: u16) -> String {
+///
+/// `raw`: passwords written with their raw characters in URLs (and a
+/// key-value password with a space, unquoted), which the drivers cannot
+/// read and `check` refuses (its errors are scanned too); otherwise
+/// percent-encoded (and quoted), as they must be written to run.
+fn registry(s: &Secrets, api: u16, pg: u16, closed: u16, raw: bool) -> String {
+    let url = |x: &Secret| {
+        if raw { toml(&x.value) } else { x.encoded() }
+    };
+    let unquoted = if raw {
+        toml(&s.unquoted_pg.value)
+    } else {
+        format!("'{}'", toml(&s.unquoted_pg.libpq_quoted()))
+    };
     format!(
         r#"[warden]
 postgres = "postgres://warden:{warden_pg}@127.0.0.1:{closed}/coord"
@@ -254,21 +267,21 @@ command = ["sleep", "60"]
 env = {{ DATABASE_URL = "postgres://job:{env_value}@127.0.0.1:{closed}/db" }}
 singleton = true
 "#,
-        warden_pg = toml(&s.warden_pg.value),
+        warden_pg = url(&s.warden_pg),
         token = toml(&s.token.value),
         relay_pg = toml(&s.relay_pg.libpq_quoted()),
         relay_redis = s.relay_redis.encoded(),
-        raw_pg = toml(&s.raw_pg.value),
-        raw_redis = toml(&s.raw_redis.value),
+        raw_pg = url(&s.raw_pg),
+        raw_redis = url(&s.raw_redis),
         relay2_pg = s.relay2_pg.encoded(),
-        bad_redis = toml(&s.bad_redis.value),
+        bad_redis = url(&s.bad_redis),
         memory_pg = s.memory_pg.encoded(),
-        probe_pg = toml(&s.probe_pg.value),
-        probe_redis = toml(&s.probe_redis.value),
+        probe_pg = url(&s.probe_pg),
+        probe_redis = url(&s.probe_redis),
         probe_redis_encoded = s.probe_redis_encoded.encoded(),
         exec_arg = toml(&s.exec_arg.value),
         env_value = toml(&s.env_value.value),
-        unquoted_pg = toml(&s.unquoted_pg.value),
+        unquoted_pg = unquoted,
     )
 }
 
@@ -379,9 +392,23 @@ fn no_secret_reaches_any_output() {
     let pg = Postgres::start();
     let (api, closed) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let reg = registry(&secrets, api, pg.port, closed);
+    let reg = registry(&secrets, api, pg.port, closed, false);
     std::fs::write(dir.path().join("services.toml"), &reg).unwrap();
     let mut seen = Seen::default();
+
+    // Raw characters in URLs: check refuses them, and says so without
+    // showing them.
+    let raw_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        raw_dir.path().join("services.toml"),
+        registry(&secrets, api, pg.port, closed, true),
+    )
+    .unwrap();
+    for args in [&["check"][..], &["check", "--format", "json", "--resolved"]] {
+        let out = warden(raw_dir.path(), args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "raw characters are refused");
+        seen.add_output(&format!("raw: {}", args.join(" ")), &out);
+    }
 
     // check, every form.
     for args in [
@@ -450,7 +477,6 @@ fn no_secret_reaches_any_output() {
     run.wait_log("relay", "Redis unavailable; claim released");
     run.wait_log("memory", "memory backend unreachable");
     run.wait_log("relay-raw", "failed");
-    run.wait_log("relay-badredis", "failed");
     run.wait_log("relay-unquoted", "failed");
     run.wait_log("job", "singleton lock lost or unavailable");
     for s in ["db", "cache", "cache-encoded", "tool"] {
@@ -493,26 +519,17 @@ fn no_secret_reaches_any_output() {
             .map(|s| s["last_error"].to_string() + &s["details"].to_string())
             .unwrap_or_default()
     };
-    // The drivers' errors are shown, masked.
-    assert!(
-        last_error("relay").contains("Redis"),
-        "{}",
-        last_error("relay")
-    );
-    assert!(
-        last_error("relay-badredis").contains("Redis URL"),
-        "{}",
-        last_error("relay-badredis")
-    );
+    // The drivers' errors are shown, masked (the scan below checks the
+    // masking; these that they are there at all).
     assert!(
         last_error("db").contains("PostgreSQL"),
         "{}",
         last_error("db")
     );
     assert!(
-        last_error("relay-unquoted").contains("invalid connection string"),
+        last_error("relay-raw").contains("PostgreSQL"),
         "{}",
-        last_error("relay-unquoted")
+        last_error("relay-raw")
     );
     for name in names {
         get(&mut seen, api, &format!("/v1/services/{name}"));

@@ -375,8 +375,8 @@ fn run_connect(
             "{}:{}",
             e.kind(),
             match &e {
-                Endpoint::Postgres(d) => d.0.expose().to_string(),
-                Endpoint::Redis(d) => d.0.expose().to_string(),
+                Endpoint::Postgres(t) => format!("{} {:?}", t.dsn.0.expose(), t.tls_ca),
+                Endpoint::Redis(t) => format!("{} {:?}", t.url.0.expose(), t.tls_ca),
                 other => other.display(),
             }
         );

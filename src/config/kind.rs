@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::decode::{Cx, Fields, ObjectSchema, TableReader};
 use super::model::Endpoint;
-use super::types::PostgresDsn;
+use super::types::{CaFile, PgTarget, PostgresDsn};
 
 /// The kind of the implicit service that `[api]` configures. It is part of
 /// the registry's layout (the `[api]` table), not a kind one writes under
@@ -79,6 +79,13 @@ pub trait Settings: Fields + fmt::Debug + Clone + PartialEq + Send + Sync + 'sta
         None
     }
 
+    /// The CA file the kind's TLS connections trust besides the system's
+    /// roots (the data kinds' `tls_ca`); it applies to the leadership
+    /// database too.
+    fn tls_ca(&self) -> Option<&CaFile> {
+        None
+    }
+
     /// Cross-key checks that typing one value at a time cannot see.
     fn check(&self, problems: &mut Problems<'_>) {
         let _ = problems;
@@ -107,6 +114,7 @@ pub trait AnySettings: fmt::Debug + Send + Sync + 'static {
     fn fields_to_json(&self, o: &mut Map<String, Json>);
     fn endpoints(&self) -> Vec<Endpoint>;
     fn leadership(&self) -> Option<&PostgresDsn>;
+    fn tls_ca(&self) -> Option<&CaFile>;
     fn check(&self, problems: &mut Problems<'_>);
     fn as_any(&self) -> &dyn Any;
     /// Equal settings of the same type.
@@ -122,6 +130,9 @@ impl<T: Settings> AnySettings for T {
     }
     fn leadership(&self) -> Option<&PostgresDsn> {
         Settings::leadership(self)
+    }
+    fn tls_ca(&self) -> Option<&CaFile> {
+        Settings::tls_ca(self)
     }
     fn check(&self, problems: &mut Problems<'_>) {
         Settings::check(self, problems)
@@ -171,9 +182,17 @@ impl KindSpec {
         self.settings.endpoints()
     }
 
-    /// The database of a singleton's leadership, when the kind has one.
-    pub fn leadership(&self) -> Option<&PostgresDsn> {
-        self.settings.leadership()
+    /// The database of a singleton's leadership, when the kind has one,
+    /// with the CA its connections trust.
+    pub fn leadership(&self) -> Option<PgTarget> {
+        self.settings
+            .leadership()
+            .map(|dsn| PgTarget::new(dsn.clone(), self.settings.tls_ca().cloned()))
+    }
+
+    /// The CA file the kind's TLS connections trust (`tls_ca`).
+    pub fn tls_ca(&self) -> Option<&CaFile> {
+        self.settings.tls_ca()
     }
 
     pub(super) fn check(&self, problems: &mut Problems<'_>) {

@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod diag;
+pub mod dsn;
 pub mod envfile;
 pub mod interp;
 pub mod kind;
@@ -556,7 +557,8 @@ fn merge_service(base: &mut Node, overlay: Node) {
                 .and_then(|e| e.node.as_table_mut())
                 .filter(|_| names_check)
             {
-                t.retain(|k, _| !is_probe_check_key(k));
+                // The CA belongs to the check it was written for.
+                t.retain(|k, _| !is_probe_check_key(k) && k != "tls_ca");
             }
         }
         let store = |t: &node::Table| t.contains_key("redis") || t.contains_key("redis_file");

@@ -18,7 +18,8 @@ use super::node::{Node, Value};
 use super::secret::Secret;
 use super::source::Span;
 use super::types::{
-    Command, Count, Fraction, HostPort, HttpUrl, Pattern, PostgresDsn, RedisDsn, Signal,
+    CaFile, Command, Count, Fraction, HostPort, HttpUrl, Pattern, PgTarget, PostgresDsn, RedisDsn,
+    RedisTarget, Signal,
 };
 
 const fn secs(s: u64) -> Duration {
@@ -247,9 +248,9 @@ pub enum ProbeCheck {
     /// A command exits 0.
     Exec(Command),
     /// PostgreSQL accepts a connection and `SELECT 1`.
-    Postgres(PostgresDsn),
+    Postgres(PgTarget),
     /// Redis answers `PING`.
-    Redis(RedisDsn),
+    Redis(RedisTarget),
     /// A line of the process's output matches.
     Log(Pattern),
     /// The process sends `READY=1` on `NOTIFY_SOCKET` (sd_notify).
@@ -283,8 +284,8 @@ impl ProbeCheck {
                     .collect::<Vec<_>>()
                     .join(" ")
             }
-            ProbeCheck::Postgres(d) => d.0.redacted(),
-            ProbeCheck::Redis(d) => d.0.redacted(),
+            ProbeCheck::Postgres(t) => t.redacted(),
+            ProbeCheck::Redis(t) => t.redacted(),
             ProbeCheck::Log(p) => p.0.clone(),
             ProbeCheck::Notify => "NOTIFY_SOCKET".into(),
         }
@@ -307,6 +308,14 @@ impl ProbeCheck {
         let redis = r.field::<Option<RedisDsn>>(cx, "redis", None::<fn() -> _>);
         let log = r.field::<Option<Pattern>>(cx, "log", None::<fn() -> _>);
         let notify = r.field::<Option<bool>>(cx, "notify", none);
+        // The CA of a check that uses none is reported once, as misplaced.
+        let tls_applies = matches!(present.as_slice(), ["postgres" | "redis"]);
+        let tls_ca = if tls_applies || !r.has("tls_ca") {
+            r.field::<Option<CaFile>>(cx, "tls_ca", None::<fn() -> _>)
+        } else {
+            r.field::<Option<String>>(cx, "tls_ca", None::<fn() -> _>)
+                .map(|_| None)
+        };
         match present.len() {
             0 => {
                 let d = cx.diag(
@@ -331,6 +340,18 @@ impl ProbeCheck {
                 return None;
             }
         }
+        if r.has("tls_ca") && !tls_applies {
+            let d = cx.diag(
+                "invalid-probe",
+                r.span(),
+                format!(
+                    "`tls_ca` applies to the postgres and redis checks, not to {}",
+                    present[0]
+                ),
+            );
+            cx.diags.push(d);
+            return None;
+        }
         if notify.flatten() == Some(false) {
             let d = cx.diag(
                 "invalid-probe",
@@ -344,8 +365,8 @@ impl ProbeCheck {
             "tcp" => ProbeCheck::Tcp(tcp??),
             "http" => ProbeCheck::Http(http??),
             "exec" => ProbeCheck::Exec(exec??),
-            "postgres" => ProbeCheck::Postgres(postgres??),
-            "redis" => ProbeCheck::Redis(redis??),
+            "postgres" => ProbeCheck::Postgres(PgTarget::new(postgres??, tls_ca?)),
+            "redis" => ProbeCheck::Redis(RedisTarget::new(redis??, tls_ca?)),
             "log" => ProbeCheck::Log(log??),
             _ => {
                 notify??;
@@ -378,6 +399,11 @@ impl ProbeCheck {
             false,
         );
         s.property("redis_file", json!({"type": "string"}), false);
+        s.property(
+            "tls_ca",
+            json!({"type": "string", "description": "postgres and redis checks: a file of PEM CA certificates trusted besides the system's roots"}),
+            false,
+        );
         s.property(
             "log",
             json!({"type": "string", "description": "regex on an output line"}),
@@ -457,6 +483,15 @@ impl<T: Fields> Decode for Probe<T> {
     fn to_json(&self) -> Json {
         let mut o = Map::new();
         o.insert(self.check.name().into(), json!(self.check.target()));
+        if let ProbeCheck::Postgres(PgTarget {
+            tls_ca: Some(ca), ..
+        })
+        | ProbeCheck::Redis(RedisTarget {
+            tls_ca: Some(ca), ..
+        }) = &self.check
+        {
+            o.insert("tls_ca".into(), ca.to_json());
+        }
         self.timing.fields_to_json(&mut o);
         Json::Object(o)
     }
@@ -528,11 +563,12 @@ pub const DEFAULTS_KEYS: &[&str] = &[
 // ---------------------------------------------------------------------------
 // Kinds
 
-/// Something outside warden a service talks to.
+/// Something outside warden a service talks to (with the CA file its TLS
+/// connections trust, for the stores).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
-    Postgres(PostgresDsn),
-    Redis(RedisDsn),
+    Postgres(PgTarget),
+    Redis(RedisTarget),
     Http(HttpUrl),
     Tcp(HostPort),
 }
@@ -549,8 +585,8 @@ impl Endpoint {
     /// The target with passwords masked.
     pub fn display(&self) -> String {
         match self {
-            Endpoint::Postgres(d) => d.0.redacted(),
-            Endpoint::Redis(d) => d.0.redacted(),
+            Endpoint::Postgres(t) => t.redacted(),
+            Endpoint::Redis(t) => t.redacted(),
             Endpoint::Http(u) => super::secret::redact_dsn(&u.0),
             Endpoint::Tcp(h) => h.to_string(),
         }

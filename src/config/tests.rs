@@ -25,7 +25,7 @@ config_table! {
 
 impl Settings for WorkerSettings {
     fn endpoints(&self) -> Vec<Endpoint> {
-        vec![Endpoint::Postgres(self.postgres.clone())]
+        vec![Endpoint::Postgres(self.postgres.clone().into())]
     }
     fn leadership(&self) -> Option<&PostgresDsn> {
         Some(&self.postgres)
@@ -104,7 +104,7 @@ fn a_service_gets_its_kinds_typed_settings_with_defaults() {
     assert_eq!(s.postgres.0.expose(), "postgres://u:pw@db/app");
     assert!(w.kind.settings::<NoSettings>().is_none());
     assert_eq!(w.kind.endpoints().len(), 1);
-    assert_eq!(w.kind.leadership(), Some(&s.postgres));
+    assert_eq!(w.kind.leadership(), Some(s.postgres.clone().into()));
     // The API is there, with a kind of its own and no settings.
     assert!(reg.services["api"].is_api());
     assert!(!w.is_api());

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
@@ -229,7 +230,10 @@ impl Decode for TableName {
 }
 
 /// A PostgreSQL connection string: `postgres://` / `postgresql://` URL or
-/// libpq `key=value` pairs.
+/// libpq `key=value` pairs. Its TLS keys (`sslmode`, `sslrootcert`) are read
+/// as libpq reads them ([`super::dsn::split_postgres`]); the rest is
+/// checked by the driver's own parser when loaded, so a DSN that loads is
+/// one warden can use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresDsn(pub Dsn);
 
@@ -240,9 +244,7 @@ impl Decode for PostgresDsn {
         let ok = t.starts_with("postgres://")
             || t.starts_with("postgresql://")
             || (t.contains('=') && !t.contains("://"));
-        if ok {
-            Some(PostgresDsn(Dsn::new(t)))
-        } else {
+        if !ok {
             cx.error(
                 "invalid-dsn",
                 node.span,
@@ -251,11 +253,37 @@ impl Decode for PostgresDsn {
                     super::secret::redact_dsn(t)
                 ),
             );
-            None
+            return None;
         }
+        let bad = |cx: &mut Cx<'_>, why: &str| {
+            cx.error(
+                "invalid-dsn",
+                node.span,
+                format!("{:?}: {why}", super::secret::redact(t)),
+            );
+        };
+        let parts = match super::dsn::split_postgres(t) {
+            Ok(p) => p,
+            Err(why) => {
+                bad(cx, &why);
+                return None;
+            }
+        };
+        if let Err(e) = parts.driver.parse::<tokio_postgres::Config>() {
+            bad(cx, &super::secret::redact(&driver_words(&e)));
+            return None;
+        }
+        if let Some(root) = &parts.sslrootcert {
+            // As libpq: relative to the working directory.
+            if let Err((code, why)) = check_ca_file(root, cx) {
+                cx.error(code, node.span, format!("sslrootcert {why}"));
+                return None;
+            }
+        }
+        Some(PostgresDsn(Dsn::new(t)))
     }
     fn schema() -> Json {
-        json!({"type": "string", "description": "PostgreSQL DSN: postgres://user:password@host:port/db"})
+        json!({"type": "string", "description": "PostgreSQL DSN: postgres://user:password@host:port/db[?sslmode=verify-full&sslrootcert=FILE]"})
     }
     fn to_json(&self) -> Json {
         Json::String(self.0.redacted())
@@ -263,7 +291,20 @@ impl Decode for PostgresDsn {
     const FILE_VARIANT: bool = true;
 }
 
-/// A Redis connection URL: `redis://`, `rediss://` or `redis+unix://`/`unix://`.
+/// What the driver's parser says is wrong with a DSN (its own words,
+/// "invalid connection string: ..."): the cause, which names an option,
+/// never a value.
+fn driver_words(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    match e.source() {
+        Some(cause) => cause.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// A Redis connection URL: `redis://`, `rediss://` (TLS) or
+/// `redis+unix://`/`unix://`. Checked by the driver's own parser when
+/// loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisDsn(pub Dsn);
 
@@ -275,9 +316,7 @@ impl Decode for RedisDsn {
             .iter()
             .any(|p| t.starts_with(p))
             && t.len() > t.find("://").unwrap_or(0) + 3;
-        if ok {
-            Some(RedisDsn(Dsn::new(t)))
-        } else {
+        if !ok {
             cx.error(
                 "invalid-dsn",
                 node.span,
@@ -286,16 +325,164 @@ impl Decode for RedisDsn {
                     super::secret::redact_dsn(t)
                 ),
             );
-            None
+            return None;
         }
+        let parsed = super::dsn::split_redis(t).and_then(|p| {
+            redis::IntoConnectionInfo::into_connection_info(p.driver.as_str())
+                .map(drop)
+                // Its words end in " - InvalidClientConfig".
+                .map_err(|e| e.to_string().replace(" - InvalidClientConfig", ""))
+        });
+        if let Err(why) = parsed {
+            cx.error(
+                "invalid-dsn",
+                node.span,
+                format!(
+                    "{:?}: {}",
+                    super::secret::redact(t),
+                    super::secret::redact(&why)
+                ),
+            );
+            return None;
+        }
+        Some(RedisDsn(Dsn::new(t)))
     }
     fn schema() -> Json {
-        json!({"type": "string", "description": "Redis URL: redis://[:password@]host:port[/db]"})
+        json!({"type": "string", "description": "Redis URL: redis://[:password@]host:port[/db], rediss://... for TLS"})
     }
     fn to_json(&self) -> Json {
         Json::String(self.0.redacted())
     }
     const FILE_VARIANT: bool = true;
+}
+
+/// A file of PEM certificates: a CA trusted in addition to the system's
+/// roots (`tls_ca`). Written relative to the registry's directory; checked
+/// when loaded (readable, at least one certificate), read again at each
+/// connection that needs it (a renewed CA needs no reload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaFile(pub PathBuf);
+
+impl fmt::Display for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
+impl Decode for CaFile {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let s = String::decode(node, cx)?;
+        if s.trim().is_empty() {
+            cx.error(
+                "invalid-value",
+                node.span,
+                "the CA file is empty; name a file of PEM certificates",
+            );
+            return None;
+        }
+        // Relative to the registry's directory (as written when that is
+        // the working directory).
+        let path = if cx.base_dir == Path::new(".") {
+            PathBuf::from(s.trim())
+        } else {
+            cx.base_dir.join(s.trim())
+        };
+        match check_ca_file(&path, cx) {
+            Ok(()) => Some(CaFile(path)),
+            Err((code, why)) => {
+                cx.error(code, node.span, why);
+                None
+            }
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "A file of PEM CA certificates trusted besides the system's roots"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.to_string())
+    }
+}
+
+/// Whether `path` is a readable file of PEM certificates (the error code
+/// and words if not).
+fn check_ca_file(path: &Path, cx: &Cx<'_>) -> Result<(), (&'static str, String)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let text = cx.sources.read(path).map_err(|e| {
+        (
+            "file-read",
+            format!("cannot read the CA file {}: {e}", path.display()),
+        )
+    })?;
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        if let Err(e) = c {
+            return Err((
+                "invalid-value",
+                format!("{} is not a PEM certificate file: {e}", path.display()),
+            ));
+        }
+        n += 1;
+    }
+    if n == 0 {
+        return Err((
+            "invalid-value",
+            format!(
+                "{} holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A PostgreSQL to connect to: its DSN, and the CA file its TLS
+/// connections trust besides the system's roots and the DSN's
+/// `sslrootcert` (the service's `tls_ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub dsn: PostgresDsn,
+    pub tls_ca: Option<CaFile>,
+}
+
+impl PgTarget {
+    pub fn new(dsn: PostgresDsn, tls_ca: Option<CaFile>) -> PgTarget {
+        PgTarget { dsn, tls_ca }
+    }
+    /// The DSN with its password masked.
+    pub fn redacted(&self) -> String {
+        self.dsn.0.redacted()
+    }
+}
+
+impl From<PostgresDsn> for PgTarget {
+    fn from(dsn: PostgresDsn) -> PgTarget {
+        PgTarget { dsn, tls_ca: None }
+    }
+}
+
+/// A Redis to connect to: its URL, and the CA file a `rediss://`
+/// connection trusts besides the system's roots (`tls_ca`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub url: RedisDsn,
+    pub tls_ca: Option<CaFile>,
+}
+
+impl RedisTarget {
+    pub fn new(url: RedisDsn, tls_ca: Option<CaFile>) -> RedisTarget {
+        RedisTarget { url, tls_ca }
+    }
+    /// The URL with its password masked.
+    pub fn redacted(&self) -> String {
+        self.url.0.redacted()
+    }
+}
+
+impl From<RedisDsn> for RedisTarget {
+    fn from(url: RedisDsn) -> RedisTarget {
+        RedisTarget { url, tls_ca: None }
+    }
 }
 
 impl Decode for Secret {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
 use super::kind::{KindDef, KindTable, Problems, Runs, below_minimum};
-use super::model::{ProbeCheck, Registry, RestartPolicy, ServiceSpec};
+use super::model::{Endpoint, ProbeCheck, Registry, RestartPolicy, ServiceSpec};
 use super::node::Node;
 use super::source::Span;
+use super::types::{PgTarget, RedisTarget};
 
 pub(super) fn check(
     reg: &Registry,
@@ -323,6 +324,7 @@ fn warnings(
                 .service(s.name.clone()),
             );
         }
+        unused_tls_ca(s, node, diags);
         let signal_set = node
             .and_then(|n| n.get("stop"))
             .and_then(|n| n.get("signal"));
@@ -337,6 +339,74 @@ fn warnings(
                     .at(sig.span)
                     .service(s.name.clone()),
                 );
+        }
+    }
+}
+
+/// Whether a connection to `e` checks the server's certificate against
+/// the CA its `tls_ca` names.
+fn checks_certificate(e: &Endpoint) -> bool {
+    use super::dsn::{Verify, split_postgres, split_redis};
+    let verify = match e {
+        Endpoint::Postgres(t) => split_postgres(t.dsn.0.expose())
+            .ok()
+            .and_then(|p| p.verify(true)),
+        Endpoint::Redis(t) => split_redis(t.url.0.expose()).ok().and_then(|p| p.verify),
+        _ => None,
+    };
+    matches!(verify, Some(Verify::Chain | Verify::Full))
+}
+
+/// A `tls_ca` that no connection of its service (or probe) uses: it does
+/// not turn TLS on, and a reader would think the server is verified.
+fn unused_tls_ca(s: &ServiceSpec, node: Option<&Node>, diags: &mut Diagnostics) {
+    let mut warn = |path: &[&str], ca: &super::types::CaFile| {
+        let span = node
+            .and_then(|n| path.iter().try_fold(n, |n, k| n.get(k)))
+            .map(|n| n.span);
+        diags.push(
+            Diagnostic::warning(
+                "unused-tls-ca",
+                format!(
+                    "services.{}.{} ({ca}) is not used: no connection it applies to checks the server's certificate",
+                    s.name,
+                    path.join(".")
+                ),
+            )
+            .help("tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, or use rediss:// for Redis")
+            .at_opt(span.or(Some(s.span)))
+            .service(s.name.clone()),
+        );
+    };
+    if let Some(ca) = s.kind.tls_ca()
+        && !s.kind.endpoints().iter().any(checks_certificate)
+        && !s
+            .kind
+            .leadership()
+            .is_some_and(|t| checks_certificate(&Endpoint::Postgres(t)))
+    {
+        warn(&["tls_ca"], ca);
+    }
+    for (key, probe) in [
+        ("ready", s.common.ready.as_ref().map(|p| &p.check)),
+        ("health", s.common.health.as_ref().map(|p| &p.check)),
+    ] {
+        let endpoint = match probe {
+            Some(ProbeCheck::Postgres(t)) if t.tls_ca.is_some() => Endpoint::Postgres(t.clone()),
+            Some(ProbeCheck::Redis(t)) if t.tls_ca.is_some() => Endpoint::Redis(t.clone()),
+            _ => continue,
+        };
+        if !checks_certificate(&endpoint) {
+            let (Endpoint::Postgres(PgTarget {
+                tls_ca: Some(ca), ..
+            })
+            | Endpoint::Redis(RedisTarget {
+                tls_ca: Some(ca), ..
+            })) = &endpoint
+            else {
+                continue;
+            };
+            warn(&[key, "tls_ca"], ca);
         }
     }
 }

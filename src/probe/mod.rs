@@ -1,5 +1,6 @@
 //! One-shot checks of endpoints: a TCP connect, an HTTP GET answering 2xx,
-//! a PostgreSQL connection running `SELECT 1`, a Redis `PING`.
+//! a PostgreSQL connection running `SELECT 1`, a Redis `PING` (both
+//! connected by `crate::conn`, TLS included).
 //!
 //! `warden check --connect` uses them once per endpoint; the supervisor's
 //! readiness and liveness probes are built on the same functions.
@@ -7,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
-use crate::config::types::{HostPort, HttpUrl, PostgresDsn, RedisDsn};
+use crate::config::types::{HostPort, HttpUrl, PgTarget, RedisTarget};
 
 /// The outcome of one check: how long it took, and why it failed. Error
 /// texts never contain a password.
@@ -95,41 +96,30 @@ pub async fn http(url: &HttpUrl) -> Result<(), String> {
     }
 }
 
-/// PostgreSQL accepts a connection and answers `SELECT 1`.
-pub async fn postgres(dsn: &PostgresDsn) -> Result<(), String> {
-    let (client, conn) = tokio_postgres::connect(dsn.0.expose(), tokio_postgres::NoTls)
+/// PostgreSQL accepts a connection (TLS as the DSN and `tls_ca` say) and
+/// answers `SELECT 1`.
+pub async fn postgres(target: &PgTarget) -> Result<(), String> {
+    let (client, conn) = crate::conn::postgres::connect(target)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", pg_error(&e)))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
     let driver = tokio::spawn(conn);
     let r = client
         .simple_query("SELECT 1")
         .await
         .map(drop)
-        .map_err(|e| format!("SELECT 1 failed: {}", pg_error(&e)));
+        .map_err(|e| format!("SELECT 1 failed: {}", crate::conn::postgres::error_text(&e)));
     drop(client);
     driver.abort();
     r
 }
 
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    use std::error::Error;
-    match (e.as_db_error(), e.source()) {
-        (Some(db), _) => db.message().to_string(),
-        (None, Some(src)) => format!("{e}: {src}"),
-        (None, None) => e.to_string(),
-    }
-}
-
-/// Redis answers `PING`.
-pub async fn redis(dsn: &RedisDsn) -> Result<(), String> {
-    let client =
-        redis::Client::open(dsn.0.expose()).map_err(|e| format!("bad Redis URL: {}", e))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+/// Redis answers `PING` (over TLS for `rediss://`).
+pub async fn redis(target: &RedisTarget) -> Result<(), String> {
+    let mut c = crate::conn::redis::connect(target, Default::default())
         .await
         .map_err(|e| format!("cannot connect to Redis: {e}"))?;
     let pong: String = redis::cmd("PING")
-        .query_async(&mut conn)
+        .query_async(&mut c.conn)
         .await
         .map_err(|e| format!("PING failed: {e}"))?;
     if pong == "PONG" {

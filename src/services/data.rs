@@ -1,5 +1,6 @@
 //! What the data-plane kinds share: PostgreSQL sessions (plain, or
-//! listening for a trigger's `pg_notify`), error wording without secrets,
+//! listening for a trigger's `pg_notify`; made by `crate::conn`, with TLS
+//! as the DSN and `tls_ca` say), error wording without secrets,
 //! names derived from a table's, and the abort-on-drop of driver tasks.
 
 use std::sync::Arc;
@@ -9,26 +10,25 @@ use tokio::sync::Notify;
 
 use super::{ActionError, ServiceError};
 use crate::config::Action;
-use crate::config::types::{PostgresDsn, TableName};
+use crate::config::types::{PgTarget, TableName};
+pub use crate::conn::AbortOnDrop;
 
 /// A PostgreSQL error in words (the server's message when there is one;
 /// never the DSN: passwords are masked).
 pub fn pg(e: tokio_postgres::Error) -> ServiceError {
-    use std::error::Error;
-    ServiceError::redacted(match (e.as_db_error(), e.source()) {
-        (Some(db), _) => format!("PostgreSQL: {}", db.message()),
-        (None, Some(src)) => format!("PostgreSQL: {e}: {src}"),
-        (None, None) => format!("PostgreSQL: {e}"),
-    })
+    ServiceError::redacted(format!(
+        "PostgreSQL: {}",
+        crate::conn::postgres::error_text(&e)
+    ))
 }
 
-/// Aborts a task when dropped (a session's driver ends with its user).
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+/// A PostgreSQL session (TLS as the DSN and `tls_ca` say) and its driver.
+async fn session(
+    target: &PgTarget,
+) -> Result<(tokio_postgres::Client, crate::conn::postgres::Connection), ServiceError> {
+    crate::conn::postgres::connect(target)
+        .await
+        .map_err(|e| ServiceError::redacted(format!("PostgreSQL: {e}")))
 }
 
 /// Runs a kind's idempotent DDL: `tx` (the table and its trigger, one
@@ -88,11 +88,9 @@ pub async fn adopt(
 
 /// A PostgreSQL session and the task driving it.
 pub async fn connect(
-    dsn: &PostgresDsn,
+    target: &PgTarget,
 ) -> Result<(tokio_postgres::Client, AbortOnDrop), ServiceError> {
-    let (client, conn) = tokio_postgres::connect(dsn.0.expose(), tokio_postgres::NoTls)
-        .await
-        .map_err(pg)?;
+    let (client, conn) = session(target).await?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -103,12 +101,10 @@ pub async fn connect(
 /// each notification wakes the returned `Notify`. The session's own error
 /// is logged when it ends (queries then fail).
 pub async fn listening(
-    dsn: &PostgresDsn,
+    target: &PgTarget,
     channel_quoted: &str,
 ) -> Result<(tokio_postgres::Client, Arc<Notify>, AbortOnDrop), ServiceError> {
-    let (client, mut conn) = tokio_postgres::connect(dsn.0.expose(), tokio_postgres::NoTls)
-        .await
-        .map_err(pg)?;
+    let (client, mut conn) = session(target).await?;
     let wake = Arc::new(Notify::new());
     let driver = {
         let wake = wake.clone();
@@ -187,12 +183,12 @@ pub fn replay_failed_action() -> Action {
 /// `replay-failed` on the table and database of `target` (a service's
 /// settings, or why they could not be read), as a factory answers it.
 pub fn replay_failed_in(
-    target: Result<(PostgresDsn, TableName), ServiceError>,
+    target: Result<(PgTarget, TableName), ServiceError>,
     args: serde_json::Value,
 ) -> super::BoxFuture<Result<serde_json::Value, ActionError>> {
     Box::pin(async move {
-        let (dsn, table) = target?;
-        replay_failed(&dsn, &table, &args).await
+        let (pg, table) = target?;
+        replay_failed(&pg, &table, &args).await
     })
 }
 
@@ -200,7 +196,7 @@ pub fn replay_failed_in(
 /// `{"ids": [..]}`) go back to `pending` with their retries reset, and
 /// the workers are woken. Answers `{"replayed": N}`.
 pub async fn replay_failed(
-    dsn: &PostgresDsn,
+    target: &PgTarget,
     table: &TableName,
     args: &serde_json::Value,
 ) -> Result<serde_json::Value, ActionError> {
@@ -225,7 +221,7 @@ pub async fn replay_failed(
         ),
     };
     let l = Leased::new(table);
-    let (client, _driver) = connect(dsn).await?;
+    let (client, _driver) = connect(target).await?;
     let n = match &ids {
         None => client.execute(&l.replay(false), &[]).await,
         Some(ids) => client.execute(&l.replay(true), &[ids]).await,

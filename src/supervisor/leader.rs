@@ -1,6 +1,6 @@
 //! Singletons: leadership of a service among several warden instances
 //! sharing one PostgreSQL, held as `pg_advisory_lock` on a dedicated
-//! session.
+//! session (made by `crate::conn`, with TLS as the DSN and `tls_ca` say).
 //!
 //! The session asks `pg_try_advisory_lock` first (leader at once, or
 //! standby), then blocks in `pg_advisory_lock` until the leader's session
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::types::PostgresDsn;
+use crate::config::types::PgTarget;
 
 /// What the leadership task tells the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub fn lock_key(service: &str) -> i64 {
 /// reports every change through `report`.
 pub async fn hold(
     service: Arc<str>,
-    dsn: PostgresDsn,
+    target: PgTarget,
     report: mpsc::UnboundedSender<(Arc<str>, Leadership)>,
     cancel: CancellationToken,
 ) {
@@ -50,14 +50,12 @@ pub async fn hold(
     let mut retry = Duration::from_millis(200);
     loop {
         let session = async {
-            let (client, conn) = tokio_postgres::connect(dsn.0.expose(), tokio_postgres::NoTls)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot connect for the singleton lock: {}",
-                        crate::config::secret::redact(&e.to_string())
-                    )
-                })?;
+            let (client, conn) = crate::conn::postgres::connect(&target).await.map_err(|e| {
+                format!(
+                    "cannot connect for the singleton lock: {}",
+                    crate::config::secret::redact(&e.0)
+                )
+            })?;
             let conn = tokio::spawn(conn);
             let row = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])

@@ -102,6 +102,6 @@ impl Supervisor {
 
 /// The database a singleton takes its lock in: the one its kind's
 /// settings name (a kind without one uses `[warden] postgres`).
-fn singleton_dsn(spec: &ServiceSpec) -> Option<crate::config::types::PostgresDsn> {
-    spec.kind.leadership().cloned()
+fn singleton_dsn(spec: &ServiceSpec) -> Option<crate::config::types::PgTarget> {
+    spec.kind.leadership()
 }

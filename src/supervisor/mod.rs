@@ -58,7 +58,7 @@ type Coverage = Arc<std::sync::Mutex<std::collections::HashSet<(State, Event)>>>
 pub type Locker = Arc<
     dyn Fn(
             Arc<str>,
-            crate::config::types::PostgresDsn,
+            crate::config::types::PgTarget,
             mpsc::UnboundedSender<(Arc<str>, leader::Leadership)>,
             CancellationToken,
         ) -> crate::services::BoxFuture<()>
@@ -591,7 +591,7 @@ pub struct Supervisor {
     leader_tx: mpsc::UnboundedSender<(Arc<str>, leader::Leadership)>,
     leader_rx: mpsc::UnboundedReceiver<(Arc<str>, leader::Leadership)>,
     /// `[warden] postgres`: where singletons without their own take locks.
-    coordination: Option<crate::config::types::PostgresDsn>,
+    coordination: Option<crate::config::types::PgTarget>,
     /// Holds singleton locks ([`leader::hold`] on PostgreSQL).
     locker: Locker,
     rng: fastrand::Rng,
@@ -665,7 +665,7 @@ impl Supervisor {
             events: Events::default(),
             leader_tx,
             leader_rx,
-            coordination: registry.warden.postgres.clone(),
+            coordination: registry.warden.postgres.clone().map(Into::into),
             locker: Arc::new(|name, dsn, tx, cancel| Box::pin(leader::hold(name, dsn, tx, cancel))),
             rng: fastrand::Rng::new(),
             shutdown_timeout: registry.warden.shutdown_timeout,

@@ -58,6 +58,18 @@ impl Postgres {
     /// Runs `initdb` into a temporary directory and starts `postgres` on a
     /// free port; returns once it accepts connections. Panics on failure.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A PostgreSQL that accepts only TLS connections: `ssl = on` with the
+    /// server certificate of `tls`, and a `pg_hba.conf` of `hostssl` lines
+    /// only (a plain connection finds no entry). Its `dsn` asks for
+    /// nothing (`prefer`): tests add the `sslmode` they mean.
+    pub fn start_tls(tls: &TlsFiles) -> Postgres {
+        Postgres::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&TlsFiles>) -> Postgres {
         let bin = Path::new(PG_BIN);
         for b in ["initdb", "postgres", "pg_isready"] {
             if !bin.join(b).is_file() {
@@ -98,6 +110,9 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        if let Some(tls) = tls {
+            tls.serve_from(&data, ids);
         }
         let log_path = dir.path().join("postgres.log");
         let mut last_log = String::new();
@@ -155,6 +170,75 @@ impl Postgres {
 }
 
 impl Redis {
+    /// A Redis that listens only on a TLS port (`--port 0 --tls-port P`),
+    /// with the server certificate of `tls` and no client certificates
+    /// asked for. Its `url` is `rediss://127.0.0.1:P`; returns once it
+    /// answers `PING` over TLS (`redis-cli --tls`).
+    pub fn start_tls(tls: &TlsFiles) -> Redis {
+        let Some(server) = find_in_path("redis-server") else {
+            panic!("redis-server is not installed: {INSTALL_HINT}");
+        };
+        let Some(cli) = find_in_path("redis-cli") else {
+            panic!("redis-cli is not installed: {INSTALL_HINT}");
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("warden-redis-tls-")
+            .tempdir()
+            .expect("create a temporary directory for Redis");
+        let log_path = dir.path().join("redis.log");
+        let mut last_log = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let log = File::create(&log_path).expect("create redis.log");
+            let child = Command::new(&server)
+                .args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone a file handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn redis-server");
+            let mut redis = Redis {
+                port,
+                url: format!("rediss://127.0.0.1:{port}"),
+                child: Some(child),
+                dir: None,
+            };
+            let ready = || {
+                tcp_open(port)
+                    && Command::new(&cli)
+                        .args(["--tls", "--cacert"])
+                        .arg(&tls.ca)
+                        .args(["-h", "127.0.0.1", "-p"])
+                        .arg(port.to_string())
+                        .arg("PING")
+                        .stdin(Stdio::null())
+                        .output()
+                        .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+            };
+            match wait_ready(redis.child.as_mut().expect("child"), ready) {
+                Ok(()) => {
+                    redis.dir = Some(dir);
+                    return redis;
+                }
+                Err(why) => last_log = format!("{why}\n{}", read_log(&log_path)),
+            }
+        }
+        panic!("redis-server (TLS) did not start after {START_ATTEMPTS} attempts: {last_log}");
+    }
+
     /// Starts `redis-server` on a free port without persistence; returns
     /// once it answers `PING`. Panics on failure.
     pub fn start() -> Redis {
@@ -234,6 +318,147 @@ impl Redis {
                 read_log(&log_path)
             );
         }
+    }
+}
+
+/// Certificates made with `openssl` for a test: a CA, a server
+/// certificate it signed for `127.0.0.1` and `localhost` (CN and SAN), and
+/// another CA that signed nothing the servers present.
+pub struct TlsFiles {
+    /// The CA that signed the servers' certificate (PEM).
+    pub ca: PathBuf,
+    /// A CA the servers' certificate does not chain to (PEM).
+    pub other_ca: PathBuf,
+    /// The servers' certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    dir: TempDir,
+}
+
+impl TlsFiles {
+    /// Makes the CAs and the server certificate in a temporary directory.
+    /// Panics (with openssl's words) on failure.
+    pub fn make() -> TlsFiles {
+        let Some(openssl) = find_in_path("openssl") else {
+            panic!("openssl is not installed: run scripts/install-deps (apt-get install openssl)");
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("warden-tls-")
+            .tempdir()
+            .expect("create a temporary directory for certificates");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            if !out.status.success() {
+                panic!(
+                    "openssl {} failed ({}):\n{}{}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, cn) in [("ca", "warden test CA"), ("other-ca", "warden other CA")] {
+            let subj = format!("/CN={cn}");
+            let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &pem, "-days", "30", "-subj", &subj]);
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            run(&args);
+        }
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run(&args);
+        fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = serverAuth\n",
+        )
+        .expect("write server.ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "30",
+            "-extfile",
+            "server.ext",
+        ]);
+        let p = |f: &str| dir.path().join(f);
+        TlsFiles {
+            ca: p("ca.pem"),
+            other_ca: p("other-ca.pem"),
+            cert: p("server.pem"),
+            key: p("server.key"),
+            dir,
+        }
+    }
+
+    /// Sets up a PostgreSQL data directory to serve TLS only: its
+    /// certificate and key (owned by the server's user, the key private),
+    /// `ssl = on`, and `hostssl` lines only in `pg_hba.conf`.
+    fn serve_from(&self, data: &Path, ids: Option<(u32, u32)>) {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, to, mode) in [
+            (&self.cert, "server.crt", 0o644),
+            (&self.key, "server.key", 0o600),
+        ] {
+            let dest = data.join(to);
+            fs::copy(from, &dest).expect("copy the server certificate into the data directory");
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let mut conf = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        conf.write_all(b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            .expect("write postgresql.conf");
+        fs::write(
+            data.join("pg_hba.conf"),
+            "# TLS only: a plain TCP connection matches no line.\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostssl all all ::1/128 trust\n",
+        )
+        .expect("write pg_hba.conf");
     }
 }
 

@@ -56,8 +56,7 @@ impl Factory for MemorySyncFactory {
         _details: Details,
     ) -> BoxFuture<Result<Json, ActionError>> {
         // `replay-failed` is the kind's only action.
-        let target =
-            settings_of::<MemorySyncSpec>(spec).map(|s| (s.postgres.clone(), s.table.clone()));
+        let target = settings_of::<MemorySyncSpec>(spec).map(|s| (s.pg(), s.table.clone()));
         super::data::replay_failed_in(target, args)
     }
 }
@@ -129,7 +128,7 @@ impl Service for MemorySync {
                 ));
             }
             let q = sql::Queue::new(&spec.table, &spec.outbox_table);
-            let (client, wake, _driver) = listening(&spec.postgres, &q.channel_quoted()).await?;
+            let (client, wake, _driver) = listening(&spec.pg(), &q.channel_quoted()).await?;
             if spec.create_schema {
                 // The outbox first: the WAL events go there.
                 let outbox = super::outbox::sql::Outbox::new(&spec.outbox_table);

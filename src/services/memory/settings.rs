@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::config::Endpoint;
 use crate::config::decode::{config_table, defaults_of};
 use crate::config::kind::{Problems, Settings, below_minimum};
-use crate::config::types::{Count, HttpUrl, PostgresDsn, TableName};
+use crate::config::types::{CaFile, Count, HttpUrl, PgTarget, PostgresDsn, TableName};
 
 config_table! {
     /// Circuit breaker of the memory backend.
@@ -46,13 +46,23 @@ config_table! {
         pub in_flight: Count = Count(8),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
+        /// A file of PEM CA certificates that TLS connections to
+        /// PostgreSQL trust besides the system's roots.
+        pub tls_ca: Option<CaFile>,
+    }
+}
+
+impl MemorySyncSpec {
+    /// The PostgreSQL of the queue, with the CA its TLS trusts.
+    pub fn pg(&self) -> PgTarget {
+        PgTarget::new(self.postgres.clone(), self.tls_ca.clone())
     }
 }
 
 impl Settings for MemorySyncSpec {
     fn endpoints(&self) -> Vec<Endpoint> {
         vec![
-            Endpoint::Postgres(self.postgres.clone()),
+            Endpoint::Postgres(self.pg()),
             Endpoint::Http(self.endpoint.clone()),
         ]
     }
@@ -95,6 +105,10 @@ impl Settings for MemorySyncSpec {
                 ),
             );
         }
+    }
+
+    fn tls_ca(&self) -> Option<&CaFile> {
+        self.tls_ca.as_ref()
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! One run holds one PostgreSQL session (queries, and `LISTEN` for the
 //! insert trigger's `pg_notify`, so a new row is relayed at once; the poll
-//! interval is the fallback) and one Redis connection. Each round: return
+//! interval is the fallback) and one Redis connection (`crate::conn`: TLS
+//! as the DSN, `rediss://` and `tls_ca` say). Each round: return
 //! expired leases to `pending`, claim a batch with `FOR UPDATE SKIP LOCKED`
 //! (so several relays share the work), pipeline one `XADD` per row, then
 //! mark the rows sent (or delete them). A row Redis refuses is retried with
@@ -54,8 +55,7 @@ impl Factory for OutboxFactory {
         _details: Details,
     ) -> BoxFuture<Result<Json, ActionError>> {
         // `replay-failed` is the kind's only action.
-        let target =
-            settings_of::<OutboxRelaySpec>(spec).map(|s| (s.postgres.clone(), s.table.clone()));
+        let target = settings_of::<OutboxRelaySpec>(spec).map(|s| (s.pg(), s.table.clone()));
         super::data::replay_failed_in(target, args)
     }
 }
@@ -182,13 +182,12 @@ impl Service for Relay {
         Box::pin(async move {
             let spec = &self.spec;
             let t = sql::Outbox::new(&spec.table);
-            let (client, wake, _driver) = listening(&spec.postgres, &t.channel_quoted()).await?;
+            let (client, wake, _driver) = listening(&spec.pg(), &t.channel_quoted()).await?;
             if spec.create_schema {
                 super::data::adopt(&client, &t.create_tx(), &t.indexes()).await?;
             }
-            let redis_client = redis::Client::open(spec.redis.0.expose())
-                .map_err(|e| ServiceError(redact(&format!("bad Redis URL: {e}"))))?;
-            let mut redis: Option<redis::aio::MultiplexedConnection> = None;
+            let redis_target = spec.redis_target();
+            let mut redis: Option<crate::conn::redis::Connection> = None;
             let claim = client.prepare(&t.claim()).await.map_err(pg)?;
             let reap = client.prepare(&t.reap()).await.map_err(pg)?;
             let done = client
@@ -268,13 +267,11 @@ impl Service for Relay {
                     // An answer may take up to half the lease (a batch of
                     // large entries; Redis's own default is 500 ms, which
                     // would turn a slow batch into an endless re-send).
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(5)))
-                        .set_response_timeout(Some((spec.lease / 2).max(Duration::from_secs(1))));
-                    match redis_client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                    {
+                    let timeouts = crate::conn::redis::Timeouts {
+                        connect: Some(Duration::from_secs(5)),
+                        response: Some((spec.lease / 2).max(Duration::from_secs(1))),
+                    };
+                    match crate::conn::redis::connect(&redis_target, timeouts).await {
                         Ok(c) => redis = Some(c),
                         Err(e) => {
                             client
@@ -294,7 +291,7 @@ impl Service for Relay {
                         }
                     }
                 }
-                let conn = redis.as_mut().expect("connected above");
+                let conn = &mut redis.as_mut().expect("connected above").conn;
                 // Within half the lease: the rows are still ours when we
                 // mark them.
                 let sent = tokio::time::timeout(

@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::config::Endpoint;
 use crate::config::decode::config_table;
 use crate::config::kind::{Problems, Settings};
-use crate::config::types::{Count, PostgresDsn, RedisDsn, TableName};
+use crate::config::types::{
+    CaFile, Count, PgTarget, PostgresDsn, RedisDsn, RedisTarget, TableName,
+};
 
 config_table! {
     /// `kind = "outbox-relay"`: PostgreSQL outbox to Redis Streams.
@@ -32,14 +34,30 @@ config_table! {
         pub batch: Count = Count(100),
         /// Create the table and trigger at start (idempotent DDL).
         pub create_schema: bool = true,
+        /// A file of PEM CA certificates that TLS connections (to
+        /// PostgreSQL and to a `rediss://` Redis) trust besides the
+        /// system's roots.
+        pub tls_ca: Option<CaFile>,
+    }
+}
+
+impl OutboxRelaySpec {
+    /// The PostgreSQL of the outbox, with the CA its TLS trusts.
+    pub fn pg(&self) -> PgTarget {
+        PgTarget::new(self.postgres.clone(), self.tls_ca.clone())
+    }
+
+    /// The Redis of the streams, with the CA its TLS trusts.
+    pub fn redis_target(&self) -> RedisTarget {
+        RedisTarget::new(self.redis.clone(), self.tls_ca.clone())
     }
 }
 
 impl Settings for OutboxRelaySpec {
     fn endpoints(&self) -> Vec<Endpoint> {
         vec![
-            Endpoint::Postgres(self.postgres.clone()),
-            Endpoint::Redis(self.redis.clone()),
+            Endpoint::Postgres(self.pg()),
+            Endpoint::Redis(self.redis_target()),
         ]
     }
 
@@ -60,6 +78,10 @@ impl Settings for OutboxRelaySpec {
             MIN_LEASE,
             "the relay waits for Redis up to half the lease, and at least 1s; a shorter lease runs out while Redis answers, and another relay takes the rows and sends them again",
         );
+    }
+
+    fn tls_ca(&self) -> Option<&CaFile> {
+        self.tls_ca.as_ref()
     }
 }
 
