@@ -8,6 +8,9 @@ lease 30 s). N rows are inserted in one statement once the service is
 ready; the figure is N over the time until the last is marked sent. The
 backend counts the requests and connections it saw: a pooled, kept-alive
 client uses a handful of connections for all N.
+
+WARDEN_BASELINE=PATH (WARDEN_BASELINE_NAME=label) adds one run of another
+warden binary and one of this build, 20,000 rows each, side by side.
 """
 import json
 import os
@@ -160,3 +163,15 @@ def scenario(warden, root, out, quick):
     for i, r in enumerate(results, 1):
         print(f"| {i} | {r['rows']:,} | {r['took']*1000:.0f} ms | {r['rate']:,.0f} | {r['requests']:,} | {r['connections']} |")
     print()
+    baseline = os.environ.get("WARDEN_BASELINE")
+    if baseline and not quick:
+        name = os.environ.get("WARDEN_BASELINE_NAME", "baseline")
+        pair = [(name, run_once(baseline, backend_bin, out, 20000)),
+                ("this build", run_once(warden, backend_bin, out, 20000))]
+        print(f"Same run, 20,000 rows each: `{name}` against this build.\n")
+        print("| build | until all sent | rows/s | ratio | POSTs seen | connections |")
+        print("|---|---:|---:|---:|---:|---:|")
+        base = pair[0][1]["rate"]
+        for label, r in pair:
+            print(f"| {label} | {r['took']*1000:.0f} ms | {r['rate']:,.0f} | {r['rate']/base:.1f}× | {r['requests']:,} | {r['connections']:,} |")
+        print()
