@@ -412,3 +412,40 @@ fn a_row_sending_without_a_lease_is_reaped() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// The rows Redis refuses in a batch are settled in one statement: 100
+/// refused rows cost the relay two write transactions (the claim and the
+/// settling), not one per row. Counted exactly by PostgreSQL's
+/// transaction ids, which only writing transactions take.
+#[test]
+fn refused_rows_are_settled_in_one_statement_per_batch() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    redis_cmd(&redis.url, &["SET", "app.broken", "not a stream"]);
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "batch = 100\n"));
+    w.wait_event("relay", "ready");
+    let xid = || sql(&pg.dsn, "SELECT pg_current_xact_id()::text::bigint")[0].get::<_, i64>(0);
+    let before = xid();
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'broken', jsonb_build_object('n', n) FROM generate_series(1, 100) n",
+    );
+    wait_until("100 rows refused once", Duration::from_secs(20), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM message_outbox WHERE retry_count = 1 AND status = 'pending'",
+        )[0]
+        .get::<_, i64>(0)
+            == 100
+    });
+    let spent = xid() - before;
+    // The insert, the claim, the settling, and this test's two readings
+    // of the counter: about five; one per row would be over a hundred.
+    assert!(
+        spent <= 10,
+        "{spent} write transactions for one batch of 100 refused rows"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
