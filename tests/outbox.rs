@@ -449,3 +449,49 @@ fn refused_rows_are_settled_in_one_statement_per_batch() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn the_backlog_is_read_while_the_relay_waits_on_redis() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    // Redis may take half the lease (30 s) to answer a batch.
+    let mut w = Warden::start(&registry(port, &pg, &redis, r#"lease = "60s""#));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    let published =
+        |n: u64| move || get_json(port, "/v1/services/relay").1["details"]["published"] == n;
+    let insert = |n: u32| {
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload) SELECT 'o', '{{}}' FROM generate_series(1, {n})"
+            ),
+        );
+    };
+    insert(1);
+    wait_until("the first row", Duration::from_secs(10), published(1));
+    // Redis stops answering: the relay's next batch waits in XADD.
+    redis.freeze();
+    insert(5);
+    wait_until("a claimed batch", Duration::from_secs(10), || {
+        let n: i64 = sql(
+            &pg.dsn,
+            "SELECT count(*) FROM message_outbox WHERE status = 'sending'",
+        )[0]
+        .get(0);
+        n == 5
+    });
+    // Meanwhile the backlog grows, and the relay says so.
+    insert(100);
+    wait_until("the backlog of 100", Duration::from_secs(10), || {
+        get_json(port, "/v1/services/relay").1["details"]["backlog"] == 100
+    });
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert!(
+        String::from_utf8_lossy(&metrics).contains(r#"warden_outbox_backlog{service="relay"} 100"#)
+    );
+    redis.thaw();
+    wait_until("every row", Duration::from_secs(40), published(106));
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

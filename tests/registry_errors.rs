@@ -847,6 +847,25 @@ lease = "1s"
         ],
     },
     Case {
+        name: "pool_sizes_out_of_range",
+        registry: r#"[services.relay]
+kind = "outbox-relay"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+pool_size = 101
+
+[services.memory]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
+pool_size = 0
+"#,
+        expected: &[
+            "5:13 invalid-value: services.relay.pool_size: 101 is above the maximum of 100: each session is a PostgreSQL connection, and PostgreSQL's default max_connections (for every client together) is 100",
+            "11:13 invalid-value: services.memory.pool_size: 0 is out of range; expected an integer of at least 1",
+        ],
+    },
+    Case {
         name: "memory_sync_durations_below_their_minimum",
         registry: r#"[services.memory]
 kind = "memory-sync"

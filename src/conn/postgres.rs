@@ -84,3 +84,60 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// A pool of sessions (deadpool-postgres): what a service uses for every
+/// statement that needs no session of its own (statistics, actions).
+pub type Pool = deadpool_postgres::Pool;
+
+/// How long taking a session from a [`Pool`] may wait for a free one,
+/// and how long making a new one may take.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pool of at most `size` sessions to `target` (TLS as for
+/// [`connect`]). Sessions are made when first needed, and each is checked
+/// with a round trip when taken: one that a restart of the server closed
+/// is dropped and replaced there, never handed out, so a restart costs no
+/// failed statement.
+pub async fn pool(target: &PgTarget, size: usize) -> Result<Pool, Error> {
+    use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+    let (config, tls) = config(target).await?;
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|e| Error(format!("cannot build a pool of sessions: {e}")))
+}
+
+/// Why a session could not be taken from a pool, in words.
+pub fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => error_text(e),
+        PoolError::Timeout(t) => {
+            let wait = humantime::format_duration(POOL_WAIT);
+            match t {
+                deadpool_postgres::TimeoutType::Wait => {
+                    format!("every session of the pool stayed busy for {wait} (raise pool_size)")
+                }
+                deadpool_postgres::TimeoutType::Create => {
+                    format!("PostgreSQL did not accept a session within {wait}")
+                }
+                deadpool_postgres::TimeoutType::Recycle => {
+                    format!("a pooled session did not answer its check within {wait}")
+                }
+            }
+        }
+        PoolError::Closed => "the pool of sessions is closed".to_string(),
+        other => other.to_string(),
+    }
+}

@@ -31,6 +31,82 @@ async fn session(
         .map_err(|e| ServiceError::redacted(format!("PostgreSQL: {e}")))
 }
 
+/// The sessions of a data service's pool unless `pool_size` says.
+pub const DEFAULT_POOL_SIZE: u32 = 2;
+
+/// The largest `pool_size`: PostgreSQL's own default `max_connections` is
+/// 100, for every client together.
+pub const MAX_POOL_SIZE: u32 = 100;
+
+/// `pool_size` is at most [`MAX_POOL_SIZE`] (at least 1: a `Count`).
+pub fn check_pool_size(
+    size: crate::config::types::Count,
+    problems: &mut crate::config::kind::Problems<'_>,
+) {
+    if size.0 > MAX_POOL_SIZE {
+        problems.error(
+            "invalid-value",
+            &["pool_size"],
+            format!(
+                "{} is above the maximum of {MAX_POOL_SIZE}: each session is a PostgreSQL connection, and PostgreSQL's default max_connections (for every client together) is 100",
+                size.0
+            ),
+        );
+    }
+}
+
+/// The pool of sessions of service `service` (at most `size`, to
+/// `target`): the one its run holds, when it runs with the same target
+/// and size, so that an action shares the run's sessions; else a new one,
+/// which lives as long as its holders (a stopped service keeps no idle
+/// sessions open).
+pub async fn pool_of(
+    service: &str,
+    target: &PgTarget,
+    size: u32,
+) -> Result<crate::conn::postgres::Pool, ServiceError> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Entry = (PgTarget, u32, deadpool_postgres::WeakPool);
+    static POOLS: Mutex<Option<HashMap<String, Entry>>> = Mutex::new(None);
+    let live = |pools: &mut Option<HashMap<String, Entry>>| {
+        let pools = pools.get_or_insert_with(HashMap::new);
+        // Forget the pools nobody holds any more.
+        pools.retain(|_, (_, _, weak)| weak.upgrade().is_some());
+        pools
+            .get(service)
+            .filter(|(t, n, _)| t == target && *n == size)
+            .and_then(|(_, _, weak)| weak.upgrade())
+    };
+    if let Some(pool) = live(&mut POOLS.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(pool);
+    }
+    let pool = crate::conn::postgres::pool(target, size as usize)
+        .await
+        .map_err(|e| ServiceError::redacted(format!("PostgreSQL: {e}")))?;
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    // Another caller may have made one meanwhile: theirs is kept.
+    if let Some(theirs) = live(&mut pools) {
+        return Ok(theirs);
+    }
+    pools
+        .get_or_insert_with(HashMap::new)
+        .insert(service.to_string(), (target.clone(), size, pool.weak()));
+    Ok(pool)
+}
+
+/// A session of `pool`, checked on the way out (see [`pool_of`]).
+pub async fn pooled(
+    pool: &crate::conn::postgres::Pool,
+) -> Result<deadpool_postgres::Object, ServiceError> {
+    pool.get().await.map_err(|e| {
+        ServiceError::redacted(format!(
+            "PostgreSQL: {}",
+            crate::conn::postgres::pool_error_text(&e)
+        ))
+    })
+}
+
 /// Runs a kind's idempotent DDL: `tx` (the table and its trigger, one
 /// transaction), then each missing index with `CREATE INDEX CONCURRENTLY`,
 /// outside any transaction, so that adopting a large table that already
@@ -180,15 +256,26 @@ pub fn replay_failed_action() -> Action {
     }))
 }
 
-/// `replay-failed` on the table and database of `target` (a service's
-/// settings, or why they could not be read), as a factory answers it.
+/// Where a leased table's statements go: its service, its database, the
+/// table, and the size of the service's pool of sessions.
+#[derive(Debug, Clone)]
+pub struct TableAt {
+    pub service: String,
+    pub pg: PgTarget,
+    pub table: TableName,
+    pub pool_size: u32,
+}
+
+/// `replay-failed` on a service's table (or why its settings could not
+/// be read), as a factory answers it: on the service's pool of sessions.
 pub fn replay_failed_in(
-    target: Result<(PgTarget, TableName), ServiceError>,
+    at: Result<TableAt, ServiceError>,
     args: serde_json::Value,
 ) -> super::BoxFuture<Result<serde_json::Value, ActionError>> {
     Box::pin(async move {
-        let (pg, table) = target?;
-        replay_failed(&pg, &table, &args).await
+        let at = at?;
+        let pool = pool_of(&at.service, &at.pg, at.pool_size).await?;
+        replay_failed(&pool, &at.table, &args).await
     })
 }
 
@@ -196,7 +283,7 @@ pub fn replay_failed_in(
 /// `{"ids": [..]}`) go back to `pending` with their retries reset, and
 /// the workers are woken. Answers `{"replayed": N}`.
 pub async fn replay_failed(
-    target: &PgTarget,
+    pool: &crate::conn::postgres::Pool,
     table: &TableName,
     args: &serde_json::Value,
 ) -> Result<serde_json::Value, ActionError> {
@@ -221,7 +308,7 @@ pub async fn replay_failed(
         ),
     };
     let l = Leased::new(table);
-    let (client, _driver) = connect(target).await?;
+    let client = pooled(pool).await?;
     let n = match &ids {
         None => client.execute(&l.replay(false), &[]).await,
         Some(ids) => client.execute(&l.replay(true), &[ids]).await,
@@ -231,6 +318,78 @@ pub async fn replay_failed(
         client.batch_execute(&l.notify()).await.map_err(pg)?;
     }
     Ok(serde_json::json!({ "replayed": n }))
+}
+
+/// One reading of a leased table's statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Pending rows.
+    pub backlog: i64,
+    /// Age in seconds of the oldest pending row.
+    pub lag_seconds: f64,
+}
+
+/// How often a data service reads its statistics, at most.
+pub const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The share of its time a session may spend counting: a count that took
+/// `d` is followed by the next one after `d / STATS_SHARE` at the soonest.
+pub const STATS_SHARE: u32 = 20;
+
+/// When the reading after one that took `took` is due: after
+/// [`STATS_EVERY`], or later when counting a large backlog took long, so
+/// that counting never takes more than 1/[`STATS_SHARE`] of a session's
+/// time however deep the backlog grows.
+pub fn next_reading_after(took: Duration) -> Duration {
+    took.saturating_mul(STATS_SHARE).max(STATS_EVERY)
+}
+
+/// Reads the statistics of `l`'s table on a session of `pool` now and
+/// then again and again ([`next_reading_after`]), on a task of its own
+/// (so the worker's session never waits for them), and hands each reading
+/// to `publish`; they also land in `details` (`backlog`, `lag_seconds`).
+/// A failed reading is logged and skipped: a restart of PostgreSQL costs
+/// readings, not the service. The task ends when the returned guard is
+/// dropped.
+pub fn statistics(
+    pool: crate::conn::postgres::Pool,
+    l: &Leased,
+    details: super::Details,
+    publish: impl Fn(Stats) + Send + 'static,
+) -> AbortOnDrop {
+    let sql = l.stats();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            let began = std::time::Instant::now();
+            let reading = async {
+                let c = pooled(&pool).await?;
+                let st = c.prepare_cached(&sql).await.map_err(pg)?;
+                let row = c.query_one(&st, &[]).await.map_err(pg)?;
+                Ok::<_, ServiceError>(Stats {
+                    backlog: row.get(0),
+                    lag_seconds: row.get(1),
+                })
+            };
+            match reading.await {
+                Ok(s) => {
+                    if failing {
+                        tracing::info!("statistics read again");
+                        failing = false;
+                    }
+                    details.set("backlog", s.backlog);
+                    details.set("lag_seconds", (s.lag_seconds * 1000.0).round() / 1000.0);
+                    publish(s);
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the statistics; trying again");
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the statistics"),
+            }
+            tokio::time::sleep(next_reading_after(began.elapsed())).await;
+        }
+    }))
 }
 
 /// The statements every leased work table shares (the outbox, the memory
@@ -399,6 +558,18 @@ WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
         )
     }
 
+    /// Backlog (pending rows, counted on the pending index) and lag (age
+    /// in seconds of the oldest pending row, by id: one index probe).
+    pub fn stats(&self) -> String {
+        let t = &self.table;
+        format!(
+            "SELECT count(*),
+       greatest(0, COALESCE(EXTRACT(EPOCH FROM now() - (
+           SELECT created_at FROM {t} WHERE status = 'pending' ORDER BY id LIMIT 1)), 0))::float8
+FROM {t} WHERE status = 'pending'"
+        )
+    }
+
     /// Wakes the workers (an update fires no insert trigger).
     pub fn notify(&self) -> String {
         format!("SELECT pg_notify('{}', '')", self.channel())
@@ -412,5 +583,24 @@ WHERE status = 'failed'{}",
             self.table,
             if ids { " AND id = ANY($1)" } else { "" }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_takes_at_most_a_twentieth_of_the_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_reading_after(ms(0)), STATS_EVERY);
+        assert_eq!(next_reading_after(ms(50)), STATS_EVERY, "50 ms × 20 = 1 s");
+        assert_eq!(next_reading_after(ms(51)), ms(1020));
+        assert_eq!(next_reading_after(ms(400)), ms(8000));
+        assert_eq!(
+            next_reading_after(Duration::MAX),
+            Duration::MAX,
+            "no overflow"
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct Postgres {
     pub dsn: String,
     child: Option<Child>,
     dir: Option<TempDir>,
+    /// The user and group it runs as (when the tests run as root).
+    ids: Option<(u32, u32)>,
 }
 
 /// A running Redis server, no persistence.
@@ -118,42 +120,15 @@ impl Postgres {
         let mut last_log = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            let log = File::create(&log_path).expect("create postgres.log");
-            if let Some((uid, gid)) = ids {
-                std::os::unix::fs::chown(&log_path, Some(uid), Some(gid))
-                    .expect("chown postgres.log");
-            }
-            let child = as_user(Command::new(bin.join("postgres")), ids)
-                .arg("-D")
-                .arg(&data)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(dir.path())
-                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone a file handle"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn postgres");
+            let child = spawn_postgres(dir.path(), port, ids);
             let mut pg = Postgres {
                 port,
                 dsn: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
                 child: Some(child),
                 dir: None,
+                ids,
             };
-            let ready = || {
-                tcp_open(port)
-                    && Command::new(bin.join("pg_isready"))
-                        .args(["-q", "-h", "127.0.0.1", "-t", "2", "-U", "postgres"])
-                        .arg("-p")
-                        .arg(port.to_string())
-                        .stdin(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success())
-            };
-            match wait_ready(pg.child.as_mut().expect("child"), ready) {
+            match wait_ready(pg.child.as_mut().expect("child"), || pg_ready(port)) {
                 Ok(()) => {
                     pg.dir = Some(dir);
                     return pg;
@@ -167,6 +142,71 @@ impl Postgres {
         }
         panic!("PostgreSQL did not start after {START_ATTEMPTS} attempts: {last_log}");
     }
+}
+
+impl Postgres {
+    /// Stops the server and starts it again on the same port and data,
+    /// returning once it accepts connections: `"fast"` (SIGINT: sessions
+    /// are told and closed) or `"immediate"` (SIGQUIT: no checkpoint,
+    /// crash recovery at the next start).
+    pub fn restart(&mut self, mode: &str) {
+        let sig = match mode {
+            "fast" => "-INT",
+            "immediate" => "-QUIT",
+            other => panic!("unknown shutdown mode {other:?}: fast or immediate"),
+        };
+        let mut child = self.child.take().expect("a running server");
+        let _ = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let dir = self.dir.as_ref().expect("the server's directory").path();
+        self.child = Some(spawn_postgres(dir, self.port, self.ids));
+        let port = self.port;
+        if let Err(why) = wait_ready(self.child.as_mut().expect("child"), || pg_ready(port)) {
+            panic!(
+                "PostgreSQL did not start again: {why}\n{}",
+                read_log(&dir.join("postgres.log"))
+            );
+        }
+    }
+}
+
+/// Starts `postgres` on the data under `dir` (`dir/data`), listening on
+/// `port` of 127.0.0.1 and a socket in `dir`, its log in
+/// `dir/postgres.log`.
+fn spawn_postgres(dir: &Path, port: u16, ids: Option<(u32, u32)>) -> Child {
+    let log_path = dir.join("postgres.log");
+    let log = File::create(&log_path).expect("create postgres.log");
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).expect("chown postgres.log");
+    }
+    as_user(Command::new(Path::new(PG_BIN).join("postgres")), ids)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone a file handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn postgres")
+}
+
+/// The server on `port` accepts connections (`pg_isready`).
+fn pg_ready(port: u16) -> bool {
+    tcp_open(port)
+        && Command::new(Path::new(PG_BIN).join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-t", "2", "-U", "postgres"])
+            .arg("-p")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 impl Redis {
@@ -282,6 +322,27 @@ impl Redis {
             }
         }
         panic!("redis-server did not start after {START_ATTEMPTS} attempts: {last_log}");
+    }
+
+    /// Stops the server's process (SIGSTOP) without closing anything:
+    /// connections stay open and commands get no answer, until
+    /// [`Redis::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`Redis::freeze`]d server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("a running server");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} redis-server");
     }
 
     /// Stops the server, as an outage would.

@@ -56,8 +56,8 @@ impl Factory for MemorySyncFactory {
         _details: Details,
     ) -> BoxFuture<Result<Json, ActionError>> {
         // `replay-failed` is the kind's only action.
-        let target = settings_of::<MemorySyncSpec>(spec).map(|s| (s.pg(), s.table.clone()));
-        super::data::replay_failed_in(target, args)
+        let at = settings_of::<MemorySyncSpec>(spec).map(|s| s.table_at(&spec.name));
+        super::data::replay_failed_in(at, args)
     }
 }
 
@@ -141,11 +141,18 @@ impl Service for MemorySync {
             let retry = client.prepare(&q.retry()).await.map_err(pg)?;
             let release = client.prepare(&q.release()).await.map_err(pg)?;
             let next_due = client.prepare(&q.next_due()).await.map_err(pg)?;
-            let backlog = client.prepare(&q.backlog()).await.map_err(pg)?;
+            let name = ctx.name().to_string();
+            // The backlog, on the pool and a timer of its own.
+            let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
+            let _stats = {
+                let name = name.clone();
+                super::data::statistics(pool, q.leased(), ctx.details().clone(), move |s| {
+                    metrics::backlog(&name, s.backlog)
+                })
+            };
             ctx.ready();
             tracing::info!(table = %spec.table, "syncing");
 
-            let name = ctx.name().to_string();
             let in_flight = (spec.in_flight.0 as usize).max(1);
             let backend = Backend::new(uri, spec.timeout, in_flight);
             // A batch must end within its lease, or another instance would
@@ -169,7 +176,6 @@ impl Service for MemorySync {
             let threshold = spec.circuit.failures.0.max(1);
             let mut circuit = Circuit::Closed(0);
             let mut sent = 0u64;
-            let mut last_stats: Option<Instant> = None;
             let mut last_reap: Option<Instant> = None;
             let mut pause: Option<Instant> = None;
             metrics::circuit(&name, false);
@@ -177,12 +183,6 @@ impl Service for MemorySync {
             loop {
                 if ctx.is_cancelled() {
                     return Ok(());
-                }
-                if last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    let n: i64 = client.query_one(&backlog, &[]).await.map_err(pg)?.get(0);
-                    ctx.details().set("backlog", n);
-                    metrics::backlog(&name, n);
-                    last_stats = Some(Instant::now());
                 }
                 let hold = match circuit {
                     Circuit::Open(until) => Some(until),

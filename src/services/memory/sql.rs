@@ -134,12 +134,9 @@ RETURNING status = 'failed'",
         self.l.next_due()
     }
 
-    /// Backlog (pending rows).
-    pub fn backlog(&self) -> String {
-        format!(
-            "SELECT count(*) FROM {} WHERE status = 'pending'",
-            self.l.table
-        )
+    /// The shared statements of the table (statistics among them).
+    pub fn leased(&self) -> &Leased {
+        &self.l
     }
 }
 

@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod settings;
 pub mod sql;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 
@@ -55,8 +55,8 @@ impl Factory for OutboxFactory {
         _details: Details,
     ) -> BoxFuture<Result<Json, ActionError>> {
         // `replay-failed` is the kind's only action.
-        let target = settings_of::<OutboxRelaySpec>(spec).map(|s| (s.pg(), s.table.clone()));
-        super::data::replay_failed_in(target, args)
+        let at = settings_of::<OutboxRelaySpec>(spec).map(|s| s.table_at(&spec.name));
+        super::data::replay_failed_in(at, args)
     }
 }
 
@@ -200,30 +200,27 @@ impl Service for Relay {
                 .map_err(pg)?;
             let release = client.prepare(&t.release()).await.map_err(pg)?;
             let retry = client.prepare(&t.retry_many()).await.map_err(pg)?;
-            let stats = client.prepare(&t.stats()).await.map_err(pg)?;
             let next_due = client.prepare(&t.next_due()).await.map_err(pg)?;
+            let name = ctx.name().to_string();
+            // Backlog and lag, on the pool and a timer of their own.
+            let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
+            let _stats = {
+                let name = name.clone();
+                super::data::statistics(pool, t.leased(), ctx.details().clone(), move |s| {
+                    metrics::stats(&name, s.backlog, s.lag_seconds)
+                })
+            };
             ctx.ready();
             tracing::info!(table = %spec.table, "relaying");
 
-            let name = ctx.name().to_string();
             let batch = i64::from(spec.batch.0);
             let lease = spec.lease.as_secs_f64();
             let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
             let mut outages = 0u32;
             let mut published = 0u64;
-            let mut last_stats: Option<Instant> = None;
             loop {
                 if ctx.is_cancelled() {
                     return Ok(());
-                }
-                if last_stats.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    let row = client.query_one(&stats, &[]).await.map_err(pg)?;
-                    let (backlog, lag): (i64, f64) = (row.get(0), row.get(1));
-                    ctx.details().set("backlog", backlog);
-                    ctx.details()
-                        .set("lag_seconds", (lag * 1000.0).round() / 1000.0);
-                    metrics::stats(&name, backlog, lag);
-                    last_stats = Some(Instant::now());
                 }
                 client.execute(&reap, &[]).await.map_err(pg)?;
                 let mut rows: Vec<Row> = client

@@ -34,6 +34,9 @@ config_table! {
         pub batch: Count = Count(100),
         /// Create the table and trigger at start (idempotent DDL).
         pub create_schema: bool = true,
+        /// Sessions of the service's pool (statistics, actions); the
+        /// worker's own session is apart.
+        pub pool_size: Count = Count(crate::services::data::DEFAULT_POOL_SIZE),
         /// A file of PEM CA certificates that TLS connections (to
         /// PostgreSQL and to a `rediss://` Redis) trust besides the
         /// system's roots.
@@ -42,6 +45,16 @@ config_table! {
 }
 
 impl OutboxRelaySpec {
+    /// Where service `service`'s statements on its table go.
+    pub fn table_at(&self, service: &str) -> crate::services::data::TableAt {
+        crate::services::data::TableAt {
+            service: service.to_string(),
+            pg: self.pg(),
+            table: self.table.clone(),
+            pool_size: self.pool_size.0,
+        }
+    }
+
     /// The PostgreSQL of the outbox, with the CA its TLS trusts.
     pub fn pg(&self) -> PgTarget {
         PgTarget::new(self.postgres.clone(), self.tls_ca.clone())
@@ -66,6 +79,7 @@ impl Settings for OutboxRelaySpec {
     }
 
     fn check(&self, problems: &mut Problems<'_>) {
+        crate::services::data::check_pool_size(self.pool_size, problems);
         problems.at_least(
             &["poll_interval"],
             self.poll_interval,

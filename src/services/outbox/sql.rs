@@ -156,13 +156,9 @@ RETURNING o.id, o.status = 'failed'",
         )
     }
 
-    /// Backlog (pending rows) and lag (age of the oldest, in seconds).
-    pub fn stats(&self) -> String {
-        format!(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-FROM {} WHERE status = 'pending'",
-            self.l.table
-        )
+    /// The shared statements of the table (statistics among them).
+    pub fn leased(&self) -> &Leased {
+        &self.l
     }
 
     /// Seconds until the next row is due (`NULL`: nothing is waiting).
