@@ -735,14 +735,14 @@ ready = { log = "ready (" }
         ],
     },
     Case {
-        name: "https_endpoint",
+        name: "endpoint_of_another_scheme",
         registry: r#"[services.mem]
 kind = "memory-sync"
 postgres = "postgres://db/app"
-endpoint = "https://memory.internal/v1/write"
+endpoint = "ftp://memory.internal/v1/write"
 "#,
         expected: &[
-            "4:12 invalid-url: services.mem.endpoint: \"https://memory.internal/v1/write\": https is not supported by the built-in HTTP client; use http:// or an exec probe with curl",
+            "4:12 invalid-url: services.mem.endpoint: \"ftp://memory.internal/v1/write\" is not an http:// or https:// URL such as \"http://127.0.0.1:8080/healthz\"",
         ],
     },
     Case {
@@ -1108,7 +1108,7 @@ tls_ca = "ca.pem"
     let sources = MemSources::new(registry).file("ca.pem", CA_PEM);
     let checked = load(&sources, None);
     assert!(checked.registry().is_some(), "warnings only");
-    let help = " [help: tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, or use rediss:// for Redis]";
+    let help = " [help: tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, use rediss:// for Redis, or https:// for an endpoint]";
     assert_eq!(
         diagnostics(&checked),
         [

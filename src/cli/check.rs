@@ -312,7 +312,7 @@ fn endpoints(
             {
                 match probe {
                     ProbeCheck::Tcp(h) => eps.push(Endpoint::Tcp(h.clone())),
-                    ProbeCheck::Http(u) => eps.push(Endpoint::Http(u.clone())),
+                    ProbeCheck::Http(u) => eps.push(Endpoint::Http(u.clone(), None)),
                     ProbeCheck::Postgres(d) => eps.push(Endpoint::Postgres(d.clone())),
                     ProbeCheck::Redis(d) => eps.push(Endpoint::Redis(d.clone())),
                     _ => {}

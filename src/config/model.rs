@@ -569,7 +569,9 @@ pub const DEFAULTS_KEYS: &[&str] = &[
 pub enum Endpoint {
     Postgres(PgTarget),
     Redis(RedisTarget),
-    Http(HttpUrl),
+    /// A URL, and the CA file its `https://` trusts besides the system's
+    /// roots (memory-sync's `tls_ca`; none for probes).
+    Http(HttpUrl, Option<CaFile>),
     Tcp(HostPort),
 }
 
@@ -578,7 +580,7 @@ impl Endpoint {
         match self {
             Endpoint::Postgres(_) => "postgres",
             Endpoint::Redis(_) => "redis",
-            Endpoint::Http(_) => "http",
+            Endpoint::Http(..) => "http",
             Endpoint::Tcp(_) => "tcp",
         }
     }
@@ -587,7 +589,7 @@ impl Endpoint {
         match self {
             Endpoint::Postgres(t) => t.redacted(),
             Endpoint::Redis(t) => t.redacted(),
-            Endpoint::Http(u) => super::secret::redact_dsn(&u.0),
+            Endpoint::Http(u, _) => super::secret::redact_dsn(&u.0),
             Endpoint::Tcp(h) => h.to_string(),
         }
     }

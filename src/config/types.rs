@@ -568,7 +568,8 @@ impl Decode for HostPort {
     }
 }
 
-/// An `http://` URL (TLS is not built in: probe HTTPS with `exec`).
+/// An `http://` or `https://` URL (https verified against the system's
+/// roots, and for memory-sync its `tls_ca`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl(pub String);
 
@@ -576,26 +577,21 @@ impl Decode for HttpUrl {
     fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
         let s = String::decode(node, cx)?;
         let t = s.trim();
-        let rest = t.strip_prefix("http://");
+        let rest = t
+            .strip_prefix("http://")
+            .or_else(|| t.strip_prefix("https://"));
         let host_ok = rest.is_some_and(|r| {
             let authority = r.split(['/', '?', '#']).next().unwrap_or("");
             !authority.is_empty() && !authority.contains(char::is_whitespace)
         });
         if host_ok {
             Some(HttpUrl(t.to_string()))
-        } else if t.starts_with("https://") {
-            cx.error(
-                "invalid-url",
-                node.span,
-                format!("{:?}: https is not supported by the built-in HTTP client; use http:// or an exec probe with curl", super::secret::redact_dsn(t)),
-            );
-            None
         } else {
             cx.error(
                 "invalid-url",
                 node.span,
                 format!(
-                    "{:?} is not an http:// URL such as \"http://127.0.0.1:8080/healthz\"",
+                    "{:?} is not an http:// or https:// URL such as \"http://127.0.0.1:8080/healthz\"",
                     super::secret::redact_dsn(t)
                 ),
             );
@@ -603,7 +599,7 @@ impl Decode for HttpUrl {
         }
     }
     fn schema() -> Json {
-        json!({"type": "string", "pattern": "^(http://|.*\\$\\{)"})
+        json!({"type": "string", "pattern": "^(https?://|.*\\$\\{)"})
     }
     fn to_json(&self) -> Json {
         Json::String(super::secret::redact_dsn(&self.0))

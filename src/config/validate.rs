@@ -352,6 +352,7 @@ fn checks_certificate(e: &Endpoint) -> bool {
             .ok()
             .and_then(|p| p.verify(true)),
         Endpoint::Redis(t) => split_redis(t.url.0.expose()).ok().and_then(|p| p.verify),
+        Endpoint::Http(u, _) if u.0.trim_start().starts_with("https://") => Some(Verify::Full),
         _ => None,
     };
     matches!(verify, Some(Verify::Chain | Verify::Full))
@@ -373,7 +374,7 @@ fn unused_tls_ca(s: &ServiceSpec, node: Option<&Node>, diags: &mut Diagnostics) 
                     path.join(".")
                 ),
             )
-            .help("tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, or use rediss:// for Redis")
+            .help("tls_ca does not turn TLS on: set sslmode=verify-full (or require) in the PostgreSQL DSN, use rediss:// for Redis, or https:// for an endpoint")
             .at_opt(span.or(Some(s.span)))
             .service(s.name.clone()),
         );

@@ -1,4 +1,4 @@
-//! Every connection warden makes to PostgreSQL and Redis: the data kinds'
+//! Every connection warden makes to PostgreSQL, Redis and HTTP servers: the data kinds'
 //! sessions, the `postgres` and `redis` probes (so `check --connect`), and
 //! singleton leadership all connect here, and only here, so they share
 //! one reading of the connection string and one TLS configuration
@@ -10,11 +10,14 @@
 //!   which a pool of sessions can be built from.
 //! - [`redis`]: `redis://`, Unix sockets, and `rediss://` (verified; with
 //!   `#insecure` only encrypted).
+//! - [`http`]: `http://` and `https://` (the `http` probe, memory-sync's
+//!   backend), hyper-rustls on the same configuration.
 //!
 //! Errors are words for an operator: the server's message, or a failed
 //! TLS handshake said plainly ("the server's TLS certificate is not
 //! trusted: unknown issuer (set tls_ca ...)"), never a connection string.
 
+pub mod http;
 pub mod postgres;
 pub mod redis;
 pub mod tls;

@@ -24,7 +24,7 @@ pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Outcome {
     let fut = async {
         match endpoint {
             Endpoint::Tcp(h) => tcp(h).await,
-            Endpoint::Http(u) => http(u).await,
+            Endpoint::Http(u, ca) => http(u, ca.as_ref()).await,
             Endpoint::Postgres(d) => postgres(d).await,
             Endpoint::Redis(d) => redis(d).await,
         }
@@ -50,45 +50,53 @@ pub async fn tcp(h: &HostPort) -> Result<(), String> {
         .map_err(|e| format!("cannot connect to {h}: {e}"))
 }
 
-/// An HTTP/1.1 GET answers with a 2xx status.
-pub async fn http(url: &HttpUrl) -> Result<(), String> {
+/// An HTTP/1.1 GET answers with a 2xx status, over TLS for `https://`
+/// (verified against the system's roots and `ca`, for the URL's host
+/// name), on a connection of its own.
+pub async fn http(url: &HttpUrl, ca: Option<&crate::config::types::CaFile>) -> Result<(), String> {
     use http_body_util::Empty;
     use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
 
     let uri: hyper::Uri = url.0.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or("URL has no host")?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+    // The caller's timeout bounds the whole check; the connector's own
+    // is only a backstop.
+    let cas: Vec<_> = ca.iter().map(|c| c.0.clone()).collect();
+    let connector = crate::conn::http::connector(&uri, &cas, Duration::from_secs(30))
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let driver = tokio::spawn(conn);
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or(host);
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
+        .map_err(|e| e.to_string())?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let req = hyper::Request::get(uri.clone())
         .header(
             hyper::header::USER_AGENT,
             concat!("warden/", env!("CARGO_PKG_VERSION")),
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad request: {e}"))?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("HTTP request failed: {e}"));
-    driver.abort();
-    let status = res?.status();
+    let what = uri.authority().map_or("", |a| a.as_str()).to_string();
+    // Where the CA of the server's certificate can be named.
+    let hint = if ca.is_some() {
+        "tls_ca"
+    } else {
+        "SSL_CERT_FILE"
+    };
+    let status = match client.request(req).await {
+        Ok(res) => res.status(),
+        Err(e) if e.is_connect() => {
+            return Err(format!(
+                "cannot connect to {what}: {}",
+                crate::conn::http::error_words(&e, hint)
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "HTTP request failed: {}",
+                crate::conn::http::error_words(&e, hint)
+            ));
+        }
+    };
     if status.is_success() {
         Ok(())
     } else {
@@ -136,7 +144,7 @@ pub async fn attempt(check: &crate::config::ProbeCheck, timeout: Duration) -> Re
     use crate::config::ProbeCheck as P;
     let endpoint = match check {
         P::Tcp(h) => Endpoint::Tcp(h.clone()),
-        P::Http(u) => Endpoint::Http(u.clone()),
+        P::Http(u) => Endpoint::Http(u.clone(), None),
         P::Postgres(d) => Endpoint::Postgres(d.clone()),
         P::Redis(d) => Endpoint::Redis(d.clone()),
         P::Exec(cmd) => {

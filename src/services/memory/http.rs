@@ -1,6 +1,8 @@
-//! The memory backend over HTTP: hyper's pooled client (`hyper-util`'s
-//! legacy `Client`), so that connections are kept alive and reused, and a
-//! name is resolved once per connection, not per request.
+//! The memory backend over HTTP or HTTPS: hyper's pooled client
+//! (`hyper-util`'s legacy `Client`, on `crate::conn::http`'s rustls
+//! connector), so that connections are kept alive and reused, and a name
+//! is resolved (and a TLS handshake made) once per connection, not per
+//! request.
 //!
 //! One POST, from taking a connection (or making one) to the end of the
 //! body, gets one `timeout`: a row never takes longer than that.
@@ -10,7 +12,6 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// What the backend said about one row.
@@ -49,29 +50,33 @@ pub fn retry_after(v: Option<&hyper::header::HeaderValue>) -> f64 {
 
 /// The backend of one memory-sync service.
 pub struct Backend {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<crate::conn::http::Connector, Full<Bytes>>,
     uri: hyper::Uri,
     timeout: Duration,
 }
 
 impl Backend {
-    /// A backend at `uri` (checked: `http://`, no credentials), each POST
+    /// A backend at `uri` (checked: `http://` or `https://`, no
+    /// credentials; https trusts the system's roots and `cas`), each POST
     /// within `timeout`, up to `in_flight` at once (as many connections
     /// are kept).
-    pub fn new(uri: hyper::Uri, timeout: Duration, in_flight: usize) -> Backend {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
+    pub async fn new(
+        uri: hyper::Uri,
+        cas: &[std::path::PathBuf],
+        timeout: Duration,
+        in_flight: usize,
+    ) -> Result<Backend, crate::conn::Error> {
+        let connector = crate::conn::http::connector(&uri, cas, timeout).await?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE)
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(in_flight.max(1))
             .build(connector);
-        Backend {
+        Ok(Backend {
             client,
             uri,
             timeout,
-        }
+        })
     }
 
     /// POSTs one payload with its idempotency key. The status decides; the
@@ -112,9 +117,15 @@ impl Backend {
             Ok(Err(e)) if e.is_connect() => Answer::Unreachable(format!(
                 "cannot connect to {}: {}",
                 self.uri.authority().map_or("", |a| a.as_str()),
-                source_words(&e)
+                crate::conn::http::error_words(&e, "tls_ca")
             )),
-            Ok(Err(e)) => Answer::Later(0.0, format!("HTTP request failed: {}", source_words(&e))),
+            Ok(Err(e)) => Answer::Later(
+                0.0,
+                format!(
+                    "HTTP request failed: {}",
+                    crate::conn::http::error_words(&e, "tls_ca")
+                ),
+            ),
             Ok(Ok((status, after))) => {
                 if status.is_success() {
                     Answer::Accepted
@@ -126,16 +137,4 @@ impl Backend {
             }
         }
     }
-}
-
-/// An error and its causes, in words.
-fn source_words(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut words = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        words.push_str(": ");
-        words.push_str(&c.to_string());
-        cause = c.source();
-    }
-    words
 }

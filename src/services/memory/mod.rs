@@ -154,7 +154,10 @@ impl Service for MemorySync {
             tracing::info!(table = %spec.table, "syncing");
 
             let in_flight = (spec.in_flight.0 as usize).max(1);
-            let backend = Backend::new(uri, spec.timeout, in_flight);
+            let cas: Vec<_> = spec.tls_ca.iter().map(|c| c.0.clone()).collect();
+            let backend = Backend::new(uri, &cas, spec.timeout, in_flight)
+                .await
+                .map_err(|e| ServiceError(format!("memory backend: {e}")))?;
             // A batch must end within its lease, or another instance would
             // take its rows over and send them again: a POST starts only
             // while a whole `timeout` still fits before the lease's end,

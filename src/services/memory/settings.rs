@@ -76,7 +76,7 @@ impl Settings for MemorySyncSpec {
     fn endpoints(&self) -> Vec<Endpoint> {
         vec![
             Endpoint::Postgres(self.pg()),
-            Endpoint::Http(self.endpoint.clone()),
+            Endpoint::Http(self.endpoint.clone(), self.tls_ca.clone()),
         ]
     }
 
