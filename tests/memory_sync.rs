@@ -430,3 +430,51 @@ fn a_sessions_writes_arrive_in_order() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_restart_of_postgresql_costs_a_round_not_the_service() {
+    let mut pg = Postgres::start();
+    let backend = Backend::start(|_, _| (200, ""));
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &backend, ""));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("memory", "ready");
+    let sent = |pg: &Postgres| -> i64 {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+        )[0]
+        .get(0)
+    };
+    let mut total = 0;
+    for (round, mode) in ["", "fast", "immediate"].into_iter().enumerate() {
+        if !mode.is_empty() {
+            pg.restart(mode);
+        }
+        // The poll is an hour: only a (new) LISTEN session brings these.
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO memory_write_outbox (session_id, idempotency_key, payload)
+                 SELECT 's' || n, 'r{round}-' || n, '{{}}' FROM generate_series(1, 50) n"
+            ),
+        );
+        total += 50;
+        wait_until(
+            &format!("{total} writes sent (restart: {mode:?})"),
+            Duration::from_secs(30),
+            || sent(&pg) == total,
+        );
+    }
+    let (_, s) = get_json(port, "/v1/services/memory");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["restarts"], 0, "the run went on: {s:#}");
+    let keys: std::collections::HashSet<String> = backend
+        .seen()
+        .into_iter()
+        .map(|s| s.idempotency_key)
+        .collect();
+    assert_eq!(keys.len(), 150, "every write reached the backend");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -495,3 +495,43 @@ fn the_backlog_is_read_while_the_relay_waits_on_redis() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_restart_of_postgresql_costs_a_round_not_the_service() {
+    let (mut pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("relay", "ready");
+    let insert = |pg: &Postgres| {
+        sql(
+            &pg.dsn,
+            "INSERT INTO message_outbox (topic, payload) SELECT 'r', jsonb_build_object('n', n) FROM generate_series(1, 100) n",
+        );
+    };
+    let published =
+        |n: u64| move || get_json(port, "/v1/services/relay").1["details"]["published"] == n;
+    insert(&pg);
+    wait_until("100 rows", Duration::from_secs(20), published(100));
+    let mut total = 100;
+    for mode in ["fast", "immediate"] {
+        pg.restart(mode);
+        // The poll is an hour: only a new LISTEN session brings these.
+        insert(&pg);
+        total += 100;
+        wait_until(
+            &format!("{total} rows after a {mode} restart"),
+            Duration::from_secs(30),
+            published(total),
+        );
+    }
+    let (_, s) = get_json(port, "/v1/services/relay");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["restarts"], 0, "the run went on: {s:#}");
+    let entries = stream(&redis.url, "app.r");
+    let ids: std::collections::HashSet<&str> =
+        entries.iter().map(|e| e["outbox_id"].as_str()).collect();
+    assert_eq!(ids.len(), 300, "every row");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -858,11 +858,18 @@ pool_size = 101
 kind = "memory-sync"
 postgres = "postgres://db/app"
 endpoint = "http://127.0.0.1:8700/v1/memories"
+pool_size = 1
+
+[services.zero]
+kind = "memory-sync"
+postgres = "postgres://db/app"
+endpoint = "http://127.0.0.1:8700/v1/memories"
 pool_size = 0
 "#,
         expected: &[
             "5:13 invalid-value: services.relay.pool_size: 101 is above the maximum of 100: each session is a PostgreSQL connection, and PostgreSQL's default max_connections (for every client together) is 100",
-            "11:13 invalid-value: services.memory.pool_size: 0 is out of range; expected an integer of at least 1",
+            "11:13 invalid-value: services.memory.pool_size: 1 is below the minimum of 2: the worker's round holds one session while a batch goes out, and the statistics and actions need another",
+            "17:13 invalid-value: services.zero.pool_size: 0 is out of range; expected an integer of at least 1",
         ],
     },
     Case {

@@ -38,11 +38,25 @@ pub const DEFAULT_POOL_SIZE: u32 = 2;
 /// 100, for every client together.
 pub const MAX_POOL_SIZE: u32 = 100;
 
-/// `pool_size` is at most [`MAX_POOL_SIZE`] (at least 1: a `Count`).
+/// The smallest `pool_size`: a worker's round holds one session (for as
+/// long as a batch takes), the statistics and actions need another.
+pub const MIN_POOL_SIZE: u32 = 2;
+
+/// `pool_size` is between [`MIN_POOL_SIZE`] and [`MAX_POOL_SIZE`].
 pub fn check_pool_size(
     size: crate::config::types::Count,
     problems: &mut crate::config::kind::Problems<'_>,
 ) {
+    if size.0 < MIN_POOL_SIZE {
+        problems.error(
+            "invalid-value",
+            &["pool_size"],
+            format!(
+                "{} is below the minimum of {MIN_POOL_SIZE}: the worker's round holds one session while a batch goes out, and the statistics and actions need another",
+                size.0
+            ),
+        );
+    }
     if size.0 > MAX_POOL_SIZE {
         problems.error(
             "invalid-value",
@@ -162,48 +176,186 @@ pub async fn adopt(
     Ok(())
 }
 
-/// A PostgreSQL session and the task driving it.
-pub async fn connect(
-    target: &PgTarget,
-) -> Result<(tokio_postgres::Client, AbortOnDrop), ServiceError> {
-    let (client, conn) = session(target).await?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok((client, AbortOnDrop(driver)))
+/// Why a round of a worker's loop stopped short.
+#[derive(Debug)]
+pub enum Fault {
+    /// PostgreSQL could not be reached or dropped the session (a restart,
+    /// a failover, the network): the worker tries again on a new session
+    /// of its pool after a pause; its claimed rows come back with their
+    /// lease.
+    Lost(ServiceError),
+    /// Anything else (a statement PostgreSQL refused): the run fails, and
+    /// the restart policy decides.
+    Fatal(ServiceError),
 }
 
-/// A PostgreSQL session that listens on `channel` (a quoted identifier);
-/// each notification wakes the returned `Notify`. The session's own error
-/// is logged when it ends (queries then fail).
-pub async fn listening(
+impl From<tokio_postgres::Error> for Fault {
+    fn from(e: tokio_postgres::Error) -> Fault {
+        if is_lost(&e) {
+            Fault::Lost(pg(e))
+        } else {
+            Fault::Fatal(pg(e))
+        }
+    }
+}
+
+impl From<ServiceError> for Fault {
+    fn from(e: ServiceError) -> Fault {
+        Fault::Fatal(e)
+    }
+}
+
+/// Whether `e` says the session is gone or the server cannot serve now
+/// (rather than that it refused the statement): the connection closed or
+/// failed, the server is shutting down or starting (57P01-57P03), a
+/// connection exception (class 08), or a read-only server (25006: a
+/// replica after a failover).
+pub fn is_lost(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+            ]
+            .contains(code);
+    }
+    // No answer from the server: the connection itself failed.
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A session of `pool` for a worker's round: a session that cannot be
+/// had (PostgreSQL down or every session busy) is a [`Fault::Lost`].
+pub async fn take(pool: &crate::conn::postgres::Pool) -> Result<deadpool_postgres::Object, Fault> {
+    use deadpool_postgres::PoolError;
+    pool.get().await.map_err(|e| {
+        let words = ServiceError::redacted(format!(
+            "PostgreSQL: {}",
+            crate::conn::postgres::pool_error_text(&e)
+        ));
+        match &e {
+            PoolError::Backend(b) if !is_lost(b) => Fault::Fatal(words),
+            PoolError::Backend(_) | PoolError::Timeout(_) => Fault::Lost(words),
+            _ => Fault::Fatal(words),
+        }
+    })
+}
+
+/// Prepares `sqls` on a pooled session (each once per session: the
+/// session keeps its prepared statements).
+pub async fn prepare_all<const N: usize>(
+    client: &deadpool_postgres::Object,
+    sqls: &[String; N],
+) -> Result<[tokio_postgres::Statement; N], tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(N);
+    for sql in sqls {
+        out.push(client.prepare_cached(sql).await?);
+    }
+    Ok(out
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N statements")))
+}
+
+/// The pause before a worker's next round after `attempt` lost rounds in
+/// a row: 0.5 s doubling to 30 s.
+pub fn lost_delay(attempt: u32) -> Duration {
+    doubling(attempt, Duration::from_secs(30))
+}
+
+/// The insert trigger's notifications, on a session of their own (the
+/// protocol needs one: `LISTEN` belongs to a session). When that session
+/// ends (a restart of PostgreSQL), it is made again in the background,
+/// 0.5 s doubling to 30 s between attempts; meanwhile the worker falls
+/// back on its poll. Each notification wakes [`Listener::wake`], and so
+/// does each new session (a notification may have been missed).
+pub struct Listener {
+    pub wake: Arc<Notify>,
+    _task: AbortOnDrop,
+}
+
+/// Listens on `channel_quoted` (a quoted identifier). The first session
+/// is made here: an error means PostgreSQL cannot be reached at start.
+pub async fn listen(target: &PgTarget, channel_quoted: &str) -> Result<Listener, ServiceError> {
+    let wake = Arc::new(Notify::new());
+    let first = listen_once(target, channel_quoted, &wake).await?;
+    let task = {
+        let (target, channel, wake) = (target.clone(), channel_quoted.to_string(), wake.clone());
+        tokio::spawn(async move {
+            let (mut client, mut driver) = first;
+            loop {
+                let _ = (&mut driver.0).await;
+                drop(client);
+                wake.notify_one();
+                let mut attempt = 0u32;
+                (client, driver) = loop {
+                    tokio::time::sleep(doubling(attempt, Duration::from_secs(30))).await;
+                    match listen_once(&target, &channel, &wake).await {
+                        Ok(session) => {
+                            tracing::info!("listening for new rows again");
+                            wake.notify_one();
+                            break session;
+                        }
+                        Err(e) => {
+                            if attempt == 0 {
+                                tracing::warn!(error = %e, "cannot listen for new rows; polling meanwhile, trying again");
+                            }
+                            attempt += 1;
+                        }
+                    }
+                };
+            }
+        })
+    };
+    Ok(Listener {
+        wake,
+        _task: AbortOnDrop(task),
+    })
+}
+
+/// One listening session: the client (kept, or the session closes) and
+/// its driver, which wakes `wake` at each notification and ends with the
+/// session.
+async fn listen_once(
     target: &PgTarget,
     channel_quoted: &str,
-) -> Result<(tokio_postgres::Client, Arc<Notify>, AbortOnDrop), ServiceError> {
+    wake: &Arc<Notify>,
+) -> Result<(tokio_postgres::Client, AbortOnDrop), ServiceError> {
     let (client, mut conn) = session(target).await?;
-    let wake = Arc::new(Notify::new());
     let driver = {
         let wake = wake.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             use tokio_postgres::AsyncMessage;
             while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 match m {
                     Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %pg(e), "PostgreSQL session ended");
+                        tracing::warn!(error = %pg(e), "the listening session ended");
                         break;
                     }
                 }
             }
-        })
+        }))
     };
-    let driver = AbortOnDrop(driver);
     client
         .batch_execute(&format!("LISTEN {channel_quoted}"))
         .await
         .map_err(pg)?;
-    Ok((client, wake, driver))
+    Ok((client, driver))
 }
 
 /// `<table>_<suffix>`, within PostgreSQL's 63 bytes: a long table name is

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::data::{listening, pg};
+use super::data::pg;
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
     settings_of,
@@ -128,25 +128,34 @@ impl Service for MemorySync {
                 ));
             }
             let q = sql::Queue::new(&spec.table, &spec.outbox_table);
-            let (client, wake, _driver) = listening(&spec.pg(), &q.channel_quoted()).await?;
-            if spec.create_schema {
-                // The outbox first: the WAL events go there.
-                let outbox = super::outbox::sql::Outbox::new(&spec.outbox_table);
-                super::data::adopt(&client, &outbox.create_tx(), &outbox.indexes()).await?;
-                super::data::adopt(&client, &q.create_tx(), &q.indexes()).await?;
-            }
-            let claim = client.prepare(&q.claim()).await.map_err(pg)?;
-            let reap = client.prepare(&q.reap()).await.map_err(pg)?;
-            let done = client.prepare(&q.done()).await.map_err(pg)?;
-            let retry = client.prepare(&q.retry()).await.map_err(pg)?;
-            let release = client.prepare(&q.release()).await.map_err(pg)?;
-            let next_due = client.prepare(&q.next_due()).await.map_err(pg)?;
             let name = ctx.name().to_string();
-            // The backlog, on the pool and a timer of its own.
+            // Every statement goes through the service's pool; only the
+            // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
+            let listener = super::data::listen(&spec.pg(), &q.channel_quoted()).await?;
+            let sqls = [
+                q.claim(),
+                q.reap(),
+                q.done(),
+                q.retry(),
+                q.release(),
+                q.next_due(),
+            ];
+            {
+                let c = super::data::pooled(&pool).await?;
+                if spec.create_schema {
+                    // The outbox first: the WAL events go there.
+                    let outbox = super::outbox::sql::Outbox::new(&spec.outbox_table);
+                    super::data::adopt(&c, &outbox.create_tx(), &outbox.indexes()).await?;
+                    super::data::adopt(&c, &q.create_tx(), &q.indexes()).await?;
+                }
+                // Every statement is checked against the tables now.
+                super::data::prepare_all(&c, &sqls).await.map_err(pg)?;
+            }
+            // The backlog, on the pool and a timer of its own.
             let _stats = {
                 let name = name.clone();
-                super::data::statistics(pool, q.leased(), ctx.details().clone(), move |s| {
+                super::data::statistics(pool.clone(), q.leased(), ctx.details().clone(), move |s| {
                     metrics::backlog(&name, s.backlog)
                 })
             };
@@ -181,6 +190,7 @@ impl Service for MemorySync {
             let mut sent = 0u64;
             let mut last_reap: Option<Instant> = None;
             let mut pause: Option<Instant> = None;
+            let mut lost = 0u32;
             metrics::circuit(&name, false);
             ctx.details().set("circuit", circuit.name());
             loop {
@@ -203,196 +213,221 @@ impl Service for MemorySync {
                     }
                     continue;
                 }
-                // Expired leases (another instance's, or ours after a
-                // crash) go back at most once a second, not every batch.
-                if last_reap.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    client.execute(&reap, &[]).await.map_err(pg)?;
-                    last_reap = Some(Instant::now());
-                }
-                // Half-open: one row decides.
-                let take = if circuit == Circuit::HalfOpen {
-                    1
-                } else {
-                    batch
-                };
-                let rows = client.query(&claim, &[&take, &lease]).await.map_err(pg)?;
-                // Measured after the claim: the lease began before this.
-                let lease_end = Instant::now() + usable;
-                if rows.is_empty() {
-                    let due: Option<f64> =
-                        client.query_one(&next_due, &[]).await.map_err(pg)?.get(0);
-                    let wait = due.map_or(spec.poll_interval, |s| {
-                        Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval)
-                    });
-                    tokio::select! {
-                        _ = wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = ctx.cancelled() => return Ok(()),
+                let round: Result<Option<Duration>, super::data::Fault> = async {
+                    let client = super::data::take(&pool).await?;
+                    let [claim, reap, done, retry, release, next_due] =
+                        super::data::prepare_all(&client, &sqls).await?;
+                    // Expired leases (another instance's, or ours after a
+                    // crash) go back at most once a second, not every batch.
+                    if last_reap.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        client.execute(&reap, &[]).await?;
+                        last_reap = Some(Instant::now());
                     }
-                    continue;
-                }
-                let mut rows: Vec<Claimed> = rows
-                    .iter()
-                    .map(|r| Claimed {
-                        id: r.get(0),
-                        key: r.get(1),
-                        payload: r.get(2),
-                        session: r.get(3),
-                        claimed_until: r.get(4),
-                    })
-                    .collect();
-                rows.sort_by_key(|r| r.id);
-                let claim_token = rows[0].claimed_until;
-                let mut next = 0;
-                // Accepted rows, marked sent together once the batch ends;
-                // rows the backend never saw, released with the rest.
-                let mut accepted: Vec<i64> = Vec::new();
-                let mut unseen: Vec<i64> = Vec::new();
-                'batch: while next < rows.len() {
-                    if matches!(circuit, Circuit::Open(_)) || pause.is_some() {
-                        break;
-                    }
-                    if Instant::now() + spec.timeout > lease_end {
-                        // Not enough lease left for a whole POST.
-                        break;
-                    }
-                    // A wave of requests in flight together, in id order,
-                    // never two of one session (a session's writes reach
-                    // the backend one after the other); half-open: one.
-                    // And no more than the failures the circuit still
-                    // allows: it opens after `circuit.failures` in a row
-                    // without more requests already on their way.
-                    let width = match circuit {
-                        Circuit::HalfOpen | Circuit::Open(_) => 1,
-                        Circuit::Closed(n) => {
-                            in_flight.min(threshold.saturating_sub(n).max(1) as usize)
-                        }
+                    // Half-open: one row decides.
+                    let take = if circuit == Circuit::HalfOpen {
+                        1
+                    } else {
+                        batch
                     };
-                    let wave = wave_of(&rows[next..], width);
-                    let began = Instant::now();
-                    let posts = rows[next..next + wave]
+                    let rows = client.query(&claim, &[&take, &lease]).await?;
+                    // Measured after the claim: the lease began before this.
+                    let lease_end = Instant::now() + usable;
+                    if rows.is_empty() {
+                        let due: Option<f64> =
+                            client.query_one(&next_due, &[]).await?.get(0);
+                        let wait = due.map_or(spec.poll_interval, |s| {
+                            Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval)
+                        });
+                        return Ok(Some(wait));
+                    }
+                    let mut rows: Vec<Claimed> = rows
                         .iter()
-                        .map(|r| backend.post(&r.key, r.payload.clone()));
-                    let answers = tokio::select! {
-                        a = futures_util::future::join_all(posts) => a,
-                        _ = ctx.cancelled() => break 'batch,
-                    };
-                    let took = began.elapsed();
-                    for (row, answer) in rows[next..next + wave].iter().zip(answers) {
-                        metrics::seconds(&name, took);
-                        let id = &row.id;
-                        let (error, after, fatal) = match answer {
-                            Answer::Accepted => {
-                                accepted.push(*id);
-                                if circuit != Circuit::Closed(0) {
-                                    circuit = Circuit::Closed(0);
-                                    ctx.details().set("circuit", circuit.name());
-                                    metrics::circuit(&name, false);
-                                }
-                                continue;
-                            }
-                            Answer::Unreachable(e) => {
-                                // Never seen by the backend: back in the
-                                // queue uncharged, with the rest of the batch.
-                                unseen.push(*id);
-                                circuit = match circuit {
-                                    Circuit::Closed(n) if n + 1 < threshold => {
-                                        Circuit::Closed(n + 1)
-                                    }
-                                    _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
-                                };
-                                if !matches!(circuit, Circuit::Open(_)) {
-                                    pause = Some(
-                                        Instant::now()
-                                            + super::data::doubling(0, Duration::from_secs(1)),
-                                    );
-                                }
-                                tracing::warn!(error = %e, "memory backend unreachable");
-                                ctx.details().set("last_error", e);
-                                continue;
-                            }
-                            Answer::Later(after, e) => {
-                                circuit = match circuit {
-                                    Circuit::Closed(n) if n + 1 < threshold => {
-                                        Circuit::Closed(n + 1)
-                                    }
-                                    _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
-                                };
-                                if after > 0.0 {
-                                    // The backend asked for quiet: the rest
-                                    // of the batch waits too.
-                                    pause = Some(Instant::now() + Duration::from_secs_f64(after));
-                                }
-                                (e, after, false)
-                            }
-                            Answer::Refused(e) => {
-                                // The backend is up and said no to this row.
-                                if circuit != Circuit::Closed(0) {
-                                    circuit = Circuit::Closed(0);
-                                    metrics::circuit(&name, false);
-                                }
-                                (e, 0.0, true)
+                        .map(|r| Claimed {
+                            id: r.get(0),
+                            key: r.get(1),
+                            payload: r.get(2),
+                            session: r.get(3),
+                            claimed_until: r.get(4),
+                        })
+                        .collect();
+                    rows.sort_by_key(|r| r.id);
+                    let claim_token = rows[0].claimed_until;
+                    let mut next = 0;
+                    // Accepted rows, marked sent together once the batch ends;
+                    // rows the backend never saw, released with the rest.
+                    let mut accepted: Vec<i64> = Vec::new();
+                    let mut unseen: Vec<i64> = Vec::new();
+                    'batch: while next < rows.len() {
+                        if matches!(circuit, Circuit::Open(_)) || pause.is_some() {
+                            break;
+                        }
+                        if Instant::now() + spec.timeout > lease_end {
+                            // Not enough lease left for a whole POST.
+                            break;
+                        }
+                        // A wave of requests in flight together, in id order,
+                        // never two of one session (a session's writes reach
+                        // the backend one after the other); half-open: one.
+                        // And no more than the failures the circuit still
+                        // allows: it opens after `circuit.failures` in a row
+                        // without more requests already on their way.
+                        let width = match circuit {
+                            Circuit::HalfOpen | Circuit::Open(_) => 1,
+                            Circuit::Closed(n) => {
+                                in_flight.min(threshold.saturating_sub(n).max(1) as usize)
                             }
                         };
-                        let outcome = client
-                            .query_opt(
-                                &retry,
-                                &[id, &error, &max_retries, &claim_token, &after, &fatal],
-                            )
-                            .await
-                            .map_err(pg)?;
-                        if let Some(row) = outcome {
-                            let failed: bool = row.get(0);
-                            metrics::jobs(&name, if failed { "failed" } else { "retry" });
-                            tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
+                        let wave = wave_of(&rows[next..], width);
+                        let began = Instant::now();
+                        let posts = rows[next..next + wave]
+                            .iter()
+                            .map(|r| backend.post(&r.key, r.payload.clone()));
+                        let answers = tokio::select! {
+                            a = futures_util::future::join_all(posts) => a,
+                            _ = ctx.cancelled() => break 'batch,
+                        };
+                        let took = began.elapsed();
+                        for (row, answer) in rows[next..next + wave].iter().zip(answers) {
+                            metrics::seconds(&name, took);
+                            let id = &row.id;
+                            let (error, after, fatal) = match answer {
+                                Answer::Accepted => {
+                                    accepted.push(*id);
+                                    if circuit != Circuit::Closed(0) {
+                                        circuit = Circuit::Closed(0);
+                                        ctx.details().set("circuit", circuit.name());
+                                        metrics::circuit(&name, false);
+                                    }
+                                    continue;
+                                }
+                                Answer::Unreachable(e) => {
+                                    // Never seen by the backend: back in the
+                                    // queue uncharged, with the rest of the batch.
+                                    unseen.push(*id);
+                                    circuit = match circuit {
+                                        Circuit::Closed(n) if n + 1 < threshold => {
+                                            Circuit::Closed(n + 1)
+                                        }
+                                        _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                                    };
+                                    if !matches!(circuit, Circuit::Open(_)) {
+                                        pause = Some(
+                                            Instant::now()
+                                                + super::data::doubling(0, Duration::from_secs(1)),
+                                        );
+                                    }
+                                    tracing::warn!(error = %e, "memory backend unreachable");
+                                    ctx.details().set("last_error", e);
+                                    continue;
+                                }
+                                Answer::Later(after, e) => {
+                                    circuit = match circuit {
+                                        Circuit::Closed(n) if n + 1 < threshold => {
+                                            Circuit::Closed(n + 1)
+                                        }
+                                        _ => Circuit::Open(Instant::now() + spec.circuit.cooldown),
+                                    };
+                                    if after > 0.0 {
+                                        // The backend asked for quiet: the rest
+                                        // of the batch waits too.
+                                        pause = Some(Instant::now() + Duration::from_secs_f64(after));
+                                    }
+                                    (e, after, false)
+                                }
+                                Answer::Refused(e) => {
+                                    // The backend is up and said no to this row.
+                                    if circuit != Circuit::Closed(0) {
+                                        circuit = Circuit::Closed(0);
+                                        metrics::circuit(&name, false);
+                                    }
+                                    (e, 0.0, true)
+                                }
+                            };
+                            let outcome = client
+                                .query_opt(
+                                    &retry,
+                                    &[id, &error, &max_retries, &claim_token, &after, &fatal],
+                                )
+                                .await
+                                ?;
+                            if let Some(row) = outcome {
+                                let failed: bool = row.get(0);
+                                metrics::jobs(&name, if failed { "failed" } else { "retry" });
+                                tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
+                            }
+                            ctx.details()
+                                .set("last_error", format!("row {id}: {error}"));
+                            ctx.details().set("circuit", circuit.name());
                         }
-                        ctx.details()
-                            .set("last_error", format!("row {id}: {error}"));
+                        next += wave;
+                    }
+                    if !accepted.is_empty() {
+                        let marked: i64 = client
+                            .query_one(&done, &[&accepted, &claim_token, &spec.wal_topic])
+                            .await
+                            ?
+                            .get(0);
+                        let marked = u64::try_from(marked).unwrap_or(0);
+                        sent += marked;
+                        ctx.details().set("sent", sent);
+                        metrics::jobs_n(&name, "sent", marked);
+                        let lost = accepted.len() as u64 - marked.min(accepted.len() as u64);
+                        if lost > 0 {
+                            tracing::warn!(
+                                lost,
+                                "the lease ran out before accepted writes were marked; another instance sends them again"
+                            );
+                        }
+                    }
+                    if next < rows.len() || !unseen.is_empty() {
+                        // The circuit opened, the backend asked for quiet, the
+                        // lease is nearly over, or we stop: the rest goes back
+                        // untouched, with the rows the backend never saw.
+                        let rest: Vec<i64> = rows[next..]
+                            .iter()
+                            .map(|r| r.id)
+                            .chain(unseen.iter().copied())
+                            .collect();
+                        client
+                            .execute(&release, &[&rest, &claim_token])
+                            .await
+                            ?;
+                    }
+                    if let (Circuit::Open(_), Some(_)) = (circuit, pause) {
+                        pause = None;
+                    }
+                    if let Circuit::Open(_) = circuit {
+                        // (A batch starts closed or half-open: this is the
+                        // moment it opened.)
+                        tracing::warn!(cooldown = ?spec.circuit.cooldown, "circuit open: holding writes");
                         ctx.details().set("circuit", circuit.name());
+                        metrics::circuit(&name, true);
                     }
-                    next += wave;
+                    Ok(None)
                 }
-                if !accepted.is_empty() {
-                    let marked: i64 = client
-                        .query_one(&done, &[&accepted, &claim_token, &spec.wal_topic])
-                        .await
-                        .map_err(pg)?
-                        .get(0);
-                    let marked = u64::try_from(marked).unwrap_or(0);
-                    sent += marked;
-                    ctx.details().set("sent", sent);
-                    metrics::jobs_n(&name, "sent", marked);
-                    let lost = accepted.len() as u64 - marked.min(accepted.len() as u64);
-                    if lost > 0 {
-                        tracing::warn!(
-                            lost,
-                            "the lease ran out before accepted writes were marked; another instance sends them again"
-                        );
+                .await;
+                match round {
+                    Ok(idle) => {
+                        if lost > 0 {
+                            tracing::info!("PostgreSQL is back");
+                            lost = 0;
+                        }
+                        if let Some(wait) = idle {
+                            tokio::select! {
+                                _ = listener.wake.notified() => {}
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = ctx.cancelled() => return Ok(()),
+                            }
+                        }
                     }
-                }
-                if next < rows.len() || !unseen.is_empty() {
-                    // The circuit opened, the backend asked for quiet, the
-                    // lease is nearly over, or we stop: the rest goes back
-                    // untouched, with the rows the backend never saw.
-                    let rest: Vec<i64> = rows[next..]
-                        .iter()
-                        .map(|r| r.id)
-                        .chain(unseen.iter().copied())
-                        .collect();
-                    client
-                        .execute(&release, &[&rest, &claim_token])
-                        .await
-                        .map_err(pg)?;
-                }
-                if let (Circuit::Open(_), Some(_)) = (circuit, pause) {
-                    pause = None;
-                }
-                if let Circuit::Open(_) = circuit {
-                    // (A batch starts closed or half-open: this is the
-                    // moment it opened.)
-                    tracing::warn!(cooldown = ?spec.circuit.cooldown, "circuit open: holding writes");
-                    ctx.details().set("circuit", circuit.name());
-                    metrics::circuit(&name, true);
+                    Err(super::data::Fault::Fatal(e)) => return Err(e),
+                    Err(super::data::Fault::Lost(e)) => {
+                        let delay = super::data::lost_delay(lost);
+                        lost += 1;
+                        tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
+                        ctx.details().set("last_error", e.0);
+                        pause = Some(Instant::now() + delay);
+                    }
                 }
             }
         })

@@ -46,8 +46,8 @@ config_table! {
         pub in_flight: Count = Count(8),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
-        /// Sessions of the service's pool (statistics, actions); the
-        /// worker's own session is apart.
+        /// Sessions of the service's pool (rounds, statistics, actions); the
+        /// listening session is apart.
         pub pool_size: Count = Count(crate::services::data::DEFAULT_POOL_SIZE),
         /// A file of PEM CA certificates that TLS connections to
         /// PostgreSQL trust besides the system's roots.

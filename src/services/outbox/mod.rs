@@ -1,16 +1,18 @@
 //! `kind = "outbox-relay"`: rows of a PostgreSQL outbox
 //! table become entries of Redis streams, at least once.
 //!
-//! One run holds one PostgreSQL session (queries, and `LISTEN` for the
-//! insert trigger's `pg_notify`, so a new row is relayed at once; the poll
-//! interval is the fallback) and one Redis connection (`crate::conn`: TLS
-//! as the DSN, `rediss://` and `tls_ca` say). Each round: return
+//! A run takes a session of the service's pool for each round, keeps one
+//! session of its own only to `LISTEN` for the insert trigger's
+//! `pg_notify` (so a new row is relayed at once; the poll interval is the
+//! fallback), and one Redis connection (`crate::conn`: TLS as the DSN,
+//! `rediss://` and `tls_ca` say). Each round: return
 //! expired leases to `pending`, claim a batch with `FOR UPDATE SKIP LOCKED`
 //! (so several relays share the work), pipeline one `XADD` per row, then
 //! mark the rows sent (or delete them). A row Redis refuses is retried with
 //! backoff up to `max_retries`, then `failed`; a Redis outage releases the
 //! claim and backs off without counting against the rows. Losing
-//! PostgreSQL ends the run as a failure (the restart policy takes over).
+//! PostgreSQL costs a round (pause, then a new session); a statement
+//! PostgreSQL refuses ends the run as a failure.
 
 pub mod metrics;
 pub mod settings;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::data::{listening, pg};
+use super::data::pg;
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
     settings_of,
@@ -177,193 +179,251 @@ impl Relay {
     }
 }
 
+/// What a worker does after a round.
+enum Next {
+    /// Claim again at once.
+    Go,
+    /// Nothing to claim: wait for an insert, or this long at most.
+    Idle(Duration),
+    /// Redis is out: wait this long, whatever is inserted.
+    Pause(Duration),
+}
+
+/// What a relay keeps from one round to the next.
+struct Relaying {
+    name: String,
+    redis_target: crate::config::types::RedisTarget,
+    redis: Option<crate::conn::redis::Connection>,
+    /// Redis outages in a row.
+    outages: u32,
+    /// Rows published by this run.
+    published: u64,
+}
+
 impl Service for Relay {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
         Box::pin(async move {
             let spec = &self.spec;
             let t = sql::Outbox::new(&spec.table);
-            let (client, wake, _driver) = listening(&spec.pg(), &t.channel_quoted()).await?;
-            if spec.create_schema {
-                super::data::adopt(&client, &t.create_tx(), &t.indexes()).await?;
-            }
-            let redis_target = spec.redis_target();
-            let mut redis: Option<crate::conn::redis::Connection> = None;
-            let claim = client.prepare(&t.claim()).await.map_err(pg)?;
-            let reap = client.prepare(&t.reap()).await.map_err(pg)?;
-            let done = client
-                .prepare(&if spec.delete_sent {
-                    t.delete_sent()
-                } else {
-                    t.mark_sent()
-                })
-                .await
-                .map_err(pg)?;
-            let release = client.prepare(&t.release()).await.map_err(pg)?;
-            let retry = client.prepare(&t.retry_many()).await.map_err(pg)?;
-            let next_due = client.prepare(&t.next_due()).await.map_err(pg)?;
             let name = ctx.name().to_string();
-            // Backlog and lag, on the pool and a timer of their own.
+            // Every statement goes through the service's pool; only the
+            // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
+            let listener = super::data::listen(&spec.pg(), &t.channel_quoted()).await?;
+            {
+                let c = super::data::pooled(&pool).await?;
+                if spec.create_schema {
+                    super::data::adopt(&c, &t.create_tx(), &t.indexes()).await?;
+                }
+                // Every statement is checked against the table now, not
+                // at the first row.
+                for st in self.statements(&t) {
+                    c.prepare_cached(&st).await.map_err(pg)?;
+                }
+            }
+            // Backlog and lag, on the pool and a timer of their own.
             let _stats = {
                 let name = name.clone();
-                super::data::statistics(pool, t.leased(), ctx.details().clone(), move |s| {
+                super::data::statistics(pool.clone(), t.leased(), ctx.details().clone(), move |s| {
                     metrics::stats(&name, s.backlog, s.lag_seconds)
                 })
             };
             ctx.ready();
             tracing::info!(table = %spec.table, "relaying");
 
-            let batch = i64::from(spec.batch.0);
-            let lease = spec.lease.as_secs_f64();
-            let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
-            let mut outages = 0u32;
-            let mut published = 0u64;
+            let mut state = Relaying {
+                name,
+                redis_target: spec.redis_target(),
+                redis: None,
+                outages: 0,
+                published: 0,
+            };
+            let mut lost = 0u32;
             loop {
                 if ctx.is_cancelled() {
                     return Ok(());
                 }
-                client.execute(&reap, &[]).await.map_err(pg)?;
-                let mut rows: Vec<Row> = client
-                    .query(&claim, &[&batch, &lease])
-                    .await
-                    .map_err(pg)?
-                    .iter()
-                    .map(|r| Row {
-                        claim: r.get(6),
-                        id: r.get(0),
-                        topic: r.get(1),
-                        partition_key: r.get(2),
-                        payload: r.get(3),
-                        headers: r.get(4),
-                        dedupe_key: r.get(5),
-                    })
-                    .collect();
-                if rows.is_empty() {
-                    // Sleep until woken (an insert), the next retry or lease
-                    // end is due, or the poll interval passes.
-                    let due: Option<f64> =
-                        client.query_one(&next_due, &[]).await.map_err(pg)?.get(0);
-                    let wait = match due {
-                        Some(s) => {
-                            Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval)
+                let next = match self.round(&pool, &t, &ctx, &mut state).await {
+                    Ok(next) => {
+                        if lost > 0 {
+                            tracing::info!("PostgreSQL is back");
+                            lost = 0;
                         }
-                        None => spec.poll_interval,
-                    };
-                    tokio::select! {
-                        _ = wake.notified() => {}
+                        next
+                    }
+                    Err(super::data::Fault::Fatal(e)) => return Err(e),
+                    Err(super::data::Fault::Lost(e)) => {
+                        let delay = super::data::lost_delay(lost);
+                        lost += 1;
+                        tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
+                        ctx.details().set("last_error", e.0);
+                        Next::Pause(delay)
+                    }
+                };
+                match next {
+                    Next::Go => {}
+                    Next::Idle(wait) => tokio::select! {
+                        _ = listener.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
                         _ = ctx.cancelled() => return Ok(()),
-                    }
-                    continue;
-                }
-                rows.sort_by_key(|r| r.id);
-                metrics::batch(&name, rows.len());
-                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                let claim_token = rows[0].claim;
-                if redis.is_none() {
-                    // An answer may take up to half the lease (a batch of
-                    // large entries; Redis's own default is 500 ms, which
-                    // would turn a slow batch into an endless re-send).
-                    let timeouts = crate::conn::redis::Timeouts {
-                        connect: Some(Duration::from_secs(5)),
-                        response: Some((spec.lease / 2).max(Duration::from_secs(1))),
-                    };
-                    match crate::conn::redis::connect(&redis_target, timeouts).await {
-                        Ok(c) => redis = Some(c),
-                        Err(e) => {
-                            client
-                                .execute(&release, &[&ids, &claim_token])
-                                .await
-                                .map_err(pg)?;
-                            let delay = outage_delay(outages);
-                            outages += 1;
-                            let msg = redact(&format!("cannot connect to Redis: {e}"));
-                            tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
-                            ctx.details().set("last_error", msg);
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = ctx.cancelled() => return Ok(()),
-                            }
-                            continue;
-                        }
-                    }
-                }
-                let conn = &mut redis.as_mut().expect("connected above").conn;
-                // Within half the lease: the rows are still ours when we
-                // mark them.
-                let sent = tokio::time::timeout(
-                    (spec.lease / 2).max(Duration::from_secs(1)),
-                    self.send(conn, &rows),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Sent::Outage("Redis did not answer within half the lease".into())
-                });
-                match sent {
-                    Sent::All => {
-                        let n = client
-                            .execute(&done, &[&ids, &claim_token])
-                            .await
-                            .map_err(pg)?;
-                        if n < ids.len() as u64 {
-                            tracing::warn!(
-                                rows = ids.len() as u64 - n,
-                                "the lease ran out before the rows were marked; another relay sends them again"
-                            );
-                        }
-                        outages = 0;
-                        published += ids.len() as u64;
-                        ctx.details().set("published", published);
-                        metrics::published(&name, "sent", ids.len());
-                    }
-                    Sent::Refused(refused) => {
-                        let bad: std::collections::HashSet<i64> =
-                            refused.iter().map(|(id, _)| *id).collect();
-                        let good: Vec<i64> =
-                            ids.iter().copied().filter(|id| !bad.contains(id)).collect();
-                        client
-                            .execute(&done, &[&good, &claim_token])
-                            .await
-                            .map_err(pg)?;
-                        published += good.len() as u64;
-                        metrics::published(&name, "sent", good.len());
-                        // Every refused row of the batch in one statement.
-                        let (bad_ids, errors): (Vec<i64>, Vec<String>) =
-                            refused.iter().cloned().unzip();
-                        let settled = client
-                            .query(&retry, &[&bad_ids, &errors, &max_retries, &claim_token])
-                            .await
-                            .map_err(pg)?;
-                        let error_of: std::collections::HashMap<i64, &str> =
-                            refused.iter().map(|(id, e)| (*id, e.as_str())).collect();
-                        for row in &settled {
-                            let (id, failed): (i64, bool) = (row.get(0), row.get(1));
-                            let error = error_of.get(&id).copied().unwrap_or("");
-                            let result = if failed { "failed" } else { "retry" };
-                            metrics::published(&name, result, 1);
-                            tracing::warn!(id, error = %error, result, "Redis refused a row");
-                            ctx.details()
-                                .set("last_error", format!("row {id}: {error}"));
-                        }
-                        ctx.details().set("published", published);
-                    }
-                    Sent::Outage(msg) => {
-                        redis = None;
-                        client
-                            .execute(&release, &[&ids, &claim_token])
-                            .await
-                            .map_err(pg)?;
-                        let delay = outage_delay(outages);
-                        outages += 1;
-                        tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
-                        ctx.details().set("last_error", format!("Redis: {msg}"));
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = ctx.cancelled() => return Ok(()),
-                        }
-                    }
+                    },
+                    Next::Pause(delay) => tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.cancelled() => return Ok(()),
+                    },
                 }
             }
         })
+    }
+}
+
+impl Relay {
+    /// The statements of a round, in the order [`Relay::round`] uses them.
+    fn statements(&self, t: &sql::Outbox) -> [String; 6] {
+        [
+            t.reap(),
+            t.claim(),
+            t.next_due(),
+            if self.spec.delete_sent {
+                t.delete_sent()
+            } else {
+                t.mark_sent()
+            },
+            t.release(),
+            t.retry_many(),
+        ]
+    }
+
+    /// One round, on one session of the pool: return expired leases,
+    /// claim a batch, send it to Redis, settle it.
+    async fn round(
+        &self,
+        pool: &crate::conn::postgres::Pool,
+        t: &sql::Outbox,
+        ctx: &Context,
+        state: &mut Relaying,
+    ) -> Result<Next, super::data::Fault> {
+        let spec = &self.spec;
+        let client = super::data::take(pool).await?;
+        let [reap, claim, next_due, done, release, retry] = self.statements(t);
+        let name = state.name.as_str();
+        let batch = i64::from(spec.batch.0);
+        let lease = spec.lease.as_secs_f64();
+        let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
+
+        let reap = client.prepare_cached(&reap).await?;
+        client.execute(&reap, &[]).await?;
+        let claim = client.prepare_cached(&claim).await?;
+        let mut rows: Vec<Row> = client
+            .query(&claim, &[&batch, &lease])
+            .await?
+            .iter()
+            .map(|r| Row {
+                claim: r.get(6),
+                id: r.get(0),
+                topic: r.get(1),
+                partition_key: r.get(2),
+                payload: r.get(3),
+                headers: r.get(4),
+                dedupe_key: r.get(5),
+            })
+            .collect();
+        if rows.is_empty() {
+            // Sleep until woken (an insert), the next retry or lease end
+            // is due, or the poll interval passes.
+            let next_due = client.prepare_cached(&next_due).await?;
+            let due: Option<f64> = client.query_one(&next_due, &[]).await?.get(0);
+            return Ok(Next::Idle(match due {
+                Some(s) => Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval),
+                None => spec.poll_interval,
+            }));
+        }
+        rows.sort_by_key(|r| r.id);
+        metrics::batch(name, rows.len());
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let claim_token = rows[0].claim;
+        let release = client.prepare_cached(&release).await?;
+        if state.redis.is_none() {
+            // An answer may take up to half the lease (a batch of large
+            // entries; Redis's own default is 500 ms, which would turn a
+            // slow batch into an endless re-send).
+            let timeouts = crate::conn::redis::Timeouts {
+                connect: Some(Duration::from_secs(5)),
+                response: Some((spec.lease / 2).max(Duration::from_secs(1))),
+            };
+            match crate::conn::redis::connect(&state.redis_target, timeouts).await {
+                Ok(c) => state.redis = Some(c),
+                Err(e) => {
+                    client.execute(&release, &[&ids, &claim_token]).await?;
+                    let delay = outage_delay(state.outages);
+                    state.outages += 1;
+                    let msg = redact(&format!("cannot connect to Redis: {e}"));
+                    tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
+                    ctx.details().set("last_error", msg);
+                    return Ok(Next::Pause(delay));
+                }
+            }
+        }
+        let conn = &mut state.redis.as_mut().expect("connected above").conn;
+        // Within half the lease: the rows are still ours when we mark
+        // them.
+        let sent = tokio::time::timeout(
+            (spec.lease / 2).max(Duration::from_secs(1)),
+            self.send(conn, &rows),
+        )
+        .await
+        .unwrap_or_else(|_| Sent::Outage("Redis did not answer within half the lease".into()));
+        let done = client.prepare_cached(&done).await?;
+        match sent {
+            Sent::All => {
+                let n = client.execute(&done, &[&ids, &claim_token]).await?;
+                if n < ids.len() as u64 {
+                    tracing::warn!(
+                        rows = ids.len() as u64 - n,
+                        "the lease ran out before the rows were marked; another relay sends them again"
+                    );
+                }
+                state.outages = 0;
+                state.published += ids.len() as u64;
+                ctx.details().set("published", state.published);
+                metrics::published(name, "sent", ids.len());
+            }
+            Sent::Refused(refused) => {
+                let bad: std::collections::HashSet<i64> =
+                    refused.iter().map(|(id, _)| *id).collect();
+                let good: Vec<i64> = ids.iter().copied().filter(|id| !bad.contains(id)).collect();
+                client.execute(&done, &[&good, &claim_token]).await?;
+                state.published += good.len() as u64;
+                metrics::published(name, "sent", good.len());
+                // Every refused row of the batch in one statement.
+                let (bad_ids, errors): (Vec<i64>, Vec<String>) = refused.iter().cloned().unzip();
+                let retry = client.prepare_cached(&retry).await?;
+                let settled = client
+                    .query(&retry, &[&bad_ids, &errors, &max_retries, &claim_token])
+                    .await?;
+                let error_of: std::collections::HashMap<i64, &str> =
+                    refused.iter().map(|(id, e)| (*id, e.as_str())).collect();
+                for row in &settled {
+                    let (id, failed): (i64, bool) = (row.get(0), row.get(1));
+                    let error = error_of.get(&id).copied().unwrap_or("");
+                    let result = if failed { "failed" } else { "retry" };
+                    metrics::published(name, result, 1);
+                    tracing::warn!(id, error = %error, result, "Redis refused a row");
+                    ctx.details()
+                        .set("last_error", format!("row {id}: {error}"));
+                }
+                ctx.details().set("published", state.published);
+            }
+            Sent::Outage(msg) => {
+                state.redis = None;
+                client.execute(&release, &[&ids, &claim_token]).await?;
+                let delay = outage_delay(state.outages);
+                state.outages += 1;
+                tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
+                ctx.details().set("last_error", format!("Redis: {msg}"));
+                return Ok(Next::Pause(delay));
+            }
+        }
+        Ok(Next::Go)
     }
 }

@@ -34,8 +34,8 @@ config_table! {
         pub batch: Count = Count(100),
         /// Create the table and trigger at start (idempotent DDL).
         pub create_schema: bool = true,
-        /// Sessions of the service's pool (statistics, actions); the
-        /// worker's own session is apart.
+        /// Sessions of the service's pool (rounds, statistics, actions); the
+        /// listening session is apart.
         pub pool_size: Count = Count(crate::services::data::DEFAULT_POOL_SIZE),
         /// A file of PEM CA certificates that TLS connections (to
         /// PostgreSQL and to a `rediss://` Redis) trust besides the
