@@ -132,6 +132,7 @@ struct Secrets {
     exec_arg: Secret,
     env_value: Secret,
     unquoted_pg: Secret,
+    web_pw: Secret,
     token: Secret,
 }
 
@@ -152,6 +153,7 @@ impl Secrets {
             exec_arg: Secret::new("Vk3"),
             env_value: Secret::new("Vk4"),
             unquoted_pg: Secret::new("Vk6"),
+            web_pw: Secret::new("Vk7"),
             token: Secret::new("Vk5"),
         }
     }
@@ -172,6 +174,7 @@ impl Secrets {
             &self.exec_arg,
             &self.env_value,
             &self.unquoted_pg,
+            &self.web_pw,
             &self.token,
         ]
     }
@@ -255,6 +258,11 @@ kind = "external"
 ready = {{ redis = "redis://:{probe_redis_encoded}@127.0.0.1:{closed}", interval = "100ms" }}
 start_timeout = "2s"
 
+[services.web]
+kind = "external"
+ready = {{ http = "http://web:{web_pw}@127.0.0.1:{closed}/healthz", interval = "100ms" }}
+start_timeout = "2s"
+
 [services.tool]
 kind = "external"
 ready = {{ exec = ["sh", "-c", "exit 1", "sh", "postgres://tool:{exec_arg}@127.0.0.1:{closed}/db"], interval = "100ms" }}
@@ -282,6 +290,7 @@ singleton = true
         exec_arg = toml(&s.exec_arg.value),
         env_value = toml(&s.env_value.value),
         unquoted_pg = unquoted,
+        web_pw = url(&s.web_pw),
     )
 }
 

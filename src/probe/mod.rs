@@ -75,7 +75,12 @@ pub async fn http(url: &HttpUrl, ca: Option<&crate::config::types::CaFile>) -> R
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad request: {e}"))?;
-    let what = uri.authority().map_or("", |a| a.as_str()).to_string();
+    // Host and port only: the authority may hold credentials.
+    let what = match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
     // Where the CA of the server's certificate can be named.
     let hint = if ca.is_some() {
         "tls_ca"

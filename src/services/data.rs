@@ -207,19 +207,34 @@ impl From<ServiceError> for Fault {
 
 /// Whether `e` says the session is gone or the server cannot serve now
 /// (rather than that it refused the statement): the connection closed or
-/// failed, the server is shutting down or starting (57P01-57P03), a
-/// connection exception (class 08), or a read-only server (25006: a
-/// replica after a failover).
+/// failed (but not a TLS handshake: that needs the operator), the server
+/// is shutting down or starting (57P01-57P03), a connection exception
+/// (class 08), short of resources (class 53: too many clients), a
+/// serialization failure or deadlock (40001, 40P01), or a read-only
+/// server (25006: a replica after a failover).
 pub fn is_lost(e: &tokio_postgres::Error) -> bool {
     use std::error::Error as _;
     use tokio_postgres::error::SqlState;
     if e.is_closed() {
         return true;
     }
+    // A TLS handshake that failed (an untrusted certificate) fails the
+    // same way next time: the operator must act.
+    if crate::conn::tls::describe(e, "").is_some() {
+        return false;
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code();
-        return code.code().starts_with("08")
+        // 08: connection exceptions; 53: the server is short of resources
+        // (too many clients after a restart, out of memory or disk);
+        // 40001/40P01: a serialization failure or deadlock, which a new
+        // attempt clears.
+        return ["08", "53"]
+            .iter()
+            .any(|class| code.code().starts_with(class))
             || [
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
                 SqlState::ADMIN_SHUTDOWN,
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
@@ -268,6 +283,14 @@ pub async fn prepare_all<const N: usize>(
     Ok(out
         .try_into()
         .unwrap_or_else(|_| unreachable!("N statements")))
+}
+
+/// After a lost round: the idle sessions of `pool` are dropped (the one
+/// that failed among them), so the next round connects anew, also when
+/// the old sessions still answer the pool's check (a server that became
+/// read-only after a failover, behind a name that now points elsewhere).
+pub fn forget_sessions(pool: &crate::conn::postgres::Pool) {
+    let _ = pool.retain(|_, _| false);
 }
 
 /// The pause before a worker's next round after `attempt` lost rounds in
@@ -485,7 +508,7 @@ pub struct Stats {
 pub const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// The share of its time a session may spend counting: a count that took
-/// `d` is followed by the next one after `d / STATS_SHARE` at the soonest.
+/// `d` is followed by the next one after `d × STATS_SHARE` at the soonest.
 pub const STATS_SHARE: u32 = 20;
 
 /// When the reading after one that took `took` is due: after
@@ -513,11 +536,15 @@ pub fn statistics(
     AbortOnDrop(tokio::spawn(async move {
         let mut failing = false;
         loop {
-            let began = std::time::Instant::now();
+            // Only the count is timed: waiting for a session (or failing
+            // to make one) says nothing of what counting costs.
+            let mut took = Duration::ZERO;
             let reading = async {
                 let c = pooled(&pool).await?;
                 let st = c.prepare_cached(&sql).await.map_err(pg)?;
+                let began = std::time::Instant::now();
                 let row = c.query_one(&st, &[]).await.map_err(pg)?;
+                took = began.elapsed();
                 Ok::<_, ServiceError>(Stats {
                     backlog: row.get(0),
                     lag_seconds: row.get(1),
@@ -539,7 +566,7 @@ pub fn statistics(
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read the statistics"),
             }
-            tokio::time::sleep(next_reading_after(began.elapsed())).await;
+            tokio::time::sleep(next_reading_after(took)).await;
         }
     }))
 }

@@ -159,9 +159,6 @@ impl Service for MemorySync {
                     metrics::backlog(&name, s.backlog)
                 })
             };
-            ctx.ready();
-            tracing::info!(table = %spec.table, "syncing");
-
             let in_flight = (spec.in_flight.0 as usize).max(1);
             let cas: Vec<_> = spec.tls_ca.iter().map(|c| c.0.clone()).collect();
             let backend = Backend::new(uri, &cas, spec.timeout, in_flight)
@@ -182,6 +179,9 @@ impl Service for MemorySync {
                     humantime::format_duration(spec.timeout)
                 )));
             }
+            ctx.ready();
+            tracing::info!(table = %spec.table, "syncing");
+
             let batch = i64::from(spec.batch.0);
             let lease = spec.lease.as_secs_f64();
             let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
@@ -422,6 +422,7 @@ impl Service for MemorySync {
                     }
                     Err(super::data::Fault::Fatal(e)) => return Err(e),
                     Err(super::data::Fault::Lost(e)) => {
+                        super::data::forget_sessions(&pool);
                         let delay = super::data::lost_delay(lost);
                         lost += 1;
                         tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");

@@ -49,8 +49,9 @@ config_table! {
         /// Sessions of the service's pool (rounds, statistics, actions); the
         /// listening session is apart.
         pub pool_size: Count = Count(crate::services::data::DEFAULT_POOL_SIZE),
-        /// A file of PEM CA certificates that TLS connections to
-        /// PostgreSQL trust besides the system's roots.
+        /// A file of PEM CA certificates that TLS connections (to
+        /// PostgreSQL and an `https://` endpoint) trust besides the
+        /// system's roots.
         pub tls_ca: Option<CaFile>,
     }
 }

@@ -253,6 +253,7 @@ impl Service for Relay {
                     }
                     Err(super::data::Fault::Fatal(e)) => return Err(e),
                     Err(super::data::Fault::Lost(e)) => {
+                        super::data::forget_sessions(&pool);
                         let delay = super::data::lost_delay(lost);
                         lost += 1;
                         tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
