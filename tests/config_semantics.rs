@@ -370,7 +370,7 @@ restart = { policy = "always" }
     assert_eq!(
         diagnostics(&checked),
         vec![
-            "3:8 unknown-kind: services.greeter.kind: unknown kind \"greeter\"; this build has: process, external, outbox-relay, memory-sync"
+            "3:8 unknown-kind: services.greeter.kind: unknown kind \"greeter\"; this build has: process, external, outbox-relay, memory-sync, stream-replicator"
         ]
     );
 }

@@ -56,7 +56,7 @@ command = ["x"]
 kind = "outbox-rely"
 "#,
         expected: &[
-            "2:8 unknown-kind: services.a.kind: unknown kind \"outbox-rely\"; this build has: process, external, outbox-relay, memory-sync [help: did you mean \"outbox-relay\"?]",
+            "2:8 unknown-kind: services.a.kind: unknown kind \"outbox-rely\"; this build has: process, external, outbox-relay, memory-sync, stream-replicator [help: did you mean \"outbox-relay\"?]",
         ],
     },
     Case {
@@ -396,18 +396,47 @@ column = "created-at"
 keep = "30d"
 "#,
         expected: &[
-            "2:8 unknown-kind: services.clean.kind: unknown kind \"retention\"; this build has: process, external, outbox-relay, memory-sync",
+            "2:8 unknown-kind: services.clean.kind: unknown kind \"retention\"; this build has: process, external, outbox-relay, memory-sync, stream-replicator",
         ],
     },
     Case {
         name: "another_kind_this_build_does_not_have",
-        registry: r#"[services.rep]
-kind = "stream-replicator"
-redis = "redis://127.0.0.1:6379"
-streams = []
+        registry: r#"[services.dual]
+kind = "dual-write"
 "#,
         expected: &[
-            "2:8 unknown-kind: services.rep.kind: unknown kind \"stream-replicator\"; this build has: process, external, outbox-relay, memory-sync",
+            "2:8 unknown-kind: services.dual.kind: unknown kind \"dual-write\"; this build has: process, external, outbox-relay, memory-sync, stream-replicator",
+        ],
+    },
+    Case {
+        name: "replicator_settings_that_cannot_work",
+        registry: r#"[services.rep]
+kind = "stream-replicator"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+streams = ["a", "", "a"]
+group = " "
+min_idle = "0s"
+max_deliveries = 0
+columns = { id = "event_id", x = "c", y = "c" }
+
+[services.none]
+kind = "stream-replicator"
+postgres = "postgres://db/app"
+redis = "redis://127.0.0.1:6379"
+streams = []
+columns = {}
+"#,
+        expected: &[
+            "5:11 invalid-value: services.rep.streams: stream 2 is empty: name a Redis stream",
+            "5:11 invalid-value: services.rep.streams: stream \"a\" is named twice",
+            "6:9 invalid-value: services.rep.group: an empty group name: leave group out to use the service's name",
+            "7:12 invalid-value: services.rep.min_idle: 0s is below the minimum of 1s: a shorter one takes entries over from a consumer that is still applying them",
+            "8:18 invalid-value: services.rep.max_deliveries: 0 is below the minimum of 1: every entry would go to the dead-letter queue unread",
+            "9:18 invalid-value: services.rep.columns.id: event_id is filled by the replicator (the entry's outbox_id, else its stream and id): map the key to another column",
+            "9:43 invalid-value: services.rep.columns.y: column c is mapped twice",
+            "15:11 invalid-value: services.none.streams: no stream to read: name at least one, such as [\"orders\"]",
+            "16:11 invalid-value: services.none.columns: no column: map at least one payload key to a column, or leave columns out for the built-in layout",
         ],
     },
     Case {

@@ -31,6 +31,7 @@ pub mod logs;
 pub mod memory;
 pub mod outbox;
 pub mod process;
+pub mod replicator;
 
 pub use logs::{LogLine, Logs, Stream};
 
@@ -209,6 +210,7 @@ pub fn builtin(base_dir: PathBuf) -> Kinds {
     k.register(external::registration());
     k.register(outbox::registration());
     k.register(memory::registration());
+    k.register(replicator::registration());
     k
 }
 

@@ -25,6 +25,17 @@ pub fn sql(dsn: &str, q: &str) -> Vec<tokio_postgres::Row> {
     })
 }
 
+/// Runs one SQL statement and returns its rows, or its error.
+pub fn sql_rows(dsn: &str, q: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test PostgreSQL");
+        tokio::spawn(conn);
+        client.query(q, &[]).await
+    })
+}
+
 /// Runs one SQL statement and returns its error, if any.
 pub fn sql_result(dsn: &str, q: &str) -> Result<u64, tokio_postgres::Error> {
     rt().block_on(async {

@@ -1,0 +1,772 @@
+//! `kind = "stream-replicator"`: entries of Redis streams become rows of
+//! a PostgreSQL table, each event once.
+//!
+//! One consumer group per service (`group`, default the service's name)
+//! on each stream, created at start (`MKSTREAM`, from the stream's first
+//! entry); each warden process reads as its own consumer, so several
+//! share the work. A round reads a batch with `XREADGROUP`, applies it in
+//! one transaction (`INSERT ... ON CONFLICT (event_id) DO NOTHING`: an
+//! event delivered twice is a duplicate, not a second row), commits, and
+//! only then `XACK`s. An entry that cannot be applied (no payload, a
+//! payload that is not JSON, a row PostgreSQL refuses) or that was
+//! delivered more than `max_deliveries` times goes to the dead-letter
+//! queue (the stream `<stream>.dlq` and the table `warden_dlq`, under a
+//! key of its own: service, stream, entry id) and is acknowledged, so a
+//! poison entry never stops the stream nor crash-loops the service. A
+//! janitor claims entries left pending longer than `min_idle` by a
+//! consumer that went away (`XAUTOCLAIM`). Action `replay-dlq` puts dead
+//! letters back on their streams.
+//!
+//! PostgreSQL statements go through the service's pool; losing
+//! PostgreSQL or Redis costs a round (pause, then again), and the entries
+//! of that round, still pending, are read again.
+
+pub mod metrics;
+pub mod settings;
+pub mod sql;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use serde_json::Value as Json;
+
+use super::data::{Fault, pg};
+use super::{
+    ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
+    settings_of,
+};
+use crate::config::Action;
+use crate::config::secret::redact;
+use crate::config::{Runs, ServiceSpec};
+pub use settings::StreamReplicatorSpec;
+use stream::Entry;
+
+/// The registration of `kind = "stream-replicator"`.
+pub fn registration() -> Registration {
+    Registration::new::<StreamReplicatorSpec>(
+        "stream-replicator",
+        Runs::InProcess,
+        ReplicatorFactory,
+    )
+    .continuous()
+    .action(replay_dlq_action())
+    .metrics(metrics::FAMILIES)
+}
+
+/// How long one `XREADGROUP` waits for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// How often pending and lag are read.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+struct ReplicatorFactory;
+
+impl Factory for ReplicatorFactory {
+    fn build(&self, spec: &ServiceSpec) -> Result<Box<dyn Service>, ServiceError> {
+        Ok(Box::new(Replicator {
+            spec: settings_of::<StreamReplicatorSpec>(spec)?.clone(),
+        }))
+    }
+
+    fn action(
+        &self,
+        spec: &ServiceSpec,
+        _action: &str,
+        args: Json,
+        _details: Details,
+    ) -> BoxFuture<Result<Json, ActionError>> {
+        // `replay-dlq` is the kind's only action.
+        let settings = settings_of::<StreamReplicatorSpec>(spec).cloned();
+        let name = spec.name.clone();
+        Box::pin(async move { replay_dlq(&name, &settings?, &args).await })
+    }
+}
+
+struct Replicator {
+    spec: StreamReplicatorSpec,
+}
+
+/// What a replicator keeps from one round to the next.
+struct Replicating {
+    name: String,
+    group: String,
+    consumer: String,
+    redis: Option<crate::conn::redis::Connection>,
+    /// Read this consumer's own pending entries (`0`) before new ones
+    /// (`>`): at start, and after a round that did not acknowledge.
+    own_first: bool,
+    /// Redis outages in a row.
+    outages: u32,
+    applied: u64,
+    duplicates: u64,
+    dead: u64,
+    last_janitor: Option<Instant>,
+    last_stats: Option<Instant>,
+}
+
+/// A Redis error in words, passwords masked.
+fn redis_words(e: &redis::RedisError) -> String {
+    redact(&e.to_string())
+}
+
+/// This process's consumer name in every group: the host and process,
+/// so that two wardens (or a restarted one) never read as one consumer.
+fn consumer_name(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "warden".to_string());
+    format!("{host}-{}-{service}", std::process::id())
+}
+
+impl Service for Replicator {
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
+        Box::pin(async move {
+            let spec = &self.spec;
+            let name = ctx.name().to_string();
+            let replica = sql::Replica::new(&spec.table, spec.columns.as_ref());
+            let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
+            {
+                let c = super::data::pooled(&pool).await?;
+                if spec.create_schema {
+                    super::data::adopt(&c, &replica.create(), &[]).await?;
+                }
+                // The statements are checked against the tables now.
+                c.prepare_cached(&replica.apply()).await.map_err(pg)?;
+                c.prepare_cached(&replica.dead_letters())
+                    .await
+                    .map_err(pg)?;
+            }
+            let mut state = Replicating {
+                group: spec.group_of(&name),
+                consumer: consumer_name(&name),
+                name,
+                redis: None,
+                own_first: true,
+                outages: 0,
+                applied: 0,
+                duplicates: 0,
+                dead: 0,
+                last_janitor: None,
+                last_stats: None,
+            };
+            // Redis must be there at start: the groups are made now.
+            self.connect(&mut state)
+                .await
+                .map_err(|e| ServiceError(format!("Redis: {e}")))?;
+            ctx.ready();
+            tracing::info!(streams = ?spec.streams, group = %state.group, consumer = %state.consumer, "replicating");
+            let mut lost = 0u32;
+            loop {
+                if ctx.is_cancelled() {
+                    return Ok(());
+                }
+                let round = tokio::select! {
+                    r = self.round(&pool, &replica, &ctx, &mut state) => r,
+                    _ = ctx.cancelled() => return Ok(()),
+                };
+                let pause = match round {
+                    Ok(None) => {
+                        if lost > 0 {
+                            tracing::info!("PostgreSQL is back");
+                            lost = 0;
+                        }
+                        continue;
+                    }
+                    Ok(Some(pause)) => pause,
+                    Err(Fault::Fatal(e)) => return Err(e),
+                    Err(Fault::Lost(e)) => {
+                        super::data::forget_sessions(&pool);
+                        let delay = super::data::lost_delay(lost);
+                        lost += 1;
+                        state.own_first = true;
+                        tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
+                        ctx.details().set("last_error", e.0);
+                        delay
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = ctx.cancelled() => return Ok(()),
+                }
+            }
+        })
+    }
+}
+
+impl Replicator {
+    /// Connects to Redis and makes the groups (those there already stay
+    /// as they are).
+    async fn connect(&self, state: &mut Replicating) -> Result<(), String> {
+        let timeouts = crate::conn::redis::Timeouts {
+            connect: Some(Duration::from_secs(5)),
+            // Longer than the BLOCK of a read.
+            response: Some(BLOCK + Duration::from_secs(10)),
+        };
+        let mut c = crate::conn::redis::connect(&self.spec.redis_target(), timeouts)
+            .await
+            .map_err(|e| redact(&e.to_string()))?;
+        for s in &self.spec.streams {
+            let made: redis::RedisResult<Value> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(s)
+                .arg(&state.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c.conn)
+                .await;
+            match made {
+                Ok(_) => {
+                    tracing::info!(stream = %s, group = %state.group, "consumer group created")
+                }
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(format!("cannot create group on {s:?}: {}", redis_words(&e))),
+            }
+        }
+        state.redis = Some(c);
+        Ok(())
+    }
+
+    /// A Redis outage: the connection is dropped, the round pauses (0.5 s
+    /// doubling to 30 s) and the next one reads this consumer's pending
+    /// entries first.
+    fn outage(&self, state: &mut Replicating, ctx: &Context, error: String) -> Duration {
+        state.redis = None;
+        state.own_first = true;
+        let delay = super::data::doubling(state.outages, Duration::from_secs(30));
+        state.outages += 1;
+        tracing::warn!(error = %error, delay = ?delay, "Redis unavailable; trying again");
+        ctx.details().set("last_error", format!("Redis: {error}"));
+        delay
+    }
+
+    /// One round: statistics and the janitor when due, a batch read,
+    /// applied and acknowledged. `Some(pause)` after a Redis outage.
+    async fn round(
+        &self,
+        pool: &crate::conn::postgres::Pool,
+        replica: &sql::Replica,
+        ctx: &Context,
+        state: &mut Replicating,
+    ) -> Result<Option<Duration>, Fault> {
+        if state.redis.is_none()
+            && let Err(e) = self.connect(state).await
+        {
+            return Ok(Some(self.outage(state, ctx, e)));
+        }
+        if state.last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            state.last_stats = Some(Instant::now());
+            if let Err(e) = self.stats(state, ctx).await {
+                return Ok(Some(self.outage(state, ctx, redis_words(&e))));
+            }
+        }
+        let janitor_every = (self.spec.min_idle / 2).max(Duration::from_secs(1));
+        let entries = if state
+            .last_janitor
+            .is_none_or(|t| t.elapsed() >= janitor_every)
+        {
+            state.last_janitor = Some(Instant::now());
+            self.claim_idle(state).await
+        } else {
+            Ok(Vec::new())
+        };
+        let entries = match entries {
+            Ok(e) if !e.is_empty() => Ok(e),
+            Ok(_) => self.read(state).await,
+            Err(e) => Err(e),
+        };
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => return Ok(Some(self.outage(state, ctx, redis_words(&e)))),
+        };
+        state.outages = 0;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        self.apply(pool, replica, ctx, state, entries).await
+    }
+
+    /// This consumer's own pending entries (at start, after a failed
+    /// round), else new entries, waiting up to [`BLOCK`] for them.
+    async fn read(&self, state: &mut Replicating) -> redis::RedisResult<Vec<Entry>> {
+        let own = state.own_first;
+        let conn = &mut state.redis.as_mut().expect("connected").conn;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&state.group)
+            .arg(&state.consumer)
+            .arg("COUNT")
+            .arg(self.spec.batch.0);
+        if !own {
+            cmd.arg("BLOCK").arg(BLOCK.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.spec.streams);
+        for _ in &self.spec.streams {
+            cmd.arg(if own { "0" } else { ">" });
+        }
+        let reply: Value = cmd.query_async(conn).await?;
+        let mut entries = stream::read_reply(&reply);
+        if own {
+            if entries.is_empty() {
+                state.own_first = false;
+            } else {
+                self.count_deliveries(state, &mut entries).await?;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Entries pending longer than `min_idle` with any consumer, claimed
+    /// for this one (`XAUTOCLAIM`), with their deliveries counted.
+    async fn claim_idle(&self, state: &mut Replicating) -> redis::RedisResult<Vec<Entry>> {
+        let mut all = Vec::new();
+        let min_idle = self.spec.min_idle.as_millis() as u64;
+        for s in &self.spec.streams {
+            let conn = &mut state.redis.as_mut().expect("connected").conn;
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(s)
+                .arg(&state.group)
+                .arg(&state.consumer)
+                .arg(min_idle)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.spec.batch.0)
+                .query_async(conn)
+                .await?;
+            all.extend(stream::autoclaim_reply(s, &reply));
+        }
+        if !all.is_empty() {
+            tracing::info!(
+                entries = all.len(),
+                "claimed entries another consumer left pending"
+            );
+            self.count_deliveries(state, &mut all).await?;
+        }
+        Ok(all)
+    }
+
+    /// Sets each entry's deliveries from `XPENDING` (this consumer's).
+    async fn count_deliveries(
+        &self,
+        state: &mut Replicating,
+        entries: &mut [Entry],
+    ) -> redis::RedisResult<()> {
+        let conn = &mut state.redis.as_mut().expect("connected").conn;
+        for s in &self.spec.streams {
+            let ids: Vec<&str> = entries
+                .iter()
+                .filter(|e| &e.stream == s)
+                .map(|e| e.id.as_str())
+                .collect();
+            let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+                continue;
+            };
+            let reply: Value = redis::cmd("XPENDING")
+                .arg(s)
+                .arg(&state.group)
+                .arg(*first)
+                .arg(*last)
+                .arg(ids.len())
+                .arg(&state.consumer)
+                .query_async(conn)
+                .await?;
+            let counts = stream::deliveries(&reply);
+            for e in entries.iter_mut().filter(|e| &e.stream == s) {
+                if let Some(n) = counts.get(&e.id) {
+                    e.deliveries = *n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch, dead letters included, in one transaction; then
+    /// sends the dead letters to their `.dlq` streams and acknowledges
+    /// every entry. A batch PostgreSQL refuses is applied entry by entry,
+    /// so that only the entries at fault become dead letters.
+    async fn apply(
+        &self,
+        pool: &crate::conn::postgres::Pool,
+        replica: &sql::Replica,
+        ctx: &Context,
+        state: &mut Replicating,
+        entries: Vec<Entry>,
+    ) -> Result<Option<Duration>, Fault> {
+        let max = i64::from(self.spec.max_deliveries);
+        let mut events = Vec::new();
+        let mut dead: Vec<(&Entry, String)> = Vec::new();
+        for e in &entries {
+            if e.deliveries > max {
+                dead.push((
+                    e,
+                    format!(
+                        "delivered {} times, more than max_deliveries ({max})",
+                        e.deliveries
+                    ),
+                ));
+                continue;
+            }
+            match e.event() {
+                Ok(ev) => events.push((e, ev)),
+                Err(why) => dead.push((e, why)),
+            }
+        }
+        let mut client = super::data::take(pool).await?;
+        let inserted = match write(&mut client, replica, &state.name, &events, &dead).await {
+            Ok(n) => n,
+            Err(Fault::Fatal(e)) if !events.is_empty() => {
+                // One entry (or more) PostgreSQL refuses: find them.
+                tracing::warn!(error = %e, "PostgreSQL refused a batch; applying its entries one by one");
+                let mut n = 0;
+                let mut refused = Vec::new();
+                for one in &events {
+                    match write(
+                        &mut client,
+                        replica,
+                        &state.name,
+                        std::slice::from_ref(one),
+                        &[],
+                    )
+                    .await
+                    {
+                        Ok(k) => n += k,
+                        Err(Fault::Fatal(e)) => refused.push((one.0, e.0)),
+                        Err(lost) => return Err(lost),
+                    }
+                }
+                dead.extend(refused);
+                events.retain(|(e, _)| {
+                    !dead
+                        .iter()
+                        .any(|(d, _)| d.id == e.id && d.stream == e.stream)
+                });
+                write(&mut client, replica, &state.name, &[], &dead).await?;
+                n
+            }
+            Err(e) => return Err(e),
+        };
+        drop(client);
+        // Committed: now the dead letters' streams, then the
+        // acknowledgements (a failure here re-delivers; applying again is
+        // a duplicate, a dead letter is kept under the same key).
+        let conn = &mut state.redis.as_mut().expect("connected").conn;
+        let mut pipe = redis::pipe();
+        for (e, why) in &dead {
+            pipe.cmd("XADD")
+                .arg(format!("{}.dlq", e.stream))
+                .arg("*")
+                .arg("dlq_stream")
+                .arg(&e.stream)
+                .arg("dlq_entry_id")
+                .arg(&e.id)
+                .arg("dlq_reason")
+                .arg(why)
+                .arg("dlq_deliveries")
+                .arg(e.deliveries);
+            for (k, v) in &e.fields {
+                pipe.arg(k).arg(v);
+            }
+            pipe.ignore();
+        }
+        for s in &self.spec.streams {
+            let ids: Vec<&str> = entries
+                .iter()
+                .filter(|e| &e.stream == s)
+                .map(|e| e.id.as_str())
+                .collect();
+            if !ids.is_empty() {
+                pipe.cmd("XACK").arg(s).arg(&state.group).arg(ids).ignore();
+            }
+        }
+        if let Err(e) = pipe.query_async::<()>(conn).await {
+            return Ok(Some(self.outage(state, ctx, redis_words(&e))));
+        }
+        let duplicates = events.len() as u64 - inserted.min(events.len() as u64);
+        state.applied += inserted;
+        state.duplicates += duplicates;
+        state.dead += dead.len() as u64;
+        metrics::applied(&state.name, "applied", inserted);
+        metrics::applied(&state.name, "duplicate", duplicates);
+        metrics::applied(&state.name, "dlq", dead.len() as u64);
+        metrics::dead_letters(&state.name, dead.len() as u64);
+        for (e, why) in &dead {
+            tracing::warn!(stream = %e.stream, entry = %e.id, reason = %why, "entry sent to the dead-letter queue");
+            ctx.details()
+                .set("last_error", format!("{} {}: {why}", e.stream, e.id));
+        }
+        ctx.details().set("applied", state.applied);
+        ctx.details().set("duplicates", state.duplicates);
+        ctx.details().set("dead_letters", state.dead);
+        Ok(None)
+    }
+
+    /// Pending (delivered, not acknowledged) plus not yet delivered
+    /// entries of the group over its streams, and the age of the oldest.
+    async fn stats(&self, state: &mut Replicating, ctx: &Context) -> redis::RedisResult<()> {
+        let conn = &mut state.redis.as_mut().expect("connected").conn;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_millis() as f64);
+        let ms_of = |id: &str| id.split('-').next().and_then(|m| m.parse::<f64>().ok());
+        let mut pending = 0i64;
+        let mut oldest: Option<f64> = None;
+        for s in &self.spec.streams {
+            let summary: Value = redis::cmd("XPENDING")
+                .arg(s)
+                .arg(&state.group)
+                .query_async(conn)
+                .await?;
+            let summary = stream::items(&summary);
+            pending += summary.first().and_then(stream::int).unwrap_or(0);
+            if let Some(ms) = summary
+                .get(1)
+                .and_then(stream::text)
+                .and_then(|id| ms_of(&id))
+            {
+                oldest = Some(oldest.map_or(ms, |o: f64| o.min(ms)));
+            }
+            let groups: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(s)
+                .query_async(conn)
+                .await?;
+            let Some(info) = group_info(&groups, &state.group) else {
+                continue;
+            };
+            let undelivered = info.get("lag").and_then(stream::int).unwrap_or(0);
+            pending += undelivered;
+            if undelivered > 0
+                && let Some(last) = info.get("last-delivered-id").and_then(stream::text)
+            {
+                let next: Value = redis::cmd("XRANGE")
+                    .arg(s)
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(conn)
+                    .await?;
+                if let Some(ms) = stream::read_reply(&Value::Array(vec![Value::Array(vec![
+                    Value::SimpleString(s.clone()),
+                    next,
+                ])]))
+                .first()
+                .and_then(|e| ms_of(&e.id))
+                {
+                    oldest = Some(oldest.map_or(ms, |o: f64| o.min(ms)));
+                }
+            }
+        }
+        let lag = oldest.map_or(0.0, |ms| ((now_ms - ms) / 1000.0).max(0.0));
+        ctx.details().set("pending", pending);
+        ctx.details()
+            .set("lag_seconds", (lag * 1000.0).round() / 1000.0);
+        metrics::stats(&state.name, pending, lag);
+        Ok(())
+    }
+}
+
+/// The fields `XINFO GROUPS` gives of group `group` (RESP2 flat pairs or
+/// RESP3 maps).
+fn group_info(reply: &Value, group: &str) -> Option<HashMap<String, Value>> {
+    stream::items(reply).iter().find_map(|g| {
+        let pairs: Vec<(String, Value)> = match g {
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| Some((stream::text(k)?, v.clone())))
+                .collect(),
+            flat => stream::items(flat)
+                .chunks(2)
+                .filter_map(|p| match p {
+                    [k, v] => Some((stream::text(k)?, v.clone())),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let map: HashMap<String, Value> = pairs.into_iter().collect();
+        (map.get("name").and_then(stream::text).as_deref() == Some(group)).then_some(map)
+    })
+}
+
+/// Writes `events` and `dead` letters in one transaction; answers the
+/// rows inserted.
+async fn write(
+    client: &mut deadpool_postgres::Object,
+    replica: &sql::Replica,
+    service: &str,
+    events: &[(&Entry, stream::Event)],
+    dead: &[(&Entry, String)],
+) -> Result<u64, Fault> {
+    let tx = client.transaction().await?;
+    let mut inserted = 0;
+    if !events.is_empty() {
+        let apply = tx.prepare_cached(&replica.apply()).await?;
+        let ids: Vec<&str> = events.iter().map(|(_, e)| e.event_id.as_str()).collect();
+        let streams: Vec<&str> = events.iter().map(|(e, _)| e.stream.as_str()).collect();
+        let keys: Vec<&str> = events
+            .iter()
+            .map(|(_, e)| e.partition_key.as_str())
+            .collect();
+        let payloads: Vec<&str> = events.iter().map(|(_, e)| e.payload.as_str()).collect();
+        let headers: Vec<&str> = events.iter().map(|(_, e)| e.headers.as_str()).collect();
+        let ms: Vec<f64> = events.iter().map(|(_, e)| e.ms).collect();
+        inserted = match replica.keys() {
+            None => {
+                tx.execute(&apply, &[&ids, &streams, &keys, &payloads, &headers, &ms])
+                    .await?
+            }
+            Some(columns) => {
+                tx.execute(
+                    &apply,
+                    &[&ids, &streams, &keys, &payloads, &headers, &ms, &columns],
+                )
+                .await?
+            }
+        };
+    }
+    if !dead.is_empty() {
+        let st = tx.prepare_cached(&replica.dead_letters()).await?;
+        let streams: Vec<&str> = dead.iter().map(|(e, _)| e.stream.as_str()).collect();
+        let entry_ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
+        let event_ids: Vec<String> = dead
+            .iter()
+            .map(|(e, _)| e.event().map(|ev| ev.event_id).unwrap_or_default())
+            .collect();
+        let reasons: Vec<String> = dead.iter().map(|(_, why)| redact(why)).collect();
+        let fields: Vec<String> = dead.iter().map(|(e, _)| e.fields_json()).collect();
+        let deliveries: Vec<i32> = dead
+            .iter()
+            .map(|(e, _)| i32::try_from(e.deliveries).unwrap_or(i32::MAX))
+            .collect();
+        tx.execute(
+            &st,
+            &[
+                &service,
+                &streams,
+                &entry_ids,
+                &event_ids,
+                &reasons,
+                &fields,
+                &deliveries,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// The description of `replay-dlq`.
+fn replay_dlq_action() -> Action {
+    Action::new(
+        "replay-dlq",
+        "Dead letters not replayed yet (all, or those of `ids`) go back to their streams, keeping their event ids.",
+    )
+    .request(serde_json::json!({
+        "type": "object",
+        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}},
+        "additionalProperties": false
+    }))
+    .response(serde_json::json!({
+        "type": "object",
+        "properties": {"replayed": {"type": "integer", "minimum": 0}},
+        "required": ["replayed"]
+    }))
+}
+
+/// `replay-dlq`: the service's dead letters not replayed yet (all, or
+/// `{"ids": [..]}`) are added to their streams again with their fields
+/// and their event id (so an event applied meanwhile stays one row), and
+/// marked replayed, in one transaction. Answers `{"replayed": N}`.
+async fn replay_dlq(
+    service: &str,
+    spec: &StreamReplicatorSpec,
+    args: &Json,
+) -> Result<Json, ActionError> {
+    let Some(fields) = args.as_object() else {
+        return Err(ActionError::BadRequest(
+            "the body must be a JSON object: {} for every dead letter, or {\"ids\": [..]}".into(),
+        ));
+    };
+    if let Some(k) = fields.keys().find(|k| *k != "ids") {
+        return Err(ActionError::BadRequest(format!(
+            "unknown argument {k:?}; replay-dlq takes only ids"
+        )));
+    }
+    let ids: Option<Vec<i64>> = match args.get("ids") {
+        None | Some(Json::Null) => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|a| a.iter().map(Json::as_i64).collect())
+                .ok_or_else(|| {
+                    ActionError::BadRequest("ids must be a list of dead-letter ids".into())
+                })?,
+        ),
+    };
+    let pool = super::data::pool_of(service, &spec.pg(), spec.pool_size.0).await?;
+    let mut client = super::data::pooled(&pool).await?;
+    let tx = client.transaction().await.map_err(pg)?;
+    let rows = match &ids {
+        None => {
+            tx.query(&sql::dead_letters_to_replay(false), &[&service])
+                .await
+        }
+        Some(ids) => {
+            tx.query(&sql::dead_letters_to_replay(true), &[&service, ids])
+                .await
+        }
+    }
+    .map_err(pg)?;
+    if rows.is_empty() {
+        return Ok(serde_json::json!({ "replayed": 0 }));
+    }
+    let mut redis = crate::conn::redis::connect(&spec.redis_target(), Default::default())
+        .await
+        .map_err(|e| ActionError::Failed(format!("Redis: {e}")))?;
+    let replayed = tx.prepare(&sql::replayed()).await.map_err(pg)?;
+    for row in &rows {
+        let (id, stream, fields): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        let fields: serde_json::Map<String, Json> =
+            serde_json::from_str(&fields).unwrap_or_default();
+        let entry = Entry {
+            stream: stream.clone(),
+            id: String::new(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            deliveries: 1,
+        };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in &entry.fields {
+            cmd.arg(k).arg(v);
+        }
+        // The event keeps its identity (the original stream and entry id
+        // when it had no outbox_id).
+        if entry.field("event_id").is_none_or(str::is_empty)
+            && entry.field("outbox_id").is_none_or(str::is_empty)
+        {
+            let original: Option<String> = tx
+                .query_one(
+                    &format!("SELECT entry_id FROM {} WHERE id = $1", sql::DLQ_TABLE),
+                    &[&id],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            if let Some(original) = original {
+                cmd.arg("event_id").arg(format!("{stream}:{original}"));
+            }
+        }
+        cmd.query_async::<Value>(&mut redis.conn)
+            .await
+            .map_err(|e| ActionError::Failed(format!("Redis: {}", redis_words(&e))))?;
+        tx.execute(&replayed, &[&id]).await.map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(serde_json::json!({ "replayed": rows.len() }))
+}

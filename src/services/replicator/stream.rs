@@ -1,0 +1,287 @@
+//! Redis stream replies read into entries: `XREADGROUP` (RESP2 arrays or
+//! RESP3 maps), `XAUTOCLAIM`, `XPENDING`, and the event an entry carries.
+
+use redis::Value;
+
+/// One stream entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    /// Field/value pairs, in order (text: non-UTF-8 bytes replaced).
+    pub fields: Vec<(String, String)>,
+    /// Deliveries so far, this one included.
+    pub deliveries: i64,
+}
+
+/// What an entry says, ready for the replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    pub partition_key: String,
+    pub payload: String,
+    pub headers: String,
+    /// The entry's time (its id), in ms since the epoch.
+    pub ms: f64,
+}
+
+pub fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+pub fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The items of an array (or set) reply; nothing for anything else.
+pub fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// `[id, [field, value, ...]]` as an entry of `stream`; an entry deleted
+/// from the stream but still pending (`[id, nil]`) has no fields.
+fn entry(stream: &str, v: &Value) -> Option<Entry> {
+    let parts = items(v);
+    let id = text(parts.first()?)?;
+    let mut fields = Vec::new();
+    match parts.get(1) {
+        Some(Value::Map(pairs)) => {
+            for (k, v) in pairs {
+                fields.push((text(k)?, text(v).unwrap_or_default()));
+            }
+        }
+        Some(flat) => {
+            for pair in items(flat).chunks(2) {
+                if let [k, v] = pair {
+                    fields.push((text(k)?, text(v).unwrap_or_default()));
+                }
+            }
+        }
+        None => {}
+    }
+    Some(Entry {
+        stream: stream.to_string(),
+        id,
+        fields,
+        deliveries: 1,
+    })
+}
+
+/// The entries of an `XREADGROUP` reply (nil: none).
+pub fn read_reply(v: &Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut add = |name: &Value, entries: &Value| {
+        if let Some(stream) = text(name) {
+            out.extend(items(entries).iter().filter_map(|e| entry(&stream, e)));
+        }
+    };
+    match v {
+        Value::Map(streams) => {
+            for (name, entries) in streams {
+                add(name, entries);
+            }
+        }
+        other => {
+            for s in items(other) {
+                if let [name, entries] = items(s) {
+                    add(name, entries);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The entries an `XAUTOCLAIM` reply claimed (`[next, [entries], [deleted]]`).
+pub fn autoclaim_reply(stream: &str, v: &Value) -> Vec<Entry> {
+    items(v)
+        .get(1)
+        .map(|es| items(es).iter().filter_map(|e| entry(stream, e)).collect())
+        .unwrap_or_default()
+}
+
+/// Deliveries by entry id, from an extended `XPENDING` reply
+/// (`[[id, consumer, idle, deliveries], ...]`).
+pub fn deliveries(v: &Value) -> std::collections::HashMap<String, i64> {
+    items(v)
+        .iter()
+        .filter_map(|p| {
+            let p = items(p);
+            Some((text(p.first()?)?, int(p.get(3)?)?))
+        })
+        .collect()
+}
+
+impl Entry {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The event this entry carries, or why it cannot be applied: no
+    /// `payload`, or a payload or `headers` that is not JSON. The event id
+    /// is the `event_id` field (a replayed dead letter keeps its own), else
+    /// `outbox_id` (the relay's), else the stream and entry id.
+    pub fn event(&self) -> Result<Event, String> {
+        let is_json = |s: &str| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
+        if self.fields.is_empty() {
+            return Err("the entry was deleted from the stream before it was applied".into());
+        }
+        let payload = self
+            .field("payload")
+            .ok_or("the entry has no payload field")?;
+        if !is_json(payload) {
+            return Err("the payload is not JSON".into());
+        }
+        let headers = match self.field("headers") {
+            None | Some("") => "{}",
+            Some(h) if is_json(h) => h,
+            Some(_) => return Err("the headers are not JSON".into()),
+        };
+        let non_empty = |k: &str| self.field(k).filter(|v| !v.is_empty());
+        let event_id = non_empty("event_id")
+            .or_else(|| non_empty("outbox_id"))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}:{}", self.stream, self.id));
+        let ms = self
+            .id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        Ok(Event {
+            event_id,
+            partition_key: self.field("partition_key").unwrap_or("").to_string(),
+            payload: payload.to_string(),
+            headers: headers.to_string(),
+            ms,
+        })
+    }
+
+    /// The fields as a JSON object (for the dead-letter table).
+    pub fn fields_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry_value(id: &str, fields: &[(&str, &str)]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [bulk(k), bulk(v)])
+                    .collect(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn xreadgroup_replies_in_resp2_and_resp3_read_alike() {
+        let e1 = entry_value("1-0", &[("payload", "{}"), ("outbox_id", "7")]);
+        let e2 = entry_value("2-0", &[("payload", "[1]")]);
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![bulk("a"), Value::Array(vec![e1.clone()])]),
+            Value::Array(vec![bulk("b"), Value::Array(vec![e2.clone()])]),
+        ]);
+        let resp3 = Value::Map(vec![
+            (bulk("a"), Value::Array(vec![e1])),
+            (bulk("b"), Value::Array(vec![e2])),
+        ]);
+        for v in [resp2, resp3] {
+            let es = read_reply(&v);
+            assert_eq!(es.len(), 2);
+            assert_eq!((es[0].stream.as_str(), es[0].id.as_str()), ("a", "1-0"));
+            assert_eq!(es[0].field("outbox_id"), Some("7"));
+            assert_eq!((es[1].stream.as_str(), es[1].id.as_str()), ("b", "2-0"));
+        }
+        assert!(read_reply(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn an_event_id_is_the_event_id_field_else_the_outbox_id_else_the_entry() {
+        let e = |fields: &[(&str, &str)]| Entry {
+            stream: "s".into(),
+            id: "1700000000123-4".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            deliveries: 1,
+        };
+        let ev = e(&[("payload", "{}"), ("outbox_id", "9"), ("event_id", "x")])
+            .event()
+            .unwrap();
+        assert_eq!(ev.event_id, "x");
+        assert_eq!(
+            e(&[("payload", "{}"), ("outbox_id", "9")])
+                .event()
+                .unwrap()
+                .event_id,
+            "9"
+        );
+        let ev = e(&[("payload", "{}"), ("outbox_id", "")]).event().unwrap();
+        assert_eq!(ev.event_id, "s:1700000000123-4");
+        assert_eq!(ev.ms, 1_700_000_000_123.0);
+        assert_eq!(ev.headers, "{}");
+        assert_eq!(
+            e(&[("payload", "nope")]).event(),
+            Err("the payload is not JSON".to_string())
+        );
+        assert_eq!(
+            e(&[("payload", "{}"), ("headers", "{")]).event(),
+            Err("the headers are not JSON".to_string())
+        );
+        assert_eq!(
+            e(&[("other", "1")]).event(),
+            Err("the entry has no payload field".to_string())
+        );
+        assert!(e(&[]).event().is_err(), "a deleted entry");
+    }
+
+    #[test]
+    fn pending_deliveries_and_autoclaimed_entries_are_read() {
+        let pending = Value::Array(vec![Value::Array(vec![
+            bulk("5-0"),
+            bulk("c1"),
+            Value::Int(1000),
+            Value::Int(6),
+        ])]);
+        assert_eq!(deliveries(&pending).get("5-0"), Some(&6));
+        let claimed = Value::Array(vec![
+            bulk("0-0"),
+            Value::Array(vec![entry_value("5-0", &[("payload", "{}")])]),
+            Value::Array(vec![]),
+        ]);
+        let es = autoclaim_reply("s", &claimed);
+        assert_eq!(es.len(), 1);
+        assert_eq!(es[0].id, "5-0");
+    }
+}

@@ -1,0 +1,440 @@
+//! `kind = "stream-replicator"` end to end against a real PostgreSQL 15
+//! and a real Redis that the test starts: entries become rows once (a
+//! duplicate event is not a second row), acknowledged only after the
+//! commit; a non-JSON entry and an entry delivered too often land in the
+//! dead-letter queue (stream and table) without a crash loop; an entry a
+//! consumer left pending is claimed; `replay-dlq` brings dead letters
+//! back; a restart of PostgreSQL costs a round, not the service.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use support::daemon::Warden;
+use support::db::{redis_cmd, sql, stream, wait_until};
+use support::http::{get_json, http, wait_http};
+use support::servers::{Postgres, Redis, free_port};
+
+fn registry(port: u16, pg: &Postgres, redis: &Redis, extra: &str) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.rep]
+kind = "stream-replicator"
+postgres = "{pg}"
+redis = "{redis}"
+streams = ["orders", "users"]
+min_idle = "1s"
+max_deliveries = 3
+{extra}
+"#,
+        pg = pg.dsn,
+        redis = redis.url
+    )
+}
+
+fn count(pg: &Postgres, q: &str) -> i64 {
+    sql(&pg.dsn, q)[0].get(0)
+}
+
+fn xadd(redis: &Redis, stream: &str, fields: &[(&str, &str)]) -> String {
+    let mut args = vec!["XADD", stream, "*"];
+    for (k, v) in fields {
+        args.push(k);
+        args.push(v);
+    }
+    match redis_cmd(&redis.url, &args) {
+        redis::Value::BulkString(id) => String::from_utf8(id).unwrap(),
+        other => panic!("XADD answered {other:?}"),
+    }
+}
+
+/// Entries of `stream` the group `rep` has not acknowledged.
+fn pending(redis: &Redis, stream: &str) -> i64 {
+    match redis_cmd(&redis.url, &["XPENDING", stream, "rep"]) {
+        redis::Value::Array(a) => match a.first() {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("XPENDING answered {other:?}"),
+        },
+        other => panic!("XPENDING answered {other:?}"),
+    }
+}
+
+fn details(port: u16) -> Json {
+    get_json(port, "/v1/services/rep").1
+}
+
+#[test]
+fn entries_become_rows_once_and_are_acknowledged() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    // Entries written before the group exists are replicated too.
+    for i in 1..=150 {
+        let n = i.to_string();
+        let payload = format!(r#"{{"n": {i}}}"#);
+        xadd(
+            &redis,
+            "orders",
+            &[
+                ("payload", &payload),
+                ("headers", r#"{"h": 1}"#),
+                ("outbox_id", &n),
+                ("dedupe_key", ""),
+                ("partition_key", "p"),
+            ],
+        );
+    }
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("rep", "ready");
+    // More while it runs: another stream, without outbox ids, and an
+    // event delivered twice (the relay sent it again).
+    for i in 1..=50 {
+        xadd(&redis, "users", &[("payload", &format!(r#"{{"u": {i}}}"#))]);
+    }
+    xadd(
+        &redis,
+        "orders",
+        &[("payload", r#"{"n": 5}"#), ("outbox_id", "5")],
+    );
+    wait_until("200 rows", Duration::from_secs(20), || {
+        count(&pg, "SELECT count(*) FROM memory_replica") == 200
+    });
+    wait_until("every entry acknowledged", Duration::from_secs(10), || {
+        pending(&redis, "orders") == 0 && pending(&redis, "users") == 0
+    });
+    wait_until("the details", Duration::from_secs(5), || {
+        let d = &details(port)["details"];
+        d["applied"] == 200 && d["duplicates"] == 1 && d["pending"] == 0
+    });
+    let row = &sql(
+        &pg.dsn,
+        "SELECT stream, partition_key, payload::text, headers::text, event_ts IS NOT NULL
+         FROM memory_replica WHERE event_id = '5'",
+    )[0];
+    assert_eq!(row.get::<_, String>(0), "orders");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("p"));
+    assert_eq!(row.get::<_, String>(2), r#"{"n": 5}"#, "the first delivery");
+    assert_eq!(row.get::<_, String>(3), r#"{"h": 1}"#);
+    assert!(row.get::<_, bool>(4));
+    // Without an outbox id, the event is the stream and entry id.
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM memory_replica WHERE stream = 'users' AND event_id LIKE 'users:%-%' AND partition_key IS NULL"
+        ),
+        50
+    );
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        r#"warden_replicator_applied_total{service="rep",result="applied"} 200"#,
+        r#"warden_replicator_applied_total{service="rep",result="duplicate"} 1"#,
+        r#"warden_replicator_pending{service="rep"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn poison_entries_go_to_the_dead_letter_queue_and_replay_dlq_brings_them_back() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    // An entry another consumer was given 4 times (more than
+    // max_deliveries = 3) and left pending.
+    redis_cmd(
+        &redis.url,
+        &["XGROUP", "CREATE", "orders", "rep", "0", "MKSTREAM"],
+    );
+    let tired = xadd(
+        &redis,
+        "orders",
+        &[("payload", r#"{"ok": 1}"#), ("outbox_id", "100")],
+    );
+    redis_cmd(
+        &redis.url,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "rep",
+            "ghost",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "orders",
+            ">",
+        ],
+    );
+    for _ in 0..3 {
+        redis_cmd(
+            &redis.url,
+            &["XCLAIM", "orders", "rep", "ghost", "0", &tired],
+        );
+    }
+    // An entry that is not JSON, and a good one after it.
+    let broken = xadd(
+        &redis,
+        "orders",
+        &[("payload", "not json"), ("outbox_id", "101")],
+    );
+    xadd(
+        &redis,
+        "orders",
+        &[("payload", r#"{"ok": 3}"#), ("outbox_id", "102")],
+    );
+
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("rep", "ready");
+    wait_until("two dead letters", Duration::from_secs(20), || {
+        count(&pg, "SELECT count(*) FROM memory_replica") == 1
+            && sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(2)
+    });
+    let reasons = sql(
+        &pg.dsn,
+        "SELECT entry_id, reason, event_id, deliveries FROM warden_dlq ORDER BY entry_id",
+    );
+    assert_eq!(reasons[0].get::<_, String>(0), tired);
+    let why: String = reasons[0].get(1);
+    assert!(why.contains("more than max_deliveries (3)"), "{why}");
+    assert_eq!(
+        reasons[0].get::<_, Option<String>>(2).as_deref(),
+        Some("100")
+    );
+    assert!(reasons[0].get::<_, i32>(3) > 3);
+    assert_eq!(reasons[1].get::<_, String>(0), broken);
+    assert_eq!(reasons[1].get::<_, String>(1), "the payload is not JSON");
+    // Each under a key of its own in the dead-letter stream, with its
+    // fields and why.
+    let dlq = stream(&redis.url, "orders.dlq");
+    assert_eq!(dlq.len(), 2);
+    let dead = dlq
+        .iter()
+        .find(|e| e["dlq_entry_id"] == broken)
+        .expect("the broken entry in orders.dlq");
+    assert_eq!(dead["payload"], "not json");
+    assert_eq!(dead["dlq_reason"], "the payload is not JSON");
+    assert!(dlq.iter().any(|e| e["dlq_entry_id"] == tired));
+    wait_until("nothing pending", Duration::from_secs(10), || {
+        pending(&redis, "orders") == 0
+    });
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["state"], "ready", "{s:#}");
+    assert_eq!(s["restarts"], 0, "no crash loop: {s:#}");
+
+    // The tired entry back on its stream: applied this time.
+    let id: i64 = sql(
+        &pg.dsn,
+        &format!("SELECT id FROM warden_dlq WHERE entry_id = '{tired}'"),
+    )[0]
+    .get(0);
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/rep/actions/replay-dlq",
+        &[],
+        format!(r#"{{"ids": [{id}]}}"#).as_bytes(),
+    );
+    let body: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["replayed"], 1, "{body}");
+    wait_until(
+        "the replayed event applied",
+        Duration::from_secs(20),
+        || {
+            count(
+                &pg,
+                "SELECT count(*) FROM memory_replica WHERE event_id = '100'",
+            ) == 1
+        },
+    );
+    // The rest: the broken entry goes back, and to the queue again.
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/rep/actions/replay-dlq",
+        &[],
+        b"{}",
+    );
+    let body: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, &body["result"]["replayed"]),
+        (200, &Json::from(1)),
+        "{body}"
+    );
+    wait_until(
+        "the broken entry dead again",
+        Duration::from_secs(20),
+        || {
+            sql_result_count(
+                &pg,
+                "SELECT count(*) FROM warden_dlq WHERE replayed_at IS NULL",
+            ) == Some(1)
+        },
+    );
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM warden_dlq WHERE replayed_at IS NOT NULL"
+        ),
+        2
+    );
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/rep/actions/replay-dlq",
+        &[],
+        br#"{"id": 1}"#,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// `count(*)` of `q`, or `None` while the table does not exist yet.
+fn sql_result_count(pg: &Postgres, q: &str) -> Option<i64> {
+    support::db::sql_rows(&pg.dsn, q)
+        .ok()
+        .map(|rows| rows[0].get(0))
+}
+
+#[test]
+fn a_consumer_that_went_away_leaves_nothing_behind() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    redis_cmd(
+        &redis.url,
+        &["XGROUP", "CREATE", "users", "rep", "0", "MKSTREAM"],
+    );
+    for i in 0..20 {
+        xadd(&redis, "users", &[("payload", &format!("{{\"i\": {i}}}"))]);
+    }
+    // Another warden read them and died before acknowledging.
+    redis_cmd(
+        &redis.url,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "rep",
+            "gone",
+            "COUNT",
+            "20",
+            "STREAMS",
+            "users",
+            ">",
+        ],
+    );
+    assert_eq!(pending(&redis, "users"), 20);
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("rep", "ready");
+    wait_until(
+        "the 20 claimed entries applied",
+        Duration::from_secs(20),
+        || count(&pg, "SELECT count(*) FROM memory_replica") == 20 && pending(&redis, "users") == 0,
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn mapped_columns_fill_a_table_of_ones_own() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    sql(
+        &pg.dsn,
+        "CREATE TABLE users_copy (event_id text PRIMARY KEY, name text, age int, tags jsonb)",
+    );
+    let port = free_port();
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &redis,
+        "table = \"users_copy\"\ncolumns = { name = \"name\", years = \"age\", labels = \"tags\" }",
+    ));
+    w.wait_event("rep", "ready");
+    xadd(
+        &redis,
+        "users",
+        &[
+            (
+                "payload",
+                r#"{"name": "Ada", "years": 36, "labels": ["x"], "other": 1}"#,
+            ),
+            ("outbox_id", "1"),
+        ],
+    );
+    // A value PostgreSQL cannot take (not an int): that entry alone is
+    // dead, the one after it applied.
+    xadd(
+        &redis,
+        "users",
+        &[
+            ("payload", r#"{"name": "Bob", "years": "old"}"#),
+            ("outbox_id", "2"),
+        ],
+    );
+    xadd(
+        &redis,
+        "users",
+        &[("payload", r#"{"name": "Cy"}"#), ("outbox_id", "3")],
+    );
+    wait_until(
+        "two rows and a dead letter",
+        Duration::from_secs(20),
+        || {
+            count(&pg, "SELECT count(*) FROM users_copy") == 2
+                && count(&pg, "SELECT count(*) FROM warden_dlq") == 1
+        },
+    );
+    let row = &sql(
+        &pg.dsn,
+        "SELECT name, age, tags::text FROM users_copy WHERE event_id = '1'",
+    )[0];
+    assert_eq!(row.get::<_, String>(0), "Ada");
+    assert_eq!(row.get::<_, i32>(1), 36);
+    assert_eq!(row.get::<_, String>(2), r#"["x"]"#);
+    let why: String = sql(&pg.dsn, "SELECT reason FROM warden_dlq")[0].get(0);
+    assert!(
+        why.contains("invalid input syntax for type integer"),
+        "{why}"
+    );
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn a_restart_of_postgresql_costs_a_round_not_the_service() {
+    let (mut pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("rep", "ready");
+    let mut total = 0;
+    for mode in ["", "fast", "immediate"] {
+        if !mode.is_empty() {
+            pg.restart(mode);
+        }
+        for _ in 0..50 {
+            total += 1;
+            xadd(
+                &redis,
+                "orders",
+                &[("payload", "{}"), ("outbox_id", &total.to_string())],
+            );
+        }
+        wait_until(
+            &format!("{total} rows (restart: {mode:?})"),
+            Duration::from_secs(30),
+            || count(&pg, "SELECT count(*) FROM memory_replica") == total,
+        );
+    }
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
