@@ -119,6 +119,7 @@ listen = "127.0.0.1:{aport}"
 kind = "memory-sync"
 postgres = "{pg.dsn}"
 endpoint = "http://127.0.0.1:{bport}/v1/memories"
+{os.environ.get("BENCH_MEMORY_SETTINGS", "")}
 """)
     log = open(os.path.join(out, "memory-bench.log"), "w")
     w = subprocess.Popen([warden, "run", "-c", reg], stdout=log, stderr=log)
