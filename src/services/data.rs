@@ -770,6 +770,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stats_benchmark_times_the_statement_the_timer_runs() {
+        let l = Leased::new(&TableName::new("message_outbox").unwrap());
+        let bench = include_str!("../../scripts/bench_stats.py");
+        assert!(
+            bench.contains(&l.stats()),
+            "scripts/bench_stats.py must quote Leased::stats():\n{}",
+            l.stats()
+        );
+    }
+
+    #[test]
     fn counting_takes_at_most_a_twentieth_of_the_time() {
         let ms = Duration::from_millis;
         assert_eq!(next_reading_after(ms(0)), STATS_EVERY);
