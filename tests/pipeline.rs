@@ -1,0 +1,215 @@
+//! The whole data pipeline against a real PostgreSQL 15 and a real Redis
+//! that the test starts: `memory_write_outbox` → memory-sync → an HTTP
+//! backend → the WAL event in `message_outbox` → outbox-relay → the Redis
+//! stream `memory.wal` → stream-replicator → `memory_replica`. Every
+//! write arrives exactly once: with one warden, with two sharing the work,
+//! and across a SIGKILL of warden in the middle.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::daemon::Warden;
+use support::db::{sql, wait_until};
+use support::http::get_json;
+use support::servers::{Postgres, Redis, free_port};
+
+/// A memory backend answering 200 to every POST (a connection per
+/// request); counts the requests.
+fn backend() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
+    let port = listener.local_addr().expect("its address").port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// The three data services, with short leases so that a killed warden's
+/// rows come back within seconds.
+fn registry(api: u16, pg: &Postgres, redis: &Redis, backend: u16) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{api}"
+
+[services.memory]
+kind = "memory-sync"
+postgres = "{pg}"
+endpoint = "http://127.0.0.1:{backend}/v1/memories"
+timeout = "1s"
+lease = "3s"
+depends_on = ["relay"]
+
+[services.relay]
+kind = "outbox-relay"
+postgres = "{pg}"
+redis = "{redis}"
+lease = "2s"
+
+[services.replicator]
+kind = "stream-replicator"
+postgres = "{pg}"
+redis = "{redis}"
+streams = ["memory.wal"]
+min_idle = "1s"
+"#,
+        pg = pg.dsn,
+        redis = redis.url
+    )
+}
+
+fn insert_writes(pg: &Postgres, from: u32, to: u32) {
+    sql(
+        &pg.dsn,
+        &format!(
+            "INSERT INTO memory_write_outbox (tenant, session_id, idempotency_key, payload)
+             SELECT 't', 's' || (n % 17), 'w-' || n, jsonb_build_object('n', n)
+             FROM generate_series({from}, {to}) n"
+        ),
+    );
+}
+
+fn replica_count(pg: &Postgres) -> i64 {
+    sql(&pg.dsn, "SELECT count(*) FROM memory_replica")[0].get(0)
+}
+
+/// Every write `w-1` .. `w-n` is in the replica, once.
+fn assert_each_write_once(pg: &Postgres, n: u32) {
+    let keys: Vec<String> = sql(
+        &pg.dsn,
+        "SELECT payload->>'idempotency_key' FROM memory_replica",
+    )
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let distinct: HashSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), n as usize, "one row per write");
+    assert_eq!(distinct.len(), n as usize, "no write twice");
+    for i in 1..=n {
+        assert!(distinct.contains(&format!("w-{i}")), "w-{i} is missing");
+    }
+}
+
+fn start(pg: &Postgres, redis: &Redis, backend: u16) -> (Warden, u16) {
+    let api = free_port();
+    let mut w = Warden::start(&registry(api, pg, redis, backend));
+    w.wait_event("memory", "ready");
+    w.wait_event("replicator", "ready");
+    (w, api)
+}
+
+#[test]
+fn every_write_reaches_the_replica_once() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let (backend, posts) = backend();
+    let (mut w, api) = start(&pg, &redis, backend);
+    insert_writes(&pg, 1, 500);
+    wait_until("500 events in the replica", Duration::from_secs(60), || {
+        replica_count(&pg) == 500
+    });
+    assert_each_write_once(&pg, 500);
+    assert_eq!(posts.load(Ordering::SeqCst), 500, "one POST per write");
+    let (_, h) = get_json(api, "/v1/health");
+    assert_eq!(h["status"], "ok", "{h:#}");
+    assert_eq!(h["services"]["replicator"]["details"]["duplicates"], 0);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn two_wardens_share_the_pipeline_and_apply_nothing_twice() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let (backend, _) = backend();
+    let (mut a, api_a) = start(&pg, &redis, backend);
+    let (mut b, api_b) = start(&pg, &redis, backend);
+    insert_writes(&pg, 1, 1000);
+    wait_until(
+        "1000 events in the replica",
+        Duration::from_secs(90),
+        || replica_count(&pg) == 1000,
+    );
+    assert_each_write_once(&pg, 1000);
+    // The stream holds each WAL event once (no lease ran out), and the
+    // two replicators applied them between them, none twice.
+    let entries = support::db::stream(&redis.url, "memory.wal");
+    assert_eq!(entries.len(), 1000);
+    let detail = |api: u16, service: &str, key: &str| -> u64 {
+        get_json(api, &format!("/v1/services/{service}")).1["details"][key]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until("the details", Duration::from_secs(5), || {
+        detail(api_a, "replicator", "applied") + detail(api_b, "replicator", "applied") == 1000
+    });
+    assert_eq!(
+        detail(api_a, "replicator", "duplicates") + detail(api_b, "replicator", "duplicates"),
+        0
+    );
+    assert!(
+        detail(api_a, "relay", "published") > 0 && detail(api_b, "relay", "published") > 0,
+        "both relays took rows"
+    );
+    a.signal("TERM");
+    b.signal("TERM");
+    assert_eq!(a.exit_code(), 0);
+    assert_eq!(b.exit_code(), 0);
+}
+
+#[test]
+fn a_sigkill_of_warden_mid_flow_loses_nothing() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let (backend, _) = backend();
+    let (mut w, _) = start(&pg, &redis, backend);
+    insert_writes(&pg, 1, 3000);
+    wait_until("the flow under way", Duration::from_secs(60), || {
+        replica_count(&pg) > 0
+    });
+    w.signal("KILL");
+    let _ = w.exit_code();
+    let done = replica_count(&pg);
+    // Another warden takes over what the first one claimed and read.
+    let (mut w, _) = start(&pg, &redis, backend);
+    wait_until(
+        "3000 events in the replica",
+        Duration::from_secs(90),
+        || replica_count(&pg) == 3000,
+    );
+    assert_each_write_once(&pg, 3000);
+    assert!(
+        done < 3000,
+        "the kill came mid-flow ({done} applied before it)"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
