@@ -213,3 +213,60 @@ fn a_sigkill_of_warden_mid_flow_loses_nothing() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn killing_redis_mid_flow_loses_nothing() {
+    // A Redis that keeps what it acknowledged (an append-only file synced
+    // at every write): what warden marked sent survives the kill.
+    let (pg, mut redis) = (Postgres::start(), Redis::start_durable());
+    let (backend, _) = backend();
+    let (mut w, api) = start(&pg, &redis, backend);
+    insert_writes(&pg, 1, 2000);
+    wait_until("the flow under way", Duration::from_secs(60), || {
+        replica_count(&pg) > 0
+    });
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    redis.resume();
+    wait_until(
+        "2000 events in the replica",
+        Duration::from_secs(90),
+        || replica_count(&pg) == 2000,
+    );
+    assert_each_write_once(&pg, 2000);
+    let (_, h) = get_json(api, "/v1/health");
+    for s in ["memory", "relay", "replicator"] {
+        assert_eq!(h["services"][s]["restarts"], 0, "{s}: {h:#}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn restarting_postgresql_mid_flow_loses_nothing() {
+    let (mut pg, redis) = (Postgres::start(), Redis::start());
+    let (backend, _) = backend();
+    let (mut w, api) = start(&pg, &redis, backend);
+    let mut total = 0;
+    for mode in ["fast", "immediate"] {
+        insert_writes(&pg, total + 1, total + 1500);
+        total += 1500;
+        let before = replica_count(&pg);
+        wait_until("the flow under way", Duration::from_secs(60), || {
+            replica_count(&pg) > before
+        });
+        pg.restart(mode);
+        wait_until(
+            &format!("{total} events after a {mode} restart"),
+            Duration::from_secs(90),
+            || replica_count(&pg) == i64::from(total),
+        );
+    }
+    assert_each_write_once(&pg, total);
+    let (_, h) = get_json(api, "/v1/health");
+    for s in ["memory", "relay", "replicator"] {
+        assert_eq!(h["services"][s]["restarts"], 0, "{s}: {h:#}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

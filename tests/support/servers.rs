@@ -54,6 +54,26 @@ pub struct Redis {
     pub url: String,
     child: Option<Child>,
     dir: Option<TempDir>,
+    /// Appends every write to a file, synced before it answers: a
+    /// killed server comes back with its data.
+    durable: bool,
+}
+
+/// The persistence arguments of a Redis: none, or an append-only file
+/// synced at every write.
+fn redis_persistence(durable: bool) -> [&'static str; 6] {
+    if durable {
+        [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ]
+    } else {
+        ["--save", "", "--appendonly", "no", "--appendfsync", "no"]
+    }
 }
 
 impl Postgres {
@@ -253,6 +273,7 @@ impl Redis {
             let mut redis = Redis {
                 port,
                 url: format!("rediss://127.0.0.1:{port}"),
+                durable: false,
                 child: Some(child),
                 dir: None,
             };
@@ -282,6 +303,16 @@ impl Redis {
     /// Starts `redis-server` on a free port without persistence; returns
     /// once it answers `PING`. Panics on failure.
     pub fn start() -> Redis {
+        Redis::start_with(false)
+    }
+
+    /// A Redis that keeps its data across a kill: every write is appended
+    /// to a file and synced before Redis answers (`appendfsync always`).
+    pub fn start_durable() -> Redis {
+        Redis::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Redis {
         let Some(server) = find_in_path("redis-server") else {
             panic!("redis-server is not installed: {INSTALL_HINT}");
         };
@@ -297,7 +328,8 @@ impl Redis {
             let child = Command::new(&server)
                 .arg("--port")
                 .arg(port.to_string())
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--bind", "127.0.0.1"])
+                .args(redis_persistence(durable))
                 .args(["--daemonize", "no"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -310,6 +342,7 @@ impl Redis {
             let mut redis = Redis {
                 port,
                 url: format!("redis://127.0.0.1:{port}"),
+                durable,
                 child: Some(child),
                 dir: None,
             };
@@ -345,6 +378,15 @@ impl Redis {
         assert!(ok, "kill {sig} redis-server");
     }
 
+    /// Kills the server (SIGKILL): nothing is saved on the way out.
+    /// [`Redis::resume`] starts it again.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server, as an outage would.
     pub fn pause(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -361,7 +403,8 @@ impl Redis {
         let child = Command::new(&server)
             .arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
+            .args(redis_persistence(self.durable))
             .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(dir)
