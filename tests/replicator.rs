@@ -209,10 +209,12 @@ fn poison_entries_go_to_the_dead_letter_queue_and_replay_dlq_brings_them_back() 
     assert!(reasons[0].get::<_, i32>(3) > 3);
     assert_eq!(reasons[1].get::<_, String>(0), broken);
     assert_eq!(reasons[1].get::<_, String>(1), "the payload is not JSON");
-    // Each under a key of its own in the dead-letter stream, with its
-    // fields and why.
+    // Each under a key of its own in the dead-letter stream (written
+    // after the commit), with its fields and why.
+    wait_until("two entries in orders.dlq", Duration::from_secs(10), || {
+        stream(&redis.url, "orders.dlq").len() == 2
+    });
     let dlq = stream(&redis.url, "orders.dlq");
-    assert_eq!(dlq.len(), 2);
     let dead = dlq
         .iter()
         .find(|e| e["dlq_entry_id"] == broken)
@@ -435,6 +437,87 @@ fn a_restart_of_postgresql_costs_a_round_not_the_service() {
     }
     let (_, s) = get_json(port, "/v1/services/rep");
     assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn an_outage_of_postgresql_sends_no_good_entry_to_the_dead_letter_queue() {
+    // max_deliveries = 3: reading the batch again at each attempt would
+    // push it past that within two seconds of outage.
+    let (mut pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("rep", "ready");
+    xadd(&redis, "orders", &[("payload", "{}"), ("outbox_id", "0")]);
+    wait_until("the first row", Duration::from_secs(20), || {
+        count(&pg, "SELECT count(*) FROM memory_replica") == 1
+    });
+    pg.stop("fast");
+    for i in 1..=50 {
+        xadd(
+            &redis,
+            "orders",
+            &[("payload", "{}"), ("outbox_id", &i.to_string())],
+        );
+    }
+    // Long enough for several attempts (0.5 s doubling).
+    std::thread::sleep(Duration::from_secs(8));
+    pg.start_again();
+    wait_until("51 rows", Duration::from_secs(40), || {
+        count(&pg, "SELECT count(*) FROM memory_replica") == 51
+    });
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM warden_dlq"),
+        0,
+        "no dead letter"
+    );
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+#[test]
+fn a_nul_byte_in_an_entry_is_kept_without_a_crash_loop() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("rep", "ready");
+    // Not JSON, NUL included: a dead letter. A NUL in the partition key:
+    // applied, the NUL replaced (PostgreSQL's text cannot hold it).
+    xadd(
+        &redis,
+        "orders",
+        &[("payload", "bin\0ary"), ("outbox_id", "1")],
+    );
+    xadd(
+        &redis,
+        "orders",
+        &[
+            ("payload", "{}"),
+            ("outbox_id", "2"),
+            ("partition_key", "a\0b"),
+        ],
+    );
+    xadd(&redis, "orders", &[("payload", "{}"), ("outbox_id", "3")]);
+    wait_until(
+        "two rows and a dead letter",
+        Duration::from_secs(20),
+        || {
+            count(&pg, "SELECT count(*) FROM memory_replica") == 2
+                && sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(1)
+        },
+    );
+    let key: String = sql(
+        &pg.dsn,
+        "SELECT partition_key FROM memory_replica WHERE event_id = '2'",
+    )[0]
+    .get(0);
+    assert_eq!(key, "a\u{FFFD}b");
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    assert_eq!(pending(&redis, "orders"), 0);
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

@@ -170,6 +170,13 @@ impl Postgres {
     /// are told and closed) or `"immediate"` (SIGQUIT: no checkpoint,
     /// crash recovery at the next start).
     pub fn restart(&mut self, mode: &str) {
+        self.stop(mode);
+        self.start_again();
+    }
+
+    /// Stops the server (`"fast"` or `"immediate"`, as [`Postgres::restart`]),
+    /// keeping its port and data for [`Postgres::start_again`].
+    pub fn stop(&mut self, mode: &str) {
         let sig = match mode {
             "fast" => "-INT",
             "immediate" => "-QUIT",
@@ -180,6 +187,11 @@ impl Postgres {
             .args([sig, &child.id().to_string()])
             .status();
         let _ = child.wait();
+    }
+
+    /// Starts the server again after [`Postgres::stop`], on the same port
+    /// and data; returns once it accepts connections.
+    pub fn start_again(&mut self) {
         let dir = self.dir.as_ref().expect("the server's directory").path();
         self.child = Some(spawn_postgres(dir, self.port, self.ids));
         let port = self.port;

@@ -97,6 +97,11 @@ struct Replicating {
     /// Read this consumer's own pending entries (`0`) before new ones
     /// (`>`): at start, and after a round that did not acknowledge.
     own_first: bool,
+    /// A batch read but not applied (PostgreSQL was lost while applying
+    /// it): applied again as it is, without reading it again, which
+    /// would count one more delivery of each entry (an outage would push
+    /// good entries past `max_deliveries`).
+    held: Option<Vec<Entry>>,
     /// Redis outages in a row.
     outages: u32,
     applied: u64,
@@ -146,6 +151,7 @@ impl Service for Replicator {
                 name,
                 redis: None,
                 own_first: true,
+                held: None,
                 outages: 0,
                 applied: 0,
                 duplicates: 0,
@@ -263,6 +269,12 @@ impl Replicator {
                 return Ok(Some(self.outage(state, ctx, redis_words(&e))));
             }
         }
+        // PostgreSQL first: while it is away nothing is read (each read
+        // of a pending entry counts a delivery).
+        let client = super::data::take(pool).await?;
+        if let Some(held) = state.held.take() {
+            return self.apply(client, replica, ctx, state, held).await;
+        }
         let janitor_every = (self.spec.min_idle / 2).max(Duration::from_secs(1));
         let entries = if state
             .last_janitor
@@ -286,7 +298,7 @@ impl Replicator {
         if entries.is_empty() {
             return Ok(None);
         }
-        self.apply(pool, replica, ctx, state, entries).await
+        self.apply(client, replica, ctx, state, entries).await
     }
 
     /// This consumer's own pending entries (at start, after a failed
@@ -348,36 +360,29 @@ impl Replicator {
         Ok(all)
     }
 
-    /// Sets each entry's deliveries from `XPENDING` (this consumer's).
+    /// Sets each entry's deliveries from `XPENDING`, one exact range per
+    /// entry (in one pipeline): a range over a whole batch could be
+    /// filled by other pending entries of this consumer.
     async fn count_deliveries(
         &self,
         state: &mut Replicating,
         entries: &mut [Entry],
     ) -> redis::RedisResult<()> {
         let conn = &mut state.redis.as_mut().expect("connected").conn;
-        for s in &self.spec.streams {
-            let ids: Vec<&str> = entries
-                .iter()
-                .filter(|e| &e.stream == s)
-                .map(|e| e.id.as_str())
-                .collect();
-            let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-                continue;
-            };
-            let reply: Value = redis::cmd("XPENDING")
-                .arg(s)
+        let mut pipe = redis::pipe();
+        for e in entries.iter() {
+            pipe.cmd("XPENDING")
+                .arg(&e.stream)
                 .arg(&state.group)
-                .arg(*first)
-                .arg(*last)
-                .arg(ids.len())
-                .arg(&state.consumer)
-                .query_async(conn)
-                .await?;
-            let counts = stream::deliveries(&reply);
-            for e in entries.iter_mut().filter(|e| &e.stream == s) {
-                if let Some(n) = counts.get(&e.id) {
-                    e.deliveries = *n;
-                }
+                .arg(&e.id)
+                .arg(&e.id)
+                .arg(1)
+                .arg(&state.consumer);
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        for (e, reply) in entries.iter_mut().zip(&replies) {
+            if let Some(n) = stream::deliveries(reply).get(&e.id) {
+                e.deliveries = *n;
             }
         }
         Ok(())
@@ -389,7 +394,7 @@ impl Replicator {
     /// so that only the entries at fault become dead letters.
     async fn apply(
         &self,
-        pool: &crate::conn::postgres::Pool,
+        mut client: deadpool_postgres::Object,
         replica: &sql::Replica,
         ctx: &Context,
         state: &mut Replicating,
@@ -414,14 +419,13 @@ impl Replicator {
                 Err(why) => dead.push((e, why)),
             }
         }
-        let mut client = super::data::take(pool).await?;
-        let inserted = match write(&mut client, replica, &state.name, &events, &dead).await {
-            Ok(n) => n,
-            Err(Fault::Fatal(e)) if !events.is_empty() => {
-                // One entry (or more) PostgreSQL refuses: find them.
+        let written = match write(&mut client, replica, &state.name, &events, &dead).await {
+            // A refusal about a row (class 22, 23): find the rows at fault.
+            Err(Refused::Row(e)) if !events.is_empty() => {
                 tracing::warn!(error = %e, "PostgreSQL refused a batch; applying its entries one by one");
                 let mut n = 0;
                 let mut refused = Vec::new();
+                let mut failed = None;
                 for one in &events {
                     match write(
                         &mut client,
@@ -433,20 +437,43 @@ impl Replicator {
                     .await
                     {
                         Ok(k) => n += k,
-                        Err(Fault::Fatal(e)) => refused.push((one.0, e.0)),
-                        Err(lost) => return Err(lost),
+                        Err(Refused::Row(e)) => refused.push((one.0, e.0)),
+                        Err(Refused::Round(f)) => {
+                            failed = Some(f);
+                            break;
+                        }
                     }
                 }
-                dead.extend(refused);
-                events.retain(|(e, _)| {
-                    !dead
-                        .iter()
-                        .any(|(d, _)| d.id == e.id && d.stream == e.stream)
-                });
-                write(&mut client, replica, &state.name, &[], &dead).await?;
-                n
+                match failed {
+                    Some(f) => Err(f),
+                    None => {
+                        dead.extend(refused);
+                        events.retain(|(e, _)| {
+                            !dead
+                                .iter()
+                                .any(|(d, _)| d.id == e.id && d.stream == e.stream)
+                        });
+                        match write(&mut client, replica, &state.name, &[], &dead).await {
+                            Ok(_) => Ok(n),
+                            Err(Refused::Row(e)) => Err(Fault::Fatal(e)),
+                            Err(Refused::Round(f)) => Err(f),
+                        }
+                    }
+                }
             }
-            Err(e) => return Err(e),
+            Err(Refused::Row(e)) => Err(Fault::Fatal(e)),
+            Err(Refused::Round(f)) => Err(f),
+            Ok(n) => Ok(n),
+        };
+        let inserted = match written {
+            Ok(n) => n,
+            Err(f) => {
+                if matches!(f, Fault::Lost(_)) {
+                    // Applied again as it is once PostgreSQL is back.
+                    state.held = Some(entries);
+                }
+                return Err(f);
+            }
         };
         drop(client);
         // Committed: now the dead letters' streams, then the
@@ -536,9 +563,11 @@ impl Replicator {
             let Some(info) = group_info(&groups, &state.group) else {
                 continue;
             };
-            let undelivered = info.get("lag").and_then(stream::int).unwrap_or(0);
-            pending += undelivered;
-            if undelivered > 0
+            // `lag` is nil when Redis cannot tell (after an XDEL), and
+            // missing before Redis 7: the next entry is looked up then too.
+            let undelivered = info.get("lag").and_then(stream::int);
+            pending += undelivered.unwrap_or(0);
+            if undelivered.is_none_or(|n| n > 0)
                 && let Some(last) = info.get("last-delivered-id").and_then(stream::text)
             {
                 let next: Value = redis::cmd("XRANGE")
@@ -591,6 +620,30 @@ fn group_info(reply: &Value, group: &str) -> Option<HashMap<String, Value>> {
     })
 }
 
+/// Why a write did not commit.
+enum Refused {
+    /// PostgreSQL refused a row's data (class 22: a value of the wrong
+    /// type, a NUL; class 23: a constraint): the entries at fault are
+    /// dead letters.
+    Row(ServiceError),
+    /// Anything else (a lost session, a dropped table, a lock timeout):
+    /// the round fails and nothing is acknowledged.
+    Round(Fault),
+}
+
+impl From<tokio_postgres::Error> for Refused {
+    fn from(e: tokio_postgres::Error) -> Refused {
+        let row = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
+        if row {
+            Refused::Row(pg(e))
+        } else {
+            Refused::Round(Fault::from(e))
+        }
+    }
+}
+
 /// Writes `events` and `dead` letters in one transaction; answers the
 /// rows inserted.
 async fn write(
@@ -599,7 +652,7 @@ async fn write(
     service: &str,
     events: &[(&Entry, stream::Event)],
     dead: &[(&Entry, String)],
-) -> Result<u64, Fault> {
+) -> Result<u64, Refused> {
     let tx = client.transaction().await?;
     let mut inserted = 0;
     if !events.is_empty() {
@@ -708,65 +761,70 @@ async fn replay_dlq(
     };
     let pool = super::data::pool_of(service, &spec.pg(), spec.pool_size.0).await?;
     let mut client = super::data::pooled(&pool).await?;
-    let tx = client.transaction().await.map_err(pg)?;
-    let rows = match &ids {
+    let candidates: Vec<i64> = match &ids {
         None => {
-            tx.query(&sql::dead_letters_to_replay(false), &[&service])
+            client
+                .query(&sql::dead_letters_to_replay(false), &[&service])
                 .await
         }
         Some(ids) => {
-            tx.query(&sql::dead_letters_to_replay(true), &[&service, ids])
+            client
+                .query(&sql::dead_letters_to_replay(true), &[&service, ids])
                 .await
         }
     }
-    .map_err(pg)?;
-    if rows.is_empty() {
+    .map_err(pg)?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    if candidates.is_empty() {
         return Ok(serde_json::json!({ "replayed": 0 }));
     }
     let mut redis = crate::conn::redis::connect(&spec.redis_target(), Default::default())
         .await
-        .map_err(|e| ActionError::Failed(format!("Redis: {e}")))?;
-    let replayed = tx.prepare(&sql::replayed()).await.map_err(pg)?;
-    for row in &rows {
-        let (id, stream, fields): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        .map_err(|e| ActionError::Failed(redact(&format!("Redis: {e}"))))?;
+    // One dead letter at a time, each marked replayed in the transaction
+    // that holds it while it goes back: a failure part-way leaves the
+    // ones already back marked, so a second call does not add them twice.
+    let mut replayed = 0;
+    for id in candidates {
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(row) = tx
+            .query_opt(&sql::dead_letter_to_replay(), &[&id, &service])
+            .await
+            .map_err(pg)?
+        else {
+            // Replayed meanwhile by another call.
+            continue;
+        };
+        let (stream, fields, entry_id): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
         let fields: serde_json::Map<String, Json> =
             serde_json::from_str(&fields).unwrap_or_default();
-        let entry = Entry {
-            stream: stream.clone(),
-            id: String::new(),
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect(),
-            deliveries: 1,
+        let mut pairs: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        // The event keeps its identity: its own event_id or outbox_id,
+        // else the original stream and entry id.
+        let has = |k: &str, pairs: &[(String, String)]| {
+            pairs.iter().any(|(f, v)| f == k && !v.is_empty())
         };
+        if !has("event_id", &pairs) && !has("outbox_id", &pairs) {
+            pairs.retain(|(k, _)| k != "event_id");
+            pairs.push(("event_id".into(), format!("{stream}:{entry_id}")));
+        }
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&stream).arg("*");
-        for (k, v) in &entry.fields {
+        for (k, v) in &pairs {
             cmd.arg(k).arg(v);
-        }
-        // The event keeps its identity (the original stream and entry id
-        // when it had no outbox_id).
-        if entry.field("event_id").is_none_or(str::is_empty)
-            && entry.field("outbox_id").is_none_or(str::is_empty)
-        {
-            let original: Option<String> = tx
-                .query_one(
-                    &format!("SELECT entry_id FROM {} WHERE id = $1", sql::DLQ_TABLE),
-                    &[&id],
-                )
-                .await
-                .map_err(pg)?
-                .get(0);
-            if let Some(original) = original {
-                cmd.arg("event_id").arg(format!("{stream}:{original}"));
-            }
         }
         cmd.query_async::<Value>(&mut redis.conn)
             .await
             .map_err(|e| ActionError::Failed(format!("Redis: {}", redis_words(&e))))?;
-        tx.execute(&replayed, &[&id]).await.map_err(pg)?;
+        tx.execute(&sql::replayed(), &[&id]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        replayed += 1;
     }
-    tx.commit().await.map_err(pg)?;
-    Ok(serde_json::json!({ "replayed": rows.len() }))
+    Ok(serde_json::json!({ "replayed": replayed }))
 }

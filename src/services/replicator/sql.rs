@@ -139,14 +139,24 @@ ON CONFLICT (service, stream, entry_id) DO UPDATE
     }
 }
 
-/// The dead letters of service `$1` not replayed yet (all, or ids `$2`),
-/// locked for the replay.
+/// The ids of service `$1`'s dead letters not replayed yet (all, or ids
+/// `$2`).
 pub fn dead_letters_to_replay(ids: bool) -> String {
     format!(
-        "SELECT id, stream, fields::text FROM {DLQ_TABLE}
+        "SELECT id FROM {DLQ_TABLE}
 WHERE service = $1 AND replayed_at IS NULL{}
-ORDER BY id FOR UPDATE",
+ORDER BY id",
         if ids { " AND id = ANY($2)" } else { "" }
+    )
+}
+
+/// Dead letter `$1` of service `$2`, locked for its replay unless another
+/// call holds it or replayed it: its stream, fields and entry id.
+pub fn dead_letter_to_replay() -> String {
+    format!(
+        "SELECT stream, fields::text, entry_id FROM {DLQ_TABLE}
+WHERE id = $1 AND service = $2 AND replayed_at IS NULL
+FOR UPDATE SKIP LOCKED"
     )
 }
 

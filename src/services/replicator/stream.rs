@@ -25,14 +25,22 @@ pub struct Event {
     pub ms: f64,
 }
 
+/// A reply as text: bytes that are not UTF-8, and NUL (which no
+/// PostgreSQL text or jsonb can hold), become U+FFFD, so that whatever an
+/// entry holds can at least be kept as a dead letter.
 pub fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
+    let s = match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Int(i) => return Some(i.to_string()),
+        _ => return None,
+    };
+    Some(if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    })
 }
 
 pub fn int(v: &Value) -> Option<i64> {
