@@ -1,0 +1,261 @@
+"""`scripts/bench dataplane`: the relay, the replicator and the pipeline
+against the machine's own limits, on the same servers, in one run.
+
+A PostgreSQL 15 (fsync on) and a Redis 7 (no persistence) this script
+starts. First the raw limits, measured with the servers' own tools:
+
+- PostgreSQL claim-and-mark: pgbench runs the relay's work with no Redis
+  in between (claim a batch of pending rows with `FOR UPDATE SKIP LOCKED`,
+  mark them sent), one client, as one relay does;
+- PostgreSQL idempotent insert: pgbench inserts batches into a replica
+  table with `ON CONFLICT (event_id) DO NOTHING`, one client;
+- Redis XADD: redis-benchmark, one client, pipelines of the batch size;
+- Redis XREADGROUP: one client reading batches of a stream through a group
+  (and XACK), pipelined as above.
+
+Then warden, each figure N over the time from the start of the flow to the
+last row: the relay alone (N outbox rows, pre-filled, to a stream), the
+replicator alone (N stream entries, pre-filled, to `memory_replica`), and
+end to end (N outbox rows through the relay and the replicator). Each is
+given as a fraction of the slower of its limits.
+"""
+import os
+import re
+import subprocess
+import tempfile
+import time
+import json
+import urllib.error
+import urllib.request
+
+from bench_memory import PG_BIN, Postgres, free_port
+
+BATCH = 100
+
+
+class Redis:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="warden-bench-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}"
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.05)
+        raise SystemExit("bench dataplane: Redis did not start")
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
+        return r.stdout.strip()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def pgbench(pg, script, seconds):
+    """Transactions per second of `script` (one client) over `seconds`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+    os.chmod(f.name, 0o644)
+    r = subprocess.run([f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                        "-c", "1", "-T", str(seconds), "-f", f.name, "postgres"],
+                       capture_output=True, text=True, check=True)
+    os.unlink(f.name)
+    return float(re.search(r"tps = ([0-9.]+)", r.stdout).group(1))
+
+
+def outbox_ddl(root):
+    ddl = open(os.path.join(root, "sql", "outbox-relay.sql")).read()
+    head, indexes = ddl.split("COMMIT;", 1)
+    return [head + "COMMIT;"] + [s for s in indexes.split(";") if s.strip()]
+
+
+def fill_outbox(pg, n):
+    pg.sql(f"INSERT INTO message_outbox (topic, payload, headers, partition_key) "
+           f"SELECT 'bench', jsonb_build_object('n', n, 'text', 'event ' || n), '{{}}', 'p' || (n % 16) "
+           f"FROM generate_series(1, {n}) n")
+
+
+def fill_stream(redis, n):
+    # XADDs pipelined through redis-benchmark's random fields are not the
+    # relay's; a Lua loop writes the relay's own fields.
+    redis.cli("EVAL", "for i=1,tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'payload', "
+              "'{\"n\": ' .. i .. '}', 'headers', '{}', 'outbox_id', tostring(i), 'dedupe_key', '', "
+              "'partition_key', 'p') end return 1", "1", "bench", str(n))
+
+
+def limits(pg, redis, root, quick):
+    secs = 2 if quick else 10
+    out = {}
+    for s in outbox_ddl(root):
+        pg.sql(s)
+    fill_outbox(pg, 20_000 if quick else 2_000_000)
+    claim = f"""BEGIN;
+WITH c AS (SELECT id FROM message_outbox WHERE status = 'pending' AND next_attempt_at <= now()
+           ORDER BY id LIMIT {BATCH} FOR UPDATE SKIP LOCKED)
+UPDATE message_outbox o SET status = 'sent', published_at = now(), claimed_until = NULL
+FROM c WHERE o.id = c.id;
+COMMIT;
+"""
+    out["pg_claim"] = pgbench(pg, claim, secs) * BATCH
+    pg.sql("CREATE TABLE bench_replica (event_id text PRIMARY KEY, stream text NOT NULL, partition_key text, "
+           "payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}', event_ts timestamptz, "
+           "replicated_at timestamptz NOT NULL DEFAULT now())")
+    insert = f"""\\set base random(1, 1000000000)
+INSERT INTO bench_replica (event_id, stream, partition_key, payload, headers, event_ts)
+SELECT (:base::bigint * 1000 + n)::text, 'bench', 'p', '{{"n": 1}}', '{{}}', now()
+FROM generate_series(1, {BATCH}) n ON CONFLICT (event_id) DO NOTHING;
+"""
+    out["pg_insert"] = pgbench(pg, insert, secs) * BATCH
+    n = 20_000 if quick else 200_000
+    r = subprocess.run(["redis-benchmark", "-p", str(redis.port), "-c", "1", "-P", str(BATCH), "-n", str(n), "-q",
+                        "XADD", "rawbench", "*", "payload", '{"n": 1}', "headers", "{}", "outbox_id", "1"],
+                       capture_output=True, text=True, check=True)
+    out["redis_xadd"] = float(re.search(r"([0-9.]+) requests per second", r.stdout).group(1))
+    redis.cli("XGROUP", "CREATE", "rawbench", "g", "0")
+    # XREADGROUP of a batch, then XACK of it: one client, in a Lua loop
+    # (the reading and acknowledging itself, without a network per batch).
+    t = time.perf_counter()
+    redis.cli("EVAL", f"""local n = 0
+while true do
+  local r = redis.call('XREADGROUP', 'GROUP', 'g', 'c', 'COUNT', {BATCH}, 'STREAMS', KEYS[1], '>')
+  if not r then break end
+  local ids = {{}}
+  for _, e in ipairs(r[1][2]) do ids[#ids + 1] = e[1] end
+  if #ids == 0 then break end
+  redis.call('XACK', KEYS[1], 'g', unpack(ids))
+  n = n + #ids
+end
+return n""", "1", "rawbench")
+    out["redis_read"] = n / (time.perf_counter() - t)
+    return out
+
+
+def ready(url):
+    """Every service of the registry is ready (from /v1/health)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            services = json.loads(r.read())["services"]
+    except Exception as e:
+        if isinstance(e, urllib.error.HTTPError):
+            try:
+                services = json.loads(e.read())["services"]
+            except Exception:
+                return False
+        else:
+            return False
+    return all(s.get("ready") for s in services.values())
+
+
+def run_warden(warden, out, name, services, until, timeout=600):
+    aport = free_port()
+    reg = os.path.join(out, f"dataplane-{name}.toml")
+    with open(reg, "w") as f:
+        f.write(f"[api]\nlisten = \"127.0.0.1:{aport}\"\n{services}")
+    log = open(os.path.join(out, f"dataplane-{name}.log"), "w")
+    w = subprocess.Popen([warden, "run", "-c", reg], stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 60
+        while not ready(f"http://127.0.0.1:{aport}/v1/health"):
+            if time.time() > deadline or w.poll() is not None:
+                raise SystemExit(f"bench dataplane: warden ({name}) not ready; see {log.name}")
+            time.sleep(0.05)
+        return until(aport, timeout)
+    finally:
+        w.terminate()
+        try:
+            w.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+        log.close()
+
+
+def timed_until(cond, what, timeout):
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise SystemExit(f"bench dataplane: {what} did not happen within {timeout} s")
+        time.sleep(0.02)
+    return time.perf_counter() - t0
+
+
+def scenario(warden, root, out, quick):
+    n = 20_000 if quick else 200_000
+    pg, redis = Postgres(), Redis()
+    try:
+        lim = limits(pg, redis, root, quick)
+        relay = f"""
+[services.relay]
+kind = "outbox-relay"
+postgres = "{pg.dsn}"
+redis = "{redis.url}"
+table = "relay_bench"
+"""
+        replicator = f"""
+[services.replicator]
+kind = "stream-replicator"
+postgres = "{pg.dsn}"
+redis = "{redis.url}"
+streams = ["bench"]
+table = "replica_bench"
+"""
+        # The relay alone: a full outbox, drained.
+        def relay_until(aport, timeout):
+            fill_rel = lambda: pg.sql(
+                "INSERT INTO relay_bench (topic, payload, headers, partition_key) "
+                f"SELECT 'relayed', jsonb_build_object('n', n), '{{}}', 'p' FROM generate_series(1, {n}) n")
+            fill_rel()
+            return timed_until(lambda: int(redis.cli("XLEN", "relayed") or 0) >= n, "the relay", timeout)
+        t_relay = run_warden(warden, out, "relay", relay, relay_until)
+        # The replicator alone: a full stream, applied.
+        redis.cli("DEL", "bench")
+
+        def replicator_until(aport, timeout):
+            fill_stream(redis, n)
+            return timed_until(
+                lambda: int(pg.sql("SELECT count(*) FROM replica_bench")) >= n, "the replicator", timeout)
+        t_rep = run_warden(warden, out, "replicator", replicator, replicator_until)
+        # End to end: outbox rows through the relay into the stream the
+        # replicator reads.
+        redis.cli("DEL", "bench")
+        pg.sql("TRUNCATE replica_bench")
+        both = relay.replace('table = "relay_bench"', 'table = "e2e_outbox"') + replicator
+
+        def both_until(aport, timeout):
+            pg.sql("INSERT INTO e2e_outbox (topic, payload, headers, partition_key) "
+                   f"SELECT 'bench', jsonb_build_object('n', n), '{{}}', 'p' FROM generate_series(1, {n}) n")
+            return timed_until(
+                lambda: int(pg.sql("SELECT count(*) FROM replica_bench")) >= n, "the pipeline", timeout)
+        t_e2e = run_warden(warden, out, "e2e", both, both_until)
+    finally:
+        redis.stop()
+        pg.stop()
+
+    print("### The data plane against the machine's limits\n")
+    print(f"One PostgreSQL 15 (fsync on) and one Redis (no persistence) on this machine; batches of {BATCH}; "
+          f"warden with each kind's defaults, {n:,} rows or entries per figure. Limits: one client each "
+          "(pgbench, redis-benchmark -P, a Lua loop for XREADGROUP+XACK).\n")
+    print("| raw limit | rows/s |")
+    print("|---|---:|")
+    print(f"| PostgreSQL claim and mark (batches of {BATCH}) | {lim['pg_claim']:,.0f} |")
+    print(f"| PostgreSQL idempotent insert (batches of {BATCH}) | {lim['pg_insert']:,.0f} |")
+    print(f"| Redis XADD (pipelines of {BATCH}) | {lim['redis_xadd']:,.0f} |")
+    print(f"| Redis XREADGROUP + XACK (batches of {BATCH}, in Lua) | {lim['redis_read']:,.0f} |")
+    print()
+    rows = [
+        ("relay alone (outbox → stream)", n / t_relay, min(lim["pg_claim"], lim["redis_xadd"])),
+        ("replicator alone (stream → table)", n / t_rep, min(lim["pg_insert"], lim["redis_read"])),
+        ("end to end (outbox → stream → table)", n / t_e2e,
+         min(lim["pg_claim"], lim["redis_xadd"], lim["pg_insert"], lim["redis_read"])),
+    ]
+    print("| warden | rows/s | limit (slowest part) | fraction |")
+    print("|---|---:|---:|---:|")
+    for name, rate, limit in rows:
+        print(f"| {name} | {rate:,.0f} | {limit:,.0f} | {rate / limit:.2f} |")
+    print()
