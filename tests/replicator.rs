@@ -384,12 +384,18 @@ fn mapped_columns_fill_a_table_of_ones_own() {
         "users",
         &[("payload", r#"{"name": "Cy"}"#), ("outbox_id", "3")],
     );
+    // Not an object: no keys to map.
+    xadd(
+        &redis,
+        "users",
+        &[("payload", "[1, 2]"), ("outbox_id", "4")],
+    );
     wait_until(
-        "two rows and a dead letter",
+        "two rows and two dead letters",
         Duration::from_secs(20),
         || {
             count(&pg, "SELECT count(*) FROM users_copy") == 2
-                && count(&pg, "SELECT count(*) FROM warden_dlq") == 1
+                && count(&pg, "SELECT count(*) FROM warden_dlq") == 2
         },
     );
     let row = &sql(
@@ -399,7 +405,20 @@ fn mapped_columns_fill_a_table_of_ones_own() {
     assert_eq!(row.get::<_, String>(0), "Ada");
     assert_eq!(row.get::<_, i32>(1), 36);
     assert_eq!(row.get::<_, String>(2), r#"["x"]"#);
-    let why: String = sql(&pg.dsn, "SELECT reason FROM warden_dlq")[0].get(0);
+    let why: String = sql(
+        &pg.dsn,
+        "SELECT reason FROM warden_dlq WHERE event_id = '2'",
+    )[0]
+    .get(0);
+    let not_object: String = sql(
+        &pg.dsn,
+        "SELECT reason FROM warden_dlq WHERE event_id = '4'",
+    )[0]
+    .get(0);
+    assert_eq!(
+        not_object,
+        "the payload is not a JSON object (columns map its keys)"
+    );
     assert!(
         why.contains("invalid input syntax for type integer"),
         "{why}"

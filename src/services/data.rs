@@ -639,6 +639,17 @@ SELECT pg_advisory_xact_lock(hashtext('warden {kind} ' || '{t_lit}'));
         )
     }
 
+    /// The whole DDL as shipped in `sql/`: the transaction `tx` (table and
+    /// trigger), then each index's statement.
+    pub fn script(tx: String, indexes: &[(String, String)]) -> String {
+        let mut out = tx;
+        for (_, index) in indexes {
+            out.push_str(index);
+            out.push_str(";\n");
+        }
+        out
+    }
+
     /// The claim's indexes (quoted name, statement), built without
     /// blocking writers (see [`adopt`]).
     pub fn indexes(&self) -> Vec<(String, String)> {

@@ -27,12 +27,7 @@ impl Queue {
     /// shipped in `sql/memory-sync.sql`: the table and its insert trigger
     /// in one transaction, then its indexes.
     pub fn create(&self) -> String {
-        let mut out = self.create_tx();
-        for (_, index) in self.indexes() {
-            out.push_str(&index);
-            out.push_str(";\n");
-        }
-        out
+        Leased::script(self.create_tx(), &self.indexes())
     }
 
     /// The indexes, built without blocking writers

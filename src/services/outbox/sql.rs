@@ -30,12 +30,7 @@ impl Outbox {
     /// Idempotent DDL, as shipped in `sql/outbox-relay.sql`: the table and
     /// its insert trigger in one transaction, then its indexes.
     pub fn create(&self) -> String {
-        let mut out = self.create_tx();
-        for (_, index) in self.indexes() {
-            out.push_str(&index);
-            out.push_str(";\n");
-        }
-        out
+        Leased::script(self.create_tx(), &self.indexes())
     }
 
     /// The indexes, built without blocking writers ([`adopt`]).

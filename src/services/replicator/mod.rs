@@ -401,6 +401,7 @@ impl Replicator {
         entries: Vec<Entry>,
     ) -> Result<Option<Duration>, Fault> {
         let max = i64::from(self.spec.max_deliveries);
+        let mapped = replica.keys().is_some();
         let mut events = Vec::new();
         let mut dead: Vec<(&Entry, String)> = Vec::new();
         for e in &entries {
@@ -415,6 +416,18 @@ impl Replicator {
                 continue;
             }
             match e.event() {
+                // Columns are filled from the payload's keys: anything but
+                // an object would make a row of NULLs.
+                Ok(ev)
+                    if mapped
+                        && serde_json::from_str::<serde_json::Map<String, Json>>(&ev.payload)
+                            .is_err() =>
+                {
+                    dead.push((
+                        e,
+                        "the payload is not a JSON object (columns map its keys)".to_string(),
+                    ))
+                }
                 Ok(ev) => events.push((e, ev)),
                 Err(why) => dead.push((e, why)),
             }

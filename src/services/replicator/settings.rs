@@ -31,7 +31,7 @@ config_table! {
         pub min_idle: Duration = Duration::from_secs(60),
         /// Deliveries after which an entry goes to the dead-letter queue.
         pub max_deliveries: u32 = 5,
-        /// Entries read per batch.
+        /// Entries read per batch from each stream.
         pub batch: Count = Count(100),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
