@@ -213,6 +213,44 @@ table = "replica_bench"
             fill_rel()
             return timed_until(lambda: int(redis.cli("XLEN", "relayed") or 0) >= n, "the relay", timeout)
         t_relay = run_warden(warden, out, "relay", relay, relay_until)
+
+        # The relay again, on a table that keeps `kept` sent rows, then
+        # the same while another session holds a transaction open (vacuum
+        # cannot remove the row versions the claims leave behind: where
+        # queue tables on PostgreSQL slow down).
+        kept = 100_000 if quick else 1_000_000
+
+        def relay_kept(table, stream, hold):
+            def until(aport, timeout):
+                pg.sql(f"INSERT INTO {table} (topic, payload, headers, status, published_at) "
+                       f"SELECT 'old', '{{}}', '{{}}', 'sent', now() FROM generate_series(1, {kept})")
+                pg.sql(f"VACUUM ANALYZE {table}")
+                holder = None
+                if hold:
+                    holder = subprocess.Popen(
+                        [f"{PG_BIN}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                         "-d", "postgres", "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ",
+                         "-c", "SELECT count(*) FROM pg_class", "-c", "SELECT pg_sleep(3600)"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
+                try:
+                    pg.sql(f"INSERT INTO {table} (topic, payload, headers, partition_key) "
+                           f"SELECT '{stream}', jsonb_build_object('n', n), '{{}}', 'p' "
+                           f"FROM generate_series(1, {n}) n")
+                    return timed_until(lambda: int(redis.cli("XLEN", stream) or 0) >= n, "the relay", timeout)
+                finally:
+                    if holder:
+                        # The server-side transaction outlives its client
+                        # until told: end it.
+                        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE query LIKE '%pg_sleep(3600)%' AND pid <> pg_backend_pid()")
+                        holder.terminate()
+                        holder.wait()
+            return until
+        t_kept = run_warden(warden, out, "relay-kept", relay.replace("relay_bench", "relay_kept"),
+                            relay_kept("relay_kept", "kept", False))
+        t_held = run_warden(warden, out, "relay-held", relay.replace("relay_bench", "relay_held"),
+                            relay_kept("relay_held", "held", True))
         # The replicator alone: a full stream, applied.
         redis.cli("DEL", "bench")
 
@@ -250,6 +288,9 @@ table = "replica_bench"
     print()
     rows = [
         ("relay alone (outbox → stream)", n / t_relay, min(lim["pg_claim"], lim["redis_xadd"])),
+        (f"relay, {kept:,} sent rows kept", n / t_kept, min(lim["pg_claim"], lim["redis_xadd"])),
+        (f"relay, {kept:,} kept, a transaction holding vacuum back", n / t_held,
+         min(lim["pg_claim"], lim["redis_xadd"])),
         ("replicator alone (stream → table)", n / t_rep, min(lim["pg_insert"], lim["redis_read"])),
         ("end to end (outbox → stream → table)", n / t_e2e,
          min(lim["pg_claim"], lim["redis_xadd"], lim["pg_insert"], lim["redis_read"])),

@@ -535,3 +535,39 @@ fn a_restart_of_postgresql_costs_a_round_not_the_service() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn a_long_transaction_elsewhere_does_not_hold_the_start_of_a_new_table() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    // A report in another session: a transaction with a snapshot, open
+    // for the whole test. CREATE INDEX CONCURRENTLY would wait for it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg.dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class")
+            .await
+            .unwrap();
+        client
+    });
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    // The new table's indexes are built at once (it is empty).
+    w.wait_event("relay", "ready");
+    let valid: i64 = sql(
+        &pg.dsn,
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+         WHERE c.relname = 'message_outbox' AND i.indisvalid",
+    )[0]
+    .get(0);
+    assert_eq!(valid, 4, "the primary key and the three indexes");
+    drop(report);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

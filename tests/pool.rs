@@ -76,7 +76,7 @@ fn the_backlog_counts_pending_rows_and_the_lag_is_the_oldest_ones_age() {
             .await
             .expect("connect to the test PostgreSQL");
         tokio::spawn(conn);
-        warden::services::data::adopt(&client, &t.create_tx(), &t.indexes())
+        warden::services::data::adopt(&client, &t.leased().table, &t.create_tx(), &t.indexes())
             .await
             .expect("the outbox table");
     });

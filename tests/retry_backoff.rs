@@ -140,9 +140,14 @@ fn refused_outbox_rows_come_back_spread_between_half_and_all_of_the_backoff() {
         let mut client = connect(&pg).await;
         let table = TableName::new("message_outbox").unwrap();
         let outbox = Outbox::new(&table);
-        warden::services::data::adopt(&client, &outbox.create_tx(), &outbox.indexes())
-            .await
-            .unwrap();
+        warden::services::data::adopt(
+            &client,
+            &outbox.leased().table,
+            &outbox.create_tx(),
+            &outbox.indexes(),
+        )
+        .await
+        .unwrap();
         // The statement the relay runs: a batch's refused rows at once
         // (here one at a time, to read each row's delay).
         let retry = outbox.retry_many();
@@ -183,13 +188,18 @@ fn memory_rows_are_jittered_and_never_retried_before_retry_after() {
         let table = TableName::new("memory_write_outbox").unwrap();
         let outbox = TableName::new("message_outbox").unwrap();
         let o = Outbox::new(&outbox);
-        warden::services::data::adopt(&client, &o.create_tx(), &o.indexes())
+        warden::services::data::adopt(&client, &o.leased().table, &o.create_tx(), &o.indexes())
             .await
             .unwrap();
         let queue = Queue::new(&table, &outbox);
-        warden::services::data::adopt(&client, &queue.create_tx(), &queue.indexes())
-            .await
-            .unwrap();
+        warden::services::data::adopt(
+            &client,
+            &queue.leased().table,
+            &queue.create_tx(),
+            &queue.indexes(),
+        )
+        .await
+        .unwrap();
         let retry = queue.retry();
         let with_retry_after = |after: f64| {
             move |id: &i64| -> Vec<Box<dyn ToSql + Sync>> {

@@ -125,9 +125,14 @@ pub async fn pooled(
 /// transaction), then each missing index with `CREATE INDEX CONCURRENTLY`,
 /// outside any transaction, so that adopting a large table that already
 /// exists never blocks the producers writing to it. An index that an
-/// interrupted build left invalid is dropped and built again.
+/// interrupted build left invalid is dropped and built again. On an empty
+/// table (`table`, quoted: one just created) an index is built plainly:
+/// that takes a moment, where `CONCURRENTLY` would wait for every
+/// transaction open in the database, however unrelated (a long report
+/// would hold the service's start).
 pub async fn adopt(
     client: &tokio_postgres::Client,
+    table: &str,
     tx: &str,
     indexes: &[(String, String)],
 ) -> Result<(), ServiceError> {
@@ -171,7 +176,22 @@ pub async fn adopt(
             }
             None => {}
         }
-        client.batch_execute(create).await.map_err(pg)?;
+        let empty: bool = client
+            .query_one(
+                &format!("SELECT NOT EXISTS (SELECT 1 FROM {table} LIMIT 1)"),
+                &[],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if empty {
+            client
+                .batch_execute(&create.replacen(" CONCURRENTLY ", " ", 1))
+                .await
+                .map_err(pg)?;
+        } else {
+            client.batch_execute(create).await.map_err(pg)?;
+        }
     }
     Ok(())
 }

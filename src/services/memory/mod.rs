@@ -146,8 +146,14 @@ impl Service for MemorySync {
                 if spec.create_schema {
                     // The outbox first: the WAL events go there.
                     let outbox = super::outbox::sql::Outbox::new(&spec.outbox_table);
-                    super::data::adopt(&c, &outbox.create_tx(), &outbox.indexes()).await?;
-                    super::data::adopt(&c, &q.create_tx(), &q.indexes()).await?;
+                    super::data::adopt(
+                        &c,
+                        &outbox.leased().table,
+                        &outbox.create_tx(),
+                        &outbox.indexes(),
+                    )
+                    .await?;
+                    super::data::adopt(&c, &q.leased().table, &q.create_tx(), &q.indexes()).await?;
                 }
                 // Every statement is checked against the tables now.
                 super::data::prepare_all(&c, &sqls).await.map_err(pg)?;

@@ -213,7 +213,7 @@ impl Service for Relay {
             {
                 let c = super::data::pooled(&pool).await?;
                 if spec.create_schema {
-                    super::data::adopt(&c, &t.create_tx(), &t.indexes()).await?;
+                    super::data::adopt(&c, &t.leased().table, &t.create_tx(), &t.indexes()).await?;
                 }
                 // Every statement is checked against the table now, not
                 // at the first row.

@@ -137,7 +137,7 @@ impl Service for Replicator {
             {
                 let c = super::data::pooled(&pool).await?;
                 if spec.create_schema {
-                    super::data::adopt(&c, &replica.create(), &[]).await?;
+                    super::data::adopt(&c, "", &replica.create(), &[]).await?;
                 }
                 // The statements are checked against the tables now.
                 c.prepare_cached(&replica.apply()).await.map_err(pg)?;
