@@ -8,52 +8,13 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::daemon::Warden;
 use support::db::{sql, wait_until};
-use support::http::get_json;
+use support::http::{get_json, ok_backend};
 use support::servers::{Postgres, Redis, free_port};
-
-/// A memory backend answering 200 to every POST (a connection per
-/// request); counts the requests.
-fn backend() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let port = listener.local_addr().expect("its address").port();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                count.fetch_add(1, Ordering::SeqCst);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
-                );
-            });
-        }
-    });
-    (port, seen)
-}
 
 /// The three data services, with short leases so that a killed warden's
 /// rows come back within seconds.
@@ -132,7 +93,7 @@ fn start(pg: &Postgres, redis: &Redis, backend: u16) -> (Warden, u16) {
 #[test]
 fn every_write_reaches_the_replica_once() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let (backend, posts) = backend();
+    let (backend, posts) = ok_backend();
     let (mut w, api) = start(&pg, &redis, backend);
     insert_writes(&pg, 1, 500);
     wait_until("500 events in the replica", Duration::from_secs(60), || {
@@ -151,7 +112,7 @@ fn every_write_reaches_the_replica_once() {
 #[test]
 fn two_wardens_share_the_pipeline_and_apply_nothing_twice() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let (backend, _) = backend();
+    let (backend, _) = ok_backend();
     let (mut a, api_a) = start(&pg, &redis, backend);
     let (mut b, api_b) = start(&pg, &redis, backend);
     insert_writes(&pg, 1, 1000);
@@ -187,7 +148,7 @@ fn two_wardens_share_the_pipeline_and_apply_nothing_twice() {
 #[test]
 fn a_sigkill_of_warden_mid_flow_loses_nothing() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    let (backend, _) = backend();
+    let (backend, _) = ok_backend();
     let (mut w, _) = start(&pg, &redis, backend);
     insert_writes(&pg, 1, 3000);
     wait_until("the flow under way", Duration::from_secs(60), || {
@@ -217,7 +178,7 @@ fn killing_redis_mid_flow_loses_nothing() {
     // A Redis that keeps what it acknowledged (an append-only file synced
     // at every write): what warden marked sent survives the kill.
     let (pg, mut redis) = (Postgres::start(), Redis::start_durable());
-    let (backend, _) = backend();
+    let (backend, _) = ok_backend();
     let (mut w, api) = start(&pg, &redis, backend);
     insert_writes(&pg, 1, 2000);
     wait_until("the flow under way", Duration::from_secs(60), || {
@@ -243,7 +204,7 @@ fn killing_redis_mid_flow_loses_nothing() {
 #[test]
 fn restarting_postgresql_mid_flow_loses_nothing() {
     let (mut pg, redis) = (Postgres::start(), Redis::start());
-    let (backend, _) = backend();
+    let (backend, _) = ok_backend();
     let (mut w, api) = start(&pg, &redis, backend);
     let mut total = 0;
     for mode in ["fast", "immediate"] {

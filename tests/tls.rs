@@ -11,8 +11,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -192,43 +190,10 @@ stream_prefix = "events."
     assert_eq!(w.exit_code(), 0);
 }
 
-/// A memory backend that accepts every write (HTTP 200) and counts them.
-fn backend() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let port = listener.local_addr().expect("its address").port();
-    let seen = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            count.fetch_add(1, Ordering::SeqCst);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
-            );
-        }
-    });
-    (port, seen)
-}
-
 #[test]
 fn memory_sync_works_over_tls_postgres() {
     let s = servers();
-    let (port, seen) = backend();
+    let (port, seen) = support::http::ok_backend();
     let mut w = Warden::start(&format!(
         r#"
 [api]
