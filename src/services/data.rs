@@ -435,10 +435,16 @@ pub fn doubling(attempt: u32, max: Duration) -> Duration {
 
 /// The description of `replay-failed` (see [`replay_failed`]).
 pub fn replay_failed_action() -> Action {
-    Action::new(
+    replay_action(
         "replay-failed",
         "Failed rows (all, or those of `ids`) go back to pending with their retries reset.",
     )
+}
+
+/// An action that replays things kept aside (all, or `{"ids": [..]}`)
+/// and answers `{"replayed": N}`.
+pub fn replay_action(name: &'static str, summary: &'static str) -> Action {
+    Action::new(name, summary)
     .request(serde_json::json!({
         "type": "object",
         "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}},
@@ -449,6 +455,35 @@ pub fn replay_failed_action() -> Action {
         "properties": {"replayed": {"type": "integer", "minimum": 0}},
         "required": ["replayed"]
     }))
+}
+
+/// The arguments of a replay action (`action`): `{}` for every `thing`,
+/// or `{"ids": [..]}` (a list of `ids`). Any other key is refused: a
+/// misspelt key must not mean "every row".
+pub fn replay_ids(
+    args: &serde_json::Value,
+    action: &str,
+    thing: &str,
+    ids: &str,
+) -> Result<Option<Vec<i64>>, ActionError> {
+    let Some(fields) = args.as_object() else {
+        return Err(ActionError::BadRequest(format!(
+            "the body must be a JSON object: {{}} for every {thing}, or {{\"ids\": [..]}}"
+        )));
+    };
+    if let Some(k) = fields.keys().find(|k| *k != "ids") {
+        return Err(ActionError::BadRequest(format!(
+            "unknown argument {k:?}; {action} takes only ids"
+        )));
+    }
+    match args.get("ids") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(serde_json::Value::as_i64).collect())
+            .map(Some)
+            .ok_or_else(|| ActionError::BadRequest(format!("ids must be a list of {ids}"))),
+    }
 }
 
 /// Where a leased table's statements go: its service, its database, the
@@ -482,26 +517,7 @@ pub async fn replay_failed(
     table: &TableName,
     args: &serde_json::Value,
 ) -> Result<serde_json::Value, ActionError> {
-    let bad = || ActionError::BadRequest("ids must be a list of row ids".into());
-    let Some(fields) = args.as_object() else {
-        return Err(ActionError::BadRequest(
-            "the body must be a JSON object: {} for every failed row, or {\"ids\": [..]}".into(),
-        ));
-    };
-    // A misspelt key must not mean "every row".
-    if let Some(k) = fields.keys().find(|k| *k != "ids") {
-        return Err(ActionError::BadRequest(format!(
-            "unknown argument {k:?}; replay-failed takes only ids"
-        )));
-    }
-    let ids: Option<Vec<i64>> = match args.get("ids") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(
-            v.as_array()
-                .and_then(|a| a.iter().map(serde_json::Value::as_i64).collect())
-                .ok_or_else(bad)?,
-        ),
-    };
+    let ids = replay_ids(args, "replay-failed", "failed row", "row ids")?;
     let l = Leased::new(table);
     let client = pooled(pool).await?;
     let n = match &ids {

@@ -727,20 +727,10 @@ async fn write(
 
 /// The description of `replay-dlq`.
 fn replay_dlq_action() -> Action {
-    Action::new(
+    super::data::replay_action(
         "replay-dlq",
         "Dead letters not replayed yet (all, or those of `ids`) go back to their streams, keeping their event ids.",
     )
-    .request(serde_json::json!({
-        "type": "object",
-        "properties": {"ids": {"type": "array", "items": {"type": "integer"}, "nullable": true}},
-        "additionalProperties": false
-    }))
-    .response(serde_json::json!({
-        "type": "object",
-        "properties": {"replayed": {"type": "integer", "minimum": 0}},
-        "required": ["replayed"]
-    }))
 }
 
 /// `replay-dlq`: the service's dead letters not replayed yet (all, or
@@ -752,26 +742,7 @@ async fn replay_dlq(
     spec: &StreamReplicatorSpec,
     args: &Json,
 ) -> Result<Json, ActionError> {
-    let Some(fields) = args.as_object() else {
-        return Err(ActionError::BadRequest(
-            "the body must be a JSON object: {} for every dead letter, or {\"ids\": [..]}".into(),
-        ));
-    };
-    if let Some(k) = fields.keys().find(|k| *k != "ids") {
-        return Err(ActionError::BadRequest(format!(
-            "unknown argument {k:?}; replay-dlq takes only ids"
-        )));
-    }
-    let ids: Option<Vec<i64>> = match args.get("ids") {
-        None | Some(Json::Null) => None,
-        Some(v) => Some(
-            v.as_array()
-                .and_then(|a| a.iter().map(Json::as_i64).collect())
-                .ok_or_else(|| {
-                    ActionError::BadRequest("ids must be a list of dead-letter ids".into())
-                })?,
-        ),
-    };
+    let ids = super::data::replay_ids(args, "replay-dlq", "dead letter", "dead-letter ids")?;
     let pool = super::data::pool_of(service, &spec.pg(), spec.pool_size.0).await?;
     let mut client = super::data::pooled(&pool).await?;
     let candidates: Vec<i64> = match &ids {
