@@ -398,14 +398,14 @@ fn the_client_commands_talk_to_the_daemon() {
     assert_eq!(code, 2, "{err}");
 
     // A daemon that is not there: exit 4, with a clear message.
-    let dead = free_port();
-    let (code, _, err) = client(dead, &["status"]);
+    let dead = support::servers::closed_port();
+    let (code, _, err) = client(dead.port, &["status"]);
     assert_eq!(code, 4);
     assert!(
         err.contains("cannot reach warden at http://127.0.0.1:"),
         "{err}"
     );
-    assert_eq!(client(dead, &["health"]).0, 4);
+    assert_eq!(client(dead.port, &["health"]).0, 4);
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

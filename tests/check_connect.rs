@@ -166,8 +166,8 @@ fn all_endpoints_reachable() {
 fn dead_endpoint_fails_the_check() {
     let pg = Postgres::start();
     let redis = Redis::start();
-    let dead = free_port();
-    let reg = registry(pg.port, redis.port) + &gone(dead);
+    let dead = support::servers::closed_port();
+    let reg = registry(pg.port, redis.port) + &gone(dead.port);
     let (_dir, out) = check(&reg, &["--connect", "--format", "json"]);
     let (o, e) = (stdout(&out), stderr(&out));
     assert_eq!(out.status.code(), Some(1), "stdout:\n{o}\nstderr:\n{e}");

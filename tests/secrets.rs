@@ -399,7 +399,9 @@ fn get(seen: &mut Seen, port: u16, path: &str) -> Vec<u8> {
 fn no_secret_reaches_any_output() {
     let secrets = Secrets::new();
     let pg = Postgres::start();
-    let (api, closed) = (free_port(), free_port());
+    let api = free_port();
+    let closed_port = support::servers::closed_port();
+    let closed = closed_port.port;
     let dir = tempfile::tempdir().unwrap();
     let reg = registry(&secrets, api, pg.port, closed, false);
     std::fs::write(dir.path().join("services.toml"), &reg).unwrap();

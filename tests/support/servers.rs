@@ -35,6 +35,40 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local address of a listener").port()
 }
 
+/// A port of 127.0.0.1 that refuses connections for as long as this
+/// lives: a socket bound to it that never listens. (A port from
+/// [`free_port`] is free only until another test's server takes it.)
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: std::os::fd::OwnedFd,
+}
+
+#[allow(dead_code)]
+pub fn closed_port() -> ClosedPort {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // structures passed are sized as the calls expect.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+        let mut bound: libc::sockaddr_in = std::mem::zeroed();
+        let mut blen = len;
+        let rc = libc::getsockname(fd, (&raw mut bound).cast(), &mut blen);
+        assert!(rc == 0, "getsockname: {}", std::io::Error::last_os_error());
+        ClosedPort {
+            port: u16::from_be(bound.sin_port),
+            _socket: socket,
+        }
+    }
+}
+
 /// A running PostgreSQL 15 server with trust authentication: user
 /// `postgres`, any password (or none) is accepted.
 pub struct Postgres {
@@ -221,6 +255,8 @@ fn spawn_postgres(dir: &Path, port: u16, ids: Option<(u32, u32)>) -> Child {
         .arg("-k")
         .arg(dir)
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        // What a statement cost (tests read `pg_stat_statements`).
+        .args(["-c", "shared_preload_libraries=pg_stat_statements"])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone a file handle"))

@@ -235,7 +235,7 @@ impl Service for MemorySync {
                     } else {
                         batch
                     };
-                    let rows = client.query(&claim, &[&take, &lease]).await?;
+                    let rows = client.query(&claim, &[&take, &lease, &0i64]).await?;
                     // Measured after the claim: the lease began before this.
                     let lease_end = Instant::now() + usable;
                     if rows.is_empty() {

@@ -18,10 +18,11 @@ pub mod metrics;
 pub mod settings;
 pub mod sql;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::data::horizon::Horizon;
 use super::data::pg;
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
@@ -198,6 +199,33 @@ struct Relaying {
     outages: u32,
     /// Rows published by this run.
     published: u64,
+    /// Where claims start scanning.
+    horizon: Horizon,
+}
+
+/// A claimed batch, sorted by id.
+struct Batch {
+    rows: Vec<Row>,
+    ids: Vec<i64>,
+    /// The claim's token: its lease end (the same for the whole batch).
+    token: std::time::SystemTime,
+}
+
+/// The prepared statements of a round's session, in the order of
+/// [`Relay::statements`].
+struct Statements {
+    reap: tokio_postgres::Statement,
+    claim: tokio_postgres::Statement,
+    snapshot: tokio_postgres::Statement,
+    done: tokio_postgres::Statement,
+    release: tokio_postgres::Statement,
+    retry: tokio_postgres::Statement,
+}
+
+/// How often a relay's claim scans the whole table and expired leases are
+/// reaped: a quarter of the lease, between 0.5 s and 5 s.
+fn sweep_every(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 impl Service for Relay {
@@ -237,13 +265,14 @@ impl Service for Relay {
                 redis: None,
                 outages: 0,
                 published: 0,
+                horizon: Horizon::new(sweep_every(spec.lease), Instant::now()),
             };
             let mut lost = 0u32;
             loop {
                 if ctx.is_cancelled() {
                     return Ok(());
                 }
-                let next = match self.round(&pool, &t, &ctx, &mut state).await {
+                let next = match self.rounds(&pool, &t, &ctx, &mut state).await {
                     Ok(next) => {
                         if lost > 0 {
                             tracing::info!("PostgreSQL is back");
@@ -279,12 +308,12 @@ impl Service for Relay {
 }
 
 impl Relay {
-    /// The statements of a round, in the order [`Relay::round`] uses them.
+    /// The statements of a round, in the order of [`Statements`].
     fn statements(&self, t: &sql::Outbox) -> [String; 6] {
         [
             t.reap(),
             t.claim(),
-            t.next_due(),
+            t.leased().snapshot().to_string(),
             if self.spec.delete_sent {
                 t.delete_sent()
             } else {
@@ -295,29 +324,38 @@ impl Relay {
         ]
     }
 
-    /// One round, on one session of the pool: return expired leases,
-    /// claim a batch, send it to Redis, settle it.
-    async fn round(
+    /// Claims a batch (reaping expired leases first when a sweep is due)
+    /// and reads a snapshot for the horizon in the same round trip.
+    async fn claim(
         &self,
-        pool: &crate::conn::postgres::Pool,
-        t: &sql::Outbox,
-        ctx: &Context,
-        state: &mut Relaying,
-    ) -> Result<Next, super::data::Fault> {
-        let spec = &self.spec;
-        let client = super::data::take(pool).await?;
-        let [reap, claim, next_due, done, release, retry] = self.statements(t);
-        let name = state.name.as_str();
-        let batch = i64::from(spec.batch.0);
-        let lease = spec.lease.as_secs_f64();
-        let max_retries = i32::try_from(spec.max_retries).unwrap_or(i32::MAX);
-
-        let reap = client.prepare_cached(&reap).await?;
-        client.execute(&reap, &[]).await?;
-        let claim = client.prepare_cached(&claim).await?;
-        let mut rows: Vec<Row> = client
-            .query(&claim, &[&batch, &lease])
-            .await?
+        client: &tokio_postgres::Client,
+        st: &Statements,
+        horizon: &mut Horizon,
+    ) -> Result<Option<Batch>, super::data::Fault> {
+        let now = Instant::now();
+        if horizon.sweep_due(now) {
+            let reaped: Vec<i64> = client
+                .query(&st.reap, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !reaped.is_empty() {
+                tracing::info!(rows = reaped.len(), "expired leases returned to pending");
+                horizon.returned(&reaped, now);
+            }
+        }
+        let from = horizon.claim_from(now);
+        let batch = i64::from(self.spec.batch.0);
+        let lease = self.spec.lease.as_secs_f64();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&batch, &lease, &from];
+        // Pipelined, one round trip: the claim, then a snapshot read after
+        // it, which the horizon pairs with the claim's candidate bound.
+        let (rows, snapshot) = tokio::join!(
+            client.query(&st.claim, &params),
+            client.query_one(&st.snapshot, &[])
+        );
+        let mut rows: Vec<Row> = rows?
             .iter()
             .map(|r| Row {
                 claim: r.get(6),
@@ -329,55 +367,152 @@ impl Relay {
                 dedupe_key: r.get(5),
             })
             .collect();
-        if rows.is_empty() {
-            // Sleep until woken (an insert), the next retry or lease end
-            // is due, or the poll interval passes.
-            let next_due = client.prepare_cached(&next_due).await?;
-            let due: Option<f64> = client.query_one(&next_due, &[]).await?.get(0);
-            return Ok(Next::Idle(match due {
-                Some(s) => Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval),
-                None => spec.poll_interval,
-            }));
-        }
         rows.sort_by_key(|r| r.id);
-        metrics::batch(name, rows.len());
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let claim_token = rows[0].claim;
-        let release = client.prepare_cached(&release).await?;
-        if state.redis.is_none() {
-            // An answer may take up to half the lease (a batch of large
-            // entries; Redis's own default is 500 ms, which would turn a
-            // slow batch into an endless re-send).
-            let timeouts = crate::conn::redis::Timeouts {
-                connect: Some(Duration::from_secs(5)),
-                response: Some((spec.lease / 2).max(Duration::from_secs(1))),
+        horizon.claimed(&ids);
+        let snapshot = snapshot?;
+        horizon.snapshot(snapshot.get(0), snapshot.get(1));
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let token = first.claim;
+        Ok(Some(Batch { rows, ids, token }))
+    }
+
+    /// Rounds on one session of the pool while there are rows: claim a
+    /// batch, then send it to Redis while the next batch is claimed, and
+    /// settle it. Returns the session when nothing is left.
+    async fn rounds(
+        &self,
+        pool: &crate::conn::postgres::Pool,
+        t: &sql::Outbox,
+        ctx: &Context,
+        state: &mut Relaying,
+    ) -> Result<Next, super::data::Fault> {
+        let spec = &self.spec;
+        let client = super::data::take(pool).await?;
+        let [reap, claim, snapshot, done, release, retry] =
+            super::data::prepare_all(&client, &self.statements(t)).await?;
+        let st = Statements {
+            reap,
+            claim,
+            snapshot,
+            done,
+            release,
+            retry,
+        };
+        let mut next = self.claim(&client, &st, &mut state.horizon).await?;
+        loop {
+            let Some(batch) = next.take() else {
+                let now = Instant::now();
+                let mut wait = spec.poll_interval.min(state.horizon.until_sweep(now));
+                if let Some(retry) = state.horizon.next_retry(now) {
+                    wait = wait.min(retry);
+                }
+                return Ok(Next::Idle(wait.max(Duration::from_millis(10))));
             };
-            match crate::conn::redis::connect(&state.redis_target, timeouts).await {
-                Ok(c) => state.redis = Some(c),
-                Err(e) => {
-                    client.execute(&release, &[&ids, &claim_token]).await?;
-                    let delay = outage_delay(state.outages);
-                    state.outages += 1;
-                    let msg = redact(&format!("cannot connect to Redis: {e}"));
-                    tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
-                    ctx.details().set("last_error", msg);
-                    return Ok(Next::Pause(delay));
+            metrics::batch(&state.name, batch.rows.len());
+            if state.redis.is_none() {
+                // An answer may take up to half the lease (a batch of
+                // large entries; Redis's own default is 500 ms, which
+                // would turn a slow batch into an endless re-send).
+                let timeouts = crate::conn::redis::Timeouts {
+                    connect: Some(Duration::from_secs(5)),
+                    response: Some((spec.lease / 2).max(Duration::from_secs(1))),
+                };
+                match crate::conn::redis::connect(&state.redis_target, timeouts).await {
+                    Ok(c) => state.redis = Some(c),
+                    Err(e) => {
+                        self.release(&client, &st, state, &batch).await?;
+                        let msg = redact(&format!("cannot connect to Redis: {e}"));
+                        return Ok(self.outage(ctx, state, msg));
+                    }
                 }
             }
+            let conn = &mut state.redis.as_mut().expect("connected above").conn;
+            // Within half the lease: the rows are still ours when we mark
+            // them. The next batch is claimed meanwhile.
+            let (sent, claimed) = tokio::join!(
+                async {
+                    tokio::time::timeout(
+                        (spec.lease / 2).max(Duration::from_secs(1)),
+                        self.send(conn, &batch.rows),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Sent::Outage("Redis did not answer within half the lease".into())
+                    })
+                },
+                async {
+                    if ctx.is_cancelled() {
+                        Ok(None)
+                    } else {
+                        self.claim(&client, &st, &mut state.horizon).await
+                    }
+                }
+            );
+            if let Sent::Outage(msg) = sent {
+                state.redis = None;
+                self.release(&client, &st, state, &batch).await?;
+                if let Ok(Some(claimed)) = &claimed {
+                    self.release(&client, &st, state, claimed).await?;
+                }
+                claimed?;
+                return Ok(self.outage(ctx, state, format!("Redis: {msg}")));
+            }
+            self.settle(&client, &st, ctx, state, &batch, sent).await?;
+            next = claimed?;
+            if ctx.is_cancelled() {
+                if let Some(b) = next.take() {
+                    self.release(&client, &st, state, &b).await?;
+                }
+                return Ok(Next::Go);
+            }
         }
-        let conn = &mut state.redis.as_mut().expect("connected above").conn;
-        // Within half the lease: the rows are still ours when we mark
-        // them.
-        let sent = tokio::time::timeout(
-            (spec.lease / 2).max(Duration::from_secs(1)),
-            self.send(conn, &rows),
-        )
-        .await
-        .unwrap_or_else(|_| Sent::Outage("Redis did not answer within half the lease".into()));
-        let done = client.prepare_cached(&done).await?;
+    }
+
+    /// A batch goes back unclaimed (a Redis outage, a stop), its retries
+    /// untouched.
+    async fn release(
+        &self,
+        client: &tokio_postgres::Client,
+        st: &Statements,
+        state: &mut Relaying,
+        batch: &Batch,
+    ) -> Result<(), super::data::Fault> {
+        client
+            .execute(&st.release, &[&batch.ids, &batch.token])
+            .await?;
+        state.horizon.returned(&batch.ids, Instant::now());
+        Ok(())
+    }
+
+    /// Redis is out: back off (0.5 s doubling to 30 s).
+    fn outage(&self, ctx: &Context, state: &mut Relaying, msg: String) -> Next {
+        let delay = outage_delay(state.outages);
+        state.outages += 1;
+        tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
+        ctx.details().set("last_error", msg);
+        Next::Pause(delay)
+    }
+
+    /// Marks what Redis took as sent (or deletes it), and gives each row
+    /// it refused a retry, or `failed`.
+    async fn settle(
+        &self,
+        client: &tokio_postgres::Client,
+        st: &Statements,
+        ctx: &Context,
+        state: &mut Relaying,
+        batch: &Batch,
+        sent: Sent,
+    ) -> Result<(), super::data::Fault> {
+        let name = state.name.as_str();
+        let max_retries = i32::try_from(self.spec.max_retries).unwrap_or(i32::MAX);
+        let ids = &batch.ids;
         match sent {
             Sent::All => {
-                let n = client.execute(&done, &[&ids, &claim_token]).await?;
+                let n = client.execute(&st.done, &[ids, &batch.token]).await?;
                 if n < ids.len() as u64 {
                     tracing::warn!(
                         rows = ids.len() as u64 - n,
@@ -393,21 +528,25 @@ impl Relay {
                 let bad: std::collections::HashSet<i64> =
                     refused.iter().map(|(id, _)| *id).collect();
                 let good: Vec<i64> = ids.iter().copied().filter(|id| !bad.contains(id)).collect();
-                client.execute(&done, &[&good, &claim_token]).await?;
+                client.execute(&st.done, &[&good, &batch.token]).await?;
                 state.published += good.len() as u64;
                 metrics::published(name, "sent", good.len());
                 // Every refused row of the batch in one statement.
                 let (bad_ids, errors): (Vec<i64>, Vec<String>) = refused.iter().cloned().unzip();
-                let retry = client.prepare_cached(&retry).await?;
                 let settled = client
-                    .query(&retry, &[&bad_ids, &errors, &max_retries, &claim_token])
+                    .query(&st.retry, &[&bad_ids, &errors, &max_retries, &batch.token])
                     .await?;
                 let error_of: std::collections::HashMap<i64, &str> =
                     refused.iter().map(|(id, e)| (*id, e.as_str())).collect();
+                let now = Instant::now();
                 for row in &settled {
-                    let (id, failed): (i64, bool) = (row.get(0), row.get(1));
+                    let (id, due, failed): (i64, f64, bool) = (row.get(0), row.get(1), row.get(2));
                     let error = error_of.get(&id).copied().unwrap_or("");
                     let result = if failed { "failed" } else { "retry" };
+                    if !failed {
+                        let due = Duration::from_secs_f64(due.clamp(0.0, 86_400.0));
+                        state.horizon.returned(&[id], now + due);
+                    }
                     metrics::published(name, result, 1);
                     tracing::warn!(id, error = %error, result, "Redis refused a row");
                     ctx.details()
@@ -415,16 +554,8 @@ impl Relay {
                 }
                 ctx.details().set("published", state.published);
             }
-            Sent::Outage(msg) => {
-                state.redis = None;
-                client.execute(&release, &[&ids, &claim_token]).await?;
-                let delay = outage_delay(state.outages);
-                state.outages += 1;
-                tracing::warn!(error = %msg, delay = ?delay, "Redis unavailable; claim released");
-                ctx.details().set("last_error", format!("Redis: {msg}"));
-                return Ok(Next::Pause(delay));
-            }
+            Sent::Outage(_) => unreachable!("an outage releases the batch"),
         }
-        Ok(Next::Go)
+        Ok(())
     }
 }

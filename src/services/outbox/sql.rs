@@ -133,8 +133,9 @@ RETURNING status = 'failed'",
 
     /// Rows `$1` of claim `$4` were refused, each with its error in `$2`
     /// (arrays, in the same order): all settled in one statement, as
-    /// [`Outbox::retry`] settles one. Answers each settled row's id and
-    /// whether it failed for good (a row missing: the claim was lost).
+    /// [`Outbox::retry`] settles one. Answers each settled row's id, the
+    /// seconds until its retry, and whether it failed for good (a row
+    /// missing: the claim was lost).
     pub fn retry_many(&self) -> String {
         format!(
             "UPDATE {} o SET
@@ -145,7 +146,7 @@ RETURNING status = 'failed'",
     next_attempt_at = now() + {delay} * interval '1 second'
 FROM unnest($1::bigint[], $2::text[]) AS r(id, error)
 WHERE o.id = r.id AND o.status = 'sending' AND o.claimed_until = $4
-RETURNING o.id, o.status = 'failed'",
+RETURNING o.id, EXTRACT(EPOCH FROM o.next_attempt_at - now())::float8, o.status = 'failed'",
             self.l.table,
             delay = crate::services::data::RETRY_DELAY
         )
@@ -154,11 +155,6 @@ RETURNING o.id, o.status = 'failed'",
     /// The shared statements of the table (statistics among them).
     pub fn leased(&self) -> &Leased {
         &self.l
-    }
-
-    /// Seconds until the next row is due (`NULL`: nothing is waiting).
-    pub fn next_due(&self) -> String {
-        self.l.next_due()
     }
 }
 

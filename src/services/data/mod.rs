@@ -3,6 +3,8 @@
 //! as the DSN and `tls_ca` say), error wording without secrets,
 //! names derived from a table's, and the abort-on-drop of driver tasks.
 
+pub mod horizon;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -737,14 +739,15 @@ COMMIT;
         )
     }
 
-    /// Claims up to `$1` due rows for `$2` seconds, answering `returning`
+    /// Claims up to `$1` due rows with `id >= $3` (the claim's
+    /// [`horizon::Horizon`]) for `$2` seconds, answering `returning`
     /// (columns of `o`) and, last, the claim's token (its lease end).
     pub fn claim(&self, returning: &str) -> String {
         let t = &self.table;
         format!(
             "WITH c AS (
     SELECT id FROM {t}
-    WHERE status = 'pending' AND next_attempt_at <= now()
+    WHERE status = 'pending' AND id >= $3 AND next_attempt_at <= now()
     ORDER BY id LIMIT $1
     FOR UPDATE SKIP LOCKED)
 UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
@@ -756,12 +759,20 @@ RETURNING {returning}, o.claimed_until"
     /// Expired leases (a worker died holding them) go back to `pending`,
     /// and so does a row `sending` without a lease (written so by hand or
     /// by another program: no worker holds it, so it would wait forever).
+    /// Answers the ids.
     pub fn reap(&self) -> String {
         format!(
             "UPDATE {} SET status = 'pending', claimed_until = NULL
-WHERE status = 'sending' AND (claimed_until < now() OR claimed_until IS NULL)",
+WHERE status = 'sending' AND (claimed_until < now() OR claimed_until IS NULL)
+RETURNING id",
             self.table
         )
+    }
+
+    /// The oldest running transaction id and the next one to be assigned
+    /// (what moves a [`horizon::Horizon`]).
+    pub fn snapshot(&self) -> &'static str {
+        "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8 FROM pg_current_snapshot() s"
     }
 
     /// Rows `$1` of claim `$2` go back unclaimed, their retries untouched.
@@ -819,7 +830,7 @@ mod tests {
     #[test]
     fn the_stats_benchmark_times_the_statement_the_timer_runs() {
         let l = Leased::new(&TableName::new("message_outbox").unwrap());
-        let bench = include_str!("../../scripts/bench_stats.py");
+        let bench = include_str!("../../../scripts/bench_stats.py");
         assert!(
             bench.contains(&l.stats()),
             "scripts/bench_stats.py must quote Leased::stats():\n{}",

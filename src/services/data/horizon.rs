@@ -1,0 +1,307 @@
+//! Where a claim starts scanning: the claim's lower bound on `id`.
+//!
+//! A claim reads the `pending` index in `id` order. Every row it moves on
+//! leaves a dead index entry behind, and while a transaction anywhere in
+//! the database holds vacuum back (a long report, a backup, a replica's
+//! feedback) those entries stay and cannot even be marked dead. A claim
+//! from the start of the index walks all of them: its cost grows with
+//! every row ever relayed, and the queue slows to a crawl. Scanning from
+//! a lower bound (`id >= low`) walks only the live end.
+//!
+//! The bound must never pass a row that can still become due:
+//! - a row inserted by a transaction that has not committed yet (its id is
+//!   lower than rows already relayed). A candidate bound found by a claim
+//!   is paired with the `xmax` of a snapshot read afterwards (every
+//!   transaction that could hold a lower id has a transaction id below
+//!   it) and becomes the bound only once the oldest running transaction
+//!   is past that `xmax`. Transactions without a transaction id (reads,
+//!   reports: those that hold vacuum back) never hold the bound;
+//! - a row this worker returned to `pending` (released, or a retry not
+//!   yet due): the bound goes back to it, and stays at or below a retry
+//!   until its time has come and gone;
+//! - anything else (another worker's released rows or retries, a lease
+//!   that ran out, a row replayed or written by hand): a sweep from the
+//!   start of the index, every [`Horizon::sweep_every`], finds it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The claim's lower bound and what moves it.
+#[derive(Debug)]
+pub struct Horizon {
+    /// Claims scan rows with `id >= low`.
+    low: i64,
+    /// Candidate bounds, each with the `xmax` of a snapshot taken after
+    /// the claim that found it, oldest first.
+    waiting: VecDeque<(i64, i64)>,
+    /// The candidate of the last claim, not yet paired with a snapshot.
+    fresh: Option<i64>,
+    /// Rows this worker gave a retry time: id → when it is due.
+    retries: BTreeMap<i64, Instant>,
+    /// When the next claim scans from the start.
+    next_sweep: Instant,
+    /// How often a claim scans from the start.
+    sweep_every: Duration,
+}
+
+/// How long a retry keeps the bound at its row after it is due: by then
+/// this worker or another one has claimed it (a sweep finds it otherwise).
+const RETRY_GRACE: Duration = Duration::from_secs(2);
+
+/// How many retries the bound tracks; past that it stays at the lowest.
+const MAX_TRACKED_RETRIES: usize = 100_000;
+
+impl Horizon {
+    /// A bound at the start of the table; the first claim sweeps.
+    pub fn new(sweep_every: Duration, now: Instant) -> Horizon {
+        Horizon {
+            low: 0,
+            waiting: VecDeque::new(),
+            fresh: None,
+            retries: BTreeMap::new(),
+            next_sweep: now,
+            sweep_every,
+        }
+    }
+
+    /// How often a claim scans from the start of the table.
+    pub fn sweep_every(&self) -> Duration {
+        self.sweep_every
+    }
+
+    /// Whether the next claim is a sweep (and the round reaps expired
+    /// leases): its time has come.
+    pub fn sweep_due(&self, now: Instant) -> bool {
+        now >= self.next_sweep
+    }
+
+    /// The lower bound of the next claim: 0 for a sweep (which it then
+    /// counts as done).
+    pub fn claim_from(&mut self, now: Instant) -> i64 {
+        self.retries.retain(|_, due| *due + RETRY_GRACE > now);
+        if self.sweep_due(now) {
+            self.next_sweep = now + self.sweep_every;
+            return 0;
+        }
+        match self.retries.keys().next() {
+            Some(&first) => self.low.min(first),
+            None => self.low,
+        }
+    }
+
+    /// A claim took rows `ids` (any order): every due row below the
+    /// highest was taken or is another worker's, so the bound may move
+    /// past it once no transaction can still add a lower id.
+    pub fn claimed(&mut self, ids: &[i64]) {
+        for id in ids {
+            self.retries.remove(id);
+        }
+        if let Some(&top) = ids.iter().max() {
+            let candidate = top.saturating_add(1);
+            if candidate > self.low && self.fresh.is_none_or(|f| candidate > f) {
+                self.fresh = Some(candidate);
+            }
+        }
+    }
+
+    /// A snapshot read after the last claim: `xmin`, the oldest running
+    /// transaction id, and `xmax`, the next one to be assigned. Moves the
+    /// bound to every candidate whose transactions have all ended.
+    pub fn snapshot(&mut self, xmin: i64, xmax: i64) {
+        while let Some(&(candidate, after)) = self.waiting.front() {
+            if xmin < after {
+                break;
+            }
+            self.low = self.low.max(candidate);
+            self.waiting.pop_front();
+        }
+        if let Some(candidate) = self.fresh.take() {
+            match self.waiting.back_mut() {
+                // A later candidate behind the same transactions replaces
+                // the one before.
+                Some(last) if last.1 == xmax => last.0 = last.0.max(candidate),
+                _ => self.waiting.push_back((candidate, xmax)),
+            }
+        }
+    }
+
+    /// Rows `ids` went back to `pending`, due at `due` (released: now).
+    /// The bound returns to the lowest, and candidates found since are
+    /// dropped: the next claims find them again.
+    pub fn returned(&mut self, ids: &[i64], due: Instant) {
+        let Some(&lowest) = ids.iter().min() else {
+            return;
+        };
+        self.low = self.low.min(lowest);
+        self.waiting.clear();
+        self.fresh = None;
+        for &id in ids {
+            if self.retries.len() >= MAX_TRACKED_RETRIES {
+                break;
+            }
+            self.retries.insert(id, due);
+        }
+    }
+
+    /// The earliest retry of this worker's that is not due yet.
+    pub fn next_retry(&self, now: Instant) -> Option<Duration> {
+        self.retries
+            .values()
+            .filter(|due| **due > now)
+            .min()
+            .map(|due| *due - now)
+    }
+
+    /// Time until the next sweep.
+    pub fn until_sweep(&self, now: Instant) -> Duration {
+        self.next_sweep.saturating_duration_since(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SWEEP: Duration = Duration::from_secs(5);
+
+    /// A horizon past its first sweep.
+    fn started(now: Instant) -> Horizon {
+        let mut h = Horizon::new(SWEEP, now);
+        assert_eq!(h.claim_from(now), 0, "the first claim sweeps");
+        h
+    }
+
+    #[test]
+    fn a_claimed_batch_moves_the_bound_only_after_its_transactions_end() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[3, 1, 2]);
+        assert_eq!(h.claim_from(t), 0, "not before a snapshot");
+        // The snapshot after the claim: transaction 100 still runs, 105
+        // is the next to be assigned.
+        h.snapshot(100, 105);
+        assert_eq!(
+            h.claim_from(t),
+            0,
+            "transactions below 105 may still add a lower id"
+        );
+        h.snapshot(104, 110);
+        assert_eq!(h.claim_from(t), 0, "104 still runs");
+        h.snapshot(105, 110);
+        assert_eq!(h.claim_from(t), 4, "past the highest row claimed");
+    }
+
+    #[test]
+    fn the_bound_never_goes_back_for_a_lower_candidate() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10]);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 11);
+        // A sweep claims an old row (a late commit) below the bound.
+        h.claimed(&[5]);
+        h.snapshot(3, 4);
+        h.snapshot(4, 5);
+        assert_eq!(h.claim_from(t), 11);
+    }
+
+    #[test]
+    fn later_candidates_wait_behind_the_same_transactions() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10]);
+        h.snapshot(50, 60);
+        h.claimed(&[20]);
+        h.snapshot(50, 60);
+        h.claimed(&[30]);
+        h.snapshot(55, 70);
+        h.snapshot(60, 70);
+        assert_eq!(
+            h.claim_from(t),
+            21,
+            "the first two are free, the third waits for 70"
+        );
+        h.snapshot(70, 71);
+        assert_eq!(h.claim_from(t), 31);
+    }
+
+    #[test]
+    fn released_rows_bring_the_bound_back_and_drop_waiting_candidates() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10]);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 11);
+        h.claimed(&[11, 12]);
+        h.snapshot(3, 4);
+        h.returned(&[12, 11], t);
+        h.snapshot(4, 5);
+        assert_eq!(h.claim_from(t), 11, "the released rows are claimed again");
+    }
+
+    #[test]
+    fn a_retry_holds_the_bound_until_it_is_due_and_claimed() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[7]);
+        h.returned(&[7], t + Duration::from_secs(1));
+        // Later rows are claimed and their transactions end: the bound
+        // moves, but not past the retry.
+        h.claimed(&[8, 9]);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 7);
+        assert_eq!(h.next_retry(t), Some(Duration::from_secs(1)));
+        // Claimed when due: the bound is free again.
+        h.claimed(&[7]);
+        assert_eq!(h.claim_from(t + Duration::from_secs(1)), 10);
+        assert_eq!(h.next_retry(t), None);
+    }
+
+    #[test]
+    fn a_retry_another_worker_claimed_stops_holding_the_bound() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[7]);
+        h.returned(&[7], t);
+        h.claimed(&[8]);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t + Duration::from_millis(100)), 7);
+        assert_eq!(h.claim_from(t + RETRY_GRACE), 9);
+    }
+
+    #[test]
+    fn a_sweep_comes_every_period() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10]);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert!(!h.sweep_due(t + SWEEP - Duration::from_millis(1)));
+        assert_eq!(h.until_sweep(t), SWEEP);
+        assert_eq!(h.claim_from(t + SWEEP - Duration::from_millis(1)), 11);
+        assert!(h.sweep_due(t + SWEEP));
+        assert_eq!(h.claim_from(t + SWEEP), 0);
+        assert_eq!(
+            h.claim_from(t + SWEEP),
+            11,
+            "one claim sweeps, the next goes on"
+        );
+        assert_eq!(h.until_sweep(t + SWEEP), SWEEP);
+    }
+
+    #[test]
+    fn nothing_claimed_moves_nothing() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[]);
+        h.snapshot(1, 2);
+        h.snapshot(5, 6);
+        assert_eq!(h.claim_from(t), 0);
+        h.returned(&[], t);
+        assert_eq!(h.next_retry(t), None);
+    }
+}
