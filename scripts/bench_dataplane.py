@@ -18,6 +18,16 @@ last row: the relay alone (N outbox rows, pre-filled, to a stream), the
 replicator alone (N stream entries, pre-filled, to `memory_replica`), and
 end to end (N outbox rows through the relay and the replicator). Each is
 given as a fraction of the slower of its limits.
+
+Last, latency: pgbench inserts outbox rows one per transaction at 1,000
+per second (`--rate`), and each row's commit-to-replica time is the
+replica row's commit timestamp (`track_commit_timestamp`) minus the outbox
+row's `created_at` (its transaction's start, before its own commit: the
+figure errs high).
+
+Environment: `BENCH_BATCH` (the batch of the raw limits, default 100, the
+kinds' default), `BENCH_RELAY_SETTINGS` and `BENCH_REPLICATOR_SETTINGS`
+(lines added to the services' tables, e.g. `batch = 500`).
 """
 import os
 import re
@@ -30,7 +40,9 @@ import urllib.request
 
 from bench_memory import PG_BIN, Postgres, free_port
 
-BATCH = 100
+BATCH = int(os.environ.get("BENCH_BATCH", "100"))
+RELAY_SETTINGS = os.environ.get("BENCH_RELAY_SETTINGS", "")
+REPLICATOR_SETTINGS = os.environ.get("BENCH_REPLICATOR_SETTINGS", "")
 
 
 class Redis:
@@ -187,7 +199,7 @@ def timed_until(cond, what, timeout):
 
 def scenario(warden, root, out, quick):
     n = 20_000 if quick else 200_000
-    pg, redis = Postgres(), Redis()
+    pg, redis = Postgres(settings=("track_commit_timestamp=on",)), Redis()
     try:
         lim = limits(pg, redis, root, quick)
         relay = f"""
@@ -196,6 +208,7 @@ kind = "outbox-relay"
 postgres = "{pg.dsn}"
 redis = "{redis.url}"
 table = "relay_bench"
+{RELAY_SETTINGS}
 """
         replicator = f"""
 [services.replicator]
@@ -204,6 +217,7 @@ postgres = "{pg.dsn}"
 redis = "{redis.url}"
 streams = ["bench"]
 table = "replica_bench"
+{REPLICATOR_SETTINGS}
 """
         # The relay alone: a full outbox, drained.
         def relay_until(aport, timeout):
@@ -271,6 +285,33 @@ table = "replica_bench"
             return timed_until(
                 lambda: int(pg.sql("SELECT count(*) FROM replica_bench")) >= n, "the pipeline", timeout)
         t_e2e = run_warden(warden, out, "e2e", both, both_until)
+
+        # Latency at 1,000 events/s: one row per transaction, paced.
+        lat_secs = 2 if quick else 20
+        latency = both.replace('table = "e2e_outbox"', 'table = "lat_outbox"').replace(
+            'table = "replica_bench"', 'table = "lat_replica"').replace(
+            'streams = ["bench"]', 'streams = ["lat"]')
+
+        def latency_until(aport, timeout):
+            with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+                f.write("INSERT INTO lat_outbox (topic, payload, headers, partition_key) "
+                        "VALUES ('lat', '{\"n\": 1}', '{}', 'p');\n")
+            os.chmod(f.name, 0o644)
+            r = subprocess.run([f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                            "-c", "1", "-R", "1000", "-T", str(lat_secs), "-f", f.name, "postgres"],
+                           capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"bench dataplane: pgbench failed: {r.stderr}")
+            os.unlink(f.name)
+            total = int(pg.sql("SELECT count(*) FROM lat_outbox"))
+            timed_until(lambda: int(pg.sql("SELECT count(*) FROM lat_replica")) >= total,
+                        "the paced pipeline", timeout)
+            return total
+        lat_n = run_warden(warden, out, "latency", latency, latency_until)
+        p50, p99, pmax = (float(x) * 1000 for x in pg.sql(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), "
+            "max(d) FROM (SELECT EXTRACT(EPOCH FROM pg_xact_commit_timestamp(r.xmin) - o.created_at) AS d "
+            "FROM lat_replica r JOIN lat_outbox o ON o.id::text = r.event_id) x").split("|"))
     finally:
         redis.stop()
         pg.stop()
@@ -300,3 +341,9 @@ table = "replica_bench"
     for name, rate, limit in rows:
         print(f"| {name} | {rate:,.0f} | {limit:,.0f} | {rate / limit:.2f} |")
     print()
+    print(f"Against the clean relay: {n / t_kept / (n / t_relay):.2f} with {kept:,} sent rows kept, "
+          f"{n / t_held / (n / t_relay):.2f} with a transaction holding vacuum back (goal: 0.8 each).\n")
+    print(f"Commit-to-replica latency at 1,000 events/s (pgbench --rate, {lat_n:,} events, one per transaction): "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {pmax:.1f} ms (goals: p50 under 3 ms, p99 under 10 ms).\n")
+    if RELAY_SETTINGS or REPLICATOR_SETTINGS:
+        print(f"Settings: relay `{RELAY_SETTINGS}`, replicator `{REPLICATOR_SETTINGS}`.\n")

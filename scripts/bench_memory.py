@@ -39,7 +39,7 @@ def as_postgres(argv):
 
 
 class Postgres:
-    def __init__(self):
+    def __init__(self, settings=()):
         if not os.path.exists(os.path.join(PG_BIN, "initdb")):
             raise SystemExit(f"bench memory: PostgreSQL 15 is missing ({PG_BIN}); run scripts/install-deps")
         self.dir = tempfile.mkdtemp(prefix="warden-bench-pg-")
@@ -55,7 +55,7 @@ class Postgres:
             shutil.chown(self.log.name, "postgres", "postgres")
         self.proc = subprocess.Popen(
             as_postgres([f"{PG_BIN}/postgres", "-D", data, "-p", str(self.port), "-k", self.dir,
-                         "-c", "listen_addresses=127.0.0.1"]),
+                         "-c", "listen_addresses=127.0.0.1", *[a for kv in settings for a in ("-c", kv)]]),
             stdout=self.log, stderr=self.log, cwd=self.dir)
         self.dsn = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
         deadline = time.time() + 30

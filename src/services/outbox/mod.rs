@@ -401,7 +401,16 @@ impl Relay {
             release,
             retry,
         };
-        let mut next = self.claim(&client, &st, &mut state.horizon).await?;
+        // The relay's own statements commit without waiting for the WAL
+        // flush: a crash of PostgreSQL can forget the last claims and
+        // marks, and those rows are sent again (at least once, as ever);
+        // none is lost. Sent ahead of the first claim, in its round trip.
+        let (set, first) = tokio::join!(
+            client.batch_execute("SET synchronous_commit = off"),
+            self.claim(&client, &st, &mut state.horizon)
+        );
+        set?;
+        let mut next = first?;
         loop {
             let Some(batch) = next.take() else {
                 let now = Instant::now();
