@@ -1,58 +1,124 @@
 //! The README's first command runs warden on the root `services.toml`: the
-//! stack it describes must come up (Redis, the producer and consumer, the
-//! oneshot, the crashing worker and the API) and stop cleanly. Run here on
-//! free ports, in a scratch directory.
+//! data plane it describes must come up (its own PostgreSQL, initialised by
+//! a oneshot, and Redis; the memory backend, memory-sync, the relay, the
+//! replicator and the producer; the crashing worker and the API), events
+//! must flow from `memory_write_outbox` to `memory_replica`, and everything
+//! must stop cleanly. Run here on free ports, in a scratch directory.
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use support::daemon::Warden;
+use support::db::{sql, wait_until};
 use support::http::{get_json, http, wait_http};
 use support::servers::free_port;
 
-#[test]
-fn the_demo_stack_comes_up_serves_and_stops() {
+/// The demo's memory backend (`examples/memory_backend.rs`), built now:
+/// the test profile builds no example binary.
+fn memory_backend() -> PathBuf {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "memory_backend",
+            "--message-format",
+            "json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo");
     assert!(
-        std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "redis-server is missing: run scripts/install-deps"
+        out.status.success(),
+        "cargo build --example memory_backend: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| {
+            (v["target"]["name"] == "memory_backend")
+                .then(|| v["executable"].as_str().map(PathBuf::from))
+                .flatten()
+        })
+        .expect("cargo names the example's executable")
+}
+
+#[test]
+fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
+    for (what, path) in [
+        ("redis-server", "redis-server"),
+        ("PostgreSQL 15", "/usr/lib/postgresql/15/bin/postgres"),
+    ] {
+        assert!(
+            std::process::Command::new(path)
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "{what} is missing: run scripts/install-deps --demo"
+        );
+    }
+    let backend = memory_backend();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let registry = std::fs::read_to_string(root.join("services.toml")).unwrap();
-    let (api, redis) = (free_port(), free_port());
+    let (api, redis, pg, memory) = (free_port(), free_port(), free_port(), free_port());
     let listen = format!("127.0.0.1:{api}");
-    let redis_port = redis.to_string();
+    let (redis_port, pg_port, memory_port) =
+        (redis.to_string(), pg.to_string(), memory.to_string());
     let mut w = Warden::start_with(
         &registry,
         &[
             ("WARDEN_API_LISTEN", &listen),
             ("DEMO_REDIS_PORT", &redis_port),
+            ("DEMO_PG_PORT", &pg_port),
+            ("DEMO_MEMORY_PORT", &memory_port),
+            ("DEMO_MEMORY_BACKEND", backend.to_str().unwrap()),
         ],
         None,
     );
     wait_http(api, "/readyz", 200);
-    w.wait_event("consumer", "ready");
-    w.wait_log("an event produced", |v| {
-        v["service"] == "producer" && v["message"] == "produced event 2"
+    w.wait_event("producer", "ready");
+    assert!(
+        w.dir.join("var/pg/data/PG_VERSION").is_file(),
+        "the oneshot initialised ./var/pg/data"
+    );
+    let dsn = format!("postgres://postgres@127.0.0.1:{pg}/postgres");
+    // Memory writes reach the replica: backend, event row, stream, table.
+    wait_until("events in memory_replica", Duration::from_secs(60), || {
+        sql(&dsn, "SELECT count(*) FROM memory_replica")[0].get::<_, i64>(0) >= 10
     });
-    w.wait_log("the consumer's report", |v| {
-        v["service"] == "consumer"
-            && v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("demo:events holds"))
-    });
+    let r = sql(
+        &dsn,
+        "SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE stream = 'memory.wal')
+         FROM memory_replica",
+    );
+    let (rows, distinct, from_wal): (i64, i64, i64) = (r[0].get(0), r[0].get(1), r[0].get(2));
+    assert_eq!(rows, distinct, "each event once");
+    assert_eq!(rows, from_wal, "from the stream memory.wal");
+    // Each replica row is a memory write the backend took.
+    let sent: i64 = sql(
+        &dsn,
+        "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+    )[0]
+    .get(0);
+    assert!(sent >= rows, "{sent} writes sent, {rows} events replicated");
+
     let (status, health) = get_json(api, "/v1/health");
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["status"], "ok", "{health}");
     for (name, state) in [
         ("api", "ready"),
         ("prepare", "completed"),
+        ("postgres-init", "completed"),
+        ("postgres", "ready"),
         ("redis", "ready"),
+        ("memory-backend", "ready"),
+        ("memory-sync", "ready"),
+        ("relay", "ready"),
+        ("replicator", "ready"),
         ("producer", "ready"),
-        ("consumer", "ready"),
     ] {
         assert_eq!(health["services"][name]["state"], state, "{name}: {health}");
     }
@@ -61,17 +127,26 @@ fn the_demo_stack_comes_up_serves_and_stops() {
             .contains(&health["services"]["flaky"]["state"].as_str().unwrap()),
         "{health}"
     );
-    assert!(
-        w.dir.join("var/redis").is_dir(),
-        "the oneshot laid out ./var"
-    );
     let (status, _, body) = http(api, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&body).contains(r#"warden_service_up{service="redis"} 1"#));
+    let metrics = String::from_utf8_lossy(&body);
+    for family in [
+        r#"warden_service_up{service="postgres"} 1"#,
+        "warden_outbox_published_total",
+        "warden_replicator_applied_total",
+    ] {
+        assert!(metrics.contains(family), "{family} in /metrics");
+    }
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", redis)).is_err(),
-        "Redis stopped with warden"
-    );
+    for (what, port) in [
+        ("Redis", redis),
+        ("PostgreSQL", pg),
+        ("the backend", memory),
+    ] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{what} stopped with warden"
+        );
+    }
 }

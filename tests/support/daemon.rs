@@ -44,6 +44,13 @@ impl Warden {
         args: &[&str],
     ) -> Warden {
         let dir = tempfile::tempdir().unwrap();
+        // Others may pass through (a server the registry runs as another
+        // user, PostgreSQL under its ./var/).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         write_registry(dir.path(), registry);
         let bin = env!("CARGO_BIN_EXE_warden");
         let mut cmd = match wrapper {
