@@ -6,20 +6,24 @@ starts. First the raw limits, measured with the servers' own tools:
 
 - PostgreSQL claim-and-mark: pgbench runs the relay's work with no Redis
   in between (claim a batch of pending rows with `FOR UPDATE SKIP LOCKED`,
-  mark them sent), one client, as one relay does;
+  mark them sent, in one statement where the relay needs two),
+  one client, as one relay does, with the relay's `synchronous_commit =
+  off`;
 - PostgreSQL idempotent insert: pgbench inserts batches into a replica
   table with `ON CONFLICT (event_id) DO NOTHING`, one client;
 - Redis XADD: redis-benchmark, one client, pipelines of the batch size;
 - Redis XREADGROUP: one client reading batches of a stream through a group
   (and XACK), pipelined as above.
 
-Then warden, each figure N over the time from the start of the flow to the
-last row: the relay alone (N outbox rows, pre-filled, to a stream), the
+Then warden, each figure N over the time from the start of the flow (the
+rows or entries are in) to the last row (the last entry's id in the stream,
+or the last commit into the replica by its commit timestamp): the relay alone (N outbox rows, pre-filled, to a stream), the
 replicator alone (N stream entries, pre-filled, to `memory_replica`), and
 end to end (N outbox rows through the relay and the replicator). Each is
 given as a fraction of the slower of its limits.
 
-Last, latency: pgbench inserts outbox rows one per transaction at 1,000
+Last, latency, on a PostgreSQL and a Redis of its own (nothing else
+running): pgbench inserts outbox rows one per transaction at 1,000
 per second (`--rate`), and each row's commit-to-replica time is the
 replica row's commit timestamp (`track_commit_timestamp`) minus the outbox
 row's `created_at` (its transaction's start, before its own commit: the
@@ -108,7 +112,10 @@ def limits(pg, redis, root, quick):
     for s in outbox_ddl(root):
         pg.sql(s)
     fill_outbox(pg, 20_000 if quick else 2_000_000)
-    claim = f"""BEGIN;
+    # With the relay's own commit setting (its statements do not wait for
+    # the WAL flush; see docs/data-plane.md).
+    claim = f"""SET synchronous_commit = off;
+BEGIN;
 WITH c AS (SELECT id FROM message_outbox WHERE status = 'pending' AND next_attempt_at <= now()
            ORDER BY id LIMIT {BATCH} FOR UPDATE SKIP LOCKED)
 UPDATE message_outbox o SET status = 'sent', published_at = now(), claimed_until = NULL
@@ -189,12 +196,69 @@ def run_warden(warden, out, name, services, until, timeout=600):
 
 
 def timed_until(cond, what, timeout):
+    """Waits for `cond`, checking 4 times a second (each check is a client
+    process: checking more often would take the CPU the flow needs)."""
     t0 = time.perf_counter()
     while not cond():
         if time.perf_counter() - t0 > timeout:
             raise SystemExit(f"bench dataplane: {what} did not happen within {timeout} s")
-        time.sleep(0.02)
-    return time.perf_counter() - t0
+        time.sleep(0.25)
+
+
+def stream_done(redis, stream, since):
+    """Seconds from `since` (wall clock) to the last entry of `stream`
+    (its id is the time Redis added it, in ms)."""
+    last = redis.cli("XREVRANGE", stream, "+", "-", "COUNT", "1").splitlines()[0]
+    return int(last.split("-")[0]) / 1000 - since
+
+
+def table_done(pg, table, since):
+    """Seconds from `since` (wall clock) to the last commit that wrote
+    `table` (`track_commit_timestamp`)."""
+    return float(pg.sql(f"SELECT EXTRACT(EPOCH FROM max(pg_xact_commit_timestamp(xmin))) FROM {table}")) - since
+
+
+def latency(warden, out, quick, relay, replicator):
+    """Commit-to-replica latency at 1,000 events/s, on servers of its own
+    (nothing else running: the tables of the throughput figures would
+    keep autovacuum and checkpoints busy)."""
+    pg, redis = Postgres(settings=("track_commit_timestamp=on",)), Redis()
+    try:
+        lat_secs = 2 if quick else 20
+        latency = (relay + replicator).replace('table = "relay_bench"', 'table = "lat_outbox"').replace(
+            'table = "replica_bench"', 'table = "lat_replica"').replace(
+            'streams = ["bench"]', 'streams = ["lat"]')
+
+        def latency_until(aport, timeout):
+            with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+                f.write("INSERT INTO lat_outbox (topic, payload, headers, partition_key) "
+                        "VALUES ('lat', '{\"n\": 1}', '{}', 'p');\n")
+            os.chmod(f.name, 0o644)
+            r = subprocess.run([f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                                "-c", "1", "-R", "1000", "-T", str(lat_secs), "-f", f.name, "postgres"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"bench dataplane: pgbench failed: {r.stderr}")
+            os.unlink(f.name)
+            total = int(pg.sql("SELECT count(*) FROM lat_outbox"))
+            timed_until(lambda: int(pg.sql("SELECT count(*) FROM lat_replica")) >= total,
+                        "the paced pipeline", timeout)
+            return total
+        lat_n = run_warden(warden, out, "latency", latency_for(latency, pg, redis), latency_until)
+        p50, p99, pmax = (float(x) * 1000 for x in pg.sql(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), "
+            "max(d) FROM (SELECT EXTRACT(EPOCH FROM pg_xact_commit_timestamp(r.xmin) - o.created_at) AS d "
+            "FROM lat_replica r JOIN lat_outbox o ON o.id::text = r.event_id) x").split("|"))
+        return lat_n, p50, p99, pmax
+    finally:
+        redis.stop()
+        pg.stop()
+
+
+def latency_for(services, pg, redis):
+    """`services` pointed at `pg` and `redis`."""
+    services = re.sub(r'postgres = "[^"]*"', f'postgres = "{pg.dsn}"', services)
+    return re.sub(r'redis = "[^"]*"', f'redis = "{redis.url}"', services)
 
 
 def scenario(warden, root, out, quick):
@@ -225,7 +289,9 @@ table = "replica_bench"
                 "INSERT INTO relay_bench (topic, payload, headers, partition_key) "
                 f"SELECT 'relayed', jsonb_build_object('n', n), '{{}}', 'p' FROM generate_series(1, {n}) n")
             fill_rel()
-            return timed_until(lambda: int(redis.cli("XLEN", "relayed") or 0) >= n, "the relay", timeout)
+            since = time.time()
+            timed_until(lambda: int(redis.cli("XLEN", "relayed") or 0) >= n, "the relay", timeout)
+            return stream_done(redis, "relayed", since)
         t_relay = run_warden(warden, out, "relay", relay, relay_until)
 
         # The relay again, on a table that keeps `kept` sent rows, then
@@ -251,7 +317,9 @@ table = "replica_bench"
                     pg.sql(f"INSERT INTO {table} (topic, payload, headers, partition_key) "
                            f"SELECT '{stream}', jsonb_build_object('n', n), '{{}}', 'p' "
                            f"FROM generate_series(1, {n}) n")
-                    return timed_until(lambda: int(redis.cli("XLEN", stream) or 0) >= n, "the relay", timeout)
+                    since = time.time()
+                    timed_until(lambda: int(redis.cli("XLEN", stream) or 0) >= n, "the relay", timeout)
+                    return stream_done(redis, stream, since)
                 finally:
                     if holder:
                         # The server-side transaction outlives its client
@@ -270,8 +338,10 @@ table = "replica_bench"
 
         def replicator_until(aport, timeout):
             fill_stream(redis, n)
-            return timed_until(
+            since = time.time()
+            timed_until(
                 lambda: int(pg.sql("SELECT count(*) FROM replica_bench")) >= n, "the replicator", timeout)
+            return table_done(pg, "replica_bench", since)
         t_rep = run_warden(warden, out, "replicator", replicator, replicator_until)
         # End to end: outbox rows through the relay into the stream the
         # replicator reads.
@@ -282,39 +352,16 @@ table = "replica_bench"
         def both_until(aport, timeout):
             pg.sql("INSERT INTO e2e_outbox (topic, payload, headers, partition_key) "
                    f"SELECT 'bench', jsonb_build_object('n', n), '{{}}', 'p' FROM generate_series(1, {n}) n")
-            return timed_until(
+            since = time.time()
+            timed_until(
                 lambda: int(pg.sql("SELECT count(*) FROM replica_bench")) >= n, "the pipeline", timeout)
+            return table_done(pg, "replica_bench", since)
         t_e2e = run_warden(warden, out, "e2e", both, both_until)
 
-        # Latency at 1,000 events/s: one row per transaction, paced.
-        lat_secs = 2 if quick else 20
-        latency = both.replace('table = "e2e_outbox"', 'table = "lat_outbox"').replace(
-            'table = "replica_bench"', 'table = "lat_replica"').replace(
-            'streams = ["bench"]', 'streams = ["lat"]')
-
-        def latency_until(aport, timeout):
-            with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-                f.write("INSERT INTO lat_outbox (topic, payload, headers, partition_key) "
-                        "VALUES ('lat', '{\"n\": 1}', '{}', 'p');\n")
-            os.chmod(f.name, 0o644)
-            r = subprocess.run([f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
-                            "-c", "1", "-R", "1000", "-T", str(lat_secs), "-f", f.name, "postgres"],
-                           capture_output=True, text=True)
-            if r.returncode != 0:
-                raise SystemExit(f"bench dataplane: pgbench failed: {r.stderr}")
-            os.unlink(f.name)
-            total = int(pg.sql("SELECT count(*) FROM lat_outbox"))
-            timed_until(lambda: int(pg.sql("SELECT count(*) FROM lat_replica")) >= total,
-                        "the paced pipeline", timeout)
-            return total
-        lat_n = run_warden(warden, out, "latency", latency, latency_until)
-        p50, p99, pmax = (float(x) * 1000 for x in pg.sql(
-            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), "
-            "max(d) FROM (SELECT EXTRACT(EPOCH FROM pg_xact_commit_timestamp(r.xmin) - o.created_at) AS d "
-            "FROM lat_replica r JOIN lat_outbox o ON o.id::text = r.event_id) x").split("|"))
     finally:
         redis.stop()
         pg.stop()
+    lat_n, p50, p99, pmax = latency(warden, out, quick, relay, replicator)
 
     print("### The data plane against the machine's limits\n")
     print(f"One PostgreSQL 15 (fsync on) and one Redis (no persistence) on this machine; batches of {BATCH}; "

@@ -201,6 +201,8 @@ struct Relaying {
     published: u64,
     /// Where claims start scanning.
     horizon: Horizon,
+    /// The session kept between wake-ups (none after a failure).
+    session: Option<deadpool_postgres::Object>,
 }
 
 /// A claimed batch, sorted by id.
@@ -266,6 +268,7 @@ impl Service for Relay {
                 outages: 0,
                 published: 0,
                 horizon: Horizon::new(sweep_every(spec.lease), Instant::now()),
+                session: None,
             };
             let mut lost = 0u32;
             loop {
@@ -379,9 +382,10 @@ impl Relay {
         Ok(Some(Batch { rows, ids, token }))
     }
 
-    /// Rounds on one session of the pool while there are rows: claim a
-    /// batch, then send it to Redis while the next batch is claimed, and
-    /// settle it. Returns the session when nothing is left.
+    /// Rounds while there are rows, on the session the relay keeps from
+    /// one wake-up to the next (a session of the pool; after a failure a
+    /// new one, checked as the pool takes it): no check, no `SET` per
+    /// wake-up on the way from an insert to its stream.
     async fn rounds(
         &self,
         pool: &crate::conn::postgres::Pool,
@@ -389,10 +393,31 @@ impl Relay {
         ctx: &Context,
         state: &mut Relaying,
     ) -> Result<Next, super::data::Fault> {
+        let (client, fresh) = match state.session.take() {
+            Some(c) => (c, false),
+            None => (super::data::take(pool).await?, true),
+        };
+        let next = self.rounds_on(&client, fresh, t, ctx, state).await;
+        if next.is_ok() {
+            state.session = Some(client);
+        }
+        next
+    }
+
+    /// Claims a batch, then sends it to Redis while the next batch is
+    /// claimed, and settles it, until nothing is left.
+    async fn rounds_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        fresh: bool,
+        t: &sql::Outbox,
+        ctx: &Context,
+        state: &mut Relaying,
+    ) -> Result<Next, super::data::Fault> {
         let spec = &self.spec;
-        let client = super::data::take(pool).await?;
         let [reap, claim, snapshot, done, release, retry] =
-            super::data::prepare_all(&client, &self.statements(t)).await?;
+            super::data::prepare_all(client, &self.statements(t)).await?;
+        let client: &tokio_postgres::Client = client;
         let st = Statements {
             reap,
             claim,
@@ -406,8 +431,14 @@ impl Relay {
         // marks, and those rows are sent again (at least once, as ever);
         // none is lost. Sent ahead of the first claim, in its round trip.
         let (set, first) = tokio::join!(
-            client.batch_execute("SET synchronous_commit = off"),
-            self.claim(&client, &st, &mut state.horizon)
+            async {
+                if fresh {
+                    client.batch_execute("SET synchronous_commit = off").await
+                } else {
+                    Ok(())
+                }
+            },
+            self.claim(client, &st, &mut state.horizon)
         );
         set?;
         let mut next = first?;
@@ -432,7 +463,7 @@ impl Relay {
                 match crate::conn::redis::connect(&state.redis_target, timeouts).await {
                     Ok(c) => state.redis = Some(c),
                     Err(e) => {
-                        self.release(&client, &st, state, &batch).await?;
+                        self.release(client, &st, state, &batch).await?;
                         let msg = redact(&format!("cannot connect to Redis: {e}"));
                         return Ok(self.outage(ctx, state, msg));
                     }
@@ -456,24 +487,24 @@ impl Relay {
                     if ctx.is_cancelled() {
                         Ok(None)
                     } else {
-                        self.claim(&client, &st, &mut state.horizon).await
+                        self.claim(client, &st, &mut state.horizon).await
                     }
                 }
             );
             if let Sent::Outage(msg) = sent {
                 state.redis = None;
-                self.release(&client, &st, state, &batch).await?;
+                self.release(client, &st, state, &batch).await?;
                 if let Ok(Some(claimed)) = &claimed {
-                    self.release(&client, &st, state, claimed).await?;
+                    self.release(client, &st, state, claimed).await?;
                 }
                 claimed?;
                 return Ok(self.outage(ctx, state, format!("Redis: {msg}")));
             }
-            self.settle(&client, &st, ctx, state, &batch, sent).await?;
+            self.settle(client, &st, ctx, state, &batch, sent).await?;
             next = claimed?;
             if ctx.is_cancelled() {
                 if let Some(b) = next.take() {
-                    self.release(&client, &st, state, &b).await?;
+                    self.release(client, &st, state, &b).await?;
                 }
                 return Ok(Next::Go);
             }

@@ -102,6 +102,11 @@ struct Replicating {
     /// would count one more delivery of each entry (an outage would push
     /// good entries past `max_deliveries`).
     held: Option<Vec<Entry>>,
+    /// New entries read while the batch before them was being applied.
+    prefetched: Option<Vec<Entry>>,
+    /// The session kept from one round to the next (none after a
+    /// failure: the next round takes one from the pool, checked).
+    session: Option<deadpool_postgres::Object>,
     /// Redis outages in a row.
     outages: u32,
     applied: u64,
@@ -152,6 +157,8 @@ impl Service for Replicator {
                 redis: None,
                 own_first: true,
                 held: None,
+                prefetched: None,
+                session: None,
                 outages: 0,
                 applied: 0,
                 duplicates: 0,
@@ -189,6 +196,7 @@ impl Service for Replicator {
                         let delay = super::data::lost_delay(lost);
                         lost += 1;
                         state.own_first = true;
+                        state.prefetched = None;
                         tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
                         ctx.details().set("last_error", e.0);
                         delay
@@ -242,6 +250,8 @@ impl Replicator {
     fn outage(&self, state: &mut Replicating, ctx: &Context, error: String) -> Duration {
         state.redis = None;
         state.own_first = true;
+        // Read again as this consumer's own pending entries.
+        state.prefetched = None;
         let delay = super::data::doubling(state.outages, Duration::from_secs(30));
         state.outages += 1;
         tracing::warn!(error = %error, delay = ?delay, "Redis unavailable; trying again");
@@ -271,7 +281,10 @@ impl Replicator {
         }
         // PostgreSQL first: while it is away nothing is read (each read
         // of a pending entry counts a delivery).
-        let client = super::data::take(pool).await?;
+        let client = match state.session.take() {
+            Some(c) => c,
+            None => super::data::take(pool).await?,
+        };
         if let Some(held) = state.held.take() {
             return self.apply(client, replica, ctx, state, held).await;
         }
@@ -287,7 +300,10 @@ impl Replicator {
         };
         let entries = match entries {
             Ok(e) if !e.is_empty() => Ok(e),
-            Ok(_) => self.read(state).await,
+            Ok(_) => match state.prefetched.take() {
+                Some(p) => Ok(p),
+                None => self.read(state).await,
+            },
             Err(e) => Err(e),
         };
         let entries = match entries {
@@ -296,6 +312,7 @@ impl Replicator {
         };
         state.outages = 0;
         if entries.is_empty() {
+            state.session = Some(client);
             return Ok(None);
         }
         self.apply(client, replica, ctx, state, entries).await
@@ -329,6 +346,29 @@ impl Replicator {
             }
         }
         Ok(entries)
+    }
+
+    /// New entries, without waiting: read on a second handle of the
+    /// connection while the batch before them is applied.
+    async fn read_ahead(
+        &self,
+        mut conn: redis::aio::MultiplexedConnection,
+        group: &str,
+        consumer: &str,
+    ) -> redis::RedisResult<Vec<Entry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(self.spec.batch.0)
+            .arg("STREAMS")
+            .arg(&self.spec.streams);
+        for _ in &self.spec.streams {
+            cmd.arg(">");
+        }
+        let reply: Value = cmd.query_async(&mut conn).await?;
+        Ok(stream::read_reply(&reply))
     }
 
     /// Entries pending longer than `min_idle` with any consumer, claimed
@@ -432,7 +472,28 @@ impl Replicator {
                 Err(why) => dead.push((e, why)),
             }
         }
-        let written = match write(&mut client, replica, &state.name, &events, &dead).await {
+        // The next batch is read while this one is written (not while
+        // this consumer's own pending entries are being read again).
+        let ahead = (!state.own_first && state.prefetched.is_none())
+            .then(|| state.redis.as_ref().map(|c| c.conn.clone()))
+            .flatten();
+        let (first, read_ahead) = tokio::join!(
+            write(&mut client, replica, &state.name, &events, &dead),
+            async {
+                match ahead {
+                    Some(conn) => Some(self.read_ahead(conn, &state.group, &state.consumer).await),
+                    None => None,
+                }
+            }
+        );
+        // A failed read ahead is read again: its entries are this
+        // consumer's pending ones.
+        match read_ahead {
+            Some(Ok(next)) if !next.is_empty() => state.prefetched = Some(next),
+            Some(Err(_)) => state.own_first = true,
+            _ => {}
+        }
+        let written = match first {
             // A refusal about a row (class 22, 23): find the rows at fault.
             Err(Refused::Row(e)) if !events.is_empty() => {
                 tracing::warn!(error = %e, "PostgreSQL refused a batch; applying its entries one by one");
@@ -488,7 +549,7 @@ impl Replicator {
                 return Err(f);
             }
         };
-        drop(client);
+        state.session = Some(client);
         // Committed: now the dead letters' streams, then the
         // acknowledgements (a failure here re-delivers; applying again is
         // a duplicate, a dead letter is kept under the same key).
@@ -666,63 +727,75 @@ async fn write(
     events: &[(&Entry, stream::Event)],
     dead: &[(&Entry, String)],
 ) -> Result<u64, Refused> {
+    let apply = client.prepare_cached(&replica.apply()).await?;
+    if dead.is_empty() {
+        // One statement is a transaction of its own: two round trips fewer.
+        return Ok(insert_events(&***client, &apply, replica, events).await?);
+    }
+    let dead_letters = client.prepare_cached(&replica.dead_letters()).await?;
     let tx = client.transaction().await?;
-    let mut inserted = 0;
-    if !events.is_empty() {
-        let apply = tx.prepare_cached(&replica.apply()).await?;
-        let ids: Vec<&str> = events.iter().map(|(_, e)| e.event_id.as_str()).collect();
-        let streams: Vec<&str> = events.iter().map(|(e, _)| e.stream.as_str()).collect();
-        let keys: Vec<&str> = events
-            .iter()
-            .map(|(_, e)| e.partition_key.as_str())
-            .collect();
-        let payloads: Vec<&str> = events.iter().map(|(_, e)| e.payload.as_str()).collect();
-        let headers: Vec<&str> = events.iter().map(|(_, e)| e.headers.as_str()).collect();
-        let ms: Vec<f64> = events.iter().map(|(_, e)| e.ms).collect();
-        inserted = match replica.keys() {
-            None => {
-                tx.execute(&apply, &[&ids, &streams, &keys, &payloads, &headers, &ms])
-                    .await?
-            }
-            Some(columns) => {
-                tx.execute(
-                    &apply,
-                    &[&ids, &streams, &keys, &payloads, &headers, &ms, &columns],
-                )
-                .await?
-            }
-        };
-    }
-    if !dead.is_empty() {
-        let st = tx.prepare_cached(&replica.dead_letters()).await?;
-        let streams: Vec<&str> = dead.iter().map(|(e, _)| e.stream.as_str()).collect();
-        let entry_ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
-        let event_ids: Vec<String> = dead
-            .iter()
-            .map(|(e, _)| e.event().map(|ev| ev.event_id).unwrap_or_default())
-            .collect();
-        let reasons: Vec<String> = dead.iter().map(|(_, why)| redact(why)).collect();
-        let fields: Vec<String> = dead.iter().map(|(e, _)| e.fields_json()).collect();
-        let deliveries: Vec<i32> = dead
-            .iter()
-            .map(|(e, _)| i32::try_from(e.deliveries).unwrap_or(i32::MAX))
-            .collect();
-        tx.execute(
-            &st,
-            &[
-                &service,
-                &streams,
-                &entry_ids,
-                &event_ids,
-                &reasons,
-                &fields,
-                &deliveries,
-            ],
-        )
-        .await?;
-    }
+    let inserted = insert_events(&*tx, &apply, replica, events).await?;
+    let streams: Vec<&str> = dead.iter().map(|(e, _)| e.stream.as_str()).collect();
+    let entry_ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
+    let event_ids: Vec<String> = dead
+        .iter()
+        .map(|(e, _)| e.event().map(|ev| ev.event_id).unwrap_or_default())
+        .collect();
+    let reasons: Vec<String> = dead.iter().map(|(_, why)| redact(why)).collect();
+    let fields: Vec<String> = dead.iter().map(|(e, _)| e.fields_json()).collect();
+    let deliveries: Vec<i32> = dead
+        .iter()
+        .map(|(e, _)| i32::try_from(e.deliveries).unwrap_or(i32::MAX))
+        .collect();
+    tx.execute(
+        &dead_letters,
+        &[
+            &service,
+            &streams,
+            &entry_ids,
+            &event_ids,
+            &reasons,
+            &fields,
+            &deliveries,
+        ],
+    )
+    .await?;
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// Inserts `events` with the replica's statement `apply` (none: 0).
+async fn insert_events(
+    c: &impl tokio_postgres::GenericClient,
+    apply: &tokio_postgres::Statement,
+    replica: &sql::Replica,
+    events: &[(&Entry, stream::Event)],
+) -> Result<u64, tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = events.iter().map(|(_, e)| e.event_id.as_str()).collect();
+    let streams: Vec<&str> = events.iter().map(|(e, _)| e.stream.as_str()).collect();
+    let keys: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| e.partition_key.as_str())
+        .collect();
+    let payloads: Vec<&str> = events.iter().map(|(_, e)| e.payload.as_str()).collect();
+    let headers: Vec<&str> = events.iter().map(|(_, e)| e.headers.as_str()).collect();
+    let ms: Vec<f64> = events.iter().map(|(_, e)| e.ms).collect();
+    match replica.keys() {
+        None => {
+            c.execute(apply, &[&ids, &streams, &keys, &payloads, &headers, &ms])
+                .await
+        }
+        Some(columns) => {
+            c.execute(
+                apply,
+                &[&ids, &streams, &keys, &payloads, &headers, &ms, &columns],
+            )
+            .await
+        }
+    }
 }
 
 /// The description of `replay-dlq`.
