@@ -612,7 +612,7 @@ fn claims_walk_only_the_live_end_while_a_transaction_holds_vacuum_back() {
         ),
     );
     wait_until("every row relayed", Duration::from_secs(60), || {
-        stream(&redis.url, "app.orders").len() == N as usize
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(N)
     });
     // Sessions report their index statistics when they end.
     w.signal("TERM");

@@ -18,10 +18,16 @@ pub use crate::conn::AbortOnDrop;
 /// A PostgreSQL error in words (the server's message when there is one;
 /// never the DSN: passwords are masked).
 pub fn pg(e: tokio_postgres::Error) -> ServiceError {
+    ServiceError(pg_text(&e))
+}
+
+/// The words of [`pg`].
+pub fn pg_text(e: &tokio_postgres::Error) -> String {
     ServiceError::redacted(format!(
         "PostgreSQL: {}",
-        crate::conn::postgres::error_text(&e)
+        crate::conn::postgres::error_text(e)
     ))
+    .0
 }
 
 /// A PostgreSQL session (TLS as the DSN and `tls_ca` say) and its driver.

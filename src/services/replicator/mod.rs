@@ -55,6 +55,24 @@ pub fn registration() -> Registration {
     .metrics(metrics::FAMILIES)
 }
 
+/// Removes the consumers of group `ARGV[1]` on stream `KEYS[1]`, other
+/// than `ARGV[2]`, that hold no pending entry and have been idle longer
+/// than `ARGV[3]` ms. One script, so that no consumer reads an entry
+/// between the check and its removal (removing a consumer drops its
+/// pending entries). Answers how many went.
+const REMOVE_IDLE_CONSUMERS: &str = r"
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+";
+
 /// How long one `XREADGROUP` waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
 
@@ -113,6 +131,8 @@ struct Replicating {
     duplicates: u64,
     dead: u64,
     last_janitor: Option<Instant>,
+    /// Where each stream's janitor scan goes on (absent: from the start).
+    janitor_from: HashMap<String, String>,
     last_stats: Option<Instant>,
 }
 
@@ -164,6 +184,7 @@ impl Service for Replicator {
                 duplicates: 0,
                 dead: 0,
                 last_janitor: None,
+                janitor_from: HashMap::new(),
                 last_stats: None,
             };
             // Redis must be there at start: the groups are made now.
@@ -373,22 +394,55 @@ impl Replicator {
 
     /// Entries pending longer than `min_idle` with any consumer, claimed
     /// for this one (`XAUTOCLAIM`), with their deliveries counted.
+    ///
+    /// A scan that stopped at `batch` entries goes on at the next round
+    /// (from where it stopped), not after the janitor's interval. Consumers
+    /// of the group that hold nothing and have not been seen for twice
+    /// `min_idle` (another warden that went away) are removed.
     async fn claim_idle(&self, state: &mut Replicating) -> redis::RedisResult<Vec<Entry>> {
         let mut all = Vec::new();
         let min_idle = self.spec.min_idle.as_millis() as u64;
+        let mut again = false;
         for s in &self.spec.streams {
             let conn = &mut state.redis.as_mut().expect("connected").conn;
+            let from = state
+                .janitor_from
+                .get(s)
+                .cloned()
+                .unwrap_or_else(|| "0-0".to_string());
             let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(s)
                 .arg(&state.group)
                 .arg(&state.consumer)
                 .arg(min_idle)
-                .arg("0-0")
+                .arg(&from)
                 .arg("COUNT")
                 .arg(self.spec.batch.0)
                 .query_async(conn)
                 .await?;
-            all.extend(stream::autoclaim_reply(s, &reply));
+            let claimed = stream::autoclaim_reply(s, &reply);
+            if claimed.next == "0-0" {
+                state.janitor_from.remove(s);
+                let removed: i64 = redis::cmd("EVAL")
+                    .arg(REMOVE_IDLE_CONSUMERS)
+                    .arg(1)
+                    .arg(s)
+                    .arg(&state.group)
+                    .arg(&state.consumer)
+                    .arg(min_idle.saturating_mul(2))
+                    .query_async(conn)
+                    .await?;
+                if removed > 0 {
+                    tracing::info!(stream = %s, consumers = removed, "removed consumers that went away");
+                }
+            } else {
+                state.janitor_from.insert(s.clone(), claimed.next);
+                again = true;
+            }
+            all.extend(claimed.entries);
+        }
+        if again {
+            state.last_janitor = None;
         }
         if !all.is_empty() {
             tracing::info!(
@@ -711,11 +765,55 @@ impl From<tokio_postgres::Error> for Refused {
             .code()
             .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
         if row {
-            Refused::Row(pg(e))
+            Refused::Row(ServiceError(refusal_words(&e)))
         } else {
             Refused::Round(Fault::from(e))
         }
     }
+}
+
+/// Why PostgreSQL refused a row, without the row's values: the server's
+/// message with every quoted word that is not a name (of the column,
+/// table, constraint, type or schema it reports) masked, and the
+/// SQLSTATE. ("invalid input syntax for type integer: \"…\"".) The words
+/// reach logs, `last_error` and the dead-letter records; the values are
+/// in the dead letter's fields.
+fn refusal_words(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return pg_words(e);
+    };
+    let names: Vec<&str> = [
+        db.column(),
+        db.table(),
+        db.constraint(),
+        db.datatype(),
+        db.schema(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut out = String::new();
+    let mut rest = db.message();
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else {
+            out.push_str(after);
+            rest = "";
+            break;
+        };
+        let word = &after[..close];
+        out.push_str(if names.contains(&word) { word } else { "…" });
+        out.push('"');
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    format!("PostgreSQL: {out} (SQLSTATE {})", db.code().code())
+}
+
+/// A PostgreSQL error in words, as [`pg`] gives them.
+fn pg_words(e: &tokio_postgres::Error) -> String {
+    crate::services::data::pg_text(e)
 }
 
 /// Writes `events` and `dead` letters in one transaction; answers the

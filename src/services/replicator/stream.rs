@@ -112,12 +112,34 @@ pub fn read_reply(v: &Value) -> Vec<Entry> {
     out
 }
 
-/// The entries an `XAUTOCLAIM` reply claimed (`[next, [entries], [deleted]]`).
-pub fn autoclaim_reply(stream: &str, v: &Value) -> Vec<Entry> {
-    items(v)
+/// What an `XAUTOCLAIM` reply says (`[next, [entries], [deleted]]`).
+pub struct Autoclaimed {
+    /// Where the next scan starts (`0-0`: the scan is complete).
+    pub next: String,
+    /// The entries claimed, and (without fields) those that were pending
+    /// but deleted from the stream, which Redis dropped from the pending
+    /// list as it answered: their fields are lost.
+    pub entries: Vec<Entry>,
+}
+
+pub fn autoclaim_reply(stream: &str, v: &Value) -> Autoclaimed {
+    let parts = items(v);
+    let mut entries: Vec<Entry> = parts
         .get(1)
         .map(|es| items(es).iter().filter_map(|e| entry(stream, e)).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if let Some(deleted) = parts.get(2) {
+        entries.extend(items(deleted).iter().filter_map(text).map(|id| Entry {
+            stream: stream.to_string(),
+            id,
+            fields: Vec::new(),
+            deliveries: 1,
+        }));
+    }
+    Autoclaimed {
+        next: parts.first().and_then(text).unwrap_or_else(|| "0-0".into()),
+        entries,
+    }
 }
 
 /// Deliveries by entry id, from an extended `XPENDING` reply
@@ -288,8 +310,24 @@ mod tests {
             Value::Array(vec![entry_value("5-0", &[("payload", "{}")])]),
             Value::Array(vec![]),
         ]);
-        let es = autoclaim_reply("s", &claimed);
-        assert_eq!(es.len(), 1);
-        assert_eq!(es[0].id, "5-0");
+        let c = autoclaim_reply("s", &claimed);
+        assert_eq!(c.next, "0-0");
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.entries[0].id, "5-0");
+        // A scan that goes on, and an entry deleted while pending.
+        let more = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![entry_value("6-0", &[("payload", "{}")])]),
+            Value::Array(vec![bulk("6-1")]),
+        ]);
+        let c = autoclaim_reply("s", &more);
+        assert_eq!(c.next, "7-0");
+        let ids: Vec<&str> = c.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["6-0", "6-1"]);
+        assert!(c.entries[1].fields.is_empty());
+        assert_eq!(
+            c.entries[1].event().unwrap_err(),
+            "the entry was deleted from the stream before it was applied"
+        );
     }
 }
