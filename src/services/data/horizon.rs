@@ -19,9 +19,16 @@
 //! - a row this worker returned to `pending` (released, or a retry not
 //!   yet due): the bound goes back to it, and stays at or below a retry
 //!   until its time has come and gone;
-//! - anything else (another worker's released rows or retries, a lease
-//!   that ran out, a row replayed or written by hand): a sweep from the
-//!   start of the index, every [`Horizon::sweep_every`], finds it.
+//! - anything else: a sweep from the start of the index, every
+//!   [`Horizon::sweep_every`], finds it, and when the sweep claims rows
+//!   below the bound, the bound goes back to them, so the claims after it
+//!   drain that range at full speed. That covers another worker's
+//!   released rows or retries, a lease that ran out, a claim forgotten by
+//!   a crash, a row replayed or written by hand, and ids handed out out
+//!   of commit order where the transaction id says nothing (a sequence
+//!   with `CACHE` above 1, ids allocated in blocks by an ORM, a
+//!   `nextval()` long before the insert: taking an id assigns no
+//!   transaction id). Such rows wait for the next sweep, at most 5 s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -50,6 +57,11 @@ const RETRY_GRACE: Duration = Duration::from_secs(2);
 
 /// How many retries the bound tracks; past that it stays at the lowest.
 const MAX_TRACKED_RETRIES: usize = 100_000;
+
+/// How many candidates wait for their transactions; past that the last
+/// two merge (the higher bound behind the later `xmax`: later, never
+/// wrong). A writer held open for an hour keeps every candidate waiting.
+const MAX_WAITING: usize = 1024;
 
 impl Horizon {
     /// A bound at the start of the table; the first claim sweeps.
@@ -83,8 +95,16 @@ impl Horizon {
             self.next_sweep = now + self.sweep_every;
             return 0;
         }
-        match self.retries.keys().next() {
-            Some(&first) => self.low.min(first),
+        // Only retries that are due hold the claims back; one not due
+        // yet only keeps the bound from passing it (see `claimed`).
+        let due = self
+            .retries
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(id, _)| *id)
+            .next();
+        match due {
+            Some(first) => self.low.min(first),
             None => self.low,
         }
     }
@@ -92,12 +112,30 @@ impl Horizon {
     /// A claim took rows `ids` (any order): every due row below the
     /// highest was taken or is another worker's, so the bound may move
     /// past it once no transaction can still add a lower id.
-    pub fn claimed(&mut self, ids: &[i64]) {
+    ///
+    /// A `full` claim (as many rows as it asked for) that ended below the
+    /// bound (a sweep found rows there) brings the bound back to just past
+    /// it: more may wait there, and the claims after it go on from there.
+    /// The bound never passes a retry this worker tracks.
+    pub fn claimed(&mut self, ids: &[i64], full: bool) {
         for id in ids {
             self.retries.remove(id);
         }
+        if let Some(&top) = ids.iter().max()
+            && full
+            && top < self.low
+        {
+            self.low = top.saturating_add(1);
+            self.waiting.clear();
+            self.fresh = None;
+        }
         if let Some(&top) = ids.iter().max() {
-            let candidate = top.saturating_add(1);
+            let mut candidate = top.saturating_add(1);
+            // A retry below the bound already is claimed from `claim_from`
+            // when due; one above it keeps the bound from passing it.
+            if let Some((&retry, _)) = self.retries.range(self.low..).next() {
+                candidate = candidate.min(retry);
+            }
             if candidate > self.low && self.fresh.is_none_or(|f| candidate > f) {
                 self.fresh = Some(candidate);
             }
@@ -116,10 +154,14 @@ impl Horizon {
             self.waiting.pop_front();
         }
         if let Some(candidate) = self.fresh.take() {
+            let full = self.waiting.len() >= MAX_WAITING;
             match self.waiting.back_mut() {
                 // A later candidate behind the same transactions replaces
-                // the one before.
-                Some(last) if last.1 == xmax => last.0 = last.0.max(candidate),
+                // the one before; so does any once the queue is full.
+                Some(last) if last.1 == xmax || full => {
+                    last.0 = last.0.max(candidate);
+                    last.1 = last.1.max(xmax);
+                }
                 _ => self.waiting.push_back((candidate, xmax)),
             }
         }
@@ -128,13 +170,20 @@ impl Horizon {
     /// Rows `ids` went back to `pending`, due at `due` (released: now).
     /// The bound returns to the lowest, and candidates found since are
     /// dropped: the next claims find them again.
+    ///
+    /// Rows due later (retries) do not lower the bound: they hold it below
+    /// them until they are due, and then the claims go back to them.
     pub fn returned(&mut self, ids: &[i64], due: Instant) {
         let Some(&lowest) = ids.iter().min() else {
             return;
         };
-        self.low = self.low.min(lowest);
-        self.waiting.clear();
-        self.fresh = None;
+        self.waiting.retain(|(candidate, _)| *candidate <= lowest);
+        if self.fresh.is_some_and(|f| f > lowest) {
+            self.fresh = None;
+        }
+        if due <= Instant::now() {
+            self.low = self.low.min(lowest);
+        }
         for &id in ids {
             if self.retries.len() >= MAX_TRACKED_RETRIES {
                 break;
@@ -175,7 +224,7 @@ mod tests {
     fn a_claimed_batch_moves_the_bound_only_after_its_transactions_end() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[3, 1, 2]);
+        h.claimed(&[3, 1, 2], false);
         assert_eq!(h.claim_from(t), 0, "not before a snapshot");
         // The snapshot after the claim: transaction 100 still runs, 105
         // is the next to be assigned.
@@ -195,12 +244,12 @@ mod tests {
     fn the_bound_never_goes_back_for_a_lower_candidate() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10]);
+        h.claimed(&[10], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
         assert_eq!(h.claim_from(t), 11);
         // A sweep claims an old row (a late commit) below the bound.
-        h.claimed(&[5]);
+        h.claimed(&[5], false);
         h.snapshot(3, 4);
         h.snapshot(4, 5);
         assert_eq!(h.claim_from(t), 11);
@@ -210,11 +259,11 @@ mod tests {
     fn later_candidates_wait_behind_the_same_transactions() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10]);
+        h.claimed(&[10], false);
         h.snapshot(50, 60);
-        h.claimed(&[20]);
+        h.claimed(&[20], false);
         h.snapshot(50, 60);
-        h.claimed(&[30]);
+        h.claimed(&[30], false);
         h.snapshot(55, 70);
         h.snapshot(60, 70);
         assert_eq!(
@@ -230,11 +279,11 @@ mod tests {
     fn released_rows_bring_the_bound_back_and_drop_waiting_candidates() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10]);
+        h.claimed(&[10], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
         assert_eq!(h.claim_from(t), 11);
-        h.claimed(&[11, 12]);
+        h.claimed(&[11, 12], false);
         h.snapshot(3, 4);
         h.returned(&[12, 11], t);
         h.snapshot(4, 5);
@@ -242,42 +291,110 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_holds_the_bound_until_it_is_due_and_claimed() {
+    fn a_retry_above_the_bound_holds_it_and_claims_go_back_when_due() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[7]);
-        h.returned(&[7], t + Duration::from_secs(1));
-        // Later rows are claimed and their transactions end: the bound
-        // moves, but not past the retry.
-        h.claimed(&[8, 9]);
+        h.claimed(&[6], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
         assert_eq!(h.claim_from(t), 7);
+        h.claimed(&[7], false);
+        h.returned(&[7], t + Duration::from_secs(1));
+        // Later rows are claimed and their transactions end: the bound
+        // does not pass the retry, and claims do not wait on it either.
+        h.claimed(&[8, 9], false);
+        h.snapshot(3, 4);
+        h.snapshot(4, 5);
+        assert_eq!(h.claim_from(t), 7);
         assert_eq!(h.next_retry(t), Some(Duration::from_secs(1)));
         // Claimed when due: the bound is free again.
-        h.claimed(&[7]);
-        assert_eq!(h.claim_from(t + Duration::from_secs(1)), 10);
+        assert_eq!(h.claim_from(t + Duration::from_secs(1)), 7);
+        h.claimed(&[7, 10], false);
         assert_eq!(h.next_retry(t), None);
+        h.snapshot(5, 6);
+        h.snapshot(6, 7);
+        assert_eq!(h.claim_from(t + Duration::from_secs(1)), 11);
+    }
+
+    #[test]
+    fn a_retry_not_due_does_not_hold_the_claims_back() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[50], false);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 51);
+        // Row 20, claimed by a sweep, is refused and retried in a minute.
+        h.claimed(&[20], true);
+        h.returned(&[20], t + Duration::from_secs(60));
+        assert_eq!(h.claim_from(t), 21, "the sweep took the bound back");
+        h.claimed(&[51, 52], false);
+        h.snapshot(3, 4);
+        h.snapshot(4, 5);
+        assert_eq!(h.claim_from(t), 53, "the claims go on");
+        let due = t + Duration::from_secs(60);
+        assert_eq!(h.claim_from(due), 0, "a sweep");
+        assert_eq!(
+            h.claim_from(due),
+            20,
+            "and back to the retry when it is due"
+        );
     }
 
     #[test]
     fn a_retry_another_worker_claimed_stops_holding_the_bound() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[7]);
+        h.claimed(&[7], false);
         h.returned(&[7], t);
-        h.claimed(&[8]);
+        assert_eq!(h.claim_from(t + Duration::from_millis(100)), 0);
+        // Its grace is over: the next claim's candidate is not capped.
+        assert_eq!(h.claim_from(t + RETRY_GRACE), 0);
+        h.claimed(&[8], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
-        assert_eq!(h.claim_from(t + Duration::from_millis(100)), 7);
         assert_eq!(h.claim_from(t + RETRY_GRACE), 9);
+    }
+
+    #[test]
+    fn a_sweep_that_finds_rows_below_the_bound_brings_it_back() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[1000], false);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 1001);
+        // A sweep finds a full batch far below (ids handed out in blocks,
+        // a replay): the claims go on from there at full speed.
+        assert_eq!(h.claim_from(t + SWEEP), 0);
+        h.claimed(&[100, 101, 102], true);
+        assert_eq!(h.claim_from(t + SWEEP), 103);
+        // A sweep that took fewer than it asked for took all there was.
+        assert_eq!(h.claim_from(t + SWEEP * 2), 0);
+        h.claimed(&[104], false);
+        assert_eq!(h.claim_from(t + SWEEP * 2), 103);
+    }
+
+    #[test]
+    fn waiting_candidates_are_bounded_behind_a_long_writer() {
+        let t = Instant::now();
+        let mut h = started(t);
+        // Transaction 10 stays open; every claim takes a new xid.
+        for i in 0..(MAX_WAITING as i64 * 3) {
+            h.claimed(&[i + 1], false);
+            h.snapshot(10, 11 + i);
+        }
+        assert!(h.waiting.len() <= MAX_WAITING);
+        assert_eq!(h.claim_from(t), 0, "held by transaction 10");
+        h.snapshot(i64::MAX - 1, i64::MAX);
+        assert_eq!(h.claim_from(t), MAX_WAITING as i64 * 3 + 1);
     }
 
     #[test]
     fn a_sweep_comes_every_period() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10]);
+        h.claimed(&[10], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
         assert!(!h.sweep_due(t + SWEEP - Duration::from_millis(1)));
@@ -297,7 +414,7 @@ mod tests {
     fn nothing_claimed_moves_nothing() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[]);
+        h.claimed(&[], false);
         h.snapshot(1, 2);
         h.snapshot(5, 6);
         assert_eq!(h.claim_from(t), 0);

@@ -209,6 +209,8 @@ struct Relaying {
 struct Batch {
     rows: Vec<Row>,
     ids: Vec<i64>,
+    /// When the claim was made (its lease began before).
+    claimed_at: Instant,
     /// The claim's token: its lease end (the same for the whole batch).
     token: std::time::SystemTime,
 }
@@ -355,6 +357,7 @@ impl Relay {
         // Pipelined, one round trip: the claim, then a snapshot read after
         // it, which the horizon pairs with the claim's candidate bound.
         let (rows, snapshot) = tokio::join!(
+            biased;
             client.query(&st.claim, &params),
             client.query_one(&st.snapshot, &[])
         );
@@ -372,14 +375,19 @@ impl Relay {
             .collect();
         rows.sort_by_key(|r| r.id);
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        horizon.claimed(&ids);
+        horizon.claimed(&ids, ids.len() as i64 >= batch);
         let snapshot = snapshot?;
         horizon.snapshot(snapshot.get(0), snapshot.get(1));
         let Some(first) = rows.first() else {
             return Ok(None);
         };
         let token = first.claim;
-        Ok(Some(Batch { rows, ids, token }))
+        Ok(Some(Batch {
+            rows,
+            ids,
+            claimed_at: now,
+            token,
+        }))
     }
 
     /// Rounds while there are rows, on the session the relay keeps from
@@ -431,6 +439,7 @@ impl Relay {
         // marks, and those rows are sent again (at least once, as ever);
         // none is lost. Sent ahead of the first claim, in its round trip.
         let (set, first) = tokio::join!(
+            biased;
             async {
                 if fresh {
                     client.batch_execute("SET synchronous_commit = off").await
@@ -470,18 +479,18 @@ impl Relay {
                 }
             }
             let conn = &mut state.redis.as_mut().expect("connected above").conn;
-            // Within half the lease: the rows are still ours when we mark
-            // them. The next batch is claimed meanwhile.
+            // Within half the lease from the claim (the lease of a batch
+            // claimed while the one before was sent is running already):
+            // the rows are still ours when we mark them. The next batch is
+            // claimed meanwhile.
+            let deadline = batch.claimed_at + (spec.lease / 2).max(Duration::from_secs(1));
             let (sent, claimed) = tokio::join!(
                 async {
-                    tokio::time::timeout(
-                        (spec.lease / 2).max(Duration::from_secs(1)),
-                        self.send(conn, &batch.rows),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Sent::Outage("Redis did not answer within half the lease".into())
-                    })
+                    tokio::time::timeout_at(deadline.into(), self.send(conn, &batch.rows))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Sent::Outage("Redis did not answer within half the lease".into())
+                        })
                 },
                 async {
                     if ctx.is_cancelled() {

@@ -120,7 +120,9 @@ struct Replicating {
     /// would count one more delivery of each entry (an outage would push
     /// good entries past `max_deliveries`).
     held: Option<Vec<Entry>>,
-    /// New entries read while the batch before them was being applied.
+    /// New entries read while the batch before them was being applied
+    /// (kept when PostgreSQL is lost: reading them again would count a
+    /// delivery more).
     prefetched: Option<Vec<Entry>>,
     /// The session kept from one round to the next (none after a
     /// failure: the next round takes one from the pool, checked).
@@ -133,6 +135,9 @@ struct Replicating {
     last_janitor: Option<Instant>,
     /// Where each stream's janitor scan goes on (absent: from the start).
     janitor_from: HashMap<String, String>,
+    /// Whether the janitor removes consumers that went away (until Redis
+    /// refuses it).
+    cleanup: bool,
     last_stats: Option<Instant>,
 }
 
@@ -185,6 +190,7 @@ impl Service for Replicator {
                 dead: 0,
                 last_janitor: None,
                 janitor_from: HashMap::new(),
+                cleanup: true,
                 last_stats: None,
             };
             // Redis must be there at start: the groups are made now.
@@ -217,7 +223,6 @@ impl Service for Replicator {
                         let delay = super::data::lost_delay(lost);
                         lost += 1;
                         state.own_first = true;
-                        state.prefetched = None;
                         tracing::warn!(error = %e, delay = ?delay, "PostgreSQL unavailable; trying again");
                         ctx.details().set("last_error", e.0);
                         delay
@@ -423,17 +428,34 @@ impl Replicator {
             let claimed = stream::autoclaim_reply(s, &reply);
             if claimed.next == "0-0" {
                 state.janitor_from.remove(s);
-                let removed: i64 = redis::cmd("EVAL")
-                    .arg(REMOVE_IDLE_CONSUMERS)
-                    .arg(1)
-                    .arg(s)
-                    .arg(&state.group)
-                    .arg(&state.consumer)
-                    .arg(min_idle.saturating_mul(2))
-                    .query_async(conn)
-                    .await?;
-                if removed > 0 {
-                    tracing::info!(stream = %s, consumers = removed, "removed consumers that went away");
+                if state.cleanup {
+                    let removed: redis::RedisResult<i64> = redis::cmd("EVAL")
+                        .arg(REMOVE_IDLE_CONSUMERS)
+                        .arg(1)
+                        .arg(s)
+                        .arg(&state.group)
+                        .arg(&state.consumer)
+                        .arg(min_idle.saturating_mul(2))
+                        .query_async(conn)
+                        .await;
+                    match removed {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(stream = %s, consumers = n, "removed consumers that went away")
+                        }
+                        Err(e)
+                            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() =>
+                        {
+                            return Err(e);
+                        }
+                        // A Redis that refuses scripts or these commands
+                        // (an ACL, a proxy): the group keeps its old
+                        // consumers, which hold nothing.
+                        Err(e) => {
+                            tracing::warn!(error = %redis_words(&e), "cannot remove consumers that went away; leaving them");
+                            state.cleanup = false;
+                        }
+                    }
                 }
             } else {
                 state.janitor_from.insert(s.clone(), claimed.next);
@@ -528,9 +550,10 @@ impl Replicator {
         }
         // The next batch is read while this one is written (not while
         // this consumer's own pending entries are being read again).
-        let ahead = (!state.own_first && state.prefetched.is_none())
-            .then(|| state.redis.as_ref().map(|c| c.conn.clone()))
-            .flatten();
+        let ahead =
+            (!state.own_first && state.prefetched.is_none() && state.janitor_from.is_empty())
+                .then(|| state.redis.as_ref().map(|c| c.conn.clone()))
+                .flatten();
         let (first, read_ahead) = tokio::join!(
             write(&mut client, replica, &state.name, &events, &dead),
             async {
@@ -773,42 +796,36 @@ impl From<tokio_postgres::Error> for Refused {
 }
 
 /// Why PostgreSQL refused a row, without the row's values: the server's
-/// message with every quoted word that is not a name (of the column,
-/// table, constraint, type or schema it reports) masked, and the
-/// SQLSTATE. ("invalid input syntax for type integer: \"…\"".) The words
-/// reach logs, `last_error` and the dead-letter records; the values are
-/// in the dead letter's fields.
+/// message up to its first quote, the SQLSTATE, and the column,
+/// constraint, type and table it names ("invalid input syntax for type
+/// integer (SQLSTATE 22P02)"). The words reach logs, `last_error` and the
+/// dead-letter records; the values are in the dead letter's fields.
 fn refusal_words(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
         return pg_words(e);
     };
-    let names: Vec<&str> = [
-        db.column(),
-        db.table(),
-        db.constraint(),
-        db.datatype(),
-        db.schema(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut out = String::new();
-    let mut rest = db.message();
-    while let Some(open) = rest.find('"') {
-        out.push_str(&rest[..=open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('"') else {
-            out.push_str(after);
-            rest = "";
-            break;
-        };
-        let word = &after[..close];
-        out.push_str(if names.contains(&word) { word } else { "…" });
-        out.push('"');
-        rest = &after[close + 1..];
+    // The message up to its first quoted word (values are quoted, in any
+    // language's quotes, and may hold quotes themselves), then the names
+    // PostgreSQL reports apart.
+    let m = db.message();
+    let cut = m.find(['"', '\'', '«', '»', '“', '„']).unwrap_or(m.len());
+    let mut out = format!(
+        "PostgreSQL: {} (SQLSTATE {}",
+        m[..cut].trim_end_matches([' ', ':']),
+        db.code().code()
+    );
+    for (what, name) in [
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+        ("type", db.datatype()),
+        ("table", db.table()),
+    ] {
+        if let Some(n) = name {
+            out.push_str(&format!(", {what} {n:?}"));
+        }
     }
-    out.push_str(rest);
-    format!("PostgreSQL: {out} (SQLSTATE {})", db.code().code())
+    out.push(')');
+    out
 }
 
 /// A PostgreSQL error in words, as [`pg`] gives them.
