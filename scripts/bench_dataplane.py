@@ -29,7 +29,7 @@ replica row's commit timestamp (`track_commit_timestamp`) minus the outbox
 row's `created_at` (its transaction's start, before its own commit: the
 figure errs high).
 
-Environment: `BENCH_BATCH` (the batch of the raw limits, default 100, the
+Environment: `BENCH_BATCH` (the batch of the raw limits, default 500, the
 kinds' default), `BENCH_RELAY_SETTINGS` and `BENCH_REPLICATOR_SETTINGS`
 (lines added to the services' tables, e.g. `batch = 500`).
 """
@@ -44,7 +44,7 @@ import urllib.request
 
 from bench_memory import PG_BIN, Postgres, free_port
 
-BATCH = int(os.environ.get("BENCH_BATCH", "100"))
+BATCH = int(os.environ.get("BENCH_BATCH", "500"))
 RELAY_SETTINGS = os.environ.get("BENCH_RELAY_SETTINGS", "")
 REPLICATOR_SETTINGS = os.environ.get("BENCH_REPLICATOR_SETTINGS", "")
 

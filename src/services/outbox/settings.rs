@@ -31,7 +31,7 @@ config_table! {
         /// Delete rows once published instead of marking them sent.
         pub delete_sent: bool = false,
         /// Rows claimed per batch.
-        pub batch: Count = Count(100),
+        pub batch: Count = Count(500),
         /// Create the table and trigger at start (idempotent DDL).
         pub create_schema: bool = true,
         /// Sessions of the service's pool (rounds, statistics, actions); the

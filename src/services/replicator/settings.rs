@@ -32,7 +32,7 @@ config_table! {
         /// Deliveries after which an entry goes to the dead-letter queue.
         pub max_deliveries: u32 = 5,
         /// Entries read per batch from each stream.
-        pub batch: Count = Count(100),
+        pub batch: Count = Count(500),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
         /// Sessions of the service's pool (rounds, statistics, actions).
