@@ -228,6 +228,17 @@ fn poison_entries_go_to_the_dead_letter_queue_and_replay_dlq_brings_them_back() 
     let (_, s) = get_json(port, "/v1/services/rep");
     assert_eq!(s["state"], "ready", "{s:#}");
     assert_eq!(s["restarts"], 0, "no crash loop: {s:#}");
+    // The queue's size: in the details and in /metrics.
+    wait_until("dlq_size 2", Duration::from_secs(10), || {
+        details(port)["details"]["dlq_size"] == 2
+    });
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains(r#"warden_replicator_dlq_size{service="rep"} 2"#),
+        "{}",
+        String::from_utf8_lossy(&metrics)
+    );
 
     // The tired entry back on its stream: applied this time.
     let id: i64 = sql(
@@ -286,6 +297,9 @@ fn poison_entries_go_to_the_dead_letter_queue_and_replay_dlq_brings_them_back() 
         ),
         2
     );
+    wait_until("dlq_size 1", Duration::from_secs(10), || {
+        details(port)["details"]["dlq_size"] == 1
+    });
     let (status, _, body) = http(
         port,
         "POST",

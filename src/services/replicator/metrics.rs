@@ -6,6 +6,7 @@ pub const APPLIED: &str = "warden_replicator_applied_total";
 pub const PENDING: &str = "warden_replicator_pending";
 pub const LAG: &str = "warden_replicator_lag_seconds";
 pub const DLQ: &str = "warden_dlq_total";
+pub const DLQ_SIZE: &str = "warden_replicator_dlq_size";
 
 pub const FAMILIES: &[Family] = &[
     Family {
@@ -28,6 +29,11 @@ pub const FAMILIES: &[Family] = &[
         help: "Entries sent to the dead-letter queue (the stream's .dlq and the warden_dlq table).",
         shape: Shape::Counter,
     },
+    Family {
+        name: DLQ_SIZE,
+        help: "Dead letters of the service in warden_dlq not replayed yet.",
+        shape: Shape::Gauge,
+    },
 ];
 
 pub fn applied(service: &str, result: &'static str, n: u64) {
@@ -46,4 +52,8 @@ pub fn dead_letters(service: &str, n: u64) {
 pub fn stats(service: &str, pending: i64, lag_seconds: f64) {
     metrics::gauge!(PENDING, "service" => service.to_string()).set(pending as f64);
     metrics::gauge!(LAG, "service" => service.to_string()).set(lag_seconds);
+}
+
+pub fn dlq_size(service: &str, n: i64) {
+    metrics::gauge!(DLQ_SIZE, "service" => service.to_string()).set(n as f64);
 }

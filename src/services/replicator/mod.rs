@@ -299,7 +299,8 @@ impl Replicator {
         {
             return Ok(Some(self.outage(state, ctx, e)));
         }
-        if state.last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+        let stats_due = state.last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY);
+        if stats_due {
             state.last_stats = Some(Instant::now());
             if let Err(e) = self.stats(state, ctx).await {
                 return Ok(Some(self.outage(state, ctx, redis_words(&e))));
@@ -311,6 +312,15 @@ impl Replicator {
             Some(c) => c,
             None => super::data::take(pool).await?,
         };
+        if stats_due {
+            // The dead letters waiting for attention (not replayed).
+            let size: i64 = client
+                .query_one(&sql::dead_letter_count(), &[&state.name])
+                .await?
+                .get(0);
+            ctx.details().set("dlq_size", size);
+            metrics::dlq_size(&state.name, size);
+        }
         if let Some(held) = state.held.take() {
             return self.apply(client, replica, ctx, state, held).await;
         }
