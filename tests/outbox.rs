@@ -685,3 +685,40 @@ fn a_row_committed_after_rows_with_higher_ids_is_relayed() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+#[test]
+fn replayed_rows_far_below_the_claims_are_drained_at_once() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    // Small batches: 200 rows are 20 claims.
+    let mut w = Warden::start(&registry(port, &pg, &redis, "batch = 10"));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, 200) n",
+    );
+    wait_until("200 entries", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(200)
+    });
+    // The claims have moved on past these rows; now they failed (as if
+    // refused) and are replayed: all of them lie below the claims' bound.
+    sql(&pg.dsn, "UPDATE message_outbox SET status = 'failed'");
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/relay/actions/replay-failed",
+        &[],
+        b"{}",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // The next sweep (within 5 s) finds them; the claims after it drain
+    // them all, not one batch per sweep (which would take 100 s).
+    wait_until(
+        "the 200 replayed rows sent again",
+        Duration::from_secs(30),
+        || redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(400),
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
