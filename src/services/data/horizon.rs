@@ -33,6 +33,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// How often a claim scans the whole table and expired leases are
+/// reaped: a quarter of the lease, between 0.5 s and 5 s.
+pub fn sweep_every(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
 /// The claim's lower bound and what moves it.
 #[derive(Debug)]
 pub struct Horizon {

@@ -790,17 +790,6 @@ WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
         )
     }
 
-    /// Seconds until the next row is due: a retry's `next_attempt_at`, or
-    /// the end of a lease (`NULL`: nothing is waiting). One index per side.
-    pub fn next_due(&self) -> String {
-        let t = &self.table;
-        format!(
-            "SELECT EXTRACT(EPOCH FROM least(
-    (SELECT min(next_attempt_at) FROM {t} WHERE status = 'pending'),
-    (SELECT min(claimed_until) FROM {t} WHERE status = 'sending')) - now())::float8"
-        )
-    }
-
     /// Backlog (pending rows, counted on the pending index) and lag (age
     /// in seconds of the oldest pending row, by id: one index probe).
     pub fn stats(&self) -> String {

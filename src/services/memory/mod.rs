@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::data::horizon::Horizon;
 use super::data::pg;
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
@@ -139,7 +140,7 @@ impl Service for MemorySync {
                 q.done(),
                 q.retry(),
                 q.release(),
-                q.next_due(),
+                q.leased().snapshot().to_string(),
             ];
             {
                 let c = super::data::pooled(&pool).await?;
@@ -194,7 +195,13 @@ impl Service for MemorySync {
             let threshold = spec.circuit.failures.0.max(1);
             let mut circuit = Circuit::Closed(0);
             let mut sent = 0u64;
-            let mut last_reap: Option<Instant> = None;
+            // Where claims start (see `data::horizon`), with a sweep from
+            // the start, and the reaping of expired leases, every quarter
+            // of the lease (0.5 s to 5 s).
+            let mut horizon = Horizon::new(
+                super::data::horizon::sweep_every(spec.lease),
+                Instant::now(),
+            );
             let mut pause: Option<Instant> = None;
             let mut lost = 0u32;
             metrics::circuit(&name, false);
@@ -221,13 +228,15 @@ impl Service for MemorySync {
                 }
                 let round: Result<Option<Duration>, super::data::Fault> = async {
                     let client = super::data::take(&pool).await?;
-                    let [claim, reap, done, retry, release, next_due] =
+                    let [claim, reap, done, retry, release, snapshot] =
                         super::data::prepare_all(&client, &sqls).await?;
                     // Expired leases (another instance's, or ours after a
-                    // crash) go back at most once a second, not every batch.
-                    if last_reap.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        client.execute(&reap, &[]).await?;
-                        last_reap = Some(Instant::now());
+                    // crash) go back at each sweep, not every batch.
+                    let now = Instant::now();
+                    if horizon.sweep_due(now) {
+                        let reaped: Vec<i64> =
+                            client.query(&reap, &[]).await?.iter().map(|r| r.get(0)).collect();
+                        horizon.returned(&reaped, now);
                     }
                     // Half-open: one row decides.
                     let take = if circuit == Circuit::HalfOpen {
@@ -235,16 +244,30 @@ impl Service for MemorySync {
                     } else {
                         batch
                     };
-                    let rows = client.query(&claim, &[&take, &lease, &0i64]).await?;
+                    let from = horizon.claim_from(now);
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                        [&take, &lease, &from];
+                    // The claim, then a snapshot for the horizon, in one
+                    // round trip.
+                    let (rows, snap) = tokio::join!(
+                        biased;
+                        client.query(&claim, &params),
+                        client.query_one(&snapshot, &[])
+                    );
+                    let rows = rows?;
                     // Measured after the claim: the lease began before this.
                     let lease_end = Instant::now() + usable;
+                    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+                    horizon.claimed(&ids, ids.len() as i64 >= take);
+                    let snap = snap?;
+                    horizon.snapshot(snap.get(0), snap.get(1));
                     if rows.is_empty() {
-                        let due: Option<f64> =
-                            client.query_one(&next_due, &[]).await?.get(0);
-                        let wait = due.map_or(spec.poll_interval, |s| {
-                            Duration::from_secs_f64(s.clamp(0.01, 86_400.0)).min(spec.poll_interval)
-                        });
-                        return Ok(Some(wait));
+                        let now = Instant::now();
+                        let mut wait = spec.poll_interval.min(horizon.until_sweep(now));
+                        if let Some(retry) = horizon.next_retry(now) {
+                            wait = wait.min(retry);
+                        }
+                        return Ok(Some(wait.max(Duration::from_millis(10))));
                     }
                     let mut rows: Vec<Claimed> = rows
                         .iter()
@@ -357,7 +380,14 @@ impl Service for MemorySync {
                                 .await
                                 ?;
                             if let Some(row) = outcome {
-                                let failed: bool = row.get(0);
+                                let (due, failed): (f64, bool) = (row.get(0), row.get(1));
+                                if !failed {
+                                    horizon.returned(
+                                        &[*id],
+                                        Instant::now()
+                                            + Duration::from_secs_f64(due.clamp(0.0, 86_400.0)),
+                                    );
+                                }
                                 metrics::jobs(&name, if failed { "failed" } else { "retry" });
                                 tracing::warn!(id, error = %error, failed, "memory backend did not take a write");
                             }
@@ -398,6 +428,7 @@ impl Service for MemorySync {
                             .execute(&release, &[&rest, &claim_token])
                             .await
                             ?;
+                        horizon.returned(&rest, Instant::now());
                     }
                     if let (Circuit::Open(_), Some(_)) = (circuit, pause) {
                         pause = None;

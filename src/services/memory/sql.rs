@@ -113,7 +113,7 @@ SELECT count(*) FROM done",
     status = CASE WHEN $6 OR retry_count + 1 >= $3 THEN 'failed' ELSE 'pending' END,
     next_attempt_at = now() + greatest($5::float8, {delay}) * interval '1 second'
 WHERE id = $1 AND status = 'sending' AND claimed_until = $4
-RETURNING status = 'failed'",
+RETURNING EXTRACT(EPOCH FROM next_attempt_at - now())::float8, status = 'failed'",
             self.l.table,
             delay = crate::services::data::RETRY_DELAY
         )
@@ -122,11 +122,6 @@ RETURNING status = 'failed'",
     /// Rows `$1` of claim `$2` go back unclaimed (the circuit opened).
     pub fn release(&self) -> String {
         self.l.release()
-    }
-
-    /// Seconds until the next row is due.
-    pub fn next_due(&self) -> String {
-        self.l.next_due()
     }
 
     /// The shared statements of the table (statistics among them).

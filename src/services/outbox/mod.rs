@@ -226,12 +226,6 @@ struct Statements {
     retry: tokio_postgres::Statement,
 }
 
-/// How often a relay's claim scans the whole table and expired leases are
-/// reaped: a quarter of the lease, between 0.5 s and 5 s.
-fn sweep_every(lease: Duration) -> Duration {
-    (lease / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
-}
-
 impl Service for Relay {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
         Box::pin(async move {
@@ -269,7 +263,10 @@ impl Service for Relay {
                 redis: None,
                 outages: 0,
                 published: 0,
-                horizon: Horizon::new(sweep_every(spec.lease), Instant::now()),
+                horizon: Horizon::new(
+                    super::data::horizon::sweep_every(spec.lease),
+                    Instant::now(),
+                ),
                 session: None,
             };
             let mut lost = 0u32;
