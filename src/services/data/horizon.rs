@@ -82,11 +82,6 @@ impl Horizon {
         }
     }
 
-    /// How often a claim scans from the start of the table.
-    pub fn sweep_every(&self) -> Duration {
-        self.sweep_every
-    }
-
     /// Whether the next claim is a sweep (and the round reaps expired
     /// leases): its time has come.
     pub fn sweep_due(&self, now: Instant) -> bool {
@@ -414,6 +409,60 @@ mod tests {
             "one claim sweeps, the next goes on"
         );
         assert_eq!(h.until_sweep(t + SWEEP), SWEEP);
+    }
+
+    #[test]
+    fn a_sweep_comes_every_quarter_lease_within_half_a_second_and_five() {
+        assert_eq!(sweep_every(Duration::from_secs(30)), Duration::from_secs(5));
+        assert_eq!(sweep_every(Duration::from_secs(8)), Duration::from_secs(2));
+        assert_eq!(
+            sweep_every(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn a_full_claim_at_the_bound_still_waits_for_its_transactions() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10], false);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 11);
+        h.claimed(&[11], true);
+        assert_eq!(h.claim_from(t), 11, "not past 11 before a snapshot");
+        h.snapshot(3, 4);
+        h.snapshot(4, 5);
+        assert_eq!(h.claim_from(t), 12);
+    }
+
+    #[test]
+    fn the_highest_candidate_waits_not_the_last() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[20], false);
+        // A sweep's claim of an old row before the snapshot.
+        h.claimed(&[15], false);
+        h.snapshot(1, 2);
+        h.snapshot(2, 3);
+        assert_eq!(h.claim_from(t), 21);
+    }
+
+    #[test]
+    fn returned_rows_drop_the_candidates_above_them_and_keep_the_bound_down() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[3], false);
+        h.snapshot(1, 2);
+        h.claimed(&[10], false);
+        h.snapshot(1, 3);
+        // Candidates 4 (behind xmax 2) and 11 (behind 3) wait; row 5 goes
+        // back: 4 may still become the bound, 11 may not.
+        h.returned(&[5], t);
+        h.snapshot(5, 6);
+        assert_eq!(h.claim_from(t), 4);
+        // The release keeps the bound down after the retry's grace too.
+        assert_eq!(h.claim_from(t + RETRY_GRACE + Duration::from_millis(1)), 4);
     }
 
     #[test]
