@@ -260,3 +260,108 @@ fn the_root_services_toml_checks_clean() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish_from_the_command_line_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "complete -F _warden"),
+        ("zsh", "#compdef warden"),
+        ("fish", "complete -c warden"),
+    ] {
+        let out = warden(dir.path(), &["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {marker:?} in\n{script}");
+        // Every command and a flag of `check` are offered.
+        for word in ["check", "status", "completions", "connect"] {
+            assert!(script.contains(word), "{shell}: {word:?} offered");
+        }
+    }
+    // The bash script is valid bash.
+    let bash = warden(dir.path(), &["completions", "bash"]).stdout;
+    let path = dir.path().join("warden.bash");
+    std::fs::write(&path, bash).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax.stderr));
+
+    let out = warden(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+    assert!(text(&out.stderr).contains("bash"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn man_prints_warden_s_page_and_one_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = warden(dir.path(), &["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains(".TH warden 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = warden(dir.path(), &["man", "run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("\\-\\-only"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = warden(dir.path(), &["man", "runn"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(r#"no command "runn"; known: run, check"#),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The registry the image and the package ship checks clean as it is, and
+/// so do the examples it holds in comments once uncommented (they would
+/// otherwise rot); so does the compose file's.
+#[test]
+fn the_shipped_registries_check_clean_and_so_do_their_commented_examples() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("deploy/services.toml")).unwrap();
+    let uncommented: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.split(" = ").count() > 1 => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        uncommented.matches("[services.").count() >= 5,
+        "{uncommented}"
+    );
+    let compose = std::fs::read_to_string(root.join("deploy/compose/services.toml")).unwrap();
+    for (what, registry) in [
+        ("as shipped", shipped.as_str()),
+        ("uncommented", &uncommented),
+        ("compose", &compose),
+    ] {
+        let dir = dir_with(registry);
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["check"])
+            .current_dir(dir.path())
+            .env("DATABASE_URL", "postgres://app:secret@db:5432/app")
+            .env("REDIS_URL", "redis://redis:6379")
+            .env("MEMORY_URL", "http://memory:8700")
+            .env("WARDEN_API_LISTEN", "0.0.0.0:9464")
+            .env("WARDEN_API_TOKEN", "a-token")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{what}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}

