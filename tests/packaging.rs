@@ -57,3 +57,19 @@ fn the_container_image_turns_healthy_reaps_zombies_stops_with_0_and_fails_with_3
     // The figures go to the test's output, for the record.
     println!("{out}");
 }
+
+#[test]
+fn the_debian_package_installs_and_its_unit_runs_under_a_real_systemd() {
+    let out = script("package-test", &[]);
+    for step in [
+        "systemd is PID 1 in the container",
+        "installed: unit enabled, systemd-analyze verify clean, warden check passes",
+        "ready: active after READY=1",
+        "reload: systemctl reload started the added service",
+        "watchdog: pings kept it alive",
+        "stop: exit 0, result success, no service left",
+    ] {
+        assert!(out.contains(step), "{step:?} in:\n{out}");
+    }
+    println!("{out}");
+}
