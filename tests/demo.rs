@@ -3,7 +3,9 @@
 //! a oneshot, and Redis; the memory backend, memory-sync, the relay, the
 //! replicator and the producer; the crashing worker and the API), events
 //! must flow from `memory_write_outbox` to `memory_replica`, and everything
-//! must stop cleanly. Run here on free ports, in a scratch directory.
+//! must stop cleanly. Run here on free ports, in a scratch folder that only
+//! its owner may enter (mode 0700, as a clone under `/root` is): as root
+//! (CI), PostgreSQL runs as `postgres`, who cannot enter it.
 
 mod support;
 
@@ -46,6 +48,23 @@ fn memory_backend() -> PathBuf {
         .expect("cargo names the example's executable")
 }
 
+fn nix_is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// Removes PostgreSQL's data folder outside the scratch folder (as root,
+/// ./var/pg links there) when the test ends, passed or not.
+struct Store(PathBuf);
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Ok(target) = std::fs::read_link(&self.0) {
+            let _ = std::fs::remove_dir_all(target);
+        }
+    }
+}
+
 #[test]
 fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
     for (what, path) in [
@@ -67,7 +86,7 @@ fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
     let listen = format!("127.0.0.1:{api}");
     let (redis_port, pg_port, memory_port) =
         (redis.to_string(), pg.to_string(), memory.to_string());
-    let mut w = Warden::start_with(
+    let mut w = Warden::start_private(
         &registry,
         &[
             ("WARDEN_API_LISTEN", &listen),
@@ -76,14 +95,26 @@ fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
             ("DEMO_MEMORY_PORT", &memory_port),
             ("DEMO_MEMORY_BACKEND", backend.to_str().unwrap()),
         ],
-        None,
     );
+    let _store = Store(w.dir.join("var/pg"));
     wait_http(api, "/readyz", 200);
     w.wait_event("producer", "ready");
     assert!(
         w.dir.join("var/pg/data/PG_VERSION").is_file(),
         "the oneshot initialised ./var/pg/data"
     );
+    let link = std::fs::read_link(w.dir.join("var/pg"));
+    if nix_is_root() {
+        // PostgreSQL's data lives where the postgres user may go.
+        let store = link.expect("as root, ./var/pg links to PostgreSQL's own folder");
+        assert!(
+            store.starts_with("/var/tmp/") && store.to_string_lossy().contains("warden-demo-pg-"),
+            "{}",
+            store.display()
+        );
+    } else {
+        assert!(link.is_err(), "not root: ./var/pg is a folder of its own");
+    }
     let dsn = format!("postgres://postgres@127.0.0.1:{pg}/postgres");
     // Memory writes reach the replica: backend, event row, stream, table.
     wait_until("events in memory_replica", Duration::from_secs(60), || {

@@ -30,11 +30,18 @@ impl Warden {
 
     /// `warden run ARGS...` (such as `--only a`).
     pub fn start_args(registry: &str, args: &[&str]) -> Warden {
-        Warden::start_full(registry, &[], None, args)
+        Warden::start_full(registry, &[], None, args, 0o755)
     }
 
     pub fn start_with(registry: &str, env: &[(&str, &str)], wrapper: Option<&[&str]>) -> Warden {
-        Warden::start_full(registry, env, wrapper, &[])
+        Warden::start_full(registry, env, wrapper, &[], 0o755)
+    }
+
+    /// Like `start_with`, in a folder that only its owner may enter (mode
+    /// 0700, as `/root` is): the servers a registry runs as other users
+    /// cannot reach it.
+    pub fn start_private(registry: &str, env: &[(&str, &str)]) -> Warden {
+        Warden::start_full(registry, env, None, &[], 0o700)
     }
 
     fn start_full(
@@ -42,13 +49,14 @@ impl Warden {
         env: &[(&str, &str)],
         wrapper: Option<&[&str]>,
         args: &[&str],
+        mode: u32,
     ) -> Warden {
         let dir = tempfile::tempdir().unwrap();
-        // Others may pass through (a server the registry runs as another
-        // user, PostgreSQL under its ./var/).
+        // 0755: others may pass through (a server the registry runs as
+        // another user, PostgreSQL under its ./var/).
         std::fs::set_permissions(
             dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
         )
         .unwrap();
         write_registry(dir.path(), registry);
