@@ -365,3 +365,39 @@ fn the_shipped_registries_check_clean_and_so_do_their_commented_examples() {
         );
     }
 }
+
+/// The fenced block that follows `<!-- MARKER -->` in a document.
+fn block_after(doc: &str, marker: &str) -> String {
+    let at = doc
+        .find(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("no <!-- {marker} --> in the document"));
+    let rest = &doc[at..];
+    let open = rest.find("```").expect("a fenced block after the marker");
+    let body = &rest[open..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").expect("the block ends")].to_string()
+}
+
+/// The CI recipe's example in docs/operations.md is what `warden check
+/// --format json` really prints for its broken registry.
+#[test]
+fn the_ci_recipe_shows_the_real_output_on_a_broken_registry() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let dir = dir_with(&block_after(&doc, "ci-example-registry"));
+    let out = warden(dir.path(), &["check", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let real: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&block_after(&doc, "ci-example-output")).unwrap();
+    assert_eq!(real, shown, "docs/operations.md shows another output");
+    assert_eq!(real["errors"].as_array().unwrap().len(), 3, "{real}");
+    // The snippets in the document are the files in deploy/ci/.
+    for file in ["deploy/ci/github-actions.yml", "deploy/ci/gitlab-ci.yml"] {
+        let snippet = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            doc.contains(&snippet),
+            "{file} is not in docs/operations.md as it is"
+        );
+    }
+}
