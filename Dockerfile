@@ -29,7 +29,6 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY examples ./examples
 RUN cargo build --release --locked --bin warden \
     && install -D -m 0755 target/release/warden /out/warden
 
