@@ -1,9 +1,10 @@
-//! The ways of running warden, each checked by running it: the container
-//! image under a real engine (podman), the Debian package installed with
-//! dpkg, the systemd unit verified by systemd itself, the Kubernetes
-//! manifests against the Kubernetes schemas, the alert rules with promtool.
-//! The heavy lifting is in scripts (they run by hand too); each test runs
-//! one and shows its whole output when it fails.
+//! The container image under a real engine (podman), and the Debian
+//! package installed with dpkg under a real systemd (the unit verified by
+//! systemd itself, then ready, reload, watchdog and stop). The heavy lifting
+//! is in scripts (they run by hand too, as root); each test runs one and
+//! shows its whole output when it fails. The Kubernetes manifests are
+//! checked by `deploy_kubernetes.rs`, the alert rules and the dashboard by
+//! `observability_kit.rs`.
 
 use std::path::Path;
 use std::process::Command;
