@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SERVICE_UP: &str = "warden_service_up";
 pub const SERVICE_STATE: &str = "warden_service_state";
+pub const SERVICE_INFO: &str = "warden_service_info";
 pub const RESTARTS: &str = "warden_service_restarts_total";
 pub const START_SECONDS: &str = "warden_service_start_seconds";
 pub const PROBE_SECONDS: &str = "warden_probe_duration_seconds";
@@ -73,6 +74,11 @@ pub const CORE: &[Family] = &[
     Family {
         name: SERVICE_STATE,
         help: "1 for the state the service is in, 0 for the others.",
+        shape: Shape::Gauge,
+    },
+    Family {
+        name: SERVICE_INFO,
+        help: "Always 1; a service's kind and whether it is critical (for alerts on critical services).",
         shape: Shape::Gauge,
     },
     Family {
@@ -133,7 +139,7 @@ impl ProbeRole {
 /// The families recorded through the facade: the ones whose series the
 /// recorder holds (the state families are rendered, not recorded).
 fn recorded(f: &Family) -> bool {
-    f.name != SERVICE_UP && f.name != SERVICE_STATE
+    ![SERVICE_UP, SERVICE_STATE, SERVICE_INFO].contains(&f.name)
 }
 
 /// Sets the process-wide recorder for `families` (the core ones and each
@@ -223,7 +229,8 @@ mod tests {
             assert!(f.name.starts_with("warden_"), "{}", f.name);
             assert!(!f.help.is_empty(), "{}", f.name);
         }
-        assert!(!recorded(&CORE[0]) && !recorded(&CORE[1]));
-        assert!(CORE[2..].iter().all(recorded));
+        // The state families, rendered at scrape time, come first.
+        assert!(CORE[..3].iter().all(|f| !recorded(f)));
+        assert!(CORE[3..].iter().all(recorded));
     }
 }

@@ -1,14 +1,14 @@
 //! The `/metrics` page: what the recorder holds, then the state families
-//! (`warden_service_up`, `warden_service_state`) rendered from the
-//! supervisor's live status at scrape time instead of being stored: a
-//! service removed by a reload then leaves no stale series behind, and
-//! 100 services × 11 states cost no memory between scrapes.
+//! (`warden_service_up`, `warden_service_state`, `warden_service_info`)
+//! rendered from the supervisor's live status at scrape time instead of
+//! being stored: a service removed by a reload then leaves no stale series
+//! behind, and 100 services × 11 states cost no memory between scrapes.
 
 use std::fmt::Write as _;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::metrics::{CORE, SERVICE_STATE, SERVICE_UP};
+use crate::metrics::{CORE, SERVICE_INFO, SERVICE_STATE, SERVICE_UP};
 use crate::supervisor::ServiceStatus;
 use crate::supervisor::state::State;
 
@@ -46,6 +46,17 @@ pub fn render(handle: Option<&PrometheusHandle>, status: &[ServiceStatus]) -> St
             "{SERVICE_UP}{{service=\"{}\"}} {}",
             label(&s.name),
             u8::from(s.state.is_ready())
+        );
+    }
+    let _ = writeln!(out, "# HELP {SERVICE_INFO} {}", help(SERVICE_INFO));
+    let _ = writeln!(out, "# TYPE {SERVICE_INFO} gauge");
+    for s in status {
+        let _ = writeln!(
+            out,
+            "{SERVICE_INFO}{{service=\"{}\",kind=\"{}\",critical=\"{}\"}} 1",
+            label(&s.name),
+            label(&s.kind),
+            s.critical
         );
     }
     let _ = writeln!(out, "# HELP {SERVICE_STATE} {}", help(SERVICE_STATE));
