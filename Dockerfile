@@ -14,30 +14,28 @@
 # Build arguments:
 #   RUST_IMAGE    the build stage's image (a Rust toolchain on Debian bookworm)
 #   DEBIAN_IMAGE  the runtime stage's image (Debian bookworm, slim)
-#   WARDEN_BINARY where the binary comes from: `build` (default) compiles it
-#                 in the build stage; `prebuilt` takes a Linux binary built
-#                 elsewhere from the build context's `prebuilt/warden`
-#                 (`cargo build --release` then copy target/release/warden
-#                 there; scripts/container-test does so, offline).
+#
+# A binary built elsewhere: put it at prebuilt/warden in the build context
+# (e.g. `cargo build --release && mkdir -p prebuilt && cp target/release/warden
+# prebuilt/`) and the build stage takes it as it is instead of compiling;
+# any bookworm image then does for RUST_IMAGE (scripts/container-test builds
+# so, offline).
 
 ARG RUST_IMAGE=docker.io/library/rust:1-slim-bookworm
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
-ARG WARDEN_BINARY=build
 
-# ---- build: compile warden ------------------------------------------------
+# ---- build: compile warden (or take prebuilt/warden) ---------------------
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-RUN cargo build --release --locked --bin warden \
-    && install -D -m 0755 target/release/warden /out/warden
-
-# ---- prebuilt: a binary built outside, taken from the context -------------
-FROM ${DEBIAN_IMAGE} AS prebuilt
-COPY prebuilt/warden /out/warden
-
-# ---- the binary the runtime stage takes (build or prebuilt) ---------------
-FROM ${WARDEN_BINARY} AS binary
+# .dockerignore lets in only Cargo.toml, Cargo.lock, src/, the default
+# registry and prebuilt/.
+COPY . .
+RUN if [ -e prebuilt/warden ]; then \
+        install -D -m 0755 prebuilt/warden /out/warden; \
+    else \
+        cargo build --release --locked --bin warden \
+        && install -D -m 0755 target/release/warden /out/warden; \
+    fi
 
 # ---- runtime: slim Debian, warden as PID 1 --------------------------------
 FROM ${DEBIAN_IMAGE} AS runtime
@@ -54,7 +52,7 @@ RUN if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
         --no-create-home --no-log-init --shell /usr/sbin/nologin warden \
     && install -d -o warden -g warden -m 0750 /var/lib/warden \
     && install -d -m 0755 /etc/warden
-COPY --from=binary /out/warden /usr/local/bin/warden
+COPY --from=build /out/warden /usr/local/bin/warden
 COPY deploy/services.toml /etc/warden/services.toml
 ENV WARDEN_CONFIG=/etc/warden/services.toml
 WORKDIR /var/lib/warden
