@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # warden, all in one: one container that supervises what used to be a fleet
 # of small worker containers.
 #
@@ -31,6 +29,7 @@ WORKDIR /src
 # registry and prebuilt/.
 COPY . .
 RUN if [ -e prebuilt/warden ]; then \
+        echo "taking prebuilt/warden as it is (delete it to build from source)"; \
         install -D -m 0755 prebuilt/warden /out/warden; \
     else \
         cargo build --release --locked --bin warden \

@@ -392,12 +392,31 @@ fn the_ci_recipe_shows_the_real_output_on_a_broken_registry() {
         serde_json::from_str(&block_after(&doc, "ci-example-output")).unwrap();
     assert_eq!(real, shown, "docs/operations.md shows another output");
     assert_eq!(real["errors"].as_array().unwrap().len(), 3, "{real}");
-    // The snippets in the document are the files in deploy/ci/.
+    // The snippets in the document are the files in deploy/ci/, and each
+    // names the repository's registry: in the image, WARDEN_CONFIG points
+    // at the baked-in one, which a bare `warden check` would read instead.
     for file in ["deploy/ci/github-actions.yml", "deploy/ci/gitlab-ci.yml"] {
         let snippet = std::fs::read_to_string(root.join(file)).unwrap();
         assert!(
             doc.contains(&snippet),
             "{file} is not in docs/operations.md as it is"
         );
+        let checks: Vec<&str> = snippet
+            .lines()
+            .filter(|l| l.contains(" check ") && !l.trim_start().starts_with('#'))
+            .collect();
+        assert!(!checks.is_empty(), "{file} runs warden check");
+        for line in checks {
+            assert!(line.contains(" check -c services.toml "), "{file}: {line}");
+        }
     }
+    // `-c` wins over the image's WARDEN_CONFIG.
+    std::fs::write(dir.path().join("baked.toml"), "[warden]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["check", "-c", "services.toml", "--format", "json"])
+        .current_dir(dir.path())
+        .env("WARDEN_CONFIG", dir.path().join("baked.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
 }

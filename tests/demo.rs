@@ -55,11 +55,11 @@ fn nix_is_root() -> bool {
 
 /// Removes PostgreSQL's data folder outside the scratch folder (as root,
 /// ./var/pg links there) when the test ends, passed or not.
-struct Store(PathBuf);
+struct Store(Option<PathBuf>);
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Ok(target) = std::fs::read_link(&self.0) {
+        if let Some(target) = &self.0 {
             let _ = std::fs::remove_dir_all(target);
         }
     }
@@ -86,6 +86,9 @@ fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
     let listen = format!("127.0.0.1:{api}");
     let (redis_port, pg_port, memory_port) =
         (redis.to_string(), pg.to_string(), memory.to_string());
+    // Declared before warden, so dropped after it: PostgreSQL has stopped
+    // before its folder goes.
+    let mut store = Store(None);
     let mut w = Warden::start_private(
         &registry,
         &[
@@ -96,8 +99,8 @@ fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
             ("DEMO_MEMORY_BACKEND", backend.to_str().unwrap()),
         ],
     );
-    let _store = Store(w.dir.join("var/pg"));
     wait_http(api, "/readyz", 200);
+    store.0 = std::fs::read_link(w.dir.join("var/pg")).ok();
     w.wait_event("producer", "ready");
     assert!(
         w.dir.join("var/pg/data/PG_VERSION").is_file(),
@@ -108,7 +111,7 @@ fn the_demo_moves_memory_writes_into_the_replica_and_stops() {
         // PostgreSQL's data lives where the postgres user may go.
         let store = link.expect("as root, ./var/pg links to PostgreSQL's own folder");
         assert!(
-            store.starts_with("/var/tmp/") && store.to_string_lossy().contains("warden-demo-pg-"),
+            store.starts_with("/var/tmp/") && store.to_string_lossy().contains("warden-demo-pg."),
             "{}",
             store.display()
         );
