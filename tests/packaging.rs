@@ -66,7 +66,8 @@ fn the_debian_package_installs_and_its_unit_runs_under_a_real_systemd() {
         "systemd is PID 1 in the container",
         "installed: unit enabled, systemd-analyze verify clean, warden check passes",
         "ready: active after READY=1",
-        "reload: systemctl reload started the added service",
+        "sandbox: / read-only and a private /tmp",
+        "reload: systemctl reload started the added service (as nobody, user =",
         "watchdog: pings kept it alive",
         "stop: exit 0, result success, no service left",
     ] {
