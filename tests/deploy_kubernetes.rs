@@ -22,6 +22,8 @@
 //! YAML is read by the PyYAML that comes with kubernetes-validate (in
 //! `.venv-tools/`, from `scripts/install-deps`), turned into JSON.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -563,19 +565,9 @@ fn every_manifest_passes_strict_schema_validation() {
     for v in KUBERNETES_VERSIONS {
         cmd.args(["--kubernetes-version", v]);
     }
-    let out = cmd
-        .args(&files)
-        .current_dir(root())
-        .output()
-        .expect("run kubernetes-validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "kubernetes-validate --strict failed:\n{text}"
+    let text = support::run_ok(
+        cmd.args(&files).current_dir(root()),
+        "kubernetes-validate --strict",
     );
     let complaints: Vec<&str> = text.lines().filter(|l| !l.starts_with("INFO ")).collect();
     assert!(

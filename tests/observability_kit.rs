@@ -16,8 +16,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -70,22 +68,10 @@ fn promtool() -> &'static str {
 
 /// Runs `promtool ARGS` and fails with its output unless it succeeds.
 fn run_promtool(args: &[&str]) -> String {
-    let out = Command::new(promtool())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run promtool: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool {} failed ({}):\n{text}",
-        args.join(" "),
-        out.status
-    );
-    text
+    support::run_ok(
+        Command::new(promtool()).args(args),
+        &format!("promtool {}", args.join(" ")),
+    )
 }
 
 // --- Reading the rules, their tests and the dashboard ------------------------
@@ -540,38 +526,14 @@ fn the_dashboard_is_importable_and_its_queries_parse() {
 /// A memory backend that accepts every write (200) except those whose body
 /// says `reject` (422: refused for good, so the write is `failed`).
 fn picky_backend() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let port = listener.local_addr().expect("its address").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                let status = if String::from_utf8_lossy(&body).contains("reject") {
-                    "422 Unprocessable Entity"
-                } else {
-                    "200 OK"
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
-                );
-            });
+    support::http::backend(|body| {
+        if String::from_utf8_lossy(body).contains("reject") {
+            "422 Unprocessable Entity"
+        } else {
+            "200 OK"
         }
-    });
-    port
+    })
+    .0
 }
 
 /// Every kind, and services that make each event of the rules happen:

@@ -6,6 +6,8 @@
 //! checked by `deploy_kubernetes.rs`, the alert rules and the dashboard by
 //! `observability_kit.rs`.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -24,23 +26,10 @@ fn script(name: &str, args: &[&str]) -> String {
             cmd.env_remove(&*k);
         }
     }
-    let out = cmd
-        .args(args)
-        .current_dir(root)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "scripts/{name} {} failed ({}):\n{text}",
-        args.join(" "),
-        out.status
-    );
-    text
+    support::run_ok(
+        cmd.args(args).current_dir(root),
+        &format!("scripts/{name} {}", args.join(" ")),
+    )
 }
 
 #[test]

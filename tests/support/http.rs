@@ -135,6 +135,13 @@ impl EventStream {
 /// per request (a thread each); counts the requests. A memory backend that
 /// takes every write.
 pub fn ok_backend() -> (u16, Arc<AtomicUsize>) {
+    backend(|_| "200 OK")
+}
+
+/// An HTTP backend whose answer to each request (`{}` with the status line
+/// `status(body)` gives) depends on its body, a connection per request (a
+/// thread each); counts the requests.
+pub fn backend(status: fn(&[u8]) -> &'static str) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
     let port = listener.local_addr().expect("its address").port();
     let seen = Arc::new(AtomicUsize::new(0));
@@ -160,7 +167,8 @@ pub fn ok_backend() -> (u16, Arc<AtomicUsize>) {
                 count.fetch_add(1, Ordering::SeqCst);
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    "HTTP/1.1 {}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}",
+                    status(&body)
                 );
             });
         }

@@ -79,3 +79,22 @@ pub fn diagnostics(checked: &Checked) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs `cmd` and returns what it printed, stdout then stderr; fails the
+/// test with all of it, naming `what`, unless the command succeeds.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
