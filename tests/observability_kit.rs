@@ -55,21 +55,10 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// `promtool`, or a failure saying how to install it.
-fn promtool() -> &'static str {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        panic!(
-            "promtool (Debian package prometheus) is missing: run scripts/install-deps, \
-             which installs it"
-        );
-    }
-    "promtool"
-}
-
 /// Runs `promtool ARGS` and fails with its output unless it succeeds.
 fn run_promtool(args: &[&str]) -> String {
     support::run_ok(
-        Command::new(promtool()).args(args),
+        Command::new(support::promtool()).args(args),
         &format!("promtool {}", args.join(" ")),
     )
 }

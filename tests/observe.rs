@@ -39,16 +39,6 @@ restart = {{ policy = "on-failure", max_restarts = 1000, window = "60s", backoff
     )
 }
 
-fn promtool() -> &'static str {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        panic!(
-            "promtool (Debian package prometheus) is missing: run scripts/install-deps, \
-             which installs it"
-        );
-    }
-    "promtool"
-}
-
 fn metrics(port: u16) -> String {
     let (status, head, body) = http(port, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
@@ -79,7 +69,7 @@ fn metrics_pass_promtool_and_follow_the_services() {
     std::thread::sleep(Duration::from_millis(500)); // a few health probes
 
     let text = metrics(port);
-    let mut check = Command::new(promtool())
+    let mut check = Command::new(support::promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

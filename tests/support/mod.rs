@@ -98,3 +98,18 @@ pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
     );
     text
 }
+
+/// `promtool`, or a failure saying how to install it.
+pub fn promtool() -> &'static str {
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!(
+            "promtool (Debian package prometheus) is missing: run scripts/install-deps, \
+             which installs it"
+        );
+    }
+    "promtool"
+}
