@@ -378,3 +378,40 @@ restart = { policy = "never" }
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A child that runs as another user reaches its notify socket (it was
+/// root's, mode 0755: EACCES, and the service never became ready), and
+/// nobody else may write to it.
+#[test]
+fn a_notify_child_running_as_another_user_becomes_ready() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    assert!(
+        root,
+        "this test runs warden as root (user =): run it as root, as CI does"
+    );
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.notifier]
+kind = "process"
+command = ["sh", "-c", "stat -c '%U %a' \"$NOTIFY_SOCKET\"; systemd-notify --ready; exec sleep 543212"]
+user = "nobody"
+ready = { notify = true, timeout = "10s" }
+"#,
+    );
+    let line = w.wait_log("the socket's owner and mode", |v| {
+        v["service"] == "notifier" && v["stream"] == "stdout"
+    });
+    assert_eq!(
+        line["message"], "nobody 600",
+        "the service's user alone may write"
+    );
+    w.wait_event("notifier", "ready");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

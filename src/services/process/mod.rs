@@ -135,8 +135,9 @@ impl ProcessService {
     }
 }
 
-/// Runs the child as `user` (a name or a uid) when warden is root.
-fn apply_user(cmd: &mut std::process::Command, user: &str) -> Result<(), ServiceError> {
+/// The account `user` (a name or a uid) names; warden must be root to
+/// run a child as another user.
+fn lookup_user(user: &str) -> Result<nix::unistd::User, ServiceError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(ServiceError(format!(
             "user = {user:?} needs warden to run as root"
@@ -146,9 +147,14 @@ fn apply_user(cmd: &mut std::process::Command, user: &str) -> Result<(), Service
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(user),
     };
-    let u = found
+    found
         .map_err(|e| ServiceError(format!("cannot look up user {user:?}: {e}")))?
-        .ok_or_else(|| ServiceError(format!("no such user: {user:?}")))?;
+        .ok_or_else(|| ServiceError(format!("no such user: {user:?}")))
+}
+
+/// Runs the child as `user` (a name or a uid) when warden is root.
+fn apply_user(cmd: &mut std::process::Command, user: &str) -> Result<(), ServiceError> {
+    let u = lookup_user(user)?;
     // std drops the supplementary groups itself (setgroups(0)) before
     // setuid when it runs as root.
     cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
@@ -212,7 +218,11 @@ impl Service for ProcessService {
             let mut extra_env = HashMap::new();
             let notify = match ready.as_ref().map(|r| &r.check) {
                 Some(ProbeCheck::Notify) => {
-                    let (socket, path) = notify_socket(ctx.name())?;
+                    let owner = match &self.process().user {
+                        Some(user) => Some(lookup_user(user)?),
+                        None => None,
+                    };
+                    let (socket, path) = notify_socket(ctx.name(), owner.as_ref())?;
                     extra_env.insert("NOTIFY_SOCKET".to_string(), path.display().to_string());
                     Some((socket, path))
                 }
@@ -417,18 +427,37 @@ impl ProcessService {
 }
 
 /// The datagram socket a `notify` child reports to (sd_notify protocol).
-fn notify_socket(name: &str) -> Result<(tokio::net::UnixDatagram, PathBuf), ServiceError> {
+/// A child that runs as another user (`owner`) gets the socket as its own,
+/// mode 0600: it may write to it, and no other user may (a `READY=1` from
+/// anyone else would be a lie).
+fn notify_socket(
+    name: &str,
+    owner: Option<&nix::unistd::User>,
+) -> Result<(tokio::net::UnixDatagram, PathBuf), ServiceError> {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("warden-{}-{name}.notify", std::process::id()));
     let _ = std::fs::remove_file(&path);
-    let socket = tokio::net::UnixDatagram::bind(&path).map_err(|e| {
+    let failed = |e: &dyn std::fmt::Display| {
         ServiceError(format!(
             "cannot create NOTIFY_SOCKET {}: {e}",
             path.display()
         ))
-    })?;
+    };
+    let socket = tokio::net::UnixDatagram::bind(&path).map_err(|e| failed(&e))?;
+    if let Some(u) = owner {
+        let handed =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    nix::unistd::chown(&path, Some(u.uid), Some(u.gid)).map_err(|e| e.to_string())
+                });
+        if let Err(e) = handed {
+            let _ = std::fs::remove_file(&path);
+            return Err(failed(&format!("cannot hand it to user {}: {e}", u.name)));
+        }
+    }
     Ok((socket, path))
 }
 
