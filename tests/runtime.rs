@@ -415,3 +415,36 @@ ready = { notify = true, timeout = "10s" }
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A descriptor open when warden started (here fd 7, a file only root may
+/// read) does not reach its children: they would read it whatever their
+/// user.
+#[test]
+fn descriptors_warden_inherited_do_not_reach_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "root-only-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let script = format!("exec 7<{}; exec \"$@\"", secret.display());
+    let mut w = Warden::start_with(
+        r#"
+[api]
+enabled = false
+[services.peek]
+kind = "process"
+command = ["sh", "-c", "if cat <&7; then echo leaked; else echo closed; fi; exec sleep 545454"]
+"#,
+        &[],
+        Some(&["sh", "-c", &script, "sh"]),
+    );
+    let line = w.wait_log("the child's verdict", |v| {
+        v["service"] == "peek" && v["stream"] == "stdout" && v["message"] != "root-only-secret"
+    });
+    assert_eq!(line["message"], "closed", "log:\n{}", w.dump());
+    assert!(
+        !w.dump().contains("root-only-secret"),
+        "the child read fd 7"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

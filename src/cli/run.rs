@@ -42,7 +42,15 @@ pub fn init_logging(format: Option<LogFormat>) {
 }
 
 pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
+    // Before anything is spawned: no inherited descriptor reaches a child.
+    let inherited = crate::sys::fds::close_inherited_on_exec();
     init_logging(args.log_format);
+    if inherited > 0 {
+        tracing::debug!(
+            count = inherited,
+            "inherited descriptors marked close-on-exec"
+        );
+    }
     let table = Arc::new(kinds.table());
     let opts = LoadOptions {
         path: args.registry.config.clone(),

@@ -1,6 +1,8 @@
 //! Process plumbing below both the probes and the process kind: the one
-//! reaper of child processes, and the guard that kills a process group.
+//! reaper of child processes, the guard that kills a process group, and
+//! the descriptors warden inherited.
 
+pub mod fds;
 pub mod reaper;
 
 use nix::sys::signal::{Signal, killpg};
