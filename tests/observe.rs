@@ -434,3 +434,98 @@ fn status_watch_redraws_as_states_change() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("warden closed the stream"));
 }
+
+/// What a service prints cannot drive the operator's terminal: `warden
+/// logs` on a terminal shows control characters escaped (a title set, a
+/// cursor sent back), `--raw` and a pipe get them as they are; warden's
+/// own text log shows a carriage return as `\r`.
+#[test]
+fn a_services_control_characters_do_not_reach_the_terminal_raw() {
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+[services.esc]
+kind = "process"
+command = ["sh", "-c", "printf 'a\\033]0;pwned\\007b\\rc\\033[31mred\\n'; exec sleep 565656"]
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("services.toml"), &registry).unwrap();
+    let mut warden = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["run", "--log-format", "text"])
+        .current_dir(dir.path())
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(warden.stderr.take().unwrap());
+    let logged = loop {
+        let mut line = Vec::new();
+        assert!(
+            stderr.read_until(b'\n', &mut line).unwrap() > 0,
+            "warden's log ended before the service's line"
+        );
+        if line.windows(5).any(|w| w == b"pwned") {
+            break line;
+        }
+    };
+    let text = String::from_utf8_lossy(&logged).into_owned();
+    assert!(
+        !logged.contains(&b'\r'),
+        "a raw CR in warden's text log: {text:?}"
+    );
+    assert!(text.contains(r"b\rc"), "{text:?}");
+    assert!(
+        !logged.contains(&0x1b),
+        "a raw ESC in warden's text log: {text:?}"
+    );
+
+    // On a terminal (util-linux `script` gives the client a pty).
+    let url = format!("http://127.0.0.1:{port}");
+    let warden_bin = env!("CARGO_BIN_EXE_warden");
+    let on_tty = |extra: &str| -> Vec<u8> {
+        let out = Command::new("script")
+            .args([
+                "-qec",
+                &format!("WARDEN_URL={url} {warden_bin} logs esc {extra}"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script (util-linux)");
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    let shown = on_tty("");
+    let shown_text = String::from_utf8_lossy(&shown);
+    assert!(
+        !shown.contains(&0x1b),
+        "escape sequences reached the terminal: {shown_text:?}"
+    );
+    assert!(
+        shown_text.contains(r"a\x1b]0;pwned\x07b\rc\x1b[31mred"),
+        "{shown_text:?}"
+    );
+    let raw = on_tty("--raw");
+    assert!(
+        raw.windows(4).any(|w| w == b"\x1b]0;"),
+        "--raw keeps them: {raw:?}"
+    );
+    // Through a pipe, as the service wrote it.
+    let piped = Command::new(warden_bin)
+        .args(["logs", "esc"])
+        .env("WARDEN_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        piped.stdout, b"a\x1b]0;pwned\x07b\rc\x1b[31mred\n",
+        "a pipe gets the bytes"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &warden.id().to_string()])
+        .status();
+    assert!(warden.wait().unwrap().success());
+}

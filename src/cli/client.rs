@@ -435,22 +435,65 @@ pub fn watch(args: &ClientArgs) -> u8 {
     }
 }
 
-/// `warden logs NAME [-f] [--tail N]`: a service's captured output, each
-/// line to the stream it came from; `-f` keeps printing new lines until
+/// `text` with its control characters written out (`\r`, `\x1b`,
+/// `\u{9b}`), a tab aside: printed on a terminal, they cannot set its
+/// title, move its cursor or hide what came before.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    let is_control = |c: char| c != '\t' && c.is_control();
+    if !text.chars().any(is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\r' => out.push_str("\\r"),
+            c if is_control(c) && (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if is_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// `warden logs NAME [-f] [--tail N] [--raw]`: a service's captured output,
+/// each line to the stream it came from (control characters escaped on a
+/// terminal, unless `--raw`); `-f` keeps printing new lines until
 /// warden stops (exit 0), the reader goes away (exit 0), or the connection
 /// breaks (exit 4).
-pub fn logs(args: &ClientArgs, name: &str, tail: usize, follow: bool) -> u8 {
-    /// Whether the line reached its reader.
-    fn print(line: &Json) -> bool {
+pub fn logs(args: &ClientArgs, name: &str, tail: usize, follow: bool, raw: bool) -> u8 {
+    use std::io::IsTerminal as _;
+    // A terminal would act on a line's control characters (a title, a
+    // cursor moved back over what came before): shown escaped there.
+    let (escape_out, escape_err) = (
+        !raw && std::io::stdout().is_terminal(),
+        !raw && std::io::stderr().is_terminal(),
+    );
+    // Whether the line reached its reader.
+    let print = |line: &Json| -> bool {
         let text = line["line"].as_str().unwrap_or("");
         if line["stream"] == "stderr" {
+            let text = if escape_err {
+                escape_controls(text)
+            } else {
+                text.into()
+            };
             let mut err = std::io::stderr().lock();
             writeln!(err, "{text}").is_ok()
         } else {
+            let text = if escape_out {
+                escape_controls(text)
+            } else {
+                text.into()
+            };
             let mut out = std::io::stdout().lock();
             writeln!(out, "{text}").and_then(|()| out.flush()).is_ok()
         }
-    }
+    };
     if !follow {
         let reply = match request(
             args,
@@ -518,5 +561,22 @@ pub fn control(args: &ClientArgs, path: &str, body: Option<&str>) -> u8 {
             1
         }
         Err(e) => unreachable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_written_out_and_the_rest_kept() {
+        assert_eq!(escape_controls("plain\ttext, été"), "plain\ttext, été");
+        assert_eq!(
+            escape_controls("a\x1b]0;pwned\x07b\rc\x1b[31mred\x7f"),
+            r"a\x1b]0;pwned\x07b\rc\x1b[31mred\x7f"
+        );
+        // C1 controls: some terminals take U+009B as CSI.
+        assert_eq!(escape_controls("x\u{9b}31m"), r"x\u{9b}31m");
+        assert_eq!(escape_controls("\0"), r"\x00");
     }
 }

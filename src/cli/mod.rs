@@ -103,6 +103,10 @@ pub enum Command {
         /// How many of the last lines to print first.
         #[arg(long, default_value_t = 100)]
         tail: usize,
+        /// Print the lines as the service wrote them, control characters
+        /// included (on a terminal they are shown escaped, `\x1b`, `\r`).
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         client: client::ClientArgs,
     },
@@ -273,8 +277,9 @@ pub fn main_with(extra: Kinds) -> ExitCode {
             name,
             follow,
             tail,
+            raw,
             client,
-        } => client::logs(&client, &name, tail, follow),
+        } => client::logs(&client, &name, tail, follow, raw),
         Command::Health { client } => client::health(&client),
         Command::Start { name, client } => {
             client::control(&client, &format!("/v1/services/{name}/start"), None)

@@ -23,10 +23,10 @@ pub fn init_logging(format: Option<LogFormat>) {
     // otherwise report the failed write with eprintln!, which panics.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .log_internal_errors(false);
     let _ = if json {
         builder
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             // The `service` span (around every service's run) shows as
@@ -36,9 +36,38 @@ pub fn init_logging(format: Option<LogFormat>) {
             .try_init()
     } else {
         builder
+            .with_writer(|| EscapeCr(std::io::stderr()))
             .with_ansi(std::io::stderr().is_terminal())
             .try_init()
     };
+}
+
+/// stderr for the text log. The formatter escapes a child's escape
+/// sequences but not a carriage return, which would send the terminal's
+/// cursor back and let a child's output hide what warden wrote before it
+/// on the line: it is shown as `\r`. (JSON escapes it already.)
+struct EscapeCr<W>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapeCr<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.contains(&b'\r') {
+            return self.0.write(buf);
+        }
+        let mut out = Vec::with_capacity(buf.len() + 8);
+        for &b in buf {
+            if b == b'\r' {
+                out.extend_from_slice(b"\\r");
+            } else {
+                out.push(b);
+            }
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
@@ -304,5 +333,19 @@ fn drop_cold_code() {
         unsafe {
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn the_text_log_shows_a_carriage_return_as_backslash_r() {
+        let mut w = EscapeCr(Vec::new());
+        assert_eq!(w.write(b"a\rb\n").unwrap(), 4, "every byte taken");
+        w.write_all(b"plain\n").unwrap();
+        assert_eq!(w.0, b"a\\rb\nplain\n");
     }
 }
