@@ -453,15 +453,27 @@ command = ["sh", "-c", "printf 'a\\033]0;pwned\\007b\\rc\\033[31mred\\n'; exec s
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("services.toml"), &registry).unwrap();
-    let mut warden = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["run", "--log-format", "text"])
-        .current_dir(dir.path())
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(warden.stderr.take().unwrap());
+    /// Stops warden when the test ends, passed or not.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let mut warden = Running(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["run", "--log-format", "text"])
+            .current_dir(dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(warden.0.stderr.take().unwrap());
     let logged = loop {
         let mut line = Vec::new();
         assert!(
@@ -525,7 +537,7 @@ command = ["sh", "-c", "printf 'a\\033]0;pwned\\007b\\rc\\033[31mred\\n'; exec s
         "a pipe gets the bytes"
     );
     let _ = Command::new("kill")
-        .args(["-TERM", &warden.id().to_string()])
+        .args(["-TERM", &warden.0.id().to_string()])
         .status();
-    assert!(warden.wait().unwrap().success());
+    assert!(warden.0.wait().unwrap().success());
 }
