@@ -450,3 +450,59 @@ fn a_reload_takes_a_new_token_at_once_and_names_what_needs_a_restart() {
     assert_eq!(restart("old-token"), 401);
     assert_eq!(restart("new-token"), 200);
 }
+
+/// The client reads its token from a file (`--token-file`, or
+/// `WARDEN_API_TOKEN_FILE`), which `ps` does not show as it shows
+/// `--token`; an unreadable file is a usage error that names the file.
+#[test]
+fn the_client_takes_its_token_from_a_file() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, "token = \"s3cr3t-token\""));
+    wait_http(port, "/readyz", 200);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cr3t-token\n").unwrap();
+    let client = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env("WARDEN_URL", format!("http://127.0.0.1:{port}"))
+            .env_remove("WARDEN_API_TOKEN")
+            .env_remove("WARDEN_API_TOKEN_FILE")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = file.to_str().unwrap();
+    assert_eq!(
+        client(&["restart", "app", "--token-file", path], &[]).0,
+        Some(0),
+        "the token from the file (its newline trimmed)"
+    );
+    assert_eq!(
+        client(&["reload"], &[("WARDEN_API_TOKEN_FILE", path)]).0,
+        Some(0),
+        "the file named by WARDEN_API_TOKEN_FILE"
+    );
+    let missing = dir.path().join("missing");
+    let (code, err) = client(
+        &["restart", "app", "--token-file", missing.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    std::fs::write(&file, "wrong\n").unwrap();
+    let (code, err) = client(&["reload", "--token-file", path], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("wrong\n") && !err.contains("s3cr3t"), "{err}");
+    let (code, _) = client(
+        &["restart", "app", "--token-file", path, "--token", "x"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "--token and --token-file together");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

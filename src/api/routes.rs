@@ -93,12 +93,18 @@ fn method_not_allowed(allow: &'static str) -> Resp {
     r
 }
 
-/// Compares in time independent of where the inputs first differ.
+/// Compares two secrets in a time that tells nothing of either: their
+/// SHA-256 digests, always 32 bytes, are compared in full (comparing the
+/// secrets themselves returned early when their lengths differed, which
+/// told the token's length).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use ring::digest::{SHA256, digest};
+    let (a, b) = (digest(&SHA256, a), digest(&SHA256, b));
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// `None` when the request may mutate; else the refusal.
@@ -788,8 +794,11 @@ mod tests {
     #[test]
     fn constant_time_eq_compares_whole_strings() {
         assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"Secret", b"secret"));
         assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -18,9 +18,37 @@ pub struct ClientArgs {
     /// The API's URL.
     #[arg(long, env = "WARDEN_URL", default_value = "http://127.0.0.1:9464")]
     pub url: String,
-    /// Bearer token for changes.
+    /// Bearer token for changes (shown by `ps`: prefer --token-file).
     #[arg(long, env = "WARDEN_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "WARDEN_API_TOKEN_FILE",
+        conflicts_with = "token",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// Reads `--token-file` into the token, once, before any request. The
+    /// error names the file, never its content.
+    pub fn load_token_file(&mut self) -> Result<(), String> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        let text = std::fs::read(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let text = String::from_utf8(text)
+            .map_err(|_| format!("the token file {} is not UTF-8 text", path.display()))?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            return Err(format!("the token file {} is empty", path.display()));
+        }
+        self.token = Some(token.to_string());
+        Ok(())
+    }
 }
 
 /// A response: status code and body.

@@ -159,6 +159,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The client's arguments, for the commands that talk to a daemon.
+    fn client_mut(&mut self) -> Option<&mut client::ClientArgs> {
+        match self {
+            Command::Status { client, .. }
+            | Command::Logs { client, .. }
+            | Command::Health { client }
+            | Command::Start { client, .. }
+            | Command::Stop { client, .. }
+            | Command::Restart { client, .. }
+            | Command::Action { client, .. }
+            | Command::Reload { client } => Some(client),
+            Command::Run(_)
+            | Command::Check(_)
+            | Command::Graph(_)
+            | Command::Schema
+            | Command::Completions { .. }
+            | Command::Man { .. } => None,
+        }
+    }
+}
+
 /// Which registry to read.
 #[derive(Debug, Args, Clone)]
 pub struct RegistryArgs {
@@ -261,6 +283,13 @@ pub fn main_with(extra: Kinds) -> ExitCode {
             });
         }
     };
+    let mut cli = cli;
+    if let Some(client) = cli.command.client_mut()
+        && let Err(e) = client.load_token_file()
+    {
+        errln!("error: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
     ExitCode::from(match cli.command {
         Command::Run(a) => run::run(&a, kinds_for(&a.registry.config, &extra)),
         Command::Check(a) => check::check(&a, &kinds_for(&a.registry.config, &extra)),
