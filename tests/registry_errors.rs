@@ -40,7 +40,7 @@ comand = ["x"]
 "#,
         expected: &[
             "1:1 missing-key: services.a: missing required key `command`",
-            "3:1 unknown-key: services.a: unknown key `comand`; known: kind, description, enabled, critical, main, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, command, args, env, env_files, cwd, user, success_exit_codes [help: did you mean `command`?]",
+            "3:1 unknown-key: services.a: unknown key `comand`; known: kind, description, enabled, critical, main, oneshot, depends_on, on_dependency_restart, start_timeout, restart, stop, ready, health, singleton, schedule, command, args, env, env_files, inherit_env, cwd, user, success_exit_codes [help: did you mean `command`?]",
         ],
     },
     Case {

@@ -448,3 +448,87 @@ command = ["sh", "-c", "if cat <&7; then echo leaked; else echo closed; fi; exec
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Children do not see warden's own variables (`WARDEN_*`) nor those that
+/// filled a secret setting (the API token, a DSN's password), which a
+/// child running as another user could otherwise use against the API;
+/// `inherit_env` names exactly what a service inherits.
+#[test]
+fn children_do_not_inherit_wardens_secrets_unless_named() {
+    let mut w = Warden::start_with(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+token = "${API_KEY}"
+
+[services.db]
+kind = "external"
+ready = { tcp = "127.0.0.1:1" }
+enabled = false
+health = { postgres = "${DB_URL}" }
+
+[services.plain]
+kind = "process"
+command = ["sh", "-c", "env | sort | sed 's/^/env: /'; exec sleep 575757"]
+
+[services.named]
+kind = "process"
+command = ["/bin/sh", "-c", "env | sort | sed 's/^/env: /'; exec sleep 575758"]
+inherit_env = ["API_KEY", "PLAIN"]
+"#,
+        &[
+            ("WARDEN_API_TOKEN", "tok-from-env"),
+            ("API_KEY", "key-1234"),
+            ("DB_URL", "postgres://app:pw-5678@127.0.0.1:1/app"),
+            ("PLAIN", "plain-value"),
+        ],
+        None,
+    );
+    let env_of = |w: &mut Warden, service: &str| -> Vec<String> {
+        let s = service.to_string();
+        w.wait_log(&format!("{service}'s PLAIN or its end"), move |v| {
+            v["service"] == s.as_str()
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("env: "))
+                && v["message"].as_str().is_some_and(|m| m > "env: PLAIN")
+        });
+        w.dump()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+            .filter(|v| v["service"] == service && v["stream"] == "stdout")
+            .filter_map(|v| {
+                v["message"]
+                    .as_str()?
+                    .strip_prefix("env: ")
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let plain = env_of(&mut w, "plain");
+    assert!(
+        plain.contains(&"PLAIN=plain-value".to_string()),
+        "{plain:?}"
+    );
+    assert!(plain.iter().any(|l| l.starts_with("PATH=")), "{plain:?}");
+    for secret in ["WARDEN_", "API_KEY=", "DB_URL=", "WARDEN_LOG="] {
+        assert!(
+            !plain.iter().any(|l| l.starts_with(secret)),
+            "{secret} reached the child: {plain:?}"
+        );
+    }
+    let named = env_of(&mut w, "named");
+    assert!(named.contains(&"API_KEY=key-1234".to_string()), "{named:?}");
+    assert!(
+        named.contains(&"PLAIN=plain-value".to_string()),
+        "{named:?}"
+    );
+    assert!(
+        !named
+            .iter()
+            .any(|l| l.starts_with("PATH=") || l.starts_with("DB_URL=")),
+        "exactly what it names: {named:?}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

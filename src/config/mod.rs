@@ -22,7 +22,7 @@ pub mod source;
 pub mod types;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -112,6 +112,7 @@ pub fn load_text(
             diags: &mut diags,
             map: &mut map,
             nodes: &mut nodes,
+            secret_vars: BTreeSet::new(),
         }
         .run(root),
         Err(errors) => {
@@ -152,6 +153,8 @@ struct Loader<'a> {
     diags: &'a mut Diagnostics,
     map: &'a mut SourceMap,
     nodes: &'a mut HashMap<String, Node>,
+    /// The variables that filled a secret setting (see `Registry`).
+    secret_vars: BTreeSet<String>,
 }
 
 /// Where the profile in force was chosen.
@@ -218,6 +221,7 @@ impl Loader<'_> {
                 warden,
                 api,
                 services,
+                secret_vars: std::mem::take(&mut self.secret_vars),
             })
         };
         self.diags.extend(diags);
@@ -460,7 +464,13 @@ impl Loader<'_> {
                             .unwrap_or(true);
                         let path = format!("services.{name}");
                         let mut errs = Vec::new();
-                        walk_strings(&mut se.node, &PathSeg::Root(&path), &lookup, &mut errs);
+                        walk_strings(
+                            &mut se.node,
+                            &PathSeg::Root(&path),
+                            &lookup,
+                            &mut errs,
+                            &mut self.secret_vars,
+                        );
                         for (node_span, key, err) in errs {
                             if enabled || !matches!(err.kind, InterpErrorKind::Missing { .. }) {
                                 let d =
@@ -472,7 +482,13 @@ impl Loader<'_> {
                 }
             } else {
                 let mut errs = Vec::new();
-                walk_strings(&mut e.node, &PathSeg::Root(section), &lookup, &mut errs);
+                walk_strings(
+                    &mut e.node,
+                    &PathSeg::Root(section),
+                    &lookup,
+                    &mut errs,
+                    &mut self.secret_vars,
+                );
                 for (node_span, key, err) in errs {
                     let d = self.interp_diag(node_span, &key, err);
                     self.diags.push(d);
@@ -600,6 +616,15 @@ enum PathSeg<'a> {
 }
 
 impl PathSeg<'_> {
+    /// Whether the nearest key names a secret (`token`, `password`, ...).
+    fn names_secret(&self) -> bool {
+        match self {
+            PathSeg::Root(r) => secret::is_secret_key(r.rsplit('.').next().unwrap_or(r)),
+            PathSeg::Key(_, k) => secret::is_secret_key(k),
+            PathSeg::Index(p, _) => p.names_secret(),
+        }
+    }
+
     fn render(&self) -> String {
         match self {
             PathSeg::Root(r) => r.to_string(),
@@ -614,14 +639,27 @@ fn walk_strings(
     path: &PathSeg<'_>,
     lookup: &dyn Fn(&str) -> Option<String>,
     errs: &mut Vec<(Span, String, InterpError)>,
+    secret_vars: &mut BTreeSet<String>,
 ) {
     match &mut node.value {
         Value::String(s) => {
             if !s.contains('$') {
                 return;
             }
-            match interp::interpolate(s, lookup) {
-                Ok(v) => *s = v,
+            // The variables this string reads: secret ones when the key
+            // names a secret or the value holds one (a DSN's password).
+            let read = std::cell::RefCell::new(Vec::new());
+            let recording = |name: &str| {
+                read.borrow_mut().push(name.to_string());
+                lookup(name)
+            };
+            match interp::interpolate(s, &recording) {
+                Ok(v) => {
+                    if path.names_secret() || secret::redact_dsn(&v) != v {
+                        secret_vars.extend(read.into_inner());
+                    }
+                    *s = v;
+                }
                 Err(es) => {
                     let rendered = path.render();
                     errs.extend(es.into_iter().map(|e| (node.span, rendered.clone(), e)));
@@ -631,12 +669,18 @@ fn walk_strings(
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                walk_strings(item, &PathSeg::Index(path, i), lookup, errs);
+                walk_strings(item, &PathSeg::Index(path, i), lookup, errs, secret_vars);
             }
         }
         Value::Table(t) => {
             for (k, e) in t.iter_mut() {
-                walk_strings(&mut e.node, &PathSeg::Key(path, k), lookup, errs);
+                walk_strings(
+                    &mut e.node,
+                    &PathSeg::Key(path, k),
+                    lookup,
+                    errs,
+                    secret_vars,
+                );
             }
         }
         _ => {}

@@ -637,6 +637,10 @@ pub struct Registry {
     /// Services in the order they were written (the API service first when
     /// enabled).
     pub services: IndexMap<String, ServiceSpec>,
+    /// The environment variables that filled a secret setting: one whose
+    /// key names a secret (`token`, `password`, ...) or whose value holds
+    /// one (a DSN's password). Children do not inherit them.
+    pub secret_vars: std::collections::BTreeSet<String>,
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ fn is_key_byte(b: u8) -> bool {
 /// Whether a key names a secret: `password`, `sslpassword`, `PGPASSWORD`,
 /// `passwd`, `pass` (Redis over a Unix socket), `token`, `api.token`,
 /// `secret`, `client_secret`...
-fn is_secret_key(key: &str) -> bool {
+pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     ["password", "passwd", "token", "secret"]
         .iter()

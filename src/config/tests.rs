@@ -332,3 +332,54 @@ fn a_later_registration_of_a_name_replaces_the_earlier_one() {
     assert_eq!(worker.keys(), &["postgres", "batch", "limit"]);
     assert_eq!(worker.name(), "worker");
 }
+
+/// The variables that filled a secret setting, which children do not
+/// inherit: those read by a key that names a secret, and those whose value
+/// ends up holding one (a DSN's password), not the others.
+#[test]
+fn the_variables_behind_secrets_are_known() {
+    struct Env;
+    impl Sources for Env {
+        fn read(&self, path: &std::path::Path) -> std::io::Result<String> {
+            crate::config::NoSources.read(path)
+        }
+        fn var(&self, name: &str) -> Option<String> {
+            Some(match name {
+                "KEY" => "k-123".into(),
+                "DB_URL" => "postgres://app:pw@db/app".into(),
+                "DB_PASS" => "pw".into(),
+                "HOST" => "db".into(),
+                "PLAIN_DB" => "postgres://app@db/app".into(),
+                _ => return None,
+            })
+        }
+    }
+    let opts = LoadOptions {
+        path: PathBuf::from("services.toml"),
+        profile: None,
+        kinds: Arc::new(table()),
+    };
+    let loaded = load_text(
+        &opts,
+        r#"
+[api]
+token = "${KEY}"
+[services.a]
+kind = "worker"
+postgres = "${DB_URL}"
+[services.b]
+kind = "worker"
+postgres = "postgres://app:${DB_PASS}@${HOST}/app"
+[services.c]
+kind = "worker"
+postgres = "${PLAIN_DB}"
+"#
+        .to_string(),
+        &Env,
+        Default::default(),
+    );
+    let registry = loaded.registry.expect("valid");
+    let vars: Vec<&str> = registry.secret_vars.iter().map(String::as_str).collect();
+    // HOST sits in a string that holds a password: it goes with it.
+    assert_eq!(vars, ["DB_PASS", "DB_URL", "HOST", "KEY"]);
+}

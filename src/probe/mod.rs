@@ -198,6 +198,8 @@ pub async fn exec(argv: &[String]) -> Result<(), String> {
     let reaper =
         crate::sys::reaper::Reaper::get().map_err(|e| format!("cannot watch children: {e}"))?;
     let mut cmd = std::process::Command::new(&argv[0]);
+    // A check is a child like any other: no warden or secret variables.
+    crate::sys::env::scrub(&mut cmd, None);
     cmd.args(&argv[1..])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -617,6 +617,7 @@ impl Supervisor {
     /// Prepares (without starting anything) the services of `graph`, which
     /// was checked against `registry`.
     pub fn new(registry: &Registry, graph: Graph, kinds: Kinds) -> Supervisor {
+        crate::sys::env::withhold(&registry.secret_vars);
         let mut units = IndexMap::new();
         let mut tally = Tally::default();
         let mut outside = std::collections::HashSet::new();

@@ -45,6 +45,8 @@ impl Supervisor {
             return Err(ControlError::shutting_down());
         }
         let mut summary = ReloadSummary::default();
+        // Children started from now on withhold the new registry's secrets.
+        crate::sys::env::withhold(&registry.secret_vars);
         let log_lines = registry.warden.log_lines.0 as usize;
         self.shutdown_timeout = registry.warden.shutdown_timeout;
         // Gone from the registry, or (under --only) now another instance's:

@@ -1,7 +1,8 @@
 //! Process plumbing below both the probes and the process kind: the one
 //! reaper of child processes, the guard that kills a process group, and
-//! the descriptors warden inherited.
+//! what children inherit of warden (descriptors, environment).
 
+pub mod env;
 pub mod fds;
 pub mod reaper;
 

@@ -82,19 +82,12 @@ impl ProcessService {
         }
     }
 
-    fn command(
-        &self,
-        extra_env: &HashMap<String, String>,
-    ) -> Result<std::process::Command, ServiceError> {
+    /// The child's environment, for the service and its stop command
+    /// alike: what it inherits of warden's (`inherit_env`, else all but
+    /// warden's own and secret variables), its env files, then `env`.
+    fn environment(&self, cmd: &mut std::process::Command) -> Result<(), ServiceError> {
         let p = self.process();
-        let argv: Vec<&String> = p.command.0.iter().chain(p.args.iter()).collect();
-        let mut cmd = std::process::Command::new(argv[0]);
-        cmd.args(&argv[1..]);
-        let cwd = match &p.cwd {
-            Some(c) => self.base_dir.join(c),
-            None => self.base_dir.clone(),
-        };
-        cmd.current_dir(&cwd);
+        crate::sys::env::scrub(cmd, p.inherit_env.as_deref());
         for file in &p.env_files {
             let path = self.base_dir.join(file);
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -111,17 +104,24 @@ impl ProcessService {
             }
             cmd.envs(vars);
         }
-        // warden's own systemd channel is not the child's.
-        for var in [
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-            "WATCHDOG_PID",
-            "LISTEN_FDS",
-            "LISTEN_PID",
-        ] {
-            cmd.env_remove(var);
-        }
         cmd.envs(p.env.iter().map(|(k, v)| (k, &v.0)));
+        Ok(())
+    }
+
+    fn command(
+        &self,
+        extra_env: &HashMap<String, String>,
+    ) -> Result<std::process::Command, ServiceError> {
+        let p = self.process();
+        let argv: Vec<&String> = p.command.0.iter().chain(p.args.iter()).collect();
+        let mut cmd = std::process::Command::new(argv[0]);
+        cmd.args(&argv[1..]);
+        let cwd = match &p.cwd {
+            Some(c) => self.base_dir.join(c),
+            None => self.base_dir.clone(),
+        };
+        cmd.current_dir(&cwd);
+        self.environment(&mut cmd)?;
         cmd.envs(extra_env);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -368,12 +368,11 @@ impl ProcessService {
         if let Some(dir) = cmd.get_current_dir() {
             stop.current_dir(dir);
         }
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => stop.env(k, v),
-                None => stop.env_remove(k),
-            };
+        if let Err(e) = self.environment(&mut stop) {
+            tracing::warn!(service = %ctx.name(), error = %e, "cannot run the stop command");
+            return false;
         }
+        stop.envs(extra_env);
         stop.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

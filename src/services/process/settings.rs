@@ -105,6 +105,10 @@ config_table! {
         pub env: IndexMap<String, EnvValue>,
         /// `.env` files read for the child at each start.
         pub env_files: Vec<String>,
+        /// The variables of warden's environment the child inherits, exactly
+        /// (`PATH` too, if it needs it). Unset: all of them but warden's own
+        /// (`WARDEN_*`) and those that filled a secret setting.
+        pub inherit_env: Option<Vec<String>>,
         /// Working directory (relative to the registry's directory).
         pub cwd: Option<String>,
         /// User to run as (name or uid) when warden runs as root.
