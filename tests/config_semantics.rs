@@ -182,9 +182,12 @@ fn a_missing_env_file_and_a_bad_line_are_reported_where_they_are() {
     let d = diagnostics(&checked);
     assert_eq!(
         d,
-        vec!["2:1 env-file: ./.env: expected KEY=value, found \"this is not a pair\""]
+        vec![
+            "3:14 env-file: warden.env_files: ./.env:2: expected KEY=value (the line is not shown: an env file may hold secrets)"
+        ]
     );
-    // The caret points into the env file itself.
+    // The caret points at the file's name in the registry, and nothing of
+    // the env file's text is shown.
     let rendered = checked
         .loaded
         .diagnostics
@@ -192,7 +195,8 @@ fn a_missing_env_file_and_a_bad_line_are_reported_where_they_are() {
         .next()
         .unwrap()
         .render(&checked.loaded.sources);
-    assert!(rendered.contains("--> ./.env:2:1"), "{rendered}");
+    assert!(rendered.contains("--> services.toml:3:14"), "{rendered}");
+    assert!(!rendered.contains("this is not a pair"), "{rendered}");
 }
 
 #[test]
@@ -385,4 +389,48 @@ fn an_empty_registry_is_valid_and_runs_only_the_api() {
     );
     let checked = load(&MemSources::new("[api]\nenabled = false\n"), None);
     assert!(checked.graph.as_ref().unwrap().is_empty());
+}
+
+/// A value read from a `*_file` is never quoted in a diagnostic (it
+/// showed `"Hunter2-…" is not a PostgreSQL connection string`, and a
+/// file such as /etc/shadow whole): the error names the file and what it
+/// should hold, not what it holds.
+#[test]
+fn a_bad_secret_file_is_named_never_quoted() {
+    let text = r#"
+[services.relay]
+kind = "outbox-relay"
+postgres_file = "secrets/db"
+redis_file = "secrets/cache"
+"#;
+    let sources = MemSources::new(text)
+        .file("secrets/db", "Hunter2-only-a-password\n")
+        .file("secrets/cache", "root:*:20228:0:99999:7:::\nbin:*:20228\n");
+    let checked = load(&sources, None);
+    let all = diagnostics(&checked);
+    assert_eq!(all.len(), 2, "{all:?}");
+    for secret in ["Hunter2", "root:*", "20228"] {
+        assert!(
+            !all.iter().any(|d| d.contains(secret)),
+            "{secret} shown: {all:?}"
+        );
+    }
+    let rendered: String = checked
+        .loaded
+        .diagnostics
+        .iter()
+        .map(|d| d.render(&checked.loaded.sources))
+        .collect();
+    assert!(
+        !rendered.contains("Hunter2") && !rendered.contains("root:*"),
+        "{rendered}"
+    );
+    assert!(
+        all[0].contains("services.relay.postgres_file: the content of ./secrets/db is not a PostgreSQL connection string"),
+        "{all:?}"
+    );
+    assert!(
+        all[1].contains("the content of ./secrets/cache is not"),
+        "{all:?}"
+    );
 }

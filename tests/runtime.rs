@@ -532,3 +532,36 @@ inherit_env = ["API_KEY", "PLAIN"]
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A service's env file that is not one (here shaped like /etc/shadow) is
+/// reported by its line, never quoted: `last_error` is served by the API
+/// and the event stream.
+#[test]
+fn a_bad_env_file_line_is_never_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.env");
+    std::fs::write(&file, "OK=1\nroot:*:20228:0:99999:7:::\n").unwrap();
+    let registry = format!(
+        r#"
+[api]
+enabled = false
+[services.app]
+kind = "process"
+command = ["sleep", "585858"]
+env_files = ["{}"]
+restart = {{ policy = "never" }}
+"#,
+        file.display()
+    );
+    let mut w = Warden::start(&registry);
+    let failed = w.wait_event("app", "failed");
+    let error = failed["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("app.env:2: expected KEY=value"), "{error}");
+    assert!(
+        !w.dump().contains("root:*"),
+        "the line was shown:\n{}",
+        w.dump()
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -107,6 +107,9 @@ pub trait Decode: Sized {
     }
     /// Whether `KEY_file = "path"` may stand in for `KEY` (secrets).
     const FILE_VARIANT: bool = false;
+    /// What a `KEY_file` must hold, for the error that says it does not
+    /// (without quoting what it holds).
+    const EXPECTED: &'static str = "a valid value";
 }
 
 /// Reads the keys of one table, remembering which were asked for so that
@@ -186,7 +189,23 @@ impl<'n> TableReader<'n> {
                                 ),
                                 span: f.node.span,
                             };
-                            T::decode(&node, cx)
+                            // What a secret file holds is never quoted: its
+                            // diagnostics give way to one that names the file.
+                            let before = cx.diags.len();
+                            let value = T::decode(&node, cx);
+                            if let Some(code) = cx.diags.code_at(before) {
+                                cx.diags.truncate(before);
+                                cx.error(
+                                    code,
+                                    f.node.span,
+                                    format!(
+                                        "the content of {} is not {} (not shown: it is a secret)",
+                                        full.display(),
+                                        T::EXPECTED
+                                    ),
+                                );
+                            }
+                            value
                         }
                         Err(e) => {
                             cx.error(

@@ -214,6 +214,16 @@ impl Diagnostics {
         self.items.len()
     }
 
+    /// The code of the diagnostic recorded at `index`, if any.
+    pub fn code_at(&self, index: usize) -> Option<&'static str> {
+        self.items.get(index).map(|d| d.code)
+    }
+
+    /// Forgets the diagnostics recorded from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.items.truncate(len);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

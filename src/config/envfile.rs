@@ -24,7 +24,8 @@ pub fn parse(text: &str) -> (Vec<(String, String)>, Vec<EnvFileError>) {
         let Some((key, value)) = line.split_once('=') else {
             errors.push(EnvFileError {
                 line: n + 1,
-                message: format!("expected KEY=value, found {:?}", line),
+                message: "expected KEY=value (the line is not shown: an env file may hold secrets)"
+                    .to_string(),
             });
             continue;
         };
@@ -35,7 +36,8 @@ pub fn parse(text: &str) -> (Vec<(String, String)>, Vec<EnvFileError>) {
         if !valid {
             errors.push(EnvFileError {
                 line: n + 1,
-                message: format!("{key:?} is not a variable name (letters, digits and _)"),
+                message: "the name before `=` is not a variable name (letters, digits and _)"
+                    .to_string(),
             });
             continue;
         }

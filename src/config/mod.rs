@@ -414,23 +414,24 @@ impl Loader<'_> {
             let full = self.base_dir().join(path);
             match self.sources.read(&full) {
                 Ok(text) => {
-                    let id = self.map.add(full.clone(), text.clone());
                     let (vars, errors) = envfile::parse(&text);
                     env.extend(vars);
+                    // The file's line and what is wrong with it, never its
+                    // text: an env file holds secrets (and a path may name
+                    // any file). The caret goes under the file's name.
                     for e in errors {
-                        // Lines end with "\n" (or "\r\n": the span then covers the "\r").
-                        let start: usize = text
-                            .split_inclusive('\n')
-                            .take(e.line - 1)
-                            .map(str::len)
-                            .sum();
-                        let len = text.lines().nth(e.line - 1).map(str::len).unwrap_or(0);
                         self.diags.push(
                             Diagnostic::error(
                                 "env-file",
-                                format!("{}: {}", full.display(), e.message),
+                                format!(
+                                    "warden.env_files: {}:{}: {}",
+                                    full.display(),
+                                    e.line,
+                                    e.message
+                                ),
                             )
-                            .at(Span::new(id, start..start + len)),
+                            .at(item.span)
+                            .key("warden.env_files"),
                         );
                     }
                 }

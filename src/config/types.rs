@@ -289,6 +289,7 @@ impl Decode for PostgresDsn {
         Json::String(self.0.redacted())
     }
     const FILE_VARIANT: bool = true;
+    const EXPECTED: &'static str = "a PostgreSQL connection string";
 }
 
 /// What the driver's parser says is wrong with a DSN (its own words,
@@ -354,6 +355,7 @@ impl Decode for RedisDsn {
         Json::String(self.0.redacted())
     }
     const FILE_VARIANT: bool = true;
+    const EXPECTED: &'static str = "a Redis URL";
 }
 
 /// A file of PEM certificates: a CA trusted in addition to the system's
@@ -500,6 +502,7 @@ impl Decode for Secret {
         })
     }
     const FILE_VARIANT: bool = true;
+    const EXPECTED: &'static str = "the secret (text)";
 }
 
 /// An address to listen on: `IP:PORT`.
