@@ -506,3 +506,131 @@ fn the_client_takes_its_token_from_a_file() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A web page in the operator's browser cannot drive the API, token or
+/// not: a foreign `Origin` or `Sec-Fetch-Site`, a body that is not
+/// `application/json` (a form, a no-cors fetch with text/plain), and a
+/// `Host` that is not loopback nor allowed (DNS rebinding) are refused; the
+/// console may not be framed. The API's own clients and the console's
+/// same-origin requests go through.
+#[test]
+fn cross_site_requests_and_foreign_hosts_are_refused() {
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, "allowed_hosts = [\"warden.internal\"]"));
+    wait_http(port, "/readyz", 200);
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        http(port, "POST", "/v1/services/app/restart", headers, body).0
+    };
+    let own = format!("http://127.0.0.1:{port}");
+    let host = format!("127.0.0.1:{port}");
+    // Refused: another origin, a cross-site or same-site fetch, a form.
+    for (what, headers, body) in [
+        (
+            "foreign Origin",
+            vec![("Origin", "http://evil.example")],
+            &b""[..],
+        ),
+        ("Origin null", vec![("Origin", "null")], b""),
+        (
+            "another port of this host",
+            vec![("Origin", "http://127.0.0.1:1")],
+            b"",
+        ),
+        (
+            "Sec-Fetch-Site: cross-site",
+            vec![("Sec-Fetch-Site", "cross-site")],
+            b"",
+        ),
+        (
+            "Sec-Fetch-Site: same-site",
+            vec![("Sec-Fetch-Site", "same-site")],
+            b"",
+        ),
+        (
+            "text/plain body",
+            vec![("Content-Type", "text/plain")],
+            b"{}",
+        ),
+        (
+            "form",
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            b"a=b",
+        ),
+        (
+            "empty form",
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            b"",
+        ),
+    ] {
+        let mut h = headers.clone();
+        h.push(("Host", &host));
+        let status = post(&h, body);
+        assert!(
+            status == 403 || status == 415,
+            "{what}: {status}, not refused"
+        );
+    }
+    // Allowed: the CLI (no Origin), the console (same origin), JSON bodies.
+    assert_eq!(post(&[("Host", &host)], b""), 200, "the CLI");
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/reload",
+            &[
+                ("Host", &host),
+                ("Origin", &own),
+                ("Sec-Fetch-Site", "same-origin")
+            ],
+            b""
+        )
+        .0,
+        200,
+        "the console"
+    );
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/reload",
+            &[
+                ("Host", &host),
+                ("Content-Type", "application/json; charset=utf-8")
+            ],
+            b"{}"
+        )
+        .0,
+        200,
+        "JSON"
+    );
+    // Hosts: loopback names, IP literals, the allowed ones; not others.
+    for (h, want) in [
+        ("localhost:1234", 200),
+        ("app.localhost", 200),
+        ("[::1]:9464", 200),
+        ("10.1.2.3:9464", 200),
+        ("warden.internal:9464", 200),
+        ("WARDEN.INTERNAL", 200),
+        ("rebind.attacker.example", 421),
+        ("warden.internal.attacker.example", 421),
+    ] {
+        assert_eq!(
+            http(port, "GET", "/v1/services", &[("Host", h)], b"").0,
+            want,
+            "GET with Host {h}"
+        );
+    }
+    assert_eq!(
+        post(&[("Host", "rebind.attacker.example")], b""),
+        421,
+        "POST with a foreign Host"
+    );
+    let (_, head, _) = http(port, "GET", "/", &[], b"");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy: frame-ancestors 'none'"),
+        "{head}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -107,8 +107,113 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
+/// The host of a `Host` header (or an origin's authority), without its
+/// port, lowercased, without a trailing dot.
+fn host_name(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if let Some(rest) = a.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        a.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(a, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether the API answers to a request for `host` (the `Host` header): a
+/// loopback name, an IP address (no name to rebind), or a name the registry
+/// allows. A page that made its own name point at 127.0.0.1 (DNS rebinding)
+/// sends its own name, and is refused.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || allowed
+            .iter()
+            .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+/// `None` when the request's `Host` is one the API answers to; else 421.
+fn refuse_host(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
+    // HTTP/1.1 requires Host; a request without one is no browser's.
+    let host = req.headers().get(header::HOST)?;
+    let text = host.to_str().unwrap_or("");
+    if host_allowed(text, &state.spec().allowed_hosts) {
+        return None;
+    }
+    Some(error(
+        StatusCode::MISDIRECTED_REQUEST,
+        "this API does not answer to that Host; add the name to [api] allowed_hosts",
+    ))
+}
+
+/// `None` when nothing says the request comes from a page of another site;
+/// else 403. Browsers send `Origin` with every cross-origin request (and
+/// `Sec-Fetch-Site`): a page elsewhere, a sandboxed frame (`null`), or
+/// another port of this host is not the console.
+fn refuse_cross_site(req: &Request<Incoming>) -> Option<Resp> {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site")
+        && matches!(site.as_bytes(), b"cross-site" | b"same-site")
+    {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "a request from another site may not change anything",
+        ));
+    }
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
+    let same = origin
+        .split_once("://")
+        .zip(headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .is_some_and(|((scheme, authority), host)| {
+            let default = if scheme == "https" { ":443" } else { ":80" };
+            let strip = |a: &str| a.strip_suffix(default).unwrap_or(a).to_ascii_lowercase();
+            strip(authority) == strip(host)
+        });
+    (!same).then(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            "a request from another origin may not change anything",
+        )
+    })
+}
+
+/// `None` when the request's body, if any, is JSON: a form or a no-cors
+/// fetch (`text/plain`) needs no preflight, `application/json` does, and
+/// warden answers no preflight.
+fn refuse_content_type(req: &Request<Incoming>) -> Option<Resp> {
+    let headers = req.headers();
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let json = match headers.get(header::CONTENT_TYPE) {
+        Some(ct) => ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json"),
+        None => !has_body,
+    };
+    (!json).then(|| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send bodies as JSON, with Content-Type: application/json",
+        )
+    })
+}
+
 /// `None` when the request may mutate; else the refusal.
 fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
+    if let Some(r) = refuse_cross_site(req).or_else(|| refuse_content_type(req)) {
+        return Some(r);
+    }
     let spec = state.spec();
     match spec.token() {
         Some(token) => {
@@ -397,6 +502,9 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
     let Some(handle) = state.handle.get().cloned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "warden is starting");
     };
+    if let Some(r) = refuse_host(state, &req) {
+        return r;
+    }
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -412,9 +520,19 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                 "text/html; charset=utf-8",
                 CONSOLE.to_string(),
             );
-            r.headers_mut().insert(
+            let h = r.headers_mut();
+            h.insert(
                 header::CACHE_CONTROL,
                 header::HeaderValue::from_static("no-cache"),
+            );
+            // No page of another site may frame the console (clickjacking).
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static("frame-ancestors 'none'"),
+            );
+            h.insert(
+                header::X_FRAME_OPTIONS,
+                header::HeaderValue::from_static("DENY"),
             );
             r
         }
@@ -789,6 +907,37 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(body.collect()).unwrap().to_bytes()
+    }
+
+    #[test]
+    fn hosts_are_loopback_names_ip_addresses_or_allowed() {
+        let allowed = ["warden.internal".to_string()];
+        for ok in [
+            "localhost",
+            "LOCALHOST:9464",
+            "app.localhost.",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "[fe80::1]",
+            "10.0.0.5",
+            "warden.internal:80",
+            "Warden.Internal.",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "rebind.attacker.example",
+            "localhost.attacker.example",
+            "warden.internal.evil",
+            "evilwarden.internal",
+            "",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+        assert_eq!(host_name("[::1]:9464"), "::1");
+        assert_eq!(host_name("Example.COM.:8080"), "example.com");
+        assert_eq!(host_name("example.com:x"), "example.com:x");
     }
 
     #[test]

@@ -62,6 +62,11 @@ config_table! {
         pub max_body: Count = Count(1 << 20),
         /// Most connections served at once.
         pub max_connections: Count = Count(256),
+        /// Host names the API answers to besides loopback names
+        /// (`localhost`, `*.localhost`) and IP addresses: the names clients
+        /// reach it by (`warden.internal`). Any other `Host` is refused
+        /// (DNS rebinding).
+        pub allowed_hosts: Vec<String>,
     }
 }
 

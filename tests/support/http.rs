@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-/// One HTTP/1.1 request; returns (status, headers, body).
+/// One HTTP/1.1 request (`Host: 127.0.0.1` and, with a body, `Content-Type:
+/// application/json` unless `headers` give their own); answers the status,
+/// the head and the body.
 pub fn http(
     port: u16,
     method: &str,
@@ -21,10 +23,18 @@ pub fn http(
 ) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // A JSON client's defaults, unless the test says otherwise.
+    if !has("Host") {
+        req.push_str("Host: 127.0.0.1\r\n");
+    }
+    if !body.is_empty() && !has("Content-Type") {
+        req.push_str("Content-Type: application/json\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
