@@ -565,3 +565,66 @@ restart = {{ policy = "never" }}
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A service's env files are read with its user's rights: a symbolic link
+/// (which the user, owning the folder, could point at another service's
+/// secrets) and a file its user may not read are refused, and nothing of
+/// them reaches the child.
+#[test]
+fn env_files_are_read_with_the_service_users_rights() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    assert!(
+        root,
+        "this test runs warden as root (user =): run it as root, as CI does"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(dir.path(), 0o755);
+    let secret = dir.path().join("other-service.env");
+    std::fs::write(&secret, "DB_PASSWORD=other-services-secret\n").unwrap();
+    mode(&secret, 0o600);
+    std::os::unix::fs::symlink(&secret, dir.path().join("linked.env")).unwrap();
+    let open = dir.path().join("open.env");
+    std::fs::write(&open, "GREETING=hello\n").unwrap();
+    mode(&open, 0o644);
+    let registry = |file: &str| {
+        format!(
+            r#"
+[api]
+enabled = false
+[services.app]
+kind = "process"
+command = ["sh", "-c", "echo got=$${{DB_PASSWORD:-}}$${{GREETING:-}}; exec sleep 595950"]
+user = "nobody"
+env_files = ["{}"]
+restart = {{ policy = "never" }}
+"#,
+            dir.path().join(file).display()
+        )
+    };
+    for (file, why) in [
+        ("linked.env", "is a symbolic link"),
+        ("other-service.env", "user nobody may not read it"),
+    ] {
+        let mut w = Warden::start(&registry(file));
+        let failed = w.wait_event("app", "failed");
+        let error = failed["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(why), "{file}: {error}");
+        assert!(!w.dump().contains("other-services-secret"), "{}", w.dump());
+        w.signal("TERM");
+        assert_eq!(w.exit_code(), 0);
+    }
+    let mut w = Warden::start(&registry("open.env"));
+    let line = w.wait_log("the child's line", |v| {
+        v["service"] == "app" && v["stream"] == "stdout"
+    });
+    assert_eq!(line["message"], "got=hello");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -88,11 +88,13 @@ impl ProcessService {
     fn environment(&self, cmd: &mut std::process::Command) -> Result<(), ServiceError> {
         let p = self.process();
         crate::sys::env::scrub(cmd, p.inherit_env.as_deref());
+        let user = match &p.user {
+            Some(u) if !p.env_files.is_empty() => Some(lookup_user(u)?),
+            _ => None,
+        };
         for file in &p.env_files {
             let path = self.base_dir.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ServiceError(format!("cannot read env file {}: {e}", path.display()))
-            })?;
+            let text = read_env_file(&path, user.as_ref())?;
             let (vars, errors) = crate::config::envfile::parse(&text);
             if let Some(e) = errors.first() {
                 return Err(ServiceError(format!(
@@ -133,6 +135,58 @@ impl ProcessService {
         }
         Ok(cmd)
     }
+}
+
+/// Reads a service's env file with its user's rights, when it has one:
+/// warden (root) could read any file, and the user may own the folder, so
+/// a symbolic link (which the user could point at another service's
+/// secrets) is refused, and so is a file the user itself may not read.
+fn read_env_file(path: &Path, user: Option<&nix::unistd::User>) -> Result<String, ServiceError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let failed = |why: String| ServiceError(format!("env file {}: {why}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if user.is_some() {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            failed("is a symbolic link; a service with user = gets a plain file only".into())
+        } else {
+            failed(format!("cannot read it: {e}"))
+        }
+    })?;
+    if let Some(u) = user {
+        let meta = file
+            .metadata()
+            .map_err(|e| failed(format!("cannot read it: {e}")))?;
+        let groups = nix::unistd::getgrouplist(
+            &std::ffi::CString::new(u.name.as_str()).unwrap_or_default(),
+            u.gid,
+        )
+        .unwrap_or_else(|_| vec![u.gid]);
+        let mode = meta.mode();
+        let readable = if meta.uid() == u.uid.as_raw() {
+            mode & 0o400 != 0
+        } else if groups.iter().any(|g| g.as_raw() == meta.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        };
+        if !readable || !meta.is_file() {
+            return Err(failed(format!(
+                "user {} may not read it (owner uid {}, mode {:o})",
+                u.name,
+                meta.uid(),
+                mode & 0o7777
+            )));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| failed(format!("cannot read it: {e}")))?;
+    Ok(text)
 }
 
 /// The account `user` (a name or a uid) names; warden must be root to
