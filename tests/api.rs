@@ -634,3 +634,46 @@ fn cross_site_requests_and_foreign_hosts_are_refused() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A body announced and sent a byte at a time no longer holds its
+/// connection for ever: past `[api] body_timeout` the request gets 408.
+#[test]
+fn a_body_that_trickles_in_times_out() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, "body_timeout = \"1s\""));
+    wait_http(port, "/readyz", 200);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "POST /v1/services/janitor/actions/replay-failed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{{"
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    // A byte every 200 ms: the 60 bytes would take 12 s.
+    let trickle = std::thread::spawn({
+        let mut s = s.try_clone().unwrap();
+        move || {
+            for _ in 0..100 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    drop(s);
+    let _ = trickle.join();
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -242,8 +242,21 @@ fn refuse_mutation(state: &ApiState, req: &Request<Incoming>) -> Option<Resp> {
 
 /// Reads a JSON body of at most `max_body` bytes (an empty body is `{}`).
 async fn json_body(state: &ApiState, req: Request<Incoming>) -> Result<Json, Resp> {
-    let limit = state.spec().max_body.0 as usize;
-    let bytes = match Limited::new(req.into_body(), limit).collect().await {
+    let (limit, within) = {
+        let spec = state.spec();
+        (spec.max_body.0 as usize, spec.body_timeout)
+    };
+    let read = tokio::time::timeout(within, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} (body_timeout)",
+                humantime::format_duration(within)
+            ),
+        ));
+    };
+    let bytes = match read {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(error(

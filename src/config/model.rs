@@ -62,6 +62,10 @@ config_table! {
         pub max_body: Count = Count(1 << 20),
         /// Most connections served at once.
         pub max_connections: Count = Count(256),
+        /// How long a client may take to send a request's body (after
+        /// its headers): a body sent a byte at a time would hold a
+        /// connection for ever.
+        pub body_timeout: Duration = secs(10),
         /// Host names the API answers to besides loopback names
         /// (`localhost`, `*.localhost`) and IP addresses: the names clients
         /// reach it by (`warden.internal`). Any other `Host` is refused
