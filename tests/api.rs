@@ -677,3 +677,57 @@ fn a_body_that_trickles_in_times_out() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Long-lived streams have a cap of their own (`max_streams`), and when
+/// every connection is taken, `/livez` and `/readyz` still answer (a
+/// container's health check must not fail because of open streams).
+#[test]
+fn streams_have_a_cap_and_probes_keep_room() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, "max_connections = 4\nmax_streams = 2"));
+    wait_http(port, "/readyz", 200);
+    let open_stream = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(s, "GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).unwrap();
+        (s, String::from_utf8_lossy(&first).into_owned())
+    };
+    let (a, status_a) = open_stream();
+    let (b, status_b) = open_stream();
+    assert_eq!(
+        (status_a.as_str(), status_b.as_str()),
+        ("HTTP/1.1 200", "HTTP/1.1 200")
+    );
+    let (_c, status_c) = open_stream();
+    assert_eq!(
+        status_c, "HTTP/1.1 503",
+        "a third stream is over max_streams"
+    );
+    // Two idle connections: with the two streams, every connection is taken.
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        http(port, "GET", "/readyz", &[], b"").0,
+        200,
+        "readyz keeps room"
+    );
+    assert_eq!(
+        http(port, "GET", "/livez", &[], b"").0,
+        200,
+        "livez keeps room"
+    );
+    assert_eq!(
+        http(port, "GET", "/v1/services", &[], b"").0,
+        503,
+        "other routes wait for a connection of their own"
+    );
+    drop((a, b, idle));
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

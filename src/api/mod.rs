@@ -56,6 +56,9 @@ pub struct ApiState {
     /// more than the routes file it starts from, which stays in the
     /// binary).
     pub kinds: Arc<KindTable>,
+    /// One permit per open long-lived stream (`max_streams`, sized when
+    /// warden starts).
+    pub streams: Arc<Semaphore>,
 }
 
 impl ApiState {
@@ -122,6 +125,9 @@ impl ApiState {
         if new.max_connections != spec.max_connections {
             later.push("api.max_connections".to_string());
         }
+        if new.max_streams != spec.max_streams {
+            later.push("api.max_streams".to_string());
+        }
         if new.enabled != spec.enabled {
             later.push("api.enabled".to_string());
         }
@@ -133,6 +139,7 @@ impl ApiState {
         *spec = ApiSpec {
             listen: spec.listen,
             max_connections: spec.max_connections,
+            max_streams: spec.max_streams,
             enabled: spec.enabled,
             ..new
         };
@@ -195,6 +202,11 @@ fn release_memory() {
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections accepted past `max_connections` to answer `/livez` and
+/// `/readyz` only: a container's health check and Kubernetes' probes go
+/// through when streams and slow clients hold every other connection.
+const PROBE_RESERVE: usize = 8;
+
 impl Service for Api {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
         Box::pin(async move {
@@ -206,15 +218,9 @@ impl Service for Api {
             ctx.details().set("listen", addr.to_string());
             ctx.ready();
             let limit = Arc::new(Semaphore::new(self.state.spec().max_connections.0 as usize));
+            let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
             let shared = Arc::new(self.state);
             loop {
-                let permit = tokio::select! {
-                    p = limit.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return Ok(()),
-                    },
-                    _ = ctx.cancelled() => return Ok(()),
-                };
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(s) => s,
@@ -225,6 +231,15 @@ impl Service for Api {
                     },
                     _ = ctx.cancelled() => return Ok(()),
                 };
+                // Past max_connections, the reserve serves the probes only;
+                // past it too, the connection is closed at once.
+                let (permit, probes_only) = match limit.clone().try_acquire_owned() {
+                    Ok(p) => (p, false),
+                    Err(_) => match reserve.clone().try_acquire_owned() {
+                        Ok(p) => (p, true),
+                        Err(_) => continue,
+                    },
+                };
                 let state = shared.clone();
                 let cancel = ctx.token();
                 tokio::spawn(async move {
@@ -233,9 +248,11 @@ impl Service for Api {
                     let service = hyper::service::service_fn(move |req| {
                         let (state, closing) = (state.clone(), closing.clone());
                         async move {
-                            Ok::<_, std::convert::Infallible>(
-                                routes::handle(&state, &closing, req).await,
-                            )
+                            Ok::<_, std::convert::Infallible>(if probes_only {
+                                routes::handle_probe(&state, &closing, req).await
+                            } else {
+                                routes::handle(&state, &closing, req).await
+                            })
                         }
                     });
                     let conn = http1::Builder::new()

@@ -376,7 +376,11 @@ fn line_json(l: &LogLine) -> Json {
 
 /// `GET /v1/events`: a snapshot, then every state change, restart and
 /// action result as it happens.
-fn events(handle: &Handle, closing: CancellationToken) -> Resp {
+fn events(
+    handle: &Handle,
+    closing: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Resp {
     // Subscribed before the snapshot is taken: an event in between comes
     // after it (states are absolute, so seeing one twice is harmless).
     let mut rx = handle.subscribe();
@@ -389,6 +393,8 @@ fn events(handle: &Handle, closing: CancellationToken) -> Resp {
         )
     };
     tokio::spawn(async move {
+        // Held while the stream lasts.
+        let _permit = permit;
         if tx.send_data(snapshot()).await.is_err() {
             return;
         }
@@ -439,9 +445,16 @@ fn events(handle: &Handle, closing: CancellationToken) -> Resp {
 
 /// `GET /v1/services/NAME/logs?follow=true`: the last `tail` lines, then
 /// each new one as it comes.
-fn follow_logs(logs: crate::services::Logs, tail: usize, closing: CancellationToken) -> Resp {
+fn follow_logs(
+    logs: crate::services::Logs,
+    tail: usize,
+    closing: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Resp {
     let (mut tx, resp) = sse_response();
     tokio::spawn(async move {
+        // Held while the stream lasts.
+        let _permit = permit;
         let held = logs.since(0).lines;
         let mut last = held.last().map_or(0, |l| l.seq);
         let first = held.len().saturating_sub(tail);
@@ -511,6 +524,44 @@ fn stopping(handle: &Handle) -> bool {
 
 /// Answers one request. `closing` is cancelled when the API stops: event
 /// streams then end cleanly.
+/// A request on a connection past `max_connections`: `/livez` and
+/// `/readyz` are answered, anything else waits for a connection of its own.
+pub async fn handle_probe(
+    state: &ApiState,
+    closing: &CancellationToken,
+    req: Request<Incoming>,
+) -> Resp {
+    if matches!(req.uri().path().trim_end_matches('/'), "/livez" | "/readyz") {
+        return handle(state, closing, req).await;
+    }
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "every connection is taken (max_connections); only /livez and /readyz are answered",
+    );
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// A permit for one more long-lived stream (`None`: `max_streams` are
+/// open).
+fn stream_permit(state: &ApiState) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    state.streams.clone().try_acquire_owned().ok()
+}
+
+/// The answer when `max_streams` streams are open.
+fn too_many_streams(state: &ApiState) -> Resp {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "too many open streams (max_streams = {}); close one or raise [api] max_streams",
+            state.spec().max_streams.0
+        ),
+    )
+}
+
 pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<Incoming>) -> Resp {
     let Some(handle) = state.handle.get().cloned() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "warden is starting");
@@ -633,7 +684,12 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             };
             match query_param(&query, "follow").as_deref() {
                 None | Some("false" | "0") => {}
-                Some("true" | "1") => return follow_logs(s.logs.clone(), tail, closing.clone()),
+                Some("true" | "1") => {
+                    return match stream_permit(state) {
+                        Some(p) => follow_logs(s.logs.clone(), tail, closing.clone(), p),
+                        None => too_many_streams(state),
+                    };
+                }
                 Some(_) => return error(StatusCode::BAD_REQUEST, "follow must be true or false"),
             }
             let lines: Vec<Json> = s.logs.tail(tail).iter().map(line_json).collect();
@@ -759,7 +815,10 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             }
         }
         (["v1", "graph"], _) => method_not_allowed("GET"),
-        (["v1", "events"], &Method::GET) => events(&handle, closing.clone()),
+        (["v1", "events"], &Method::GET) => match stream_permit(state) {
+            Some(p) => events(&handle, closing.clone(), p),
+            None => too_many_streams(state),
+        },
         (["v1", "events"], _) => method_not_allowed("GET"),
         (["metrics"], &Method::GET) => text_response(
             StatusCode::OK,

@@ -153,6 +153,9 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
         health_cache: Default::default(),
         reloading: Default::default(),
         kinds: table,
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            registry.api.max_streams.0 as usize,
+        )),
     };
     kinds.register(crate::api::registration(api.clone()));
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -62,6 +62,9 @@ config_table! {
         pub max_body: Count = Count(1 << 20),
         /// Most connections served at once.
         pub max_connections: Count = Count(256),
+        /// Most long-lived streams (`/v1/events`, `logs?follow=true`) open
+        /// at once, out of `max_connections`.
+        pub max_streams: Count = Count(64),
         /// How long a client may take to send a request's body (after
         /// its headers): a body sent a byte at a time would hold a
         /// connection for ever.
