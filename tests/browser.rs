@@ -38,21 +38,14 @@ fn attacker(page: String) -> u16 {
 /// Opens `url` in Chromium for `ms` milliseconds; the page's console lines.
 fn visit(url: &str, ms: u32) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("node")
-        .arg(root.join("tests/browser/visit.mjs"))
-        .args([url, &ms.to_string()])
-        .output()
-        .expect("run node (scripts/install-deps installs it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "chromium could not visit {url} (scripts/install-deps installs chromium and playwright-core):\n{text}"
-    );
-    text
+    support::run_ok(
+        Command::new("node")
+            .arg(root.join("tests/browser/visit.mjs"))
+            .args([url, &ms.to_string()]),
+        &format!(
+            "chromium visiting {url} (scripts/install-deps installs node, chromium and playwright-core)"
+        ),
+    )
 }
 
 #[test]

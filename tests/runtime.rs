@@ -355,11 +355,7 @@ user = "nobody"
 restart = { policy = "never" }
 "#,
     );
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let root = is_root();
     if root {
         let line = w.wait_log("the child's ids", |v| {
             v["service"] == "unprivileged" && v["stream"] == "stdout"
@@ -384,11 +380,7 @@ restart = { policy = "never" }
 /// nobody else may write to it.
 #[test]
 fn a_notify_child_running_as_another_user_becomes_ready() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let root = is_root();
     assert!(
         root,
         "this test runs warden as root (user =): run it as root, as CI does"
@@ -572,11 +564,7 @@ restart = {{ policy = "never" }}
 /// them reaches the child.
 #[test]
 fn env_files_are_read_with_the_service_users_rights() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let root = is_root();
     assert!(
         root,
         "this test runs warden as root (user =): run it as root, as CI does"
@@ -627,4 +615,13 @@ restart = {{ policy = "never" }}
     assert_eq!(line["message"], "got=hello");
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
+}
+
+/// Whether the tests run as root (CI does): `user =` needs it.
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
 }
