@@ -62,6 +62,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_withheld_variable_is_removed_and_a_named_one_kept() {
+        // PATH is set in every test process.
+        withhold(&["PATH".to_string()].into());
+        let mut cmd = std::process::Command::new("true");
+        scrub(&mut cmd, None);
+        assert!(
+            cmd.get_envs().any(|(k, v)| k == "PATH" && v.is_none()),
+            "PATH withheld"
+        );
+        let mut named = std::process::Command::new("true");
+        scrub(&mut named, Some(&["PATH".to_string()]));
+        assert!(
+            named.get_envs().any(|(k, v)| k == "PATH" && v.is_some()),
+            "named, inherited though withheld"
+        );
+        withhold(&BTreeSet::new());
+        let mut cmd = std::process::Command::new("true");
+        scrub(&mut cmd, None);
+        assert!(
+            !cmd.get_envs().any(|(k, _)| k == "PATH"),
+            "no longer withheld"
+        );
+    }
+
+    #[test]
     fn warden_s_own_secret_and_systemd_variables_are_not_inherited() {
         let withheld: BTreeSet<String> = ["API_KEY".to_string()].into();
         for name in [
