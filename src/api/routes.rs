@@ -49,7 +49,12 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
 
 /// Starts a `text/event-stream` answer; frames go through the sender.
 fn sse_response() -> (Sender<Bytes>, Resp) {
-    let (tx, body) = Channel::new(16);
+    sse_response_queued(16)
+}
+
+/// `sse_response` with at most `frames` frames queued for a slow reader.
+fn sse_response_queued(frames: usize) -> (Sender<Bytes>, Resp) {
+    let (tx, body) = Channel::new(frames);
     let mut r = Response::new(Either::Right(body));
     let h = r.headers_mut();
     h.insert(
@@ -445,51 +450,90 @@ fn events(
 
 /// `GET /v1/services/NAME/logs?follow=true`: the last `tail` lines, then
 /// each new one as it comes.
+/// The most of a service's output one frame of a log stream carries: with
+/// [`FOLLOW_QUEUE`] frames queued, what a follower that stops reading holds
+/// of warden's memory is bounded (it was the whole ring, 16 times).
+const FOLLOW_FRAME: usize = 16 * 1024;
+/// Frames queued for a log follower.
+const FOLLOW_QUEUE: usize = 2;
+/// A follower whose queue stays full this long is dropped: its stream ends.
+/// (What it missed meanwhile is told by a `missed` event when it keeps up.)
+const FOLLOW_STALL: Duration = Duration::from_secs(30);
+
 fn follow_logs(
     logs: crate::services::Logs,
     tail: usize,
     closing: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Resp {
-    let (mut tx, resp) = sse_response();
+    let (mut tx, resp) = sse_response_queued(FOLLOW_QUEUE);
     tokio::spawn(async move {
         // Held while the stream lasts.
         let _permit = permit;
-        let held = logs.since(0).lines;
-        let mut last = held.last().map_or(0, |l| l.seq);
-        let first = held.len().saturating_sub(tail);
-        let mut frames = Vec::new();
-        for l in &held[first..] {
-            frames.extend_from_slice(&sse_frame("line", &line_json(l)));
+        /// Sends `frame`, unless the follower stays full past FOLLOW_STALL.
+        async fn send(tx: &mut Sender<Bytes>, frame: Bytes) -> bool {
+            matches!(
+                tokio::time::timeout(FOLLOW_STALL, tx.send_data(frame)).await,
+                Ok(Ok(()))
+            )
         }
-        if !frames.is_empty() && tx.send_data(Bytes::from(frames)).await.is_err() {
-            return;
-        }
-        let mut tick = keepalive();
-        let frames = |s: &crate::services::logs::Since, last: &mut u64| {
+        // The frames of `lines` (and of a `missed` count first), each of at
+        // most about FOLLOW_FRAME bytes; `last` follows what was framed.
+        fn framed(missed: u64, lines: &[LogLine], last: &mut u64) -> Vec<Bytes> {
+            let mut out = Vec::new();
             let mut b = Vec::new();
-            if s.missed > 0 {
-                b.extend_from_slice(&sse_frame("missed", &json!({"missed": s.missed})));
+            if missed > 0 {
+                b.extend_from_slice(&sse_frame("missed", &json!({"missed": missed})));
             }
-            for l in &s.lines {
+            for l in lines {
                 b.extend_from_slice(&sse_frame("line", &line_json(l)));
                 *last = l.seq;
+                if b.len() >= FOLLOW_FRAME {
+                    out.push(Bytes::from(std::mem::take(&mut b)));
+                }
             }
-            Bytes::from(b)
-        };
-        loop {
-            let frame = tokio::select! {
-                biased;
-                s = logs.follow(last) => frames(&s, &mut last),
-                _ = closing.cancelled() => {
-                    // The last lines the service wrote as it stopped.
-                    let _ = tx.send_data(frames(&logs.since(last), &mut last)).await;
+            if !b.is_empty() {
+                out.push(Bytes::from(b));
+            }
+            out
+        }
+        // The tail first, a frame at a time (never a copy of the whole
+        // ring): lines older than the tail count as seen.
+        let end = logs.last_seq();
+        let mut last = end.saturating_sub(tail as u64);
+        while last < end {
+            let s = logs.since_at_most(last, FOLLOW_FRAME);
+            if s.lines.is_empty() {
+                break;
+            }
+            // What the ring dropped before the tail is no news to the reader.
+            for frame in framed(0, &s.lines, &mut last) {
+                if !send(&mut tx, frame).await {
                     return;
                 }
-                _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
+            }
+        }
+        let mut tick = keepalive();
+        loop {
+            let frames = tokio::select! {
+                biased;
+                s = logs.follow_at_most(last, FOLLOW_FRAME) => framed(s.missed, &s.lines, &mut last),
+                _ = closing.cancelled() => {
+                    // The last lines the service wrote as it stopped.
+                    let s = logs.since(last);
+                    for frame in framed(s.missed, &s.lines, &mut last) {
+                        if !send(&mut tx, frame).await {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                _ = tick.tick() => vec![Bytes::from_static(KEEPALIVE_FRAME)],
             };
-            if tx.send_data(frame).await.is_err() {
-                return;
+            for frame in frames {
+                if !send(&mut tx, frame).await {
+                    return;
+                }
             }
         }
     });

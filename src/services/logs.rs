@@ -191,23 +191,46 @@ impl Logs {
 
     /// Every line after `seq` that the ring still holds.
     pub fn since(&self, seq: u64) -> Since {
+        self.since_at_most(seq, usize::MAX)
+    }
+
+    /// The lines after `seq`, as [`Logs::since`], but no more than about
+    /// `bytes` of their text (one line at least): a reader that takes them
+    /// a piece at a time never holds a copy of the whole ring.
+    pub fn since_at_most(&self, seq: u64, bytes: usize) -> Since {
         let r = self.ring();
         let first = r.lines.front().map_or(r.last + 1, |l| l.seq);
         let missed = first.saturating_sub(seq + 1);
-        let lines = r.lines.iter().filter(|l| l.seq > seq).cloned().collect();
+        let mut taken = 0usize;
+        let lines = r
+            .lines
+            .iter()
+            .filter(|l| l.seq > seq)
+            .take_while(|l| {
+                let fits = taken < bytes || taken == 0;
+                taken = taken.saturating_add(l.line.len().max(1));
+                fits
+            })
+            .cloned()
+            .collect();
         Since { lines, missed }
     }
 
     /// Waits for the first line after `seq`, then returns every line after
     /// it (at once when there are some already).
     pub async fn follow(&self, seq: u64) -> Since {
+        self.follow_at_most(seq, usize::MAX).await
+    }
+
+    /// [`Logs::follow`], no more than about `bytes` of text at a time.
+    pub async fn follow_at_most(&self, seq: u64, bytes: usize) -> Since {
         loop {
             let arrived = self.shared.arrived.notified();
             tokio::pin!(arrived);
             // Registered before looking, so no line slips in between.
             arrived.as_mut().enable();
             if self.last_seq() > seq {
-                return self.since(seq);
+                return self.since_at_most(seq, bytes);
             }
             arrived.await;
         }
@@ -222,6 +245,24 @@ impl Default for Logs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn since_at_most_takes_a_piece_at_a_time_and_at_least_one_line() {
+        let logs = Logs::new(100);
+        for i in 0..10 {
+            logs.push(Stream::Stdout, format!("line {i:04}")); // 9 bytes
+        }
+        let piece = logs.since_at_most(0, 20);
+        let seqs: Vec<u64> = piece.lines.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "9 + 9 < 20, then one more");
+        assert_eq!(logs.since_at_most(3, 0).lines.len(), 1, "one line at least");
+        assert_eq!(
+            logs.since_at_most(10, 100).lines.len(),
+            0,
+            "nothing after the last"
+        );
+        assert_eq!(logs.since(0).lines.len(), 10);
+    }
+
     use super::*;
 
     #[test]

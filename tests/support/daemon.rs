@@ -144,6 +144,11 @@ impl Warden {
         signal_pid(self.child.id(), sig);
     }
 
+    /// warden's own pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The pid (as this test sees it) of warden's first child: warden
     /// itself when it runs under `unshare --fork`.
     pub fn inner_pid(&self) -> u32 {
