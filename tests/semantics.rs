@@ -73,7 +73,7 @@ command = ["sleep", "424245"]
 enabled = false
 "#
     );
-    let _w = Warden::start_args(&registry, &["--only", "web"]);
+    let mut w = Warden::start_args(&registry, &["--only", "web"]);
     wait_http(port, "/readyz", 200);
     let (status, health) = get_json(port, "/v1/health");
     assert_eq!(status, 200);
@@ -103,6 +103,9 @@ enabled = false
     );
     let (code, _, err) = client(port, &["stop", "web"]);
     assert_eq!(code, 0, "{err}");
+    // A stop is asked, not awaited: a restart while web is still stopping
+    // is refused, so wait for the stop to be done.
+    w.wait_event("web", "stopped");
     let (code, _, err) = client(port, &["restart", "web"]);
     assert_eq!(code, 0, "{err}");
 }
