@@ -612,3 +612,49 @@ fn socket_with_small_receive_buffer(s: std::net::TcpStream) -> std::net::TcpStre
     }
     s
 }
+
+/// `[warden] log_memory` bounds the output kept of all services together:
+/// each ring keeps an equal share, its newest lines.
+#[test]
+fn the_output_kept_of_all_services_stays_within_log_memory() {
+    let port = free_port();
+    let mut registry = format!(
+        r#"
+[warden]
+log_memory = "128KiB"
+[api]
+listen = "127.0.0.1:{port}"
+"#
+    );
+    for i in 0..8 {
+        registry.push_str(&format!(
+            r#"
+[services.chatty{i}]
+kind = "process"
+command = ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do printf 'line %05d %0100d\n' $i 0; i=$((i+1)); done; echo done; exec sleep 909090"]
+"#
+        ));
+    }
+    let mut w = Warden::start(&registry);
+    wait_http(port, "/readyz", 200);
+    let mut total = 0;
+    for i in 0..8 {
+        let path = format!("/v1/services/chatty{i}/logs?tail=100000");
+        let lines = support::daemon::wait_for(&format!("chatty{i} to be done"), || {
+            let (_, logs) = support::http::get_json(port, &path);
+            let lines: Vec<String> = logs["lines"]
+                .as_array()?
+                .iter()
+                .filter_map(|l| l["line"].as_str().map(String::from))
+                .collect();
+            (lines.last()? == "done").then_some(lines)
+        });
+        assert!(lines.len() < 3000, "chatty{i}: {} lines kept", lines.len());
+        assert_eq!(lines[lines.len() - 2], format!("line 02999 {:0100}", 0));
+        total += lines.iter().map(String::len).sum::<usize>();
+    }
+    assert!(total <= 128 * 1024, "{total} bytes of text kept");
+    assert!(total > 64 * 1024, "{total} bytes: the shares are used");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

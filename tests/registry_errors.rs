@@ -1010,6 +1010,24 @@ depends_on = ["d"]
             "15:15 unknown-dependency: services.c: depends_on \"d\": no such service; known: api, a, b",
         ],
     },
+    Case {
+        name: "log_memory_not_an_amount",
+        registry: r#"[warden]
+log_memory = "16 potatoes"
+"#,
+        expected: &[
+            "2:14 invalid-value: warden.log_memory: \"16 potatoes\" is not an amount of memory; expected a number with a unit, such as \"16MiB\", \"512KiB\" or \"1GiB\"",
+        ],
+    },
+    Case {
+        name: "log_memory_too_small",
+        registry: r#"[warden]
+log_memory = "1KiB"
+"#,
+        expected: &[
+            "2:14 invalid-value: warden.log_memory: \"1KiB\" is too small; expected at least 64KiB",
+        ],
+    },
 ];
 
 #[test]

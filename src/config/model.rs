@@ -18,8 +18,8 @@ use super::node::{Node, Value};
 use super::secret::Secret;
 use super::source::Span;
 use super::types::{
-    CaFile, Command, Count, Fraction, HostPort, HttpUrl, Pattern, PgTarget, PostgresDsn, RedisDsn,
-    RedisTarget, Signal,
+    ByteSize, CaFile, Command, Count, Fraction, HostPort, HttpUrl, Pattern, PgTarget, PostgresDsn,
+    RedisDsn, RedisTarget, Signal,
 };
 
 const fn secs(s: u64) -> Duration {
@@ -46,6 +46,10 @@ config_table! {
         pub postgres: Option<PostgresDsn>,
         /// Output lines kept per service for the API and `warden logs`.
         pub log_lines: Count = Count(1000),
+        /// Memory for the output kept of all services together: each
+        /// service's ring holds an equal share (at least 1KiB, at most
+        /// 1MiB), whatever `log_lines` says.
+        pub log_memory: ByteSize = ByteSize(16 << 20),
     }
 }
 

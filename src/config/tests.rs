@@ -383,3 +383,49 @@ postgres = "${PLAIN_DB}"
     // HOST sits in a string that holds a password: it goes with it.
     assert_eq!(vars, ["DB_PASS", "DB_URL", "HOST", "KEY"]);
 }
+
+#[test]
+fn amounts_of_memory_take_iec_and_si_units() {
+    use super::types::ByteSize;
+    let cases = [
+        ("65536", Some(65536)),
+        ("64KiB", Some(64 << 10)),
+        (" 16MiB ", Some(16 << 20)),
+        ("16 MiB", Some(16 << 20)),
+        ("2GiB", Some(2 << 30)),
+        ("100kB", Some(100_000)),
+        ("100KB", Some(100_000)),
+        ("20MB", Some(20_000_000)),
+        ("1GB", Some(1_000_000_000)),
+        ("7B", Some(7)),
+        ("16mib", None),
+        ("MiB", None),
+        ("1.5MiB", None),
+        ("-1MiB", None),
+        ("99999999999GiB", None),
+    ];
+    for (text, want) in cases {
+        assert_eq!(ByteSize::parse(text), want, "{text:?}");
+    }
+    let reg = load_with("[warden]\nlog_memory = 131072\n", None)
+        .registry
+        .unwrap();
+    assert_eq!(reg.warden.log_memory, ByteSize(128 << 10));
+    assert_eq!(reg.warden.log_memory.to_json(), "128KiB");
+    assert_eq!(ByteSize(16 << 20).to_json(), "16MiB");
+    assert_eq!(ByteSize(100_000).to_json(), "100000B");
+    let reg = load_with("", None).registry.unwrap();
+    assert_eq!(reg.warden.log_memory, ByteSize(16 << 20), "the default");
+    assert_eq!(
+        diags("[warden]\nlog_memory = 1000\n"),
+        vec![
+            "2:14 invalid-value: warden.log_memory: 1000 bytes is too small; expected at least 64KiB"
+        ]
+    );
+    assert_eq!(
+        diags("[warden]\nlog_memory = true\n"),
+        vec![
+            "2:14 type: warden.log_memory: expected an amount of memory such as \"16MiB\", found boolean true"
+        ]
+    );
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value as Json, json};
 
 use super::decode::{Cx, Decode};
-use super::node::Node;
+use super::node::{Node, Value};
 use super::secret::{Dsn, Secret};
 
 /// Signals a service may be stopped with, with their Linux numbers.
@@ -700,6 +700,84 @@ impl Decode for Fraction {
     }
     fn to_json(&self) -> Json {
         json!(self.0)
+    }
+}
+
+/// An amount of memory: an integer of bytes, or a string with a unit,
+/// `"16MiB"`, `"512KiB"`, `"1GiB"` (powers of 1024), `"20MB"` (of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The smallest amount accepted.
+    pub const MIN: u64 = 64 * 1024;
+
+    /// Parses `"16MiB"` and the like (`None`: not an amount).
+    pub fn parse(s: &str) -> Option<u64> {
+        let s = s.trim();
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(digits);
+        let n: u64 = n.parse().ok()?;
+        let unit: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        n.checked_mul(unit)
+    }
+}
+
+impl Decode for ByteSize {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let (n, written) = match &node.value {
+            Value::Integer(i) => (u64::try_from(*i).ok(), format!("{i} bytes")),
+            Value::String(s) => match ByteSize::parse(s) {
+                Some(n) => (Some(n), format!("{s:?}")),
+                None => {
+                    cx.error(
+                        "invalid-value",
+                        node.span,
+                        format!("{s:?} is not an amount of memory; expected a number with a unit, such as \"16MiB\", \"512KiB\" or \"1GiB\""),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                cx.type_error(node, "an amount of memory such as \"16MiB\"");
+                return None;
+            }
+        };
+        match n {
+            Some(n) if n >= ByteSize::MIN => Some(ByteSize(n)),
+            _ => {
+                cx.error(
+                    "invalid-value",
+                    node.span,
+                    format!("{written} is too small; expected at least 64KiB"),
+                );
+                None
+            }
+        }
+    }
+    fn schema() -> Json {
+        json!({"anyOf": [
+            {"type": "integer", "minimum": ByteSize::MIN},
+            {"type": "string", "pattern": r"^\s*([0-9]+\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?|.*\$\{.+\}.*)\s*$"}
+        ], "description": "bytes, or a number with a unit: 16MiB, 512KiB, 1GiB"})
+    }
+    fn to_json(&self) -> Json {
+        const MIB: u64 = 1 << 20;
+        const KIB: u64 = 1 << 10;
+        Json::String(match self.0 {
+            n if n % MIB == 0 => format!("{}MiB", n / MIB),
+            n if n % KIB == 0 => format!("{}KiB", n / KIB),
+            n => format!("{n}B"),
+        })
     }
 }
 

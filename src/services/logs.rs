@@ -7,6 +7,7 @@
 //! and learns how many lines it missed when the ring moved past them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -18,8 +19,73 @@ use tokio::sync::Notify;
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// The most bytes of lines a service's ring holds, whatever `log_lines`
-/// says: the oldest lines go first.
+/// and `log_memory` say: the oldest lines go first.
 pub const MAX_RING_BYTES: usize = 1024 * 1024;
+
+/// What a kept line costs besides its text (its slot in the ring: the
+/// string's header, sequence number, time and stream), counted against
+/// the ring's bytes so that many short lines are bounded too.
+pub const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>();
+
+/// The fewest bytes a ring is given, however many services share
+/// `log_memory`: room for a few short lines.
+pub const MIN_RING_BYTES: usize = 1024;
+
+/// The limits every ring of a supervisor follows, shared so that a reload
+/// changes them at once for all: at most `lines` lines and `bytes` bytes
+/// (text plus [`LINE_OVERHEAD`] a line) each.
+#[derive(Debug)]
+pub struct RingLimits {
+    lines: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl RingLimits {
+    pub fn new(lines: usize, bytes: usize) -> Arc<RingLimits> {
+        let l = Arc::new(RingLimits {
+            lines: AtomicUsize::new(1),
+            bytes: AtomicUsize::new(MIN_RING_BYTES),
+        });
+        l.set(lines, bytes);
+        l
+    }
+
+    /// The limits of each of `services` rings that together hold at most
+    /// `total` bytes: an equal share, between [`MIN_RING_BYTES`] and
+    /// [`MAX_RING_BYTES`].
+    pub fn shared(lines: usize, total: u64, services: usize) -> Arc<RingLimits> {
+        RingLimits::new(lines, share(total, services))
+    }
+
+    /// Sets new limits (rings follow at their next line, or at
+    /// [`Logs::trim`]).
+    pub fn set(&self, lines: usize, bytes: usize) {
+        self.lines.store(lines.max(1), Ordering::Relaxed);
+        self.bytes.store(
+            bytes.clamp(MIN_RING_BYTES, MAX_RING_BYTES),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// [`RingLimits::set`] with an equal share of `total` bytes.
+    pub fn set_shared(&self, lines: usize, total: u64, services: usize) {
+        self.set(lines, share(total, services));
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// `total` bytes shared by `services` rings.
+fn share(total: u64, services: usize) -> usize {
+    let each = total / services.max(1) as u64;
+    usize::try_from(each).unwrap_or(usize::MAX)
+}
 
 /// Splits a child's output into lines of at most [`MAX_LINE`] bytes. Bytes
 /// of a line past the limit are dropped and counted; the line then ends
@@ -103,10 +169,22 @@ pub struct LogLine {
 #[derive(Debug, Default)]
 struct Ring {
     lines: VecDeque<LogLine>,
-    /// The bytes of the lines held (bounded by [`MAX_RING_BYTES`]).
+    /// The bytes of the lines held, [`LINE_OVERHEAD`] each included
+    /// (bounded by [`RingLimits`]).
     bytes: usize,
     /// The sequence number the next line gets, minus one.
     last: u64,
+}
+
+impl Ring {
+    /// Gives back the slots of lines dropped when the limits shrank (a
+    /// ring that only grows never has twice the slots it uses).
+    fn shrink(&mut self) {
+        let keep = self.lines.len().max(16);
+        if self.lines.capacity() > 2 * keep {
+            self.lines.shrink_to(keep);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +198,7 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct Logs {
     shared: Arc<Shared>,
-    capacity: usize,
+    limits: Arc<RingLimits>,
 }
 
 /// Two handles are equal when they share the same ring.
@@ -139,29 +217,67 @@ pub struct Since {
 }
 
 impl Logs {
+    /// A ring of at most `capacity` lines and [`MAX_RING_BYTES`].
     pub fn new(capacity: usize) -> Logs {
+        Logs::with_limits(RingLimits::new(capacity, MAX_RING_BYTES))
+    }
+
+    /// A ring that follows shared limits.
+    pub fn with_limits(limits: Arc<RingLimits>) -> Logs {
         // Grows as lines come: a quiet service costs next to nothing.
         Logs {
             shared: Arc::default(),
-            capacity: capacity.max(1),
+            limits,
         }
+    }
+
+    /// Drops the oldest lines until the ring is within its limits, with
+    /// room for `incoming` more bytes and one more line.
+    fn make_room(&self, r: &mut Ring, incoming: usize) {
+        let (lines, bytes) = (self.limits.lines(), self.limits.bytes());
+        while r.lines.len() >= lines || (!r.lines.is_empty() && r.bytes + incoming > bytes) {
+            if let Some(old) = r.lines.pop_front() {
+                r.bytes -= old.line.len() + LINE_OVERHEAD;
+            }
+        }
+        r.shrink();
+    }
+
+    /// Brings the ring within limits that have shrunk (a reload).
+    pub fn trim(&self) {
+        let mut r = self.ring();
+        let (lines, bytes) = (self.limits.lines(), self.limits.bytes());
+        while r.lines.len() > lines || r.bytes > bytes {
+            match r.lines.pop_front() {
+                Some(old) => r.bytes -= old.line.len() + LINE_OVERHEAD,
+                None => break,
+            }
+        }
+        r.shrink();
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.shared.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn push(&self, stream: Stream, line: String) {
+    pub fn push(&self, stream: Stream, mut line: String) {
         {
             let mut r = self.ring();
-            while r.lines.len() >= self.capacity
-                || (!r.lines.is_empty() && r.bytes + line.len() > MAX_RING_BYTES)
-            {
-                if let Some(old) = r.lines.pop_front() {
-                    r.bytes -= old.line.len();
+            // A line larger than the whole ring is cut to fit it alone.
+            let room = self.limits.bytes().saturating_sub(LINE_OVERHEAD);
+            if line.len() > room {
+                // Room for the marker: " … [" and " bytes cut]" and digits.
+                let mut keep = room.saturating_sub(40);
+                while !line.is_char_boundary(keep) {
+                    keep -= 1;
                 }
+                let cut = line.len() - keep;
+                line.truncate(keep);
+                line.push_str(&format!(" … [{cut} bytes cut]"));
             }
-            r.bytes += line.len();
+            let cost = line.len() + LINE_OVERHEAD;
+            self.make_room(&mut r, cost);
+            r.bytes += cost;
             r.last += 1;
             let seq = r.last;
             r.lines.push_back(LogLine {
@@ -304,13 +420,59 @@ mod tests {
             logs.push(Stream::Stdout, line.clone());
         }
         let kept = logs.tail(1000);
-        assert_eq!(kept.len(), MAX_RING_BYTES / MAX_LINE);
+        assert_eq!(kept.len(), MAX_RING_BYTES / (MAX_LINE + LINE_OVERHEAD));
         assert_eq!(kept.last().unwrap().seq, 200, "the newest stay");
-        // A line larger than the whole budget is still kept, alone.
-        let logs = Logs::new(10);
-        logs.push(Stream::Stdout, "y".repeat(MAX_RING_BYTES + 1));
+        // A line larger than the whole budget is cut to fit it, alone.
+        let logs = Logs::with_limits(RingLimits::new(10, 4096));
+        logs.push(Stream::Stdout, "é".repeat(3000));
+        let kept = logs.tail(10);
+        assert_eq!(kept.len(), 1);
+        let line = &kept[0].line;
+        assert!(line.len() + LINE_OVERHEAD <= 4096, "{}", line.len());
+        assert!(line.len() + LINE_OVERHEAD > 4000, "{}", line.len());
+        let keep = line.find(" … [").unwrap();
+        assert!(
+            line.ends_with(&format!(" … [{} bytes cut]", 6000 - keep)),
+            "{}",
+            &line[keep..]
+        );
         logs.push(Stream::Stdout, "z".into());
-        assert_eq!(texts(&logs.tail(10)), vec!["z"]);
+        assert_eq!(texts(&logs.tail(10)), vec!["z"], "the big one makes room");
+    }
+
+    #[test]
+    fn rings_sharing_limits_hold_their_share_of_the_total() {
+        let total = 64 * 1024;
+        let limits = RingLimits::shared(1000, total, 8);
+        assert_eq!(limits.bytes(), 8 * 1024);
+        let rings: Vec<Logs> = (0..8).map(|_| Logs::with_limits(limits.clone())).collect();
+        for ring in &rings {
+            for i in 0..1000 {
+                ring.push(Stream::Stdout, format!("{i:0100}"));
+            }
+        }
+        let held: usize = rings.iter().map(|r| r.ring().bytes).sum();
+        assert!(held <= total as usize, "{held} > {total}");
+        assert!(held > total as usize * 9 / 10, "{held}: the share is used");
+        for ring in &rings {
+            let r = ring.ring();
+            let text: usize = r.lines.iter().map(|l| l.line.len() + LINE_OVERHEAD).sum();
+            assert_eq!(text, r.bytes, "the count follows the lines");
+            assert_eq!(r.lines.back().unwrap().seq, 1000, "the newest stay");
+        }
+        // A reload that adds services shrinks every share at once.
+        limits.set_shared(1000, total, 16);
+        rings.iter().for_each(Logs::trim);
+        let held: usize = rings.iter().map(|r| r.ring().bytes).sum();
+        assert!(held <= total as usize / 2, "{held}");
+        // And fewer lines: the line limit holds too.
+        limits.set(5, MAX_RING_BYTES);
+        rings[0].trim();
+        assert_eq!(rings[0].tail(100).len(), 5);
+        // The share stays within its floor and ceiling.
+        assert_eq!(RingLimits::shared(10, 1 << 40, 1).bytes(), MAX_RING_BYTES);
+        assert_eq!(RingLimits::shared(10, 1000, 100).bytes(), MIN_RING_BYTES);
+        assert_eq!(RingLimits::shared(0, 1000, 0).lines(), 1);
     }
 
     fn texts(lines: &[LogLine]) -> Vec<&str> {

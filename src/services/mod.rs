@@ -33,7 +33,7 @@ pub mod outbox;
 pub mod process;
 pub mod replicator;
 
-pub use logs::{LogLine, Logs, Stream};
+pub use logs::{LogLine, Logs, RingLimits, Stream};
 
 /// A boxed, sendable future (what `Service::run` returns).
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

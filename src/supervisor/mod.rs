@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Registry, ServiceSpec};
 use crate::graph::Graph;
-use crate::services::{Details, Kinds, Logs, Report, ServiceError};
+use crate::services::{Details, Kinds, Logs, Report, RingLimits, ServiceError};
 pub use board::{Board, StatusWatch, Tally};
 use decide::AfterStop;
 use events::{Events, Happened};
@@ -512,7 +512,7 @@ pub(super) struct Met {
 
 impl Unit {
     /// A unit in `state` that has never run.
-    fn new(spec: ServiceSpec, state: State, log_lines: usize) -> Unit {
+    fn new(spec: ServiceSpec, state: State, logs: &Arc<RingLimits>) -> Unit {
         let r = &spec.common.restart;
         Unit {
             name: Arc::from(spec.name.as_str()),
@@ -527,7 +527,7 @@ impl Unit {
             restarts: 0,
             last_error: None,
             details: Details::default(),
-            logs: Logs::new(log_lines),
+            logs: Logs::with_limits(logs.clone()),
             history: History::default(),
             next_spec: None,
             schedule_busy: vec![false; spec.common.schedule.len()],
@@ -596,6 +596,9 @@ pub struct Supervisor {
     locker: Locker,
     rng: fastrand::Rng,
     shutdown_timeout: Duration,
+    /// The limits of every service's output ring (`log_lines`, and an
+    /// equal share of `log_memory`).
+    logs: Arc<RingLimits>,
     shutting_down: bool,
     forced: bool,
     exit_code: u8,
@@ -621,7 +624,7 @@ impl Supervisor {
         let mut units = IndexMap::new();
         let mut tally = Tally::default();
         let mut outside = std::collections::HashSet::new();
-        let log_lines = registry.warden.log_lines.0 as usize;
+        let logs = RingLimits::new(registry.warden.log_lines.0 as usize, 0);
         for spec in registry.services.values() {
             let state = if graph.contains(&spec.name) {
                 State::Pending
@@ -631,10 +634,15 @@ impl Supervisor {
                 outside.insert(spec.name.clone());
                 continue; // left out by --only
             };
-            let unit = Unit::new(spec.clone(), state, log_lines);
+            let unit = Unit::new(spec.clone(), state, &logs);
             tally.add(state, false);
             units.insert(unit.name.clone(), unit);
         }
+        logs.set_shared(
+            registry.warden.log_lines.0 as usize,
+            registry.warden.log_memory.0,
+            units.len(),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
@@ -670,6 +678,7 @@ impl Supervisor {
             locker: Arc::new(|name, dsn, tx, cancel| Box::pin(leader::hold(name, dsn, tx, cancel))),
             rng: fastrand::Rng::new(),
             shutdown_timeout: registry.warden.shutdown_timeout,
+            logs,
             shutting_down: false,
             forced: false,
             exit_code: EXIT_OK,

@@ -47,7 +47,6 @@ impl Supervisor {
         let mut summary = ReloadSummary::default();
         // Children started from now on withhold the new registry's secrets.
         crate::sys::env::withhold(&registry.secret_vars);
-        let log_lines = registry.warden.log_lines.0 as usize;
         self.shutdown_timeout = registry.warden.shutdown_timeout;
         // Gone from the registry, or (under --only) now another instance's:
         // an enabled service the new graph leaves out is not this one's.
@@ -89,7 +88,7 @@ impl Supervisor {
             };
             summary.added.push(spec.name.clone());
             new.insert(spec.name.as_str());
-            self.add_unit(Unit::new(spec.clone(), state, log_lines));
+            self.add_unit(Unit::new(spec.clone(), state, &self.logs));
         }
         self.graph = graph;
         for spec in registry.services.values() {
@@ -227,6 +226,14 @@ impl Supervisor {
             u.schedule_cancel = CancellationToken::new();
             self.start_schedules(name);
         }
+        // Every ring takes the new limits now: more services, a smaller
+        // share each, and `log_memory` still holds.
+        self.logs.set_shared(
+            registry.warden.log_lines.0 as usize,
+            registry.warden.log_memory.0,
+            self.units.len(),
+        );
+        self.units.values().for_each(|u| u.logs.trim());
         tracing::info!(
             added = summary.added.len(),
             removed = summary.removed.len(),
