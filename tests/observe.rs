@@ -595,6 +595,43 @@ command = ["sh", "-c", "while true; do head -c 30000 /dev/urandom | base64; slee
     assert_eq!(w.exit_code(), 0);
 }
 
+/// A connection to `port` whose receive buffer is small from the start
+/// (set before the handshake: shrunk later, the window the peer was told
+/// no longer holds, and the peer backs off for seconds at a time).
+fn connect_with_small_receive_buffer(port: u16) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket, set up and connected through libc with
+    // pointers to live values of the lengths given, then owned by the
+    // TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
 /// A client socket that takes little before the sender must wait.
 fn socket_with_small_receive_buffer(s: std::net::TcpStream) -> std::net::TcpStream {
     use std::os::fd::AsRawFd;
@@ -655,6 +692,85 @@ command = ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do printf 'line %05d %0100d\
     }
     assert!(total <= 128 * 1024, "{total} bytes of text kept");
     assert!(total > 64 * 1024, "{total} bytes: the shares are used");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// A stream left unread for `[api] stall_timeout` is ended by warden, and
+/// says so: a reader that reads again finds a last `dropped` event after
+/// what was queued.
+#[test]
+fn an_unread_stream_is_dropped_with_a_last_word() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let mut registry = format!(
+        r#"
+[warden]
+log_memory = "256MiB"
+[api]
+listen = "127.0.0.1:{port}"
+stall_timeout = "1s"
+[services.chatty]
+kind = "process"
+command = ["sh", "-c", "while true; do head -c 300000 /dev/urandom | base64; done"]
+"#
+    );
+    // Each reload sends the event stream a snapshot of them all: enough
+    // to fill what the kernel buffers between warden and the reader.
+    for i in 0..300 {
+        registry.push_str(&format!(
+            "[services.idle{i}]\nkind = \"process\"\ncommand = [\"true\"]\nenabled = false\n"
+        ));
+    }
+    // Its output is not copied into warden's log: the test reads that log
+    // slower than the service writes.
+    let mut w = Warden::start_with(
+        &registry,
+        &[("WARDEN_LOG", "info,warden::output=off")],
+        None,
+    );
+    wait_http(port, "/readyz", 200);
+    let paths = [
+        "/v1/services/chatty/logs?follow=true&tail=100000",
+        "/v1/events",
+    ];
+    let socks: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let mut sock = connect_with_small_receive_buffer(port);
+            write!(sock, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            sock
+        })
+        .collect();
+    for _ in 0..100 {
+        w.signal("HUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for (path, mut sock) in paths.iter().zip(socks) {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !String::from_utf8_lossy(&got).contains("event: dropped") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path}: no dropped event in {} bytes",
+                got.len()
+            );
+            match sock.read(&mut buf) {
+                Ok(0) => panic!("{path}: closed without a dropped event"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("this stream was not read for 1s; warden ended it"),
+            "{path}"
+        );
+    }
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

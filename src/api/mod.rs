@@ -14,6 +14,7 @@
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -125,6 +126,9 @@ impl ApiState {
         if new.max_connections != spec.max_connections {
             later.push("api.max_connections".to_string());
         }
+        if new.tls_cert != spec.tls_cert || new.tls_key != spec.tls_key {
+            later.push("api.tls".to_string());
+        }
         if new.max_streams != spec.max_streams {
             later.push("api.max_streams".to_string());
         }
@@ -141,6 +145,8 @@ impl ApiState {
             max_connections: spec.max_connections,
             max_streams: spec.max_streams,
             enabled: spec.enabled,
+            tls_cert: spec.tls_cert.clone(),
+            tls_key: spec.tls_key.clone(),
             ..new
         };
         later
@@ -210,12 +216,21 @@ const PROBE_RESERVE: usize = 8;
 impl Service for Api {
     fn run(self: Box<Self>, ctx: Context) -> BoxFuture<Result<(), ServiceError>> {
         Box::pin(async move {
-            let addr: SocketAddr = self.state.spec().listen;
+            let spec = self.state.spec();
+            let addr: SocketAddr = spec.listen;
+            let tls = match (&spec.tls_cert, &spec.tls_key) {
+                (Some(cert), Some(key)) => Some(Arc::new(
+                    tls::ServerTls::load(&cert.0, &key.0).map_err(ServiceError)?,
+                )),
+                _ => None,
+            };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| ServiceError(format!("cannot listen on {addr}: {e}")))?;
-            tracing::info!(%addr, "API listening");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(%addr, scheme, "API listening");
             ctx.details().set("listen", addr.to_string());
+            ctx.details().set("scheme", scheme);
             ctx.ready();
             let limit = Arc::new(Semaphore::new(self.state.spec().max_connections.0 as usize));
             let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
@@ -242,34 +257,66 @@ impl Service for Api {
                 };
                 let state = shared.clone();
                 let cancel = ctx.token();
+                let acceptor = tls
+                    .as_ref()
+                    .map(|t| tokio_rustls::TlsAcceptor::from(t.config()));
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let closing = cancel.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let (state, closing) = (state.clone(), closing.clone());
-                        async move {
-                            Ok::<_, std::convert::Infallible>(if probes_only {
-                                routes::handle_probe(&state, &closing, req).await
-                            } else {
-                                routes::handle(&state, &closing, req).await
-                            })
-                        }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = cancel.cancelled() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                    match acceptor {
+                        None => serve(stream, state, cancel, probes_only).await,
+                        Some(acceptor) => {
+                            // The handshake has the headers' time limit: a
+                            // client that opens and says nothing holds no
+                            // connection for long.
+                            let shake = tokio::select! {
+                                r = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => r,
+                                _ = cancel.cancelled() => return,
+                            };
+                            match shake {
+                                Ok(Ok(stream)) => serve(stream, state, cancel, probes_only).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
                         }
                     }
                     release_memory();
                 });
             }
         })
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, or until the API
+/// stops (then it finishes the request in hand, for a second at most).
+async fn serve<I>(
+    io: I,
+    state: Arc<ApiState>,
+    cancel: tokio_util::sync::CancellationToken,
+    probes_only: bool,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let closing = cancel.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (state, closing) = (state.clone(), closing.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(if probes_only {
+                routes::handle_probe(&state, &closing, req).await
+            } else {
+                routes::handle(&state, &closing, req).await
+            })
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
     }
 }

@@ -17,7 +17,73 @@ use crate::supervisor::events::Happened;
 use crate::supervisor::{ControlError, Handle, ServiceStatus};
 
 /// A whole answer, or a stream of server-sent events.
-pub type Body = Either<Full<Bytes>, Channel<Bytes>>;
+pub type Body = Either<Full<Bytes>, EventBody>;
+
+/// The body of an event stream: the frames queued for it, then, once the
+/// stream's task has ended, its last word (why it ended, when warden ended
+/// it), which needs no room in the queue: a reader dropped for not reading
+/// finds it after what was queued, if it ever reads again.
+pub struct EventBody {
+    queued: Channel<Bytes>,
+    /// The queue has ended (it must not be polled again).
+    drained: bool,
+    last: std::sync::Arc<std::sync::Mutex<Option<Bytes>>>,
+}
+
+impl hyper::body::Body for EventBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if !self.drained {
+            match std::pin::Pin::new(&mut self.queued).poll_frame(cx) {
+                Poll::Ready(None) => self.drained = true,
+                other => return other,
+            }
+        }
+        Poll::Ready(
+            self.last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|b| Ok(hyper::body::Frame::data(b))),
+        )
+    }
+}
+
+/// What an event stream's task sends through: frames, each within the
+/// stream's stall limit, or the stream ends with a `dropped` event.
+struct EventSender {
+    tx: Sender<Bytes>,
+    last: std::sync::Arc<std::sync::Mutex<Option<Bytes>>>,
+    stall: Duration,
+}
+
+impl EventSender {
+    /// Sends `frame`; `false` when the stream is over: the reader went
+    /// away, or did not take the frame within the stall limit (then the
+    /// stream ends with a `dropped` event saying so).
+    async fn send(&mut self, frame: Bytes) -> bool {
+        match tokio::time::timeout(self.stall, self.tx.send_data(frame)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                let why = format!(
+                    "this stream was not read for {}; warden ended it (what it would have sent is lost): connect again",
+                    humantime::format_duration(self.stall)
+                );
+                tracing::info!(stall = ?self.stall, "dropped an event stream that was not read");
+                *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(sse_frame("dropped", &json!({"reason": why})));
+                false
+            }
+        }
+    }
+}
 type Resp = Response<Body>;
 
 /// How often a quiet event stream sends a comment (proxies keep it open,
@@ -47,15 +113,17 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
     r
 }
 
-/// Starts a `text/event-stream` answer; frames go through the sender.
-fn sse_response() -> (Sender<Bytes>, Resp) {
-    sse_response_queued(16)
-}
-
-/// `sse_response` with at most `frames` frames queued for a slow reader.
-fn sse_response_queued(frames: usize) -> (Sender<Bytes>, Resp) {
-    let (tx, body) = Channel::new(frames);
-    let mut r = Response::new(Either::Right(body));
+/// Starts a `text/event-stream` answer with at most `frames` frames
+/// queued for a slow reader, dropped when it leaves one unread for
+/// `stall`; frames go through the sender.
+fn sse_response_queued(frames: usize, stall: Duration) -> (EventSender, Resp) {
+    let (tx, queued) = Channel::new(frames);
+    let last = std::sync::Arc::default();
+    let mut r = Response::new(Either::Right(EventBody {
+        queued,
+        drained: false,
+        last: std::sync::Arc::clone(&last),
+    }));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -67,7 +135,7 @@ fn sse_response_queued(frames: usize) -> (Sender<Bytes>, Resp) {
     );
     // nginx: pass events through as they come.
     h.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
-    (tx, r)
+    (EventSender { tx, last, stall }, r)
 }
 
 /// One server-sent event (serde_json never writes a raw newline, so the
@@ -385,11 +453,13 @@ fn events(
     handle: &Handle,
     closing: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
+    stall: Duration,
 ) -> Resp {
     // Subscribed before the snapshot is taken: an event in between comes
     // after it (states are absolute, so seeing one twice is harmless).
     let mut rx = handle.subscribe();
-    let (mut tx, resp) = sse_response();
+    // Few frames queued: a snapshot of thousands of services is large.
+    let (mut tx, resp) = sse_response_queued(4, stall);
     let handle = handle.clone();
     let snapshot = move || {
         sse_frame(
@@ -400,7 +470,7 @@ fn events(
     tokio::spawn(async move {
         // Held while the stream lasts.
         let _permit = permit;
-        if tx.send_data(snapshot()).await.is_err() {
+        if !tx.send(snapshot()).await {
             return;
         }
         let mut tick = keepalive();
@@ -435,12 +505,12 @@ fn events(
                     while let Ok(e) = rx.try_recv() {
                         b.extend_from_slice(&frame(&e));
                     }
-                    let _ = tx.send_data(Bytes::from(b)).await;
+                    tx.send(Bytes::from(b)).await;
                     return;
                 }
                 _ = tick.tick() => Bytes::from_static(KEEPALIVE_FRAME),
             };
-            if tx.send_data(out).await.is_err() {
+            if !tx.send(out).await {
                 return;
             }
         }
@@ -454,29 +524,22 @@ fn events(
 /// [`FOLLOW_QUEUE`] frames queued, what a follower that stops reading holds
 /// of warden's memory is bounded (it was the whole ring, 16 times).
 const FOLLOW_FRAME: usize = 16 * 1024;
-/// Frames queued for a log follower.
+/// Frames queued for a log follower. (One that leaves a frame unread for
+/// `[api] stall_timeout` is dropped: its stream ends with a `dropped`
+/// event.)
 const FOLLOW_QUEUE: usize = 2;
-/// A follower whose queue stays full this long is dropped: its stream ends.
-/// (What it missed meanwhile is told by a `missed` event when it keeps up.)
-const FOLLOW_STALL: Duration = Duration::from_secs(30);
 
 fn follow_logs(
     logs: crate::services::Logs,
     tail: usize,
     closing: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
+    stall: Duration,
 ) -> Resp {
-    let (mut tx, resp) = sse_response_queued(FOLLOW_QUEUE);
+    let (mut tx, resp) = sse_response_queued(FOLLOW_QUEUE, stall);
     tokio::spawn(async move {
         // Held while the stream lasts.
         let _permit = permit;
-        /// Sends `frame`, unless the follower stays full past FOLLOW_STALL.
-        async fn send(tx: &mut Sender<Bytes>, frame: Bytes) -> bool {
-            matches!(
-                tokio::time::timeout(FOLLOW_STALL, tx.send_data(frame)).await,
-                Ok(Ok(()))
-            )
-        }
         // The frames of `lines` (and of a `missed` count first), each of at
         // most about FOLLOW_FRAME bytes; `last` follows what was framed.
         fn framed(missed: u64, lines: &[LogLine], last: &mut u64) -> Vec<Bytes> {
@@ -508,7 +571,7 @@ fn follow_logs(
             }
             // What the ring dropped before the tail is no news to the reader.
             for frame in framed(0, &s.lines, &mut last) {
-                if !send(&mut tx, frame).await {
+                if !tx.send(frame).await {
                     return;
                 }
             }
@@ -522,7 +585,7 @@ fn follow_logs(
                     // The last lines the service wrote as it stopped.
                     let s = logs.since(last);
                     for frame in framed(s.missed, &s.lines, &mut last) {
-                        if !send(&mut tx, frame).await {
+                        if !tx.send(frame).await {
                             return;
                         }
                     }
@@ -531,7 +594,7 @@ fn follow_logs(
                 _ = tick.tick() => vec![Bytes::from_static(KEEPALIVE_FRAME)],
             };
             for frame in frames {
-                if !send(&mut tx, frame).await {
+                if !tx.send(frame).await {
                     return;
                 }
             }
@@ -730,7 +793,13 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
                 None | Some("false" | "0") => {}
                 Some("true" | "1") => {
                     return match stream_permit(state) {
-                        Some(p) => follow_logs(s.logs.clone(), tail, closing.clone(), p),
+                        Some(p) => follow_logs(
+                            s.logs.clone(),
+                            tail,
+                            closing.clone(),
+                            p,
+                            state.spec().stall_timeout,
+                        ),
                         None => too_many_streams(state),
                     };
                 }
@@ -860,7 +929,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
         }
         (["v1", "graph"], _) => method_not_allowed("GET"),
         (["v1", "events"], &Method::GET) => match stream_permit(state) {
-            Some(p) => events(&handle, closing.clone(), p),
+            Some(p) => events(&handle, closing.clone(), p, state.spec().stall_timeout),
             None => too_many_streams(state),
         },
         (["v1", "events"], _) => method_not_allowed("GET"),

@@ -29,6 +29,10 @@ pub struct ClientArgs {
         value_name = "FILE"
     )]
     pub token_file: Option<std::path::PathBuf>,
+    /// For an https:// URL: a PEM file of the CA that signed the API's
+    /// certificate, trusted besides the system's roots.
+    #[arg(long, env = "WARDEN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
@@ -73,18 +77,103 @@ impl Reply {
 /// Why the daemon could not be asked.
 pub struct Unreachable(pub String);
 
-fn host_port(url: &str) -> Result<(String, u16), Unreachable> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Unreachable(format!("{url:?} is not an http:// URL")))?;
+/// Where a URL points: TLS or not, host, port.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+fn target(url: &str) -> Result<Target, Unreachable> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(Unreachable(format!(
+            "{url:?} is not an http:// or https:// URL"
+        )));
+    };
     let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.rsplit_once(':') {
-        Some((h, p)) => p
-            .parse()
-            .map(|p| (h.trim_matches(['[', ']']).to_string(), p))
-            .map_err(|_| Unreachable(format!("bad port in {url:?}"))),
-        None => Ok((authority.to_string(), 80)),
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => (
+            h,
+            p.parse()
+                .map_err(|_| Unreachable(format!("bad port in {url:?}")))?,
+        ),
+        _ => (authority, if tls { 443 } else { 80 }),
+    };
+    let host = host.trim_matches(['[', ']']).to_string();
+    if host.is_empty() {
+        return Err(Unreachable(format!("no host in {url:?}")));
     }
+    Ok(Target { tls, host, port })
+}
+
+/// A connection to the API, plain or TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Opens TLS over `tcp`, verifying the API's certificate for `host`
+/// against the system's roots and `--ca-file`; the handshake is done here,
+/// so that a certificate that is not trusted is said as such.
+fn tls_connect(args: &ClientArgs, host: &str, tcp: TcpStream) -> Result<Conn, Unreachable> {
+    let cas: Vec<std::path::PathBuf> = args.ca_file.iter().cloned().collect();
+    let config = crate::conn::tls::blocking_client_config(&cas)
+        .map_err(|e| Unreachable(format!("cannot reach warden at {}: {e}", args.url)))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| Unreachable(format!("{host:?} is not a host name TLS can verify")))?;
+    let conn = rustls::ClientConnection::new(config, name)
+        .map_err(|e| Unreachable(format!("TLS setup: {e}")))?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+            let words = crate::conn::tls::describe(&e, "--ca-file (WARDEN_CA_FILE)")
+                .map(|w| w.replace(", or verify the chain only: sslmode=verify-ca", ""))
+                .unwrap_or_else(|| e.to_string());
+            return Err(Unreachable(format!(
+                "cannot reach warden at {}: {words}",
+                args.url
+            )));
+        }
+    }
+    Ok(Conn::Tls(Box::new(stream)))
 }
 
 /// Connects and sends a request; the stream is ready for the reply.
@@ -93,11 +182,21 @@ fn send(
     method: &str,
     path: &str,
     body: Option<&[u8]>,
-) -> Result<TcpStream, Unreachable> {
-    let (host, port) = host_port(&args.url)?;
-    let mut stream = TcpStream::connect((host.as_str(), port))
+) -> Result<Conn, Unreachable> {
+    let Target { tls, host, port } = target(&args.url)?;
+    let tcp = TcpStream::connect((host.as_str(), port))
         .map_err(|e| Unreachable(format!("cannot reach warden at {}: {e}", args.url)))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut stream = if tls {
+        tls_connect(args, &host, tcp)?
+    } else {
+        Conn::Plain(tcp)
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let body = body.unwrap_or(b"");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -130,7 +229,13 @@ pub fn request(
     let mut stream = send(args, method, path, body)?;
     let io = io_error(args);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(io)?;
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: the reply is whole
+        // all the same (one request per connection, closed after it).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(io(e)),
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -242,7 +347,7 @@ fn events(
         return Ok(Err(format!("HTTP {status}: {}", reply.error_text())));
     }
     // The headers are in: from now on a read waits at most `tick`.
-    let _ = reader.get_ref().set_read_timeout(Some(tick));
+    let _ = reader.get_ref().tcp().set_read_timeout(Some(tick));
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -296,6 +401,12 @@ fn events(
         line.clear();
         let text = whole.trim_end_matches(['\r', '\n']);
         if text.is_empty() {
+            if event == "dropped" {
+                // warden ended the stream: its reader fell too far behind.
+                let v: Json = serde_json::from_str(&data).unwrap_or(Json::Null);
+                let why = v["reason"].as_str().unwrap_or("warden ended the stream");
+                return Ok(Err(why.to_string()));
+            }
             if !event.is_empty() && !on_event(Some((&event, &data))) {
                 return Ok(Ok(()));
             }

@@ -18,8 +18,8 @@ use super::node::{Node, Value};
 use super::secret::Secret;
 use super::source::Span;
 use super::types::{
-    ByteSize, CaFile, Command, Count, Fraction, HostPort, HttpUrl, Pattern, PgTarget, PostgresDsn,
-    RedisDsn, RedisTarget, Signal,
+    ByteSize, CaFile, CertFile, Command, Count, Fraction, HostPort, HttpUrl, KeyFile, Pattern,
+    PgTarget, PostgresDsn, RedisDsn, RedisTarget, Signal,
 };
 
 const fn secs(s: u64) -> Duration {
@@ -73,11 +73,21 @@ config_table! {
         /// its headers): a body sent a byte at a time would hold a
         /// connection for ever.
         pub body_timeout: Duration = secs(10),
+        /// How long a stream (`/v1/events`, `logs?follow=true`) may leave
+        /// what warden sends unread before warden ends it, with a last
+        /// `dropped` event that says so: a reader that stops reading holds
+        /// a stream and its queue no longer than this.
+        pub stall_timeout: Duration = secs(30),
         /// Host names the API answers to besides loopback names
         /// (`localhost`, `*.localhost`) and IP addresses: the names clients
         /// reach it by (`warden.internal`). Any other `Host` is refused
         /// (DNS rebinding).
         pub allowed_hosts: Vec<String>,
+        /// Serve HTTPS with this PEM certificate (then its intermediates);
+        /// needs `tls_key`. Read again when the file changes.
+        pub tls_cert: Option<CertFile>,
+        /// The PEM private key of `tls_cert`.
+        pub tls_key: Option<KeyFile>,
     }
 }
 

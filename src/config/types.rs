@@ -405,15 +405,112 @@ impl Decode for CaFile {
     }
 }
 
+/// A path written in the registry, relative to the registry's directory
+/// (as written when that is the working directory); `None` (reported) when
+/// empty.
+fn registry_path(node: &Node, cx: &mut Cx<'_>, what: &str) -> Option<PathBuf> {
+    let s = String::decode(node, cx)?;
+    if s.trim().is_empty() {
+        cx.error(
+            "invalid-value",
+            node.span,
+            format!("the path is empty; name {what}"),
+        );
+        return None;
+    }
+    Some(if cx.base_dir == Path::new(".") {
+        PathBuf::from(s.trim())
+    } else {
+        cx.base_dir.join(s.trim())
+    })
+}
+
+/// The API's TLS certificate (`[api] tls_cert`): a PEM file of the
+/// server's certificate, then its intermediates. Checked when loaded;
+/// read again when it changes (a renewed certificate needs no restart).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertFile(pub PathBuf);
+
+impl Decode for CertFile {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        let path = registry_path(node, cx, "a PEM certificate file")?;
+        match check_pem_certificates(&path, cx, "certificate file") {
+            Ok(()) => Some(CertFile(path)),
+            Err((code, why)) => {
+                cx.error(code, node.span, why);
+                None
+            }
+        }
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "A PEM file of the server's certificate and its intermediates"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.display().to_string())
+    }
+}
+
+/// The API's TLS private key (`[api] tls_key`): a PEM file of one key
+/// (PKCS#8, PKCS#1 or SEC1). Its content is never quoted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyFile(pub PathBuf);
+
+impl Decode for KeyFile {
+    fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let path = registry_path(node, cx, "a PEM private key file")?;
+        let text = match cx.sources.read(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                cx.error(
+                    "file-read",
+                    node.span,
+                    format!("cannot read the key file {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        if PrivateKeyDer::from_pem_slice(text.as_bytes()).is_err() {
+            cx.error(
+                "invalid-value",
+                node.span,
+                format!(
+                    "{} holds no PEM private key (expected a -----BEGIN PRIVATE KEY----- block, or an RSA or EC one)",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(KeyFile(path))
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "description": "A PEM file of the server's private key"})
+    }
+    fn to_json(&self) -> Json {
+        Json::String(self.0.display().to_string())
+    }
+}
+
 /// Whether `path` is a readable file of PEM certificates (the error code
 /// and words if not).
 fn check_ca_file(path: &Path, cx: &Cx<'_>) -> Result<(), (&'static str, String)> {
+    check_pem_certificates(path, cx, "CA file")
+}
+
+/// Whether `path` is a readable file of PEM certificates; `what` names it
+/// in the words of an error.
+fn check_pem_certificates(
+    path: &Path,
+    cx: &Cx<'_>,
+    what: &str,
+) -> Result<(), (&'static str, String)> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let text = cx.sources.read(path).map_err(|e| {
         (
             "file-read",
-            format!("cannot read the CA file {}: {e}", path.display()),
+            format!("cannot read the {what} {}: {e}", path.display()),
         )
     })?;
     let mut n = 0;

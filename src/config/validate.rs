@@ -87,6 +87,28 @@ pub(super) fn check(
 
 fn check_api(reg: &Registry, root: &Node, diags: &mut Diagnostics) {
     let api = &reg.api;
+    let span_of = |key: &str| root.get("api").and_then(|a| a.get(key)).map(|n| n.span);
+    match (&api.tls_cert, &api.tls_key) {
+        (Some(_), None) => diags.push(
+            Diagnostic::error(
+                "missing-key",
+                "api.tls_cert is set without api.tls_key: HTTPS needs the certificate's private key",
+            )
+            .at_opt(span_of("tls_cert"))
+            .key("api.tls_key")
+            .help("set tls_key to the PEM file of the certificate's private key"),
+        ),
+        (None, Some(_)) => diags.push(
+            Diagnostic::error(
+                "missing-key",
+                "api.tls_key is set without api.tls_cert: HTTPS needs the certificate too",
+            )
+            .at_opt(span_of("tls_key"))
+            .key("api.tls_cert")
+            .help("set tls_cert to the PEM file of the certificate (then its intermediates)"),
+        ),
+        _ => {}
+    }
     if api.enabled && api.token().is_none() && !api.listen.ip().is_loopback() {
         let span = root
             .get("api")

@@ -28,7 +28,7 @@ use rustls::{
 
 pub use crate::config::dsn::Verify;
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -109,6 +109,13 @@ pub async fn client_config(verify: Verify, cas: &[PathBuf]) -> Result<Arc<Client
         config: config.clone(),
     });
     Ok(config)
+}
+
+/// A client configuration that verifies the chain and the host name
+/// against the system's roots and `cas`, made on the calling thread (for
+/// the blocking CLI clients; not cached).
+pub fn blocking_client_config(cas: &[PathBuf]) -> Result<Arc<ClientConfig>, String> {
+    build(Verify::Full, cas).map(Arc::new)
 }
 
 fn build(verify: Verify, cas: &[PathBuf]) -> Result<ClientConfig, String> {
