@@ -717,7 +717,7 @@ command = ["sh", "-c", "while true; do head -c 300000 /dev/urandom | base64; don
     );
     // Each reload sends the event stream a snapshot of them all: enough
     // to fill what the kernel buffers between warden and the reader.
-    for i in 0..300 {
+    for i in 0..800 {
         registry.push_str(&format!(
             "[services.idle{i}]\nkind = \"process\"\ncommand = [\"true\"]\nenabled = false\n"
         ));
@@ -730,6 +730,24 @@ command = ["sh", "-c", "while true; do head -c 300000 /dev/urandom | base64; don
         None,
     );
     wait_http(port, "/readyz", 200);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds(w.pid());
+    // Readers that never read again: warden closes their connections.
+    let never: Vec<_> = (0..10)
+        .map(|_| {
+            let mut sock = connect_with_small_receive_buffer(port);
+            write!(
+                sock,
+                "GET /v1/services/chatty/logs?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            .unwrap();
+            sock
+        })
+        .collect();
     let paths = [
         "/v1/services/chatty/logs?follow=true&tail=100000",
         "/v1/events",
@@ -771,6 +789,18 @@ command = ["sh", "-c", "while true; do head -c 300000 /dev/urandom | base64; don
             "{path}"
         );
     }
+    // 30 s past the stall limit without taking anything: closed, and what
+    // was queued for them is gone with their connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while fds(w.pid()) > before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readers that never read still hold {} descriptors",
+            fds(w.pid()) - before
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(never);
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

@@ -1020,6 +1020,15 @@ log_memory = "16 potatoes"
         ],
     },
     Case {
+        name: "stall_timeout_too_short",
+        registry: r#"[api]
+stall_timeout = "100ms"
+"#,
+        expected: &[
+            "2:17 invalid-value: api.stall_timeout: 100ms is too short; a stream whose reader is only busy for a moment would be dropped [help: use at least 1s (the default is 30s)]",
+        ],
+    },
+    Case {
         name: "log_memory_too_small",
         registry: r#"[warden]
 log_memory = "1KiB"

@@ -286,6 +286,112 @@ impl Service for Api {
     }
 }
 
+/// How long past `stall_timeout` a reader that stopped reading may come
+/// back for a stream's last word before its connection is closed.
+const LAST_WORD_GRACE: Duration = Duration::from_secs(30);
+
+/// A connection whose writes may wait for its reader at most `limit` at
+/// a time: past it, a write fails and the connection is closed. A client
+/// that stops reading a stream has it ended after `stall_timeout` (with a
+/// last `dropped` event it finds if it reads again); one that still reads
+/// nothing [`LAST_WORD_GRACE`] later holds no connection, and nothing
+/// queued for it.
+struct WriteStall<I> {
+    io: I,
+    limit: Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteStall<I> {
+    fn new(io: I, limit: Duration) -> WriteStall<I> {
+        WriteStall {
+            io,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// A write that could not go through: `Pending` until the limit, then
+    /// an error.
+    fn stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        let limit = self.limit;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing for too long",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.stalled(cx),
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            std::task::Poll::Pending => self.stalled(cx),
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+            std::task::Poll::Pending => self.stalled(cx),
+            done => {
+                self.waiting = None;
+                done
+            }
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Serves one connection (plain or TLS) until it ends, or until the API
 /// stops (then it finishes the request in hand, for a second at most).
 async fn serve<I>(
@@ -296,6 +402,7 @@ async fn serve<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let io = WriteStall::new(io, state.spec().stall_timeout + LAST_WORD_GRACE);
     let closing = cancel.clone();
     let service = hyper::service::service_fn(move |req| {
         let (state, closing) = (state.clone(), closing.clone());

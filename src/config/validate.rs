@@ -88,6 +88,20 @@ pub(super) fn check(
 fn check_api(reg: &Registry, root: &Node, diags: &mut Diagnostics) {
     let api = &reg.api;
     let span_of = |key: &str| root.get("api").and_then(|a| a.get(key)).map(|n| n.span);
+    if api.stall_timeout < Duration::from_secs(1) {
+        diags.push(
+            Diagnostic::error(
+                "invalid-value",
+                format!(
+                    "api.stall_timeout: {} is too short; a stream whose reader is only busy for a moment would be dropped",
+                    humantime::format_duration(api.stall_timeout)
+                ),
+            )
+            .at_opt(span_of("stall_timeout"))
+            .key("api.stall_timeout")
+            .help("use at least 1s (the default is 30s)"),
+        );
+    }
     match (&api.tls_cert, &api.tls_key) {
         (Some(_), None) => diags.push(
             Diagnostic::error(

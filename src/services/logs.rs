@@ -81,6 +81,17 @@ impl RingLimits {
     }
 }
 
+/// What a kept line costs: its slot in the ring, and the heap block its
+/// text takes (glibc's malloc: at least 32 bytes, 8 of header, rounded up
+/// to 16), so that many short lines are bounded by what they really hold.
+fn held(line: &str) -> usize {
+    let text = match line.len() {
+        0 => 0,
+        n => ((n + 8 + 15) & !15).max(32),
+    };
+    text + LINE_OVERHEAD
+}
+
 /// `total` bytes shared by `services` rings.
 fn share(total: u64, services: usize) -> usize {
     let each = total / services.max(1) as u64;
@@ -237,7 +248,7 @@ impl Logs {
         let (lines, bytes) = (self.limits.lines(), self.limits.bytes());
         while r.lines.len() >= lines || (!r.lines.is_empty() && r.bytes + incoming > bytes) {
             if let Some(old) = r.lines.pop_front() {
-                r.bytes -= old.line.len() + LINE_OVERHEAD;
+                r.bytes -= held(&old.line);
             }
         }
         r.shrink();
@@ -249,7 +260,7 @@ impl Logs {
         let (lines, bytes) = (self.limits.lines(), self.limits.bytes());
         while r.lines.len() > lines || r.bytes > bytes {
             match r.lines.pop_front() {
-                Some(old) => r.bytes -= old.line.len() + LINE_OVERHEAD,
+                Some(old) => r.bytes -= held(&old.line),
                 None => break,
             }
         }
@@ -266,8 +277,9 @@ impl Logs {
             // A line larger than the whole ring is cut to fit it alone.
             let room = self.limits.bytes().saturating_sub(LINE_OVERHEAD);
             if line.len() > room {
-                // Room for the marker: " … [" and " bytes cut]" and digits.
-                let mut keep = room.saturating_sub(40);
+                // Room for the marker (" … [", digits, " bytes cut]") and
+                // the heap block's rounding.
+                let mut keep = room.saturating_sub(64);
                 while !line.is_char_boundary(keep) {
                     keep -= 1;
                 }
@@ -275,7 +287,10 @@ impl Logs {
                 line.truncate(keep);
                 line.push_str(&format!(" … [{cut} bytes cut]"));
             }
-            let cost = line.len() + LINE_OVERHEAD;
+            // What the line holds is its capacity, not its length (a
+            // marker pushed onto a line may have doubled it).
+            line.shrink_to_fit();
+            let cost = held(&line);
             self.make_room(&mut r, cost);
             r.bytes += cost;
             r.last += 1;
@@ -428,7 +443,7 @@ mod tests {
         let kept = logs.tail(10);
         assert_eq!(kept.len(), 1);
         let line = &kept[0].line;
-        assert!(line.len() + LINE_OVERHEAD <= 4096, "{}", line.len());
+        assert!(held(line) <= 4096, "{}", line.len());
         assert!(line.len() + LINE_OVERHEAD > 4000, "{}", line.len());
         let keep = line.find(" … [").unwrap();
         assert!(
@@ -438,6 +453,21 @@ mod tests {
         );
         logs.push(Stream::Stdout, "z".into());
         assert_eq!(texts(&logs.tail(10)), vec!["z"], "the big one makes room");
+    }
+
+    #[test]
+    fn a_line_costs_what_it_holds_not_its_length() {
+        let logs = Logs::new(10);
+        let mut roomy = String::with_capacity(8192);
+        roomy.push('x');
+        logs.push(Stream::Stdout, roomy);
+        let r = logs.ring();
+        assert_eq!(r.bytes, 32 + LINE_OVERHEAD, "one small allocation");
+        assert!(
+            r.bytes < 100,
+            "{}: the spare capacity was given back",
+            r.bytes
+        );
     }
 
     #[test]
@@ -456,7 +486,7 @@ mod tests {
         assert!(held > total as usize * 9 / 10, "{held}: the share is used");
         for ring in &rings {
             let r = ring.ring();
-            let text: usize = r.lines.iter().map(|l| l.line.len() + LINE_OVERHEAD).sum();
+            let text: usize = r.lines.iter().map(|l| super::held(&l.line)).sum();
             assert_eq!(text, r.bytes, "the count follows the lines");
             assert_eq!(r.lines.back().unwrap().seq, 1000, "the newest stay");
         }
