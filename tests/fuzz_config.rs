@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 use support::{MemSources, load};
 
@@ -86,6 +88,9 @@ const STRINGS: &[&str] = &[
     "5s",
     "0s",
     "1h30m",
+    "100y",
+    "300000000000y",
+    "18446744073709551615s",
     "x",
     "${A}",
     "${A:-d}",
@@ -160,6 +165,38 @@ proptest! {
             }
         } else {
             prop_assert!(checked.loaded.diagnostics.has_errors(), "a rejected registry has at least one error");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, .. ProptestConfig::default() })]
+
+    /// Every duration the loader accepts can be added to now and grown by
+    /// a backoff without overflow: a registry `check` accepts never panics
+    /// warden at its shutdown (300000000000y did).
+    #[test]
+    fn accepted_durations_are_within_the_clocks_reach(
+        n in prop_oneof![any::<u64>(), 0u64..1000, Just(100u64), Just(101u64)],
+        unit in proptest::sample::select(&["ns", "ms", "s", "m", "h", "d", "w", "M", "y"][..]),
+    ) {
+        let d = format!("{n}{unit}");
+        let text = format!(
+            "[warden]\nshutdown_timeout = \"{d}\"\n[services.a]\nkind = \"process\"\ncommand = [\"x\"]\nstart_timeout = \"{d}\"\nrestart = {{ backoff = {{ initial = \"{d}\", max = \"{d}\", multiplier = 1000.0 }} }}\n"
+        );
+        let checked = load(&MemSources::new(&text), None);
+        if let Some(reg) = checked.registry() {
+            let t = reg.warden.shutdown_timeout;
+            prop_assert!(t <= Duration::from_secs(3_155_760_000), "{d} accepted");
+            prop_assert!(std::time::Instant::now().checked_add(t).is_some());
+            prop_assert!(tokio::time::Instant::now().checked_add(t).is_some());
+            let b = &reg.services["a"].common.restart.backoff;
+            let grown = b.initial.as_secs_f64() * b.multiplier.powi(1000);
+            let _ = Duration::from_secs_f64(grown.min(b.max.as_secs_f64()));
+            let _ = b.max.mul_f64(1.5);
+        } else {
+            let errors = checked.loaded.diagnostics.iter().map(|e| e.render(&checked.loaded.sources)).collect::<Vec<_>>().join("\n");
+            prop_assert!(errors.contains("duration"), "{d}: {errors}");
         }
     }
 }

@@ -1020,6 +1020,15 @@ log_memory = "16 potatoes"
         ],
     },
     Case {
+        name: "duration_past_what_the_clock_can_add",
+        registry: r#"[warden]
+shutdown_timeout = "300000000000y"
+"#,
+        expected: &[
+            "2:20 invalid-duration: warden.shutdown_timeout: \"300000000000y\" is too long; expected at most 100y",
+        ],
+    },
+    Case {
         name: "stall_timeout_too_short",
         registry: r#"[api]
 stall_timeout = "100ms"

@@ -375,6 +375,51 @@ restart = { policy = "never" }
     assert_eq!(w.exit_code(), 0);
 }
 
+/// A child that runs as another user gets that user's `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` from the passwd entry (as systemd's `User=` and
+/// `runuser` do; it had root's `HOME=/root` and no `USER`), unless the
+/// service's own `env` sets them.
+#[test]
+fn a_child_running_as_another_user_gets_its_home_and_names() {
+    assert!(
+        is_root(),
+        "this test runs warden as root (user =): run it as root, as CI does"
+    );
+    let passwd = Command::new("getent")
+        .args(["passwd", "nobody"])
+        .output()
+        .unwrap();
+    let entry = String::from_utf8_lossy(&passwd.stdout).trim().to_string();
+    let fields: Vec<&str> = entry.split(':').collect();
+    let (home, shell) = (fields[5], fields[6]);
+    let mut w = Warden::start(
+        r#"
+[api]
+enabled = false
+[services.plain]
+kind = "process"
+command = ["sh", "-c", "echo \"$HOME|$USER|$LOGNAME|$SHELL\"; exec sleep 414142"]
+user = "nobody"
+[services.own]
+kind = "process"
+command = ["sh", "-c", "echo \"$HOME|$USER|$LOGNAME|$SHELL\"; exec sleep 414143"]
+user = "nobody"
+env = { HOME = "/srv/own", USER = "svc" }
+"#,
+    );
+    for (service, want) in [
+        ("plain", format!("{home}|nobody|nobody|{shell}")),
+        ("own", format!("/srv/own|svc|nobody|{shell}")),
+    ] {
+        let line = w.wait_log(&format!("{service}'s environment"), |v| {
+            v["service"] == service && v["stream"] == "stdout"
+        });
+        assert_eq!(line["message"], want.as_str(), "{service}");
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
 /// A child that runs as another user reaches its notify socket (it was
 /// root's, mode 0755: EACCES, and the service never became ready), and
 /// nobody else may write to it.

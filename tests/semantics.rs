@@ -225,3 +225,34 @@ command = ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\000' x; echo; echo don
         "{metrics}"
     );
 }
+
+/// The longest durations a registry may give (100y) are kept without a
+/// panic: a deadline that far ahead, a backoff that long, and a shutdown
+/// whose cap is that far (300000000000y passed `check` and panicked warden
+/// at its SIGTERM, exit 101 with no ordered stop).
+#[test]
+fn the_longest_durations_do_not_overflow_the_clock() {
+    let port = free_port();
+    let mut w = Warden::start(&format!(
+        r#"
+[warden]
+shutdown_timeout = "100y"
+[api]
+listen = "127.0.0.1:{port}"
+[services.slow]
+kind = "process"
+command = ["sleep", "616161"]
+start_timeout = "100y"
+stop = {{ timeout = "100y" }}
+health = {{ exec = ["true"], interval = "100y", timeout = "100y" }}
+[services.crashy]
+kind = "process"
+command = ["sh", "-c", "exit 1"]
+restart = {{ policy = "always", max_restarts = 100, window = "100y", reset_after = "100y", backoff = {{ initial = "100y", max = "100y", multiplier = 1000.0, jitter = 0.5 }} }}
+"#
+    ));
+    wait_http(port, "/readyz", 200);
+    w.wait_event("crashy", "restarting");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0, "{}", w.dump());
+}

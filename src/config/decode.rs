@@ -711,6 +711,12 @@ impl<T: Decode> Decode for indexmap::IndexMap<String, T> {
     }
 }
 
+/// The longest duration a registry may give (100 years of 365.25 days, as
+/// humantime counts `100y`): a deadline that
+/// far ahead is still a valid instant, and backoff arithmetic on it does
+/// not overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(3_155_760_000);
+
 /// Durations are humantime strings: `250ms`, `5m`, `1h30m`.
 impl Decode for std::time::Duration {
     fn decode(node: &Node, cx: &mut Cx<'_>) -> Option<Self> {
@@ -721,14 +727,25 @@ impl Decode for std::time::Duration {
             );
             return None;
         };
-        humantime::parse_duration(s.trim()).ok().or_else(|| {
+        let Ok(d) = humantime::parse_duration(s.trim()) else {
             cx.error(
                 "invalid-duration",
                 node.span,
                 format!("{s:?} is not a duration; expected a number with a unit, such as \"250ms\", \"5s\" or \"1h30m\""),
             );
-            None
-        })
+            return None;
+        };
+        // A deadline this far ahead would overflow the clock's arithmetic
+        // (a panic at the shutdown); nothing needs more.
+        if d > MAX_DURATION {
+            cx.error(
+                "invalid-duration",
+                node.span,
+                format!("{s:?} is too long; expected at most 100y"),
+            );
+            return None;
+        }
+        Some(d)
     }
     fn schema() -> Json {
         json!({"type": "string", "pattern": r"^(\s*([0-9]+\s*[a-zA-Zµ]+\s*)+|.*\$\{.+\}.*)$",

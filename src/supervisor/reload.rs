@@ -212,6 +212,16 @@ impl Supervisor {
         // shows: look at every service once.
         self.rescan = true;
         self.republish = true;
+        // Listed in the order the registry gives (new services were added
+        // at the end); those on their way out last.
+        let position: std::collections::HashMap<&str, usize> = registry
+            .services
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        self.units
+            .sort_by_cached_key(|name, _| position.get(&**name).copied().unwrap_or(usize::MAX));
         self.api = self.find_api();
         // A restart that waited for dependents the new graph no longer
         // has (removed, or now ignoring it) goes on.

@@ -2894,3 +2894,34 @@ depends_on = ["db"]
     );
     h.shutdown().await;
 }
+
+/// Services are listed in the order the registry gives them, after a
+/// reload too: one inserted between two others is listed between them
+/// (it was listed last), and so is one removed and added back.
+#[tokio::test(start_paused = true)]
+async fn services_keep_the_registrys_order_across_reloads() {
+    let svc = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("[services.{n}]\nkind = \"mock\"\n"))
+            .collect::<String>()
+    };
+    let names = |h: &Harness| -> Vec<String> {
+        h.handle
+            .status()
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    };
+    let h = start(&svc(&["a", "b", "c"]));
+    h.wait("c", State::Ready).await;
+    reload_to(&h, &svc(&["a", "mid", "b", "c"])).await;
+    h.wait("mid", State::Ready).await;
+    assert_eq!(names(&h), ["a", "mid", "b", "c"]);
+    reload_to(&h, &svc(&["a", "mid", "b"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    reload_to(&h, &svc(&["c", "a", "b", "mid"])).await;
+    h.wait("c", State::Ready).await;
+    assert_eq!(names(&h), ["c", "a", "b", "mid"]);
+    assert_eq!(h.shutdown().await.0, EXIT_OK);
+}

@@ -84,14 +84,24 @@ impl ProcessService {
 
     /// The child's environment, for the service and its stop command
     /// alike: what it inherits of warden's (`inherit_env`, else all but
-    /// warden's own and secret variables), its env files, then `env`.
+    /// warden's own and secret variables), its user's `HOME`, `USER`,
+    /// `LOGNAME` and `SHELL` when `user` is set, its env files, then `env`.
     fn environment(&self, cmd: &mut std::process::Command) -> Result<(), ServiceError> {
         let p = self.process();
         crate::sys::env::scrub(cmd, p.inherit_env.as_deref());
         let user = match &p.user {
-            Some(u) if !p.env_files.is_empty() => Some(lookup_user(u)?),
-            _ => None,
+            Some(u) => Some(lookup_user(u)?),
+            None => None,
         };
+        // Who it runs as, from the passwd entry (as systemd's User= and
+        // runuser do): not warden's HOME=/root. Its env files and `env`
+        // come after and win.
+        if let Some(u) = &user {
+            cmd.env("HOME", &u.dir)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name)
+                .env("SHELL", &u.shell);
+        }
         for file in &p.env_files {
             let path = self.base_dir.join(file);
             let text = read_env_file(&path, user.as_ref())?;
