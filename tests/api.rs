@@ -731,3 +731,49 @@ fn streams_have_a_cap_and_probes_keep_room() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// `[api] enabled` waits for warden's next start, as the reload says: a
+/// reload that turns the API off keeps it serving (it stopped at once, and
+/// the container's health check with it), and one that turns it on does
+/// not start it (it started listening at once).
+#[test]
+fn a_reload_leaves_the_api_as_warden_started_it() {
+    let port = free_port();
+    let on = format!(
+        "[api]\nlisten = \"127.0.0.1:{port}\"\n[services.a]\nkind = \"process\"\ncommand = [\"sleep\", \"717171\"]\n"
+    );
+    let off = on.replace("[api]\n", "[api]\nenabled = false\n");
+    let mut w = Warden::start(&on);
+    wait_http(port, "/readyz", 200);
+    support::daemon::write_registry(&w.dir, &off);
+    let (status, _, body) = http(port, "POST", "/v1/reload", &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let summary: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        summary["restart_needed"],
+        serde_json::json!(["api.enabled"])
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (status, health) = get_json(port, "/v1/health");
+    assert_eq!(status, 200);
+    assert_eq!(health["services"]["api"]["state"], "ready", "{health}");
+    // Reloaded again with the API back on: nothing to do.
+    support::daemon::write_registry(&w.dir, &on);
+    assert_eq!(http(port, "POST", "/v1/reload", &[], b"").0, 200);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+
+    // Started without the API: a reload that enables it starts nothing.
+    let mut w = Warden::start(&off);
+    w.wait_event("a", "ready");
+    support::daemon::write_registry(&w.dir, &on);
+    w.signal("HUP");
+    w.wait_log("the reload", |v| v["message"] == "reloaded");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the API started listening at a reload"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -121,12 +121,28 @@ pub fn run(args: &RunArgs, mut kinds: Kinds) -> u8 {
     // left their groups (see stop_escaped below).
     let shutdown_timeout = Arc::new(std::sync::Mutex::new(registry.warden.shutdown_timeout));
     let reloaded_timeout = shutdown_timeout.clone();
+    // `[api] enabled` takes effect when warden starts again: a reload keeps
+    // the API as warden started it.
+    let api_at_start = registry.api.enabled;
     let reloader: crate::api::Reloader = std::sync::Arc::new(move || {
         let checked = load_and_check(&reload_opts, &RealSources);
         match (checked.registry(), checked.graph.as_ref()) {
             (Some(r), Some(g)) => {
+                let kept;
+                let (r, g) = if r.api.enabled == api_at_start {
+                    (r, g.clone())
+                } else {
+                    kept = keep_api_as_started(r.clone(), api_at_start)?;
+                    let g = crate::graph::build(&kept).map_err(|d| {
+                        d.errors()
+                            .map(|e| e.render(&checked.loaded.sources))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })?;
+                    (&kept, g)
+                };
                 let g = if only.is_empty() {
-                    g.clone()
+                    g
                 } else {
                     g.select_only(r, &only).map_err(|e| e.to_string())?
                 };
@@ -287,6 +303,30 @@ async fn forward_signals(handle: crate::supervisor::Handle, api: crate::api::Api
             }
         }
     }
+}
+
+/// The reloaded registry `r` with the API service as warden started
+/// (`running`): added back when `r` turns it off, taken out when `r`
+/// turns it on. (`r.api` still says what `r` asks, so that the reload
+/// reports `api.enabled` as waiting for a restart.) A registry that
+/// turns the API off and gives its name to a service of its own cannot be
+/// applied until warden starts again.
+fn keep_api_as_started(
+    mut r: crate::config::Registry,
+    running: bool,
+) -> Result<crate::config::Registry, String> {
+    if running {
+        if r.services.contains_key("api") {
+            return Err(
+                "services.api: the API is still running (api.enabled takes effect when warden starts again), so the name api is not free yet; restart warden to apply this registry".to_string(),
+            );
+        }
+        r.services
+            .shift_insert(0, "api".to_string(), crate::config::api_service());
+    } else {
+        r.services.shift_remove("api");
+    }
+    Ok(r)
 }
 
 /// Unmaps the code and constants start-up used once it is over, so that

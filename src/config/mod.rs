@@ -29,6 +29,21 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
+/// The implicit `api` service that `[api]` configures: critical, with no
+/// dependencies, the common defaults otherwise.
+pub fn api_service() -> ServiceSpec {
+    ServiceSpec {
+        name: "api".into(),
+        common: CommonSpec {
+            critical: true,
+            ..CommonSpec::all_defaults()
+                .unwrap_or_else(|| unreachable!("every common key has a default"))
+        },
+        kind: KindSpec::new(API_KIND, NoSettings),
+        span: Span::default(),
+    }
+}
+
 pub use kind::{API_KIND, Action, KindDef, KindSpec, KindTable, NoSettings, Runs, Settings};
 pub use model::*;
 pub use source::{NoSources, RealSources, SourceMap, Sources, Span};
@@ -714,20 +729,9 @@ fn decode_services(
     let mut out = IndexMap::new();
     let api_enabled = api.is_none_or(|a| a.enabled);
     if api_enabled {
-        let common = CommonSpec {
-            critical: true,
-            ..CommonSpec::all_defaults()
-                .unwrap_or_else(|| unreachable!("every common key has a default"))
-        };
-        out.insert(
-            "api".to_string(),
-            ServiceSpec {
-                name: "api".into(),
-                common,
-                kind: KindSpec::new(API_KIND, NoSettings),
-                span: services.span,
-            },
-        );
+        let mut spec = api_service();
+        spec.span = services.span;
+        out.insert("api".to_string(), spec);
     }
     let Some(table) = services.as_table() else {
         return out;

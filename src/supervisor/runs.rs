@@ -381,12 +381,11 @@ impl Supervisor {
     }
 
     /// A main service stopped while no run was going (in backoff, waiting
-    /// for its dependencies): its last run's status, else 0.
+    /// for its dependencies): 0, as a stop of a running one is (its last
+    /// run's status belongs to a run that was going to be restarted).
     pub(super) fn main_stopped_idle(&mut self, name: &str) {
-        let u = &self.units[name];
-        if u.spec.common.main {
-            let code = main_exit_code(u.exit_status.get(), Ending::Stopped(AfterStop::Stay));
-            self.main_ended(name, code);
+        if self.units[name].spec.common.main {
+            self.main_ended(name, main_exit_code(None, Ending::Stopped(AfterStop::Stay)));
         }
     }
 

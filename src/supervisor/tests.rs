@@ -2160,30 +2160,6 @@ kind = "mock"
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_main_service_stopped_in_backoff_ends_warden_with_its_last_status() {
-    let h = start(
-        r#"
-[services.app]
-kind = "mock"
-main = true
-exit = "err"
-exit_after = "10ms"
-status = 5
-restart = { backoff = { initial = "1h", max = "1h" } }
-[services.keeper]
-kind = "mock"
-"#,
-    );
-    h.wait("app", State::Backoff).await;
-    h.handle.stop("app").await.unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
-        .await
-        .expect("warden ends with its main service")
-        .unwrap();
-    assert_eq!(code, 5);
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_critical_failure_during_a_requested_shutdown_does_not_change_the_code() {
     // The shutdown stops app first (it takes 5 s); meanwhile db, critical
     // and not yet asked to stop, crashes. The shutdown was asked for first:
@@ -2924,4 +2900,37 @@ async fn services_keep_the_registrys_order_across_reloads() {
     h.wait("c", State::Ready).await;
     assert_eq!(names(&h), ["c", "a", "b", "mid"]);
     assert_eq!(h.shutdown().await.0, EXIT_OK);
+}
+
+/// An operator's stop of the main service ends warden with 0 whatever the
+/// moment: while it runs, and while it waits in backoff after a run that
+/// exited 5 (that gave 5: a deliberate stop read as a crash).
+#[tokio::test(start_paused = true)]
+async fn an_operators_stop_of_the_main_service_is_exit_0_in_every_state() {
+    let registry = r#"
+[services.app]
+kind = "mock"
+main = true
+exit = "err"
+exit_after = "1s"
+status = 5
+restart = { policy = "on-failure", max_restarts = 5, backoff = { initial = "1h", max = "1h", jitter = 0.0 } }
+"#;
+    let h = start(registry);
+    h.wait("app", State::Backoff).await;
+    h.handle.stop("app").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .expect("warden ends with its main service")
+        .unwrap();
+    assert_eq!(code, EXIT_OK, "stopped in backoff");
+
+    let h = start(registry);
+    h.wait("app", State::Ready).await;
+    h.handle.stop("app").await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(60), h.done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, EXIT_OK, "stopped while running");
 }
