@@ -886,7 +886,7 @@ pub async fn handle(state: &ApiState, closing: &CancellationToken, req: Request<
             match state.reload().await {
                 Ok(s) => json_response(
                     StatusCode::OK,
-                    &json!({"restart_needed": s.restart_needed, "added": s.added, "removed": s.removed, "changed": s.changed, "unchanged": s.unchanged}),
+                    &json!({"restart_needed": s.restart_needed, "added": s.added, "removed": s.removed, "changed": s.changed, "updated": s.updated, "unchanged": s.unchanged}),
                 ),
                 Err(super::ReloadError::Invalid(errors)) => error(
                     StatusCode::BAD_REQUEST,

@@ -178,6 +178,10 @@ pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
+    /// Changed only in what a run does not depend on (`description`,
+    /// `critical`, `main`, `restart`, `on_dependency_restart`,
+    /// `start_timeout`): applied in place, without a restart.
+    pub updated: Vec<String>,
     pub unchanged: usize,
 }
 

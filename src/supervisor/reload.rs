@@ -122,6 +122,19 @@ impl Supervisor {
                 summary.unchanged += 1;
                 continue;
             }
+            if u.next_spec.is_none() && same_run(&u.spec, spec) {
+                summary.updated.push(spec.name.clone());
+                let u = &mut self.units[name];
+                if u.spec.common.restart != spec.common.restart {
+                    // A new budget and backoff, as a new spec gets.
+                    let r = &spec.common.restart;
+                    u.backoff = BackoffState::new(r.backoff.clone());
+                    u.budget = RestartBudget::new(r.max_restarts, r.window);
+                }
+                u.spec = spec.clone();
+                self.touch(name);
+                continue;
+            }
             summary.changed.push(spec.name.clone());
             if u.next_spec.is_some() && same_config(&u.spec, spec) {
                 // Back to the spec it runs: the abandoned one is dropped
@@ -291,6 +304,22 @@ impl Supervisor {
         }
         schedules_changed
     }
+}
+
+/// Whether `a` and `b` differ only in what the supervisor reads when it
+/// decides (never the run itself, nor its probes): `description`,
+/// `critical`, `main`, `restart`, `on_dependency_restart` and
+/// `start_timeout` are applied in place by a reload.
+fn same_run(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    let mut b = b.clone();
+    let (from, to) = (&a.common, &mut b.common);
+    to.description.clone_from(&from.description);
+    to.critical = from.critical;
+    to.main = from.main;
+    to.restart = from.restart.clone();
+    to.on_dependency_restart = from.on_dependency_restart;
+    to.start_timeout = from.start_timeout;
+    same_config(a, &b)
 }
 
 /// The spec without source positions: two registries that differ only in

@@ -2934,3 +2934,53 @@ restart = { policy = "on-failure", max_restarts = 5, backoff = { initial = "1h",
         .unwrap();
     assert_eq!(code, EXIT_OK, "stopped while running");
 }
+
+/// A reload applies in place what does not change a run: `description`,
+/// `critical`, `main`, `restart`, `on_dependency_restart` and
+/// `start_timeout`. The service keeps running, and so do its dependents
+/// that restart with it (a new description restarted both).
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_in_place_what_does_not_change_a_run() {
+    let before = r#"
+[services.db]
+kind = "mock"
+description = "the database"
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+on_dependency_restart = "restart"
+"#;
+    let h = start(before);
+    h.wait("app", State::Ready).await;
+    let after = r#"
+[services.db]
+kind = "mock"
+description = "the database, described anew"
+critical = true
+start_timeout = "5m"
+restart = { policy = "always", max_restarts = 9, backoff = { initial = "2s" } }
+[services.app]
+kind = "mock"
+depends_on = ["db"]
+on_dependency_restart = "stop"
+"#;
+    let summary = reload_to(&h, after).await;
+    assert_eq!(summary.updated, vec!["db", "app"]);
+    assert!(summary.changed.is_empty(), "{summary:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.log.times("start db").len(), 1, "db kept running");
+    assert_eq!(h.log.times("start app").len(), 1, "app kept running");
+    let db = h.status("db");
+    assert!(db.critical, "critical applies at once");
+    // What shapes a run still restarts it.
+    let summary = reload_to(
+        &h,
+        &after.replace(
+            "kind = \"mock\"\ndescription",
+            "kind = \"mock\"\nready_after = \"10ms\"\ndescription",
+        ),
+    )
+    .await;
+    assert_eq!(summary.changed, vec!["db"]);
+    h.shutdown().await;
+}
