@@ -296,6 +296,69 @@ command = ["sleep", "432101"]
     assert_eq!(w.exit_code(), 0);
 }
 
+/// A reload while a critical service is still starting says nothing to
+/// systemd: `READY=1` comes once, when every critical service is ready
+/// (a SIGHUP sent `RELOADING=1` then `READY=1` at once, and `systemctl
+/// start` returned early). After that, a reload is `RELOADING=1` then
+/// `READY=1`.
+#[test]
+fn ready_goes_to_systemd_only_once_ready_reloads_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut w = Warden::start_with(
+        r#"
+[api]
+enabled = false
+[services.db]
+kind = "process"
+command = ["sh", "-c", "sleep 2; echo up; exec sleep 432102"]
+ready = { log = "^up$" }
+critical = true
+"#,
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        None,
+    );
+    let mut lines: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv_for = |lines: &mut Vec<String>, d: Duration| {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
+            }
+        }
+    };
+    w.wait_event("db", "spawned sh");
+    w.signal("HUP");
+    w.wait_log("the reload", |v| v["message"] == "reloaded");
+    recv_for(&mut lines, Duration::from_millis(300));
+    assert!(
+        !lines.iter().any(|l| l == "READY=1" || l == "RELOADING=1"),
+        "db is not ready yet: {lines:?}"
+    );
+    w.wait_event("db", "ready");
+    recv_for(&mut lines, Duration::from_millis(300));
+    assert_eq!(
+        lines.iter().filter(|l| *l == "READY=1").count(),
+        1,
+        "{lines:?}"
+    );
+    w.signal("HUP");
+    w.wait_log("the second reload", |v| v["message"] == "reloaded");
+    recv_for(&mut lines, Duration::from_millis(300));
+    assert!(lines.iter().any(|l| l == "RELOADING=1"), "{lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| *l == "READY=1").count(),
+        2,
+        "{lines:?}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
 #[test]
 fn a_reload_with_a_broken_file_keeps_the_old_services_running() {
     let registry = r#"

@@ -3,6 +3,7 @@
 //! shutdown begins, and `WATCHDOG=1` at half of `WATCHDOG_USEC` while the
 //! supervisor loop is live. Without `NOTIFY_SOCKET` every call is a no-op.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -56,6 +57,7 @@ pub async fn notifier(handle: super::Handle) {
             let line = summary(&tally);
             if !ready_sent && tally.critical_ready() {
                 ready_sent = true;
+                READY_SENT.store(true, Ordering::SeqCst);
                 let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
                 last_status = line;
             } else if line != last_status {
@@ -76,10 +78,18 @@ pub async fn notifier(handle: super::Handle) {
     }
 }
 
+/// Whether `READY=1` has been sent (once every critical service was
+/// ready): a reload says `RELOADING=1` and `READY=1` only after that.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
+
 /// Tells systemd a reload is under way (`RELOADING=1` with the monotonic
 /// time systemd asks for), then `READY=1` once done.
+///
+/// Nothing before `READY=1` was first sent: systemd is still waiting for
+/// the start, and a `READY=1` after the reload would end that wait before
+/// every critical service is ready.
 pub fn reloading() {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() || !READY_SENT.load(Ordering::SeqCst) {
         return;
     }
     let mut states = vec![NotifyState::Reloading];
@@ -90,7 +100,7 @@ pub fn reloading() {
 }
 
 pub fn reloaded() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() && READY_SENT.load(Ordering::SeqCst) {
         let _ = sd_notify::notify(&[NotifyState::Ready]);
     }
 }
