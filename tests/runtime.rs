@@ -359,6 +359,42 @@ critical = true
     assert_eq!(w.exit_code(), 0);
 }
 
+/// A notify service's socket file is removed however its run ends, a
+/// forced stop included (a second SIGTERM: one file was left per forced
+/// notify service at each run).
+#[test]
+fn a_forced_stop_leaves_no_notify_socket_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = Warden::start_with(
+        r#"
+[api]
+enabled = false
+[services.stubborn]
+kind = "process"
+command = ["sh", "-c", "trap '' TERM; systemd-notify --ready; while true; do sleep 0.1; done"]
+ready = { notify = true, timeout = "10s" }
+stop = { timeout = "60s" }
+"#,
+        &[("XDG_RUNTIME_DIR", dir.path().to_str().unwrap())],
+        None,
+    );
+    w.wait_event("stubborn", "ready");
+    let sockets = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".notify"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sockets().len(), 1, "the socket while it runs");
+    w.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    w.signal("TERM");
+    w.exit_code();
+    assert_eq!(sockets(), Vec::<String>::new(), "left behind");
+}
+
 #[test]
 fn a_reload_with_a_broken_file_keeps_the_old_services_running() {
     let registry = r#"

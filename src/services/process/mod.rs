@@ -292,6 +292,9 @@ impl Service for ProcessService {
                 }
                 _ => None,
             };
+            // Removed however the run ends: returned, failed to spawn, or
+            // aborted by a forced stop (a second signal, shutdown_timeout).
+            let _notify_file = notify.as_ref().map(|(_, p)| RemoveOnDrop(p.clone()));
             let program = self.process().command.0[0].clone();
             // The command goes once spawned: nothing of it stays resident.
             let (mut child, status) = reaper
@@ -323,7 +326,6 @@ impl Service for ProcessService {
             }
             drop(line_tx);
 
-            let notify_path = notify.as_ref().map(|(_, p)| p.clone());
             // Without a probe the run is ready now; with one, the watch is
             // boxed so that its (large) future is held only by services
             // that have a probe.
@@ -397,9 +399,6 @@ impl Service for ProcessService {
             // give the readers a moment to drain the last lines.
             for p in pumps {
                 let _ = tokio::time::timeout(Duration::from_millis(200), p).await;
-            }
-            if let Some(path) = notify_path {
-                let _ = std::fs::remove_file(path);
             }
             result
         })
@@ -486,6 +485,15 @@ impl ProcessService {
                 false
             }
         }
+    }
+}
+
+/// A file removed when this goes (the notify socket's).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
