@@ -14,7 +14,7 @@ use super::event_loop::holds;
 use super::events::{Happened, RestartReason};
 use super::state::{Event, State};
 use super::{AfterStop, EXIT_CRITICAL, Msg, StopCause, Supervisor};
-use crate::config::{OnDependencyRestart, Runs};
+use crate::config::Runs;
 use crate::services::{Context, ServiceError};
 
 impl Supervisor {
@@ -189,13 +189,14 @@ impl Supervisor {
     /// (`on_dependency_restart = "restart"`) and finds one of them on its
     /// way to restart waits for it in `pending` instead.
     pub(super) fn start_after_backoff(&mut self, name: &str) {
-        let u = &self.units[name];
-        let waits = u.spec.common.on_dependency_restart == OnDependencyRestart::Restart
-            && self.graph.dependencies(name).iter().any(|(d, c)| {
-                self.units
-                    .get(*d)
-                    .is_some_and(|d| !holds(d.state, d.met, *c))
-            });
+        // Conditions are checked whenever a service is about to start: a
+        // dependency that is itself restarting (in backoff, stopping) is
+        // waited for, whatever `on_dependency_restart` says.
+        let waits = self.graph.dependencies(name).iter().any(|(d, c)| {
+            self.units
+                .get(*d)
+                .is_some_and(|d| !holds(d.state, d.met, *c))
+        });
         if waits {
             self.units[name].generation += 1;
             self.transition(name, Event::Stop);

@@ -2984,3 +2984,44 @@ on_dependency_restart = "stop"
     assert_eq!(summary.changed, vec!["db"]);
     h.shutdown().await;
 }
+
+/// A dependent about to start again after its own backoff waits for its
+/// dependencies as any start does, whatever its `on_dependency_restart`
+/// (it was started while its dependency was still in backoff: a critical
+/// dependent spent its budget on a dependency that would have come back,
+/// and warden exited 3).
+#[tokio::test(start_paused = true)]
+async fn a_restart_from_backoff_waits_for_the_dependencies() {
+    let h = start(
+        r#"
+[services.a]
+kind = "mock"
+exit = "err"
+exit_after = "1s"
+restart = { max_restarts = 100, window = "1h", backoff = { initial = "6s", max = "6s", jitter = 0.0 } }
+[services.b]
+kind = "mock"
+depends_on = ["a"]
+critical = true
+exit = "err"
+exit_after = "2s"
+restart = { max_restarts = 3, window = "1h", backoff = { initial = "200ms", max = "200ms", jitter = 0.0 } }
+"#,
+    );
+    h.wait("b", State::Ready).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // a: runs 0-1 s, backoff to 7 s, runs 7-8 s. b: 0-2 s; at 2.2 s a is
+    // in backoff, so b waits; it starts again at 7 s, once a is ready.
+    let a_starts = h.log.times("start a");
+    let b_starts = h.log.times("start b");
+    assert_eq!(a_starts.len(), 2, "{a_starts:?}");
+    assert!(
+        b_starts
+            .iter()
+            .skip(1)
+            .all(|t| a_starts.contains(t) || *t >= 7000),
+        "b started while a was in backoff: a {a_starts:?}, b {b_starts:?}"
+    );
+    assert!(h.state("b") != State::Failed);
+    h.shutdown().await;
+}
