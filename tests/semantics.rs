@@ -256,3 +256,53 @@ restart = {{ policy = "always", max_restarts = 100, window = "100y", reset_after
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0, "{}", w.dump());
 }
+
+/// A stop keeps its grace for the whole process group: a shell that runs
+/// the app without `exec` exits at once on SIGTERM, and the app, which
+/// needs a moment to flush, gets what is left of `stop.timeout` before
+/// SIGKILL (it was killed 2 ms after the shell, mid-flush). A service
+/// that exits on SIGTERM still stops at once.
+#[test]
+fn a_stop_keeps_its_grace_for_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let flushed = dir.path().join("flushed");
+    let app = format!(
+        "trap 'sleep 1; echo flushed > {}; exit 0' TERM; while true; do sleep 0.05; done",
+        flushed.display()
+    );
+    let port = free_port();
+    let mut w = Warden::start(&format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+[services.app]
+kind = "process"
+command = ["sh", "-c", "sh -c \"$$0\"; echo done", {app:?}]
+stop = {{ timeout = "10s" }}
+[services.quick]
+kind = "process"
+command = ["sleep", "818181"]
+"#
+    ));
+    wait_http(port, "/readyz", 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let (code, _, err) = client(port, &["stop", "quick"]);
+    assert_eq!(code, 0, "{err}");
+    w.wait_event("quick", "stopped");
+    assert!(
+        began.elapsed() < Duration::from_millis(900),
+        "a process that exits on SIGTERM stops at once: {:?}",
+        began.elapsed()
+    );
+    let (code, _, err) = client(port, &["stop", "app"]);
+    assert_eq!(code, 0, "{err}");
+    w.wait_event("app", "stopped");
+    assert_eq!(
+        std::fs::read_to_string(&flushed).unwrap_or_default(),
+        "flushed\n",
+        "the app was killed before its grace was over"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -36,3 +36,21 @@ impl Drop for GroupGuard {
         }
     }
 }
+
+/// Waits until no process is left in group `pgid`, or `deadline`;
+/// whether the group is gone. (Its members are reaped by warden's reaper,
+/// so a member that exited leaves the group at once.)
+pub async fn group_gone_by(pgid: i32, deadline: tokio::time::Instant) -> bool {
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        // Signal 0: is anyone left? ESRCH: no one.
+        if killpg(Pid::from_raw(pgid), None).is_err() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}

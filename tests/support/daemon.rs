@@ -129,6 +129,14 @@ impl Warden {
         })
     }
 
+    /// How many log lines so far match `pred` (without waiting).
+    pub fn count_logs(&mut self, pred: impl Fn(&Json) -> bool) -> usize {
+        while let Ok(v) = self.logs.try_recv() {
+            self.seen.push(v);
+        }
+        self.seen.iter().filter(|v| pred(v)).count()
+    }
+
     pub fn dump(&mut self) -> String {
         while let Ok(v) = self.logs.try_recv() {
             self.seen.push(v);

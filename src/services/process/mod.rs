@@ -368,6 +368,8 @@ impl Service for ProcessService {
                 Err(()) => {
                     let stop = &self.spec.common.stop;
                     let mut exited = None;
+                    // The grace in force: the whole group has until then.
+                    let mut grace_ends = tokio::time::Instant::now() + stop.timeout;
                     if let Some(command) = &stop.command
                         && self.run_stop_command(&ctx, &reaper, command, &extra_env)
                     {
@@ -381,6 +383,7 @@ impl Service for ProcessService {
                         Some(s) => s,
                         None => {
                             let _ = killpg(Pid::from_raw(pid), to_nix(stop.signal.number));
+                            grace_ends = tokio::time::Instant::now() + stop.timeout;
                             match tokio::time::timeout(stop.timeout, &mut status).await {
                                 Ok(s) => s,
                                 Err(_) => {
@@ -391,6 +394,12 @@ impl Service for ProcessService {
                             }
                         }
                     };
+                    // The leader is gone; what it started in its group (a
+                    // shell's app, run without exec) keeps what is left of
+                    // the grace to finish, then SIGKILL.
+                    if !crate::sys::group_gone_by(pid, grace_ends).await {
+                        tracing::warn!(service = %ctx.name(), "its process group outlived the stop's grace; sending SIGKILL");
+                    }
                     guard.disarm_and_kill_rest();
                     Ok(())
                 }
