@@ -159,7 +159,7 @@ impl Supervisor {
     /// once when none of the dependents the restart stops is stopping,
     /// else it turns `stopping` now (nothing may count on it any more) and
     /// is asked to stop once they have stopped.
-    fn stop_for_restart(&mut self, name: &str, cause: AfterStop) {
+    pub(super) fn stop_for_restart(&mut self, name: &str, cause: impl Into<StopCause>) {
         if !matches!(self.units[name].state, State::Starting | State::Ready) {
             return;
         }

@@ -61,7 +61,10 @@ impl Supervisor {
         };
         if u.generation == generation && u.state == State::Ready {
             let error = crate::config::secret::redact(&error);
-            self.stop_unit(name, StopCause::HealthFailed(error));
+            // The ordered path of any restart: the dependents that restart
+            // or stop with it first, then its own stop.
+            self.dependency_restarting(name);
+            self.stop_for_restart(name, StopCause::HealthFailed(error));
         }
     }
 }

@@ -167,7 +167,10 @@ impl Supervisor {
         };
         if u.generation == generation && u.state == State::Starting {
             let t = humantime::format_duration(u.spec.common.start_timeout);
-            self.stop_unit(
+            // The ordered path of any restart: the dependents that restart
+            // or stop with it first, then its own stop.
+            self.dependency_restarting(name);
+            self.stop_for_restart(
                 name,
                 StopCause::StartTimedOut(format!("not ready within start_timeout ({t})")),
             );

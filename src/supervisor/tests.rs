@@ -3025,3 +3025,39 @@ restart = { max_restarts = 3, window = "1h", backoff = { initial = "200ms", max 
     assert!(h.state("b") != State::Failed);
     h.shutdown().await;
 }
+
+/// A restart after a start timeout takes the ordered path of an
+/// operator's restart: the dependents that restart with it stop first, and
+/// the dependency's own stop begins only once they have stopped (it got
+/// its stop first, and the dependent drained against a dependency that was
+/// gone).
+#[tokio::test(start_paused = true)]
+async fn a_restart_after_a_start_timeout_stops_the_dependents_first() {
+    let h = start(
+        r#"
+[services.db]
+kind = "mock"
+ready_after = "never"
+start_timeout = "1s"
+stop_delay = "500ms"
+restart = { backoff = { initial = "100ms", jitter = 0.0 } }
+[services.app]
+kind = "mock"
+depends_on = { db = "started" }
+on_dependency_restart = "restart"
+stop_delay = "2s"
+"#,
+    );
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let first_stops: Vec<String> = h
+        .log
+        .entries()
+        .into_iter()
+        .filter(|(_, w)| w.starts_with("stop "))
+        .map(|(t, w)| format!("{t} {w}"))
+        .take(2)
+        .collect();
+    // app is asked to stop at 1 s and takes 2 s; db is asked only then.
+    assert_eq!(first_stops, ["3000 stop app", "3500 stop db"]);
+    h.shutdown().await;
+}
