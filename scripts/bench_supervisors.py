@@ -147,6 +147,44 @@ class Warden(Supervisor):
             self.log.close()
 
 
+class Floor(Supervisor):
+    """The floor: examples/floor.rs, a fork+exec loop that starts each
+    command, starts again at once any that exits, and stops them all on
+    SIGTERM. No state, no API: what a supervisor cannot beat."""
+    name = "floor"
+
+    def __init__(self, binary):
+        self.binary = binary
+        self.proc = None
+
+    def setup(self, workdir, services):
+        self.workdir = workdir
+        self.config = os.path.join(workdir, "commands")
+        with open(self.config, "w") as f:
+            for s in services:
+                f.write(" ".join(s.argv) + "\n")
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, self.config], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=self.workdir)
+
+    def supervisor_pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        tree = pids_of_tree(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        wait_exit(self.proc, 60)
+        while any(alive(p) for p in tree):
+            time.sleep(0.0005)
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def free_port():
     import socket
     with socket.socket() as s:
