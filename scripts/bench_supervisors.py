@@ -169,20 +169,9 @@ class Floor(Supervisor):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      cwd=self.workdir)
 
-    def supervisor_pids(self):
-        return [self.proc.pid]
-
-    def stop(self):
-        tree = pids_of_tree(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        wait_exit(self.proc, 60)
-        while any(alive(p) for p in tree):
-            time.sleep(0.0005)
-
-    def cleanup(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    supervisor_pids = Warden.supervisor_pids
+    stop = Warden.stop
+    cleanup = Warden.cleanup
 
 
 def free_port():
