@@ -488,8 +488,7 @@ impl Supervisor {
             if !waiting(self, &name) {
                 continue;
             }
-            let u = &self.units[&*name];
-            if !u.spec.common.singleton || u.leader {
+            if !self.units[&*name].spec.common.singleton || self.may_lead(&name) {
                 self.start_unit(&name);
             } else {
                 self.seek_leadership(&name);

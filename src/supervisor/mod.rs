@@ -494,8 +494,9 @@ struct Unit {
     state_timer: Option<AbortHandle>,
     /// Singletons: this instance holds the service's lock.
     leader: bool,
-    /// Singletons: the task holding (or waiting for) the lock.
-    leadership: Option<CancellationToken>,
+    /// Singletons: the task holding (or waiting for) the lock, and the
+    /// database it is in (a reload may move the lock elsewhere).
+    leadership: Option<(CancellationToken, crate::config::types::PgTarget)>,
     /// What the latest run met of the conditions dependents wait for
     /// (`started`, `ready`); it stays met once that run has ended for
     /// good, and is cleared when the service is to run again.

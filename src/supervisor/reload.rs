@@ -214,6 +214,13 @@ impl Supervisor {
                 }
             }
         }
+        // `[warden] postgres` moved: the singletons that take their lock
+        // there and run on the old one restart to take it in the new one.
+        let coordination = registry.warden.postgres.clone().map(Into::into);
+        if coordination != self.coordination {
+            self.coordination = coordination;
+            summary.changed.extend(self.move_locks());
+        }
         self.profile = registry.profile.clone();
         self.outside = registry
             .services

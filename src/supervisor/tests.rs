@@ -1387,7 +1387,8 @@ args = { takes = "15s" }
 /// way to break an owner's "session".
 #[derive(Default)]
 struct MemLocks {
-    /// service -> owner
+    /// service (`name` when the database is `postgres://locks/db`,
+    /// `name@dsn` in any other) -> owner
     held: Mutex<HashMap<String, u32>>,
     changed: tokio::sync::Notify,
     broken: Mutex<HashSet<u32>>,
@@ -1396,16 +1397,22 @@ struct MemLocks {
 impl MemLocks {
     fn locker(self: &Arc<Self>, owner: u32) -> Locker {
         let locks = self.clone();
-        Arc::new(move |name, _dsn, tx, cancel| {
+        Arc::new(move |name, dsn, tx, cancel| {
             let locks = locks.clone();
+            // A lock lives in one database: the same name in another is
+            // another lock.
+            let key = match dsn.dsn.0.expose() {
+                "postgres://locks/db" => name.to_string(),
+                other => format!("{name}@{other}"),
+            };
             Box::pin(async move {
                 let mut told_standby = false;
                 loop {
                     let got = {
                         let mut held = locks.held.lock().unwrap();
-                        match held.get(&*name) {
+                        match held.get(&key) {
                             None => {
-                                held.insert(name.to_string(), owner);
+                                held.insert(key.clone(), owner);
                                 true
                             }
                             Some(o) => *o == owner,
@@ -1417,7 +1424,7 @@ impl MemLocks {
                         loop {
                             let notified = locks.changed.notified();
                             if locks.broken.lock().unwrap().remove(&owner) {
-                                locks.held.lock().unwrap().remove(&*name);
+                                locks.held.lock().unwrap().remove(&key);
                                 locks.changed.notify_waiters();
                                 let _ = tx.send((
                                     name.clone(),
@@ -1428,7 +1435,7 @@ impl MemLocks {
                             }
                             tokio::select! {
                                 _ = cancel.cancelled() => {
-                                    locks.held.lock().unwrap().remove(&*name);
+                                    locks.held.lock().unwrap().remove(&key);
                                     locks.changed.notify_waiters();
                                     return;
                                 }
@@ -2401,6 +2408,57 @@ async fn what_a_run_leaves_on_its_token_ends_when_the_run_ends_by_itself() {
         Some(&serde_json::json!("ended"))
     );
     assert_eq!(done.await.unwrap(), EXIT_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_moves_a_singletons_lock_takes_the_lock_in_the_new_database() {
+    // A runs cron with its lock in db1; B, configured with db2, waits there
+    // behind C. A reload moves A's cron to db2: it must leave db1 and queue
+    // for db2's lock (standby), not keep running on the old one beside C.
+    let at = |db: &str| SINGLETON.replace("postgres://locks/db", db);
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(&at("postgres://db1/x"), &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let c = start_singleton(&at("postgres://db2/x"), &locks, 3, None);
+    c.wait("cron", State::Ready).await;
+    let summary = reload_to(&a, &at("postgres://db2/x")).await;
+    assert_eq!(summary.changed, ["cron"]);
+    a.wait("cron", State::Standby).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.state("cron"), State::Standby, "two instances run cron");
+    assert_eq!(
+        locks.held.lock().unwrap().get("cron@postgres://db1/x"),
+        None,
+        "A still holds its lock in the old database"
+    );
+    // C goes: A takes db2's lock and runs cron.
+    c.shutdown().await;
+    a.wait("cron", State::Ready).await;
+    a.shutdown().await;
+
+    // The same with the lock in `[warden] postgres`: a reload that moves
+    // it moves every singleton that takes its lock there.
+    let warden_db = |db: &str| {
+        format!(
+            "[warden]\npostgres = \"{db}\"\n[services.cron]\nkind = \"mock\"\nsingleton = true\n[services.keeper]\nkind = \"mock\"\n"
+        )
+    };
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(&warden_db("postgres://db1/x"), &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let c = start_singleton(&warden_db("postgres://db2/x"), &locks, 3, None);
+    c.wait("cron", State::Ready).await;
+    let summary = reload_to(&a, &warden_db("postgres://db2/x")).await;
+    assert_eq!(summary.changed, ["cron"], "{summary:?}");
+    a.wait("cron", State::Standby).await;
+    assert_eq!(
+        locks.held.lock().unwrap().get("cron@postgres://db1/x"),
+        None,
+        "A still holds its lock in the old [warden] postgres"
+    );
+    c.shutdown().await;
+    a.wait("cron", State::Ready).await;
+    a.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
