@@ -75,6 +75,11 @@ impl Supervisor {
     /// again, a backoff, a stop for a failed health check) is cancelled.
     pub(super) fn control_stop(&mut self, name: &str) -> Result<(), ControlError> {
         self.known(name)?;
+        // The shutdown stops everything, dependents first: a stop now
+        // would jump that order.
+        if self.shutting_down {
+            return Err(ControlError::shutting_down());
+        }
         let state = self.units[name].state;
         match state {
             State::Starting | State::Ready => {

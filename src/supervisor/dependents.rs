@@ -51,6 +51,17 @@ impl Supervisor {
         out
     }
 
+    /// Whether blocking `dependents` blocks a critical (or the main)
+    /// service: one that runs or waits to, not one that ended for good
+    /// already (a completed critical oneshot is not made to fail).
+    pub(super) fn blocks_critical(&self, dependents: &[Arc<str>]) -> bool {
+        dependents.iter().any(|d| {
+            let u = &self.units[&**d];
+            let c = &u.in_force().common;
+            (c.critical || c.main) && u.blocks()
+        })
+    }
+
     /// `name` failed for good: its `dependents` (every service that depends
     /// on it, directly or not) can never run. Whether that ends warden is
     /// decided with the rest ([`super::decide`]); this names the critical
@@ -67,19 +78,13 @@ impl Supervisor {
             _ => format!("blocked: its dependency {name} is blocked"),
         };
         for d in dependents {
-            let u = &self.units[&*d];
-            // What is not running and not waiting to (stopped, completed,
-            // failed, already blocked) is left as it is.
-            let blocks = match u.state {
-                State::Starting
-                | State::Ready
-                | State::Pending
-                | State::Backoff
-                | State::Standby => true,
-                State::Stopping => u.stop_cause != StopCause::Asked(AfterStop::Stay),
-                _ => false,
-            };
-            if blocks {
+            // During the shutdown a running one stops in its turn,
+            // dependents first: it is left as it is.
+            if self.shutting_down && matches!(self.units[&*d].state, State::Starting | State::Ready)
+            {
+                continue;
+            }
+            if self.units[&*d].blocks() {
                 self.units[&*d].last_error = Some(why.clone());
                 self.touch(&d);
             }
@@ -117,10 +122,7 @@ impl Supervisor {
         let mut critical = u.spec.common.critical || u.spec.common.main;
         self.transition(name, Event::Block);
         let dependents = self.transitive_dependents(name);
-        critical |= dependents.iter().any(|d| {
-            let c = &self.units[&**d].spec.common;
-            c.critical || c.main
-        });
+        critical |= self.blocks_critical(&dependents);
         self.block_dependents(name, dependents);
         if critical && !self.shutting_down {
             tracing::error!(service = %name, "a critical service can never run; shutting down");
@@ -226,7 +228,17 @@ impl Supervisor {
             if u.held.is_none() {
                 continue;
             }
-            if self.dependents_stopping(&name) {
+            // Once the shutdown has begun, a stop waits for every
+            // dependent, as the shutdown's order says.
+            let shutdown_waits = self.shutting_down
+                && !self.forced
+                && matches!(u.held, Some(Held::Stop))
+                && self
+                    .graph
+                    .dependents(&name)
+                    .iter()
+                    .any(|d| self.units.get(*d).is_some_and(|d| d.state.is_running()));
+            if shutdown_waits || self.dependents_stopping(&name) {
                 self.holding.push(name);
                 continue;
             }
@@ -307,6 +319,28 @@ impl Supervisor {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+impl super::Unit {
+    /// The spec the registry in force gives it: the one it will run next
+    /// when a reload changed it while it stops, else the one it runs.
+    pub(super) fn in_force(&self) -> &crate::config::ServiceSpec {
+        self.next_spec.as_ref().unwrap_or(&self.spec)
+    }
+
+    /// Whether a dependency failing for good blocks this service: it runs
+    /// or waits to. What is not running and not waiting to (stopped,
+    /// completed, failed, already blocked, stopping to stay stopped) is
+    /// left as it is.
+    pub(super) fn blocks(&self) -> bool {
+        match self.state {
+            State::Starting | State::Ready | State::Pending | State::Backoff | State::Standby => {
+                true
+            }
+            State::Stopping => self.stop_cause != StopCause::Asked(AfterStop::Stay),
+            _ => false,
         }
     }
 }

@@ -100,10 +100,7 @@ impl Supervisor {
     /// A shutdown request or a ping, taken before any queued message.
     fn handle_urgent(&mut self, u: super::Urgent) {
         match u {
-            super::Urgent::Shutdown => {
-                self.choose_exit(super::EXIT_OK);
-                self.request_shutdown();
-            }
+            super::Urgent::Shutdown => self.shutdown_asked(),
             super::Urgent::Ping(reply) => {
                 let _ = reply.send(());
             }
@@ -269,6 +266,12 @@ impl Supervisor {
                 generation,
                 error,
             } => self.health_failed(&name, generation, error),
+            #[cfg(test)]
+            Msg::HealthFailedNow { name } => {
+                if let Some(g) = self.units.get(&name).map(|u| u.generation) {
+                    self.health_failed(&name, g, "health check failed (simulated)".into());
+                }
+            }
             Msg::ScheduleTick { name, index } => self.schedule_tick(&name, index),
             Msg::ScheduleDone { name, index, run } => {
                 // The run's result shows in the status.
@@ -281,10 +284,7 @@ impl Supervisor {
     /// Carries out an operator's request and answers it.
     fn handle_control(&mut self, c: Control) {
         match c {
-            Control::Shutdown => {
-                self.choose_exit(super::EXIT_OK);
-                self.request_shutdown();
-            }
+            Control::Shutdown => self.shutdown_asked(),
             Control::Start { name, reply } => {
                 let r = self.control_start(&name);
                 let _ = reply.send(r);
@@ -314,6 +314,17 @@ impl Supervisor {
         }
     }
 
+    /// A signal or an operator asks warden to stop: exit 0, unless
+    /// something chose the code before.
+    fn shutdown_asked(&mut self) {
+        #[cfg(test)]
+        if !self.shutting_down {
+            self.traced(super::Traced::ShutdownAsked);
+        }
+        self.choose_exit(super::EXIT_OK);
+        self.request_shutdown();
+    }
+
     /// Begins the ordered shutdown (a second request forces it): nothing
     /// starts any more, and `schedule` stops services leaves first.
     pub(super) fn request_shutdown(&mut self) {
@@ -325,6 +336,8 @@ impl Supervisor {
             return;
         }
         tracing::info!("shutting down");
+        #[cfg(test)]
+        self.traced(super::Traced::Shutdown);
         self.shutting_down = true;
         self.stopping_tx.send_replace(true);
         self.shutdown_deadline = Some(Instant::now() + self.shutdown_timeout);
@@ -351,6 +364,8 @@ impl Supervisor {
     /// Skips every grace period: aborts what still runs.
     fn force(&mut self) {
         self.forced = true;
+        #[cfg(test)]
+        self.traced(super::Traced::Forced);
         let running: Vec<Arc<str>> = self
             .units
             .values()
@@ -536,7 +551,9 @@ fn status_of(u: &super::Unit) -> ServiceStatus {
         name: u.name.to_string(),
         kind: u.spec.kind.kind_name().to_string(),
         state: u.state,
-        critical: u.spec.common.critical,
+        // The registry in force says: a service stopping to take a changed
+        // spec is critical (or not) as the new one says.
+        critical: u.in_force().common.critical,
         restarts: u.restarts,
         last_error: u.last_error.clone(),
         since: u.since,

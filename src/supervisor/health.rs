@@ -59,7 +59,9 @@ impl Supervisor {
         let Some(u) = self.units.get(name) else {
             return;
         };
-        if u.generation == generation && u.state == State::Ready {
+        // During the shutdown it is stopped in its turn (dependents first),
+        // not out of order for a restart that will not come.
+        if u.generation == generation && u.state == State::Ready && !self.shutting_down {
             let error = crate::config::secret::redact(&error);
             // The ordered path of any restart: the dependents that restart
             // or stop with it first, then its own stop.

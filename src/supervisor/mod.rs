@@ -53,6 +53,31 @@ use state::{Event, State};
 #[cfg(test)]
 type Coverage = Arc<std::sync::Mutex<std::collections::HashSet<(State, Event)>>>;
 
+/// What the simulation reads of the loop's decisions, in their order
+/// (`sim`): every transition, every run asked to stop and why, and the
+/// shutdown's request and forcing.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+enum Traced {
+    Transition {
+        name: Arc<str>,
+        from: State,
+        to: State,
+    },
+    AskStop {
+        name: Arc<str>,
+        cause: StopCause,
+    },
+    /// A signal or an operator asked for the shutdown.
+    ShutdownAsked,
+    /// The shutdown began (asked, or warden's own decision).
+    Shutdown,
+    Forced,
+}
+
+#[cfg(test)]
+type Trace = Arc<std::sync::Mutex<Vec<Traced>>>;
+
 /// How a singleton's lock is held: given the service, its database, where
 /// to report leadership, and a token that releases the lock when cancelled.
 pub type Locker = Arc<
@@ -431,6 +456,12 @@ enum Msg {
         generation: u64,
         error: String,
     },
+    /// The simulation's health flip: the current run's health checks
+    /// failed (`sim`; the probe loop sends [`Msg::HealthFailed`]).
+    #[cfg(test)]
+    HealthFailedNow {
+        name: Arc<str>,
+    },
     /// A `[[schedule]]` entry is due.
     ScheduleTick {
         name: Arc<str>,
@@ -619,6 +650,9 @@ pub struct Supervisor {
     /// Every `(state, event)` applied, for the transitions-coverage test.
     #[cfg(test)]
     coverage: Option<Coverage>,
+    /// What the simulation checks its invariants against.
+    #[cfg(test)]
+    trace: Option<Trace>,
 }
 
 impl Supervisor {
@@ -693,6 +727,8 @@ impl Supervisor {
             only: Vec::new(),
             #[cfg(test)]
             coverage: None,
+            #[cfg(test)]
+            trace: None,
         };
         s.api = s.find_api();
         s.publish();
@@ -736,6 +772,21 @@ impl Supervisor {
     pub fn exiting_with_loop(mut self) -> Supervisor {
         self.exit_with_loop = true;
         self
+    }
+
+    /// Records the loop's decisions in `trace` (the simulation).
+    #[cfg(test)]
+    fn with_trace(mut self, trace: Trace) -> Supervisor {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Records one decision, if something traces them.
+    #[cfg(test)]
+    fn traced(&self, what: Traced) {
+        if let Some(t) = &self.trace {
+            t.lock().unwrap().push(what);
+        }
     }
 
     /// Seeds the jitter (tests).
@@ -794,6 +845,14 @@ impl Supervisor {
         match state::next(u.state, event) {
             Ok(to) => {
                 tracing::debug!(service = %u.name, from = %u.state, to = %to, ?event, "state");
+                #[cfg(test)]
+                if let Some(t) = &self.trace {
+                    t.lock().unwrap().push(Traced::Transition {
+                        name: u.name.clone(),
+                        from: u.state,
+                        to,
+                    });
+                }
                 u.history.push(Transition {
                     at: std::time::SystemTime::now(),
                     from: u.state,
@@ -864,4 +923,4 @@ impl Supervisor {
 mod tests;
 
 #[cfg(test)]
-mod prop_tests;
+mod sim;

@@ -188,7 +188,14 @@ impl Supervisor {
                         self.transition(name, Event::Disable);
                     }
                 }
-                self.units[name].replace_spec(spec.clone());
+                // A run still stopping keeps the spec it runs (what its
+                // dependencies and dependents are); the new one is taken
+                // once it has stopped.
+                if matches!(state, State::Starting | State::Ready | State::Stopping) {
+                    self.units[name].next_spec = Some(spec.clone());
+                } else {
+                    self.units[name].replace_spec(spec.clone());
+                }
                 continue;
             }
             match state {

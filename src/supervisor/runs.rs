@@ -131,6 +131,11 @@ impl Supervisor {
         if let Some(c) = &u.cancel {
             c.cancel();
         }
+        #[cfg(test)]
+        self.traced(super::Traced::AskStop {
+            name: u.name.clone(),
+            cause: u.stop_cause.clone(),
+        });
         let generation = u.generation;
         // A stop command has its own grace before the signal's. A process
         // escalates to SIGKILL by itself when its grace is over; aborting
@@ -165,7 +170,9 @@ impl Supervisor {
         let Some(u) = self.units.get(name) else {
             return;
         };
-        if u.generation == generation && u.state == State::Starting {
+        // During the shutdown it is stopped in its turn (dependents first),
+        // not out of order for a restart that will not come.
+        if u.generation == generation && u.state == State::Starting && !self.shutting_down {
             let t = humantime::format_duration(u.spec.common.start_timeout);
             // The ordered path of any restart: the dependents that restart
             // or stop with it first, then its own stop.
@@ -191,16 +198,18 @@ impl Supervisor {
     /// restart). One that restarts with its dependencies
     /// (`on_dependency_restart = "restart"`) and finds one of them on its
     /// way to restart waits for it in `pending` instead.
+    /// Conditions are checked whenever a service is about to start: a
+    /// dependency that is itself restarting (in backoff, stopping) is
+    /// waited for, whatever `on_dependency_restart` says.
+    fn conditions_hold(&self, name: &str) -> bool {
+        self.graph
+            .dependencies(name)
+            .iter()
+            .all(|(d, c)| self.units.get(*d).is_none_or(|d| holds(d.state, d.met, *c)))
+    }
+
     pub(super) fn start_after_backoff(&mut self, name: &str) {
-        // Conditions are checked whenever a service is about to start: a
-        // dependency that is itself restarting (in backoff, stopping) is
-        // waited for, whatever `on_dependency_restart` says.
-        let waits = self.graph.dependencies(name).iter().any(|(d, c)| {
-            self.units
-                .get(*d)
-                .is_some_and(|d| !holds(d.state, d.met, *c))
-        });
-        if waits {
+        if !self.conditions_hold(name) {
             self.units[name].generation += 1;
             self.transition(name, Event::Stop);
             self.transition(name, Event::Reset);
@@ -267,7 +276,10 @@ impl Supervisor {
             _ => return,
         };
         let c = &u.spec.common;
-        let (policy, oneshot, critical) = (c.restart.policy, c.oneshot, c.critical);
+        // Critical as the registry in force says (a reload may have changed
+        // it while the run stopped).
+        let (policy, oneshot, critical) =
+            (c.restart.policy, c.oneshot, u.in_force().common.critical);
         let budget_left = u.budget.allows(Instant::now());
         // Whether a critical service would be blocked matters only when the
         // run may fail for good; the walk is skipped when it cannot.
@@ -276,11 +288,10 @@ impl Supervisor {
         } else {
             self.transitive_dependents(name)
         };
-        let critical_dependent = dependents.iter().any(|d| {
-            let c = &self.units[&**d].spec.common;
-            c.critical || c.main
-        });
-        let main = self.units[name].spec.common.main;
+        let critical_dependent = self.blocks_critical(&dependents);
+        // As the registry in force says (a reload may have made it main
+        // while it stopped).
+        let main = self.units[name].in_force().common.main;
         let status = self.units[name].exit_status.get();
         let decision = decide(ExitInput {
             ending,
@@ -344,14 +355,17 @@ impl Supervisor {
             Dependents::Restart => self.dependency_restarting(name),
             Dependents::Block => self.block_dependents(name, dependents),
         }
+        // The main service's own end chooses its status, even when that
+        // end also fails a critical service or blocks one: it is the
+        // cause, and its status says more than 3.
+        if main && ends_for_good(decision.service) {
+            self.main_ended(name, main_exit_code(status, ending));
+        }
         if decision.critical_exit {
             self.choose_exit(EXIT_CRITICAL);
             if !self.shutting_down {
                 self.request_shutdown();
             }
-        }
-        if main && ends_for_good(decision.service) {
-            self.main_ended(name, main_exit_code(status, ending));
         }
         // A reload changed it while it stopped for a failure: the failure
         // was carried out above as if the reload had not come; the new
@@ -413,7 +427,13 @@ impl Supervisor {
             Then::Wait => {
                 self.transition(name, Event::Reset);
             }
-            Then::Start => self.start_unit(name),
+            // An operator's restart starts again at once, unless a
+            // dependency does not meet its condition now (it restarts
+            // too): then it waits for it, as any start does.
+            Then::Start if self.conditions_hold(name) => self.start_unit(name),
+            Then::Start => {
+                self.transition(name, Event::Reset);
+            }
             Then::Block => {
                 self.transition(name, Event::Block);
             }

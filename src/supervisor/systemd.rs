@@ -3,7 +3,6 @@
 //! shutdown begins, and `WATCHDOG=1` at half of `WATCHDOG_USEC` while the
 //! supervisor loop is live. Without `NOTIFY_SOCKET` every call is a no-op.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -33,6 +32,99 @@ pub fn summary(t: &Tally) -> String {
     parts.join(", ")
 }
 
+/// What warden says to systemd, decided from the status alone (the socket
+/// is [`notifier`]'s): `READY=1` once every critical service is ready,
+/// `STATUS=` as the summary changes, `STOPPING=1` once, and around a
+/// reload `RELOADING=1` and `READY=1`, only after the first `READY=1` (before
+/// it systemd still waits for the start, and a `READY=1` would end that
+/// wait before every critical service is ready). Nothing after
+/// `STOPPING=1`.
+#[derive(Debug, Default)]
+pub struct Speaker {
+    ready_sent: bool,
+    stopping_sent: bool,
+    last_status: String,
+}
+
+/// One message of the sd_notify protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Say {
+    /// `READY=1` with the first `STATUS=`.
+    Ready(String),
+    Status(String),
+    Stopping,
+    Reloading,
+    /// `READY=1` that ends a reload.
+    Reloaded,
+}
+
+impl Speaker {
+    /// What to say now that the status is `tally` (`stopping`: the
+    /// shutdown has begun).
+    pub fn follow(&mut self, tally: &Tally, stopping: bool) -> Option<Say> {
+        if self.stopping_sent {
+            return None;
+        }
+        if stopping {
+            self.stopping_sent = true;
+            return Some(Say::Stopping);
+        }
+        let line = summary(tally);
+        if !self.ready_sent && tally.critical_ready() {
+            self.ready_sent = true;
+            self.last_status.clone_from(&line);
+            return Some(Say::Ready(line));
+        }
+        if line != self.last_status {
+            self.last_status.clone_from(&line);
+            return Some(Say::Status(line));
+        }
+        None
+    }
+
+    /// A reload begins.
+    pub fn reloading(&self) -> Option<Say> {
+        (self.ready_sent && !self.stopping_sent).then_some(Say::Reloading)
+    }
+
+    /// A reload is done.
+    pub fn reloaded(&self) -> Option<Say> {
+        (self.ready_sent && !self.stopping_sent).then_some(Say::Reloaded)
+    }
+}
+
+/// The process's one speaker: the notifier follows the status with it, a
+/// reload (from the API or SIGHUP) asks it around the reload.
+static SPEAKER: std::sync::Mutex<Speaker> = std::sync::Mutex::new(Speaker {
+    ready_sent: false,
+    stopping_sent: false,
+    last_status: String::new(),
+});
+
+fn speaker() -> std::sync::MutexGuard<'static, Speaker> {
+    SPEAKER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `say` on `NOTIFY_SOCKET` (errors ignored: systemd may be gone).
+fn send(say: Option<Say>) {
+    let Some(say) = say else { return };
+    let _ = match &say {
+        Say::Ready(line) => sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(line)]),
+        Say::Status(line) => sd_notify::notify(&[NotifyState::Status(line)]),
+        Say::Stopping => {
+            sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")])
+        }
+        Say::Reloading => {
+            let mut states = vec![NotifyState::Reloading];
+            if let Ok(now) = NotifyState::monotonic_usec_now() {
+                states.push(now);
+            }
+            sd_notify::notify(&states)
+        }
+        Say::Reloaded => sd_notify::notify(&[NotifyState::Ready]),
+    };
+}
+
 /// Follows the supervisor's status and speaks the sd_notify protocol until
 /// the status channel closes. `stopping` resolves when shutdown begins.
 pub async fn notifier(handle: super::Handle) {
@@ -44,27 +136,10 @@ pub async fn notifier(handle: super::Handle) {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ready_sent = false;
-    let mut stopping_sent = false;
-    let mut last_status = String::new();
     loop {
         let tally = status.tally_and_update();
-        if *stopping.borrow_and_update() && !stopping_sent {
-            stopping_sent = true;
-            let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-        }
-        if !stopping_sent {
-            let line = summary(&tally);
-            if !ready_sent && tally.critical_ready() {
-                ready_sent = true;
-                READY_SENT.store(true, Ordering::SeqCst);
-                let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
-                last_status = line;
-            } else if line != last_status {
-                let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
-                last_status = line;
-            }
-        }
+        let say = speaker().follow(&tally, *stopping.borrow_and_update());
+        send(say);
         tokio::select! {
             r = status.changed() => if r.is_err() { return },
             r = stopping.changed() => if r.is_err() { return },
@@ -78,30 +153,21 @@ pub async fn notifier(handle: super::Handle) {
     }
 }
 
-/// Whether `READY=1` has been sent (once every critical service was
-/// ready): a reload says `RELOADING=1` and `READY=1` only after that.
-static READY_SENT: AtomicBool = AtomicBool::new(false);
-
 /// Tells systemd a reload is under way (`RELOADING=1` with the monotonic
-/// time systemd asks for), then `READY=1` once done.
-///
-/// Nothing before `READY=1` was first sent: systemd is still waiting for
-/// the start, and a `READY=1` after the reload would end that wait before
-/// every critical service is ready.
+/// time systemd asks for), if [`Speaker::reloading`] says so.
 pub fn reloading() {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() || !READY_SENT.load(Ordering::SeqCst) {
-        return;
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let say = speaker().reloading();
+        send(say);
     }
-    let mut states = vec![NotifyState::Reloading];
-    if let Ok(now) = NotifyState::monotonic_usec_now() {
-        states.push(now);
-    }
-    let _ = sd_notify::notify(&states);
 }
 
+/// Tells systemd the reload is done (`READY=1`), if
+/// [`Speaker::reloaded`] says so.
 pub fn reloaded() {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() && READY_SENT.load(Ordering::SeqCst) {
-        let _ = sd_notify::notify(&[NotifyState::Ready]);
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let say = speaker().reloaded();
+        send(say);
     }
 }
 
@@ -132,5 +198,47 @@ mod tests {
             "7/14 ready, 1 starting, 1 backoff, 1 failed, 1 blocked, 1 stopping"
         );
         assert_eq!(summary(&Tally::default()), "0/0 ready");
+    }
+
+    #[test]
+    fn ready_once_every_critical_service_is_ready_and_a_reload_is_spoken_of_only_after_it() {
+        let mut sp = Speaker::default();
+        let mut t = Tally::default();
+        t.add(State::Starting, true);
+        t.add(State::Ready, false);
+        assert_eq!(
+            sp.follow(&t, false),
+            Some(Say::Status("1/2 ready, 1 starting".into()))
+        );
+        assert_eq!(
+            sp.follow(&t, false),
+            None,
+            "the same line is not said twice"
+        );
+        // A reload before READY=1: systemd still waits for the start.
+        assert_eq!(sp.reloading(), None);
+        assert_eq!(sp.reloaded(), None);
+        t.remove(State::Starting, true);
+        t.add(State::Ready, true);
+        assert_eq!(sp.follow(&t, false), Some(Say::Ready("2/2 ready".into())));
+        assert_eq!(sp.follow(&t, false), None);
+        assert_eq!(sp.reloading(), Some(Say::Reloading));
+        assert_eq!(sp.reloaded(), Some(Say::Reloaded));
+        // READY=1 is said once; a critical service restarting is a status.
+        t.remove(State::Ready, true);
+        t.add(State::Backoff, true);
+        assert_eq!(
+            sp.follow(&t, false),
+            Some(Say::Status("1/2 ready, 1 backoff".into()))
+        );
+        t.remove(State::Backoff, true);
+        t.add(State::Ready, true);
+        assert_eq!(sp.follow(&t, false), Some(Say::Status("2/2 ready".into())));
+        // STOPPING=1 once, then nothing at all.
+        assert_eq!(sp.follow(&t, true), Some(Say::Stopping));
+        assert_eq!(sp.follow(&t, true), None);
+        assert_eq!(sp.follow(&t, false), None);
+        assert_eq!(sp.reloading(), None);
+        assert_eq!(sp.reloaded(), None);
     }
 }

@@ -104,7 +104,7 @@ pub(super) fn poke() -> crate::config::Action {
 }
 
 /// What the loader knows of the mock kind.
-fn mock_table() -> KindTable {
+pub(super) fn mock_table() -> KindTable {
     let mut t = KindTable::new();
     t.add(crate::config::KindDef::new::<MockSettings>("mock", Runs::InProcess).action(poke()));
     t
