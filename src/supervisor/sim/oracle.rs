@@ -168,9 +168,12 @@ impl Oracle {
                 // dependency's `stop` policy), not to run again at once.
                 (State::Stopped, _) => {
                     // A run that ended by itself as it was asked to stop
-                    // may leave its own status.
+                    // may leave its own status; a stop while no run went
+                    // (backoff, pending) is 0.
                     let mut codes = vec![0];
-                    codes.extend(status.map(|s| s as u8));
+                    if from == State::Stopping {
+                        codes.extend(status.map(|s| s as u8));
+                    }
                     self.main_stopped =
                         Some((name.to_string(), codes, format!("{name} was stopped")));
                     None
