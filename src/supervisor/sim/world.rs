@@ -109,7 +109,7 @@ pub enum Step {
     Start(u8),
     Stop(u8),
     Restart(u8),
-    /// The current run becomes ready, exits 0, crashes (no exit status),
+    /// The current run becomes ready, exits 0, crashes (exit status 5),
     /// or fails its health checks.
     Ready(u8),
     Exit(u8),
@@ -131,7 +131,7 @@ impl Step {
             Step::Restart(n) => format!("warden restart {}", name(n)),
             Step::Ready(n) => format!("{} becomes ready", name(n)),
             Step::Exit(n) => format!("{} exits 0", name(n)),
-            Step::Crash(n) => format!("{} crashes", name(n)),
+            Step::Crash(n) => format!("{} crashes (exit 5)", name(n)),
             Step::HealthFail(n) => format!("{} fails its health checks", name(n)),
             Step::Advance(ms) => format!("{ms} ms pass"),
         }
@@ -525,6 +525,10 @@ pub fn schedule() -> impl Strategy<Value = Schedule> {
         })
 }
 
+/// The exit status a run leaves when the schedule makes it crash (a
+/// process that exits 5).
+pub const CRASH_STATUS: i32 = 5;
+
 /// What the schedule tells a live run.
 #[derive(Debug)]
 pub enum Cmd {
@@ -749,7 +753,9 @@ impl Run for SimRun {
                                 return Ok(());
                             }
                             Some(Cmd::Crash) => {
-                                return Err(ServiceError("crashed (simulated)".into()));
+                                ctx.set_exit_status(CRASH_STATUS);
+                                record(&|r| r.status = Some(CRASH_STATUS));
+                                return Err(ServiceError("exited with status 5".into()));
                             }
                             None => std::future::pending::<()>().await,
                         },
