@@ -77,6 +77,7 @@ impl ApiState {
         // After STOPPING=1 nothing else may be sent to systemd: a reload
         // during the shutdown is refused before RELOADING=1.
         if *handle.stopping().borrow() {
+            crate::metrics::reloaded("refused");
             return Err(ReloadError::Unavailable(ControlError::shutting_down()));
         }
         crate::supervisor::systemd::reloading();

@@ -12,7 +12,7 @@ use super::Cli;
 const TRAILER: &str = r#".SH "EXIT STATUS"
 .TP
 \fB0\fR
-Clean stop; for \fBcheck\fR, the registry is valid.
+Clean stop; for \fBcheck\fR, the registry is valid and every \fB--connect\fR probe passed.
 .TP
 \fB1\fR
 Invalid registry, or an endpoint failed its \fB--connect\fR probe; for client commands, warden answered with an error (or, for \fBhealth\fR, is not ready).
@@ -21,7 +21,7 @@ Invalid registry, or an endpoint failed its \fB--connect\fR probe; for client co
 Usage error.
 .TP
 \fB3\fR
-A critical service failed for good, or can never run.
+A critical service failed for good, or a critical (or the main) service can never run; also when warden cannot set itself up.
 .TP
 \fB4\fR
 A client command could not reach the daemon.

@@ -67,10 +67,15 @@ impl Supervisor {
     /// decided with the rest ([`super::decide`]); this names the critical
     /// service that would be left blocked.
     pub(super) fn block_dependents(&mut self, name: &str, dependents: Vec<Arc<str>>) {
-        if let Some(c) = dependents.iter().find(|d| {
-            let c = &self.units[&***d].spec.common;
-            c.critical || c.main
-        }) {
+        // Said only when it is so: the critical one runs or waits to (is
+        // blocked), and warden is not stopping already.
+        if !self.shutting_down
+            && let Some(c) = dependents.iter().find(|d| {
+                let u = &self.units[&***d];
+                let c = &u.in_force().common;
+                (c.critical || c.main) && u.blocks()
+            })
+        {
             tracing::error!(service = %c, dependency = %name, "critical service blocked by a failed dependency; shutting down");
         }
         let why = match self.units[name].state {
@@ -314,6 +319,7 @@ impl Supervisor {
                 }
                 (OnDependencyRestart::Stop, State::Backoff) => {
                     self.units[&*d].generation += 1;
+                    self.units[&*d].release_leadership();
                     self.transition(&d, Event::Stop);
                     self.main_stopped_idle(&d);
                 }

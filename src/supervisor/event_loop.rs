@@ -62,12 +62,7 @@ impl Supervisor {
                     self.touched.push(name.clone());
                     self.handle_leadership(&name, l);
                 }
-                Next::Signal => {
-                    // Asked to stop: a clean stop, unless something chose
-                    // another code first.
-                    self.choose_exit(super::EXIT_OK);
-                    self.request_shutdown();
-                }
+                Next::Signal => self.shutdown_asked(),
             }
             self.schedule();
             self.publish();
@@ -315,24 +310,32 @@ impl Supervisor {
     }
 
     /// A signal or an operator asks warden to stop: exit 0, unless
-    /// something chose the code before.
+    /// something chose the code before. The second ask forces the
+    /// shutdown; a shutdown warden began itself (a critical failure, the
+    /// main service's end) is not an ask: the first signal during it
+    /// (`docker stop`) keeps every grace.
     fn shutdown_asked(&mut self) {
         #[cfg(test)]
         if !self.shutting_down {
             self.traced(super::Traced::ShutdownAsked);
         }
+        self.asked = self.asked.saturating_add(1);
         self.choose_exit(super::EXIT_OK);
-        self.request_shutdown();
-    }
-
-    /// Begins the ordered shutdown (a second request forces it): nothing
-    /// starts any more, and `schedule` stops services leaves first.
-    pub(super) fn request_shutdown(&mut self) {
-        if self.shutting_down {
+        if self.asked >= 2 {
             if !self.forced {
                 tracing::warn!("second stop request: forcing shutdown");
                 self.force();
             }
+            return;
+        }
+        self.request_shutdown();
+    }
+
+    /// Begins the ordered shutdown (once: a second ask forces it,
+    /// [`Supervisor::shutdown_asked`]): nothing starts any more, and
+    /// `schedule` stops services leaves first.
+    pub(super) fn request_shutdown(&mut self) {
+        if self.shutting_down {
             return;
         }
         tracing::info!("shutting down");

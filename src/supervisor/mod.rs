@@ -636,6 +636,8 @@ pub struct Supervisor {
     /// equal share of `log_memory`).
     logs: Arc<RingLimits>,
     shutting_down: bool,
+    /// How many times a signal or an operator asked for the shutdown.
+    asked: u8,
     forced: bool,
     exit_code: u8,
     /// Why warden is stopping, once something decided it: the first cause
@@ -719,6 +721,7 @@ impl Supervisor {
             shutdown_timeout: registry.warden.shutdown_timeout,
             logs,
             shutting_down: false,
+            asked: 0,
             forced: false,
             exit_code: EXIT_OK,
             exit_chosen: false,

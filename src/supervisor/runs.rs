@@ -340,6 +340,8 @@ impl Supervisor {
             }
             Outcome::Exit => {
                 self.transition(name, Event::Exit);
+                // Ended for good: another instance may run the singleton.
+                self.units[name].release_leadership();
             }
             Outcome::Stopped { then, keep_lock } => {
                 self.transition(name, Event::Stopped);

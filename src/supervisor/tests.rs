@@ -487,6 +487,56 @@ stop_delay = "50ms"
     assert!(log.iter().any(|(_, w)| w == "stop app"), "{log:?}");
 }
 
+/// The shutdown warden starts itself (a critical failure) is not a first
+/// request: the first SIGTERM that comes during it (`docker stop`,
+/// `systemctl stop`) keeps every grace; a second one forces.
+#[tokio::test(start_paused = true)]
+async fn the_first_signal_during_warden_s_own_shutdown_keeps_the_grace() {
+    let h = start(&format!(
+        r#"
+[services.db]
+kind = "mock"
+critical = true
+exit = "err"
+exit_after = "1s"
+{NO_JITTER}
+restart.max_restarts = 0
+[services.app]
+kind = "mock"
+stop_delay = "3s"
+stop = {{ timeout = "10s" }}
+"#
+    ));
+    h.wait("app", State::Stopping).await;
+    h.handle.shutdown();
+    let code = h.done.await.unwrap();
+    assert_eq!(code, EXIT_CRITICAL);
+    let log = h.log.entries();
+    assert!(
+        log.iter().any(|(_, w)| w == "stop app"),
+        "app was aborted: the first signal forced the shutdown: {log:?}"
+    );
+}
+
+/// A singleton that ends for good cleanly (exit 0 under `on-failure`)
+/// releases its lock, as every other end does: another instance takes over.
+#[tokio::test(start_paused = true)]
+async fn a_singleton_that_exits_for_good_releases_its_lock() {
+    let exits = SINGLETON.replace(
+        "[services.cron]\nkind = \"mock\"",
+        "[services.cron]\nkind = \"mock\"\nexit_after = \"1s\"\nrestart = { policy = \"on-failure\" }",
+    );
+    let locks = Arc::new(MemLocks::default());
+    let a = start_singleton(&exits, &locks, 1, None);
+    a.wait("cron", State::Ready).await;
+    let b = start_singleton(SINGLETON, &locks, 2, None);
+    b.wait("cron", State::Standby).await;
+    a.wait("cron", State::Stopped).await;
+    b.wait("cron", State::Ready).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn never_ready_fails_at_start_timeout() {
     let h = start(
