@@ -30,6 +30,9 @@ use support::servers::free_port;
 /// Schedules the suite runs.
 const SEEDS: u64 = 6;
 
+/// What a child of `user = "nobody"` must see (Debian's passwd entry).
+const NOBODY_ENV: &str = "/nonexistent:nobody:nobody:/usr/sbin/nologin";
+
 /// One service of a schedule.
 struct Svc {
     name: String,
@@ -40,6 +43,9 @@ struct Svc {
     flush_ms: Option<u64>,
     grace_s: u64,
     notify: bool,
+    /// Runs as `nobody` (and must then see nobody's HOME, USER, LOGNAME
+    /// and SHELL, and become ready on `NOTIFY_SOCKET` all the same).
+    nobody: bool,
 }
 
 impl Svc {
@@ -59,10 +65,17 @@ impl Svc {
         } else {
             ""
         };
+        let env_check = if self.nobody {
+            format!(
+                "[ \"$HOME:$USER:$LOGNAME:$SHELL\" = {NOBODY_ENV} ] && echo envok $$ >> {log}; "
+            )
+        } else {
+            String::new()
+        };
         // `: MARKER` puts the marker in the command line of both shells;
         // `$` is written `$$` in a registry.
         let app = format!(
-            ": {m}; echo start $$ >> {log}; trap '{on_term}' TERM; {ready}while true; do sleep 0.05; done"
+            ": {m}; echo start $$ >> {log}; {env_check}trap '{on_term}' TERM; {ready}while true; do sleep 0.05; done"
         )
         .replace('$', "$$");
         let mut t = format!(
@@ -71,6 +84,9 @@ impl Svc {
         );
         if self.notify {
             t += "ready = { notify = true }\nstart_timeout = \"5s\"\n";
+        }
+        if self.nobody {
+            t += "user = \"nobody\"\n";
         }
         t
     }
@@ -110,6 +126,7 @@ fn schedule(seed: u64) -> Schedule {
                 },
                 grace_s,
                 notify: rng.u8(0..3) == 0,
+                nobody: rng.u8(0..3) == 0,
             }
         })
         .collect();
@@ -200,6 +217,20 @@ fn check(port: u16, s: &Schedule, logs: &[std::path::PathBuf]) -> Result<(), Str
             }
         }
         grace_kept(svc, &logs[i])?;
+        if svc.nobody {
+            // The two lines come one after the other: let a run that just
+            // started write its second.
+            std::thread::sleep(Duration::from_millis(100));
+            let ls = lines(&logs[i]);
+            for (w, pid) in &ls {
+                if w == "start" && !ls.iter().any(|(w2, p2)| w2 == "envok" && p2 == pid) {
+                    return Err(format!(
+                        "{}'s app {pid}, run as nobody, did not see HOME:USER:LOGNAME:SHELL = {NOBODY_ENV}",
+                        svc.name
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -233,12 +264,19 @@ fn grace_kept(svc: &Svc, log: &Path) -> Result<(), String> {
 fn run(seed: u64) -> Result<(), String> {
     let s = schedule(seed);
     let port = free_port();
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    // Apps that run as nobody write their log here too.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let runtime = dir.path().join("run");
     std::fs::create_dir(&runtime).unwrap();
     let logs: Vec<_> = (0..s.services.len())
         .map(|i| dir.path().join(format!("app{i}.log")))
         .collect();
+    for log in &logs {
+        std::fs::write(log, "").unwrap();
+        std::fs::set_permissions(log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let mut text = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
     for (svc, log) in s.services.iter().zip(&logs) {
         text += &svc.toml(log);
@@ -253,6 +291,15 @@ fn run(seed: u64) -> Result<(), String> {
     let fail = |story: &str, w: &mut Warden, why: String| -> String {
         format!("{why}\n\n{story}\nwarden's log:\n{}", w.dump())
     };
+    // Every service becomes ready, those on NOTIFY_SOCKET as nobody too.
+    let t = Instant::now();
+    while states(port).iter().any(|(_, x)| x != "ready") && t.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = states(port);
+    if let Some((n, x)) = st.iter().find(|(_, x)| x != "ready") {
+        return Err(fail(&story, &mut w, format!("{n} never became ready: {x}")));
+    }
     if let Err(why) = check(port, &s, &logs) {
         return Err(fail(&story, &mut w, why));
     }
