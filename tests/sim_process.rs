@@ -101,6 +101,11 @@ enum Step {
     /// and exits, and the service restarts.
     KillApp(usize),
     Wait(u64),
+    /// SIGHUP after writing the registry with `[api] enabled` so: the
+    /// API keeps serving as it started until warden starts again.
+    Hup {
+        api: bool,
+    },
 }
 
 struct Schedule {
@@ -133,11 +138,12 @@ fn schedule(seed: u64) -> Schedule {
     let steps = (0..rng.usize(3..=7))
         .map(|_| {
             let s = rng.usize(0..n);
-            match rng.u8(0..6) {
+            match rng.u8(0..7) {
                 0 => Step::Stop(s),
                 1 => Step::Start(s),
                 2 => Step::Restart(s),
                 3 => Step::KillApp(s),
+                4 => Step::Hup { api: rng.bool() },
                 _ => Step::Wait([100, 400, 1200][rng.usize(0..3)]),
             }
         })
@@ -342,6 +348,23 @@ fn run(seed: u64) -> Result<(), String> {
             Step::Wait(ms) => {
                 std::thread::sleep(Duration::from_millis(*ms));
                 let _ = writeln!(story, "  {ms} ms pass");
+            }
+            Step::Hup { api } => {
+                let text = text.replacen("[api]\n", &format!("[api]\nenabled = {api}\n"), 1);
+                support::daemon::write_registry(&w.dir, &text);
+                w.signal("HUP");
+                let _ = writeln!(story, "  SIGHUP with [api] enabled = {api}");
+                std::thread::sleep(Duration::from_millis(300));
+                let (code, _) = get_json(port, "/livez");
+                if code != 200 {
+                    return Err(fail(
+                        &story,
+                        &mut w,
+                        format!(
+                            "the API answered {code} after a reload: it serves as it started until warden starts again"
+                        ),
+                    ));
+                }
             }
         }
         if let Err(why) = check(port, &s, &logs) {
