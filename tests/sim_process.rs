@@ -355,7 +355,10 @@ fn run(seed: u64) -> Result<(), String> {
                 w.signal("HUP");
                 let _ = writeln!(story, "  SIGHUP with [api] enabled = {api}");
                 std::thread::sleep(Duration::from_millis(300));
-                let (code, _) = get_json(port, "/livez");
+                // Refused, or not 200: either way the API is gone.
+                let code = std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(|_| get_json(port, "/livez").0)
+                    .unwrap_or(0);
                 if code != 200 {
                     return Err(fail(
                         &story,
