@@ -4,11 +4,15 @@
 //! `exec` (the shape of most container services): it traps SIGTERM and
 //! needs a moment to flush, or exits at once, or ignores SIGTERM; some
 //! report readiness on `NOTIFY_SOCKET`. Random steps stop, start and restart
-//! them, kill their app, and let time pass; SIGTERM ends the schedule (a
-//! second one, sometimes, forces it). After every step:
+//! them, kill their app, reload with `[api] enabled` off or on, and let
+//! time pass; SIGTERM ends the schedule (a second one, sometimes, forces
+//! it). Some run as `nobody`. Every service becomes ready first (on
+//! `NOTIFY_SOCKET` as `nobody` too), then after every step:
 //! - a service that does not run has no process left in its group;
 //! - an app asked to stop with a flush shorter than its `stop.timeout`
 //!   flushed (its grace was kept for the whole group);
+//! - an app run as `nobody` saw nobody's HOME, USER, LOGNAME and SHELL;
+//! - the API serves as it started, whatever a reload says of it;
 //!
 //! and once warden has exited: no process of any service, no notify socket
 //! left, exit code 0.
