@@ -478,3 +478,65 @@ fn a_restart_of_postgresql_costs_a_round_not_the_service() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A row memory-sync cannot send (a NULL `idempotency_key` or `payload`,
+/// which a table the user changed allows) fails at once with its reason;
+/// the good rows of the same batch are sent. It used to panic on the NULL,
+/// once per lease, with the good rows left `sending`.
+#[test]
+fn a_row_with_a_null_column_fails_with_its_reason_and_the_batch_goes_on() {
+    let pg = Postgres::start();
+    let backend = Backend::start(|_, _| (200, ""));
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &backend, ""));
+    w.wait_event("memory", "ready");
+    sql(
+        &pg.dsn,
+        "ALTER TABLE memory_write_outbox ALTER COLUMN idempotency_key DROP NOT NULL,
+                                         ALTER COLUMN payload DROP NOT NULL",
+    );
+    sql(
+        &pg.dsn,
+        "INSERT INTO memory_write_outbox (idempotency_key, payload) VALUES
+            ('k1', '{\"n\": 1}'), (NULL, '{\"n\": 2}'), ('k3', NULL), ('k4', '{\"n\": 4}')",
+    );
+    wait_until("the good rows sent", Duration::from_secs(20), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+        )[0]
+        .get::<_, i64>(0)
+            == 2
+    });
+    wait_until("the bad rows failed", Duration::from_secs(10), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'failed'",
+        )[0]
+        .get::<_, i64>(0)
+            == 2
+    });
+    let reasons: Vec<String> = sql(
+        &pg.dsn,
+        "SELECT last_error FROM memory_write_outbox WHERE status = 'failed' ORDER BY id",
+    )
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(
+        reasons[0].contains("idempotency_key is NULL"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("payload is NULL"), "{reasons:?}");
+    let keys: Vec<String> = backend
+        .seen()
+        .into_iter()
+        .map(|s| s.idempotency_key)
+        .collect();
+    assert_eq!(keys, ["k1", "k4"]);
+    let (_, s) = get_json(port, "/v1/services/memory");
+    assert_eq!(s["state"], "ready", "memory-sync did not crash: {s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

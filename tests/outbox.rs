@@ -722,3 +722,91 @@ fn replayed_rows_far_below_the_claims_are_drained_at_once() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Every row of the table is claimable, whatever its id: rows with
+/// negative ids (written so by hand, or from a sequence that starts at its
+/// minimum) were below every claim's bound and stayed `pending` for ever.
+#[test]
+fn rows_with_negative_ids_are_relayed_too() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (id, topic, payload) OVERRIDING SYSTEM VALUE
+         VALUES (-9223372036854775808, 'orders', '{\"n\": 1}'), (-5, 'orders', '{\"n\": 2}')",
+    );
+    // An ordinary insert wakes the relay (the poll is an hour).
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"n\": 3}')",
+    );
+    wait_until("the three rows published", Duration::from_secs(20), || {
+        stream(&redis.url, "app.orders").len() == 3
+    });
+    let left = sql(
+        &pg.dsn,
+        "SELECT count(*) FROM message_outbox WHERE status <> 'sent'",
+    );
+    assert_eq!(left[0].get::<_, i64>(0), 0);
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// A row the relay cannot send (a NULL `topic`, `payload` or `headers` in a
+/// table the user made, which allows them) fails at once with its reason;
+/// the good rows of the same batch are published. The relay used to panic
+/// on the NULL: the service crashed once per lease and the batch's good
+/// rows stayed `sending`.
+#[test]
+fn a_row_with_a_null_column_fails_with_its_reason_and_the_batch_goes_on() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    sql(
+        &pg.dsn,
+        "CREATE TABLE message_outbox (
+            id bigserial PRIMARY KEY, topic text, partition_key text,
+            payload jsonb, headers jsonb DEFAULT '{}', dedupe_key text,
+            status text NOT NULL DEFAULT 'pending', retry_count int NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT now(), claimed_until timestamptz,
+            last_error text, created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz)",
+    );
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, headers) VALUES
+            ('orders', '{\"n\": 1}', '{}'),
+            (NULL, '{\"n\": 2}', '{}'),
+            ('orders', NULL, '{}'),
+            ('orders', '{\"n\": 4}', NULL),
+            ('orders', '{\"n\": 5}', '{}')",
+    );
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    wait_until("the good rows published", Duration::from_secs(20), || {
+        stream(&redis.url, "app.orders").len() == 2
+    });
+    wait_until("the bad rows failed", Duration::from_secs(10), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM message_outbox WHERE status = 'failed'",
+        )[0]
+        .get::<_, i64>(0)
+            == 3
+    });
+    let reasons: Vec<String> = sql(
+        &pg.dsn,
+        "SELECT last_error FROM message_outbox WHERE status = 'failed' ORDER BY id",
+    )
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert!(reasons[0].contains("topic is NULL"), "{reasons:?}");
+    assert!(reasons[1].contains("payload is NULL"), "{reasons:?}");
+    assert!(reasons[2].contains("headers is NULL"), "{reasons:?}");
+    let (_, s) = get_json(port, "/v1/services/relay");
+    assert_eq!(s["state"], "ready", "the relay did not crash: {s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -213,13 +213,24 @@ fn check(port: u16, s: &Schedule, logs: &[std::path::PathBuf]) -> Result<(), Str
             .map(|(_, x)| x.as_str())
             .unwrap_or("?");
         if !matches!(state, "starting" | "ready" | "stopping") {
-            // Give the reaper a moment for the last zombies.
+            // Give the reaper a moment for the last zombies; a service in
+            // backoff may meanwhile start a new run (its processes are not
+            // left behind): the state is read again with the processes.
+            let running = |port| {
+                states(port).iter().any(|(n, x)| {
+                    *n == svc.name && matches!(x.as_str(), "starting" | "ready" | "stopping")
+                })
+            };
             let t = Instant::now();
-            while !live(&svc.marker).is_empty() && t.elapsed() < Duration::from_millis(500) {
+            let mut left = live(&svc.marker);
+            while !left.is_empty() && t.elapsed() < Duration::from_millis(500) {
                 std::thread::sleep(Duration::from_millis(20));
+                if running(port) {
+                    break;
+                }
+                left = live(&svc.marker);
             }
-            let left = live(&svc.marker);
-            if !left.is_empty() {
+            if !left.is_empty() && !running(port) {
                 return Err(format!(
                     "{} is {state} but processes of its group are left: {left:?}",
                     svc.name

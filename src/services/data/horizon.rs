@@ -57,6 +57,11 @@ pub struct Horizon {
     sweep_every: Duration,
 }
 
+/// The start of every table: the lowest `bigint`. Any id may be in use
+/// (rows written with negative ids, a sequence that starts at its
+/// minimum), and a sweep must find them all.
+pub const START: i64 = i64::MIN;
+
 /// How long a retry keeps the bound at its row after it is due: by then
 /// this worker or another one has claimed it (a sweep finds it otherwise).
 const RETRY_GRACE: Duration = Duration::from_secs(2);
@@ -73,7 +78,7 @@ impl Horizon {
     /// A bound at the start of the table; the first claim sweeps.
     pub fn new(sweep_every: Duration, now: Instant) -> Horizon {
         Horizon {
-            low: 0,
+            low: START,
             waiting: VecDeque::new(),
             fresh: None,
             retries: BTreeMap::new(),
@@ -88,13 +93,13 @@ impl Horizon {
         now >= self.next_sweep
     }
 
-    /// The lower bound of the next claim: 0 for a sweep (which it then
+    /// The lower bound of the next claim: [`START`] for a sweep (which it then
     /// counts as done).
     pub fn claim_from(&mut self, now: Instant) -> i64 {
         self.retries.retain(|_, due| *due + RETRY_GRACE > now);
         if self.sweep_due(now) {
             self.next_sweep = now + self.sweep_every;
-            return 0;
+            return START;
         }
         // Only retries that are due hold the claims back; one not due
         // yet only keeps the bound from passing it (see `claimed`).
@@ -217,7 +222,7 @@ mod tests {
     /// A horizon past its first sweep.
     fn started(now: Instant) -> Horizon {
         let mut h = Horizon::new(SWEEP, now);
-        assert_eq!(h.claim_from(now), 0, "the first claim sweeps");
+        assert_eq!(h.claim_from(now), START, "the first claim sweeps");
         h
     }
 
@@ -226,17 +231,17 @@ mod tests {
         let t = Instant::now();
         let mut h = started(t);
         h.claimed(&[3, 1, 2], false);
-        assert_eq!(h.claim_from(t), 0, "not before a snapshot");
+        assert_eq!(h.claim_from(t), START, "not before a snapshot");
         // The snapshot after the claim: transaction 100 still runs, 105
         // is the next to be assigned.
         h.snapshot(100, 105);
         assert_eq!(
             h.claim_from(t),
-            0,
+            START,
             "transactions below 105 may still add a lower id"
         );
         h.snapshot(104, 110);
-        assert_eq!(h.claim_from(t), 0, "104 still runs");
+        assert_eq!(h.claim_from(t), START, "104 still runs");
         h.snapshot(105, 110);
         assert_eq!(h.claim_from(t), 4, "past the highest row claimed");
     }
@@ -334,7 +339,7 @@ mod tests {
         h.snapshot(4, 5);
         assert_eq!(h.claim_from(t), 53, "the claims go on");
         let due = t + Duration::from_secs(60);
-        assert_eq!(h.claim_from(due), 0, "a sweep");
+        assert_eq!(h.claim_from(due), START, "a sweep");
         assert_eq!(
             h.claim_from(due),
             20,
@@ -348,9 +353,9 @@ mod tests {
         let mut h = started(t);
         h.claimed(&[7], false);
         h.returned(&[7], t);
-        assert_eq!(h.claim_from(t + Duration::from_millis(100)), 0);
+        assert_eq!(h.claim_from(t + Duration::from_millis(100)), START);
         // Its grace is over: the next claim's candidate is not capped.
-        assert_eq!(h.claim_from(t + RETRY_GRACE), 0);
+        assert_eq!(h.claim_from(t + RETRY_GRACE), START);
         h.claimed(&[8], false);
         h.snapshot(1, 2);
         h.snapshot(2, 3);
@@ -367,11 +372,11 @@ mod tests {
         assert_eq!(h.claim_from(t), 1001);
         // A sweep finds a full batch far below (ids handed out in blocks,
         // a replay): the claims go on from there at full speed.
-        assert_eq!(h.claim_from(t + SWEEP), 0);
+        assert_eq!(h.claim_from(t + SWEEP), START);
         h.claimed(&[100, 101, 102], true);
         assert_eq!(h.claim_from(t + SWEEP), 103);
         // A sweep that took fewer than it asked for took all there was.
-        assert_eq!(h.claim_from(t + SWEEP * 2), 0);
+        assert_eq!(h.claim_from(t + SWEEP * 2), START);
         h.claimed(&[104], false);
         assert_eq!(h.claim_from(t + SWEEP * 2), 103);
     }
@@ -386,7 +391,7 @@ mod tests {
             h.snapshot(10, 11 + i);
         }
         assert!(h.waiting.len() <= MAX_WAITING);
-        assert_eq!(h.claim_from(t), 0, "held by transaction 10");
+        assert_eq!(h.claim_from(t), START, "held by transaction 10");
         h.snapshot(i64::MAX - 1, i64::MAX);
         assert_eq!(h.claim_from(t), MAX_WAITING as i64 * 3 + 1);
     }
@@ -402,7 +407,7 @@ mod tests {
         assert_eq!(h.until_sweep(t), SWEEP);
         assert_eq!(h.claim_from(t + SWEEP - Duration::from_millis(1)), 11);
         assert!(h.sweep_due(t + SWEEP));
-        assert_eq!(h.claim_from(t + SWEEP), 0);
+        assert_eq!(h.claim_from(t + SWEEP), START);
         assert_eq!(
             h.claim_from(t + SWEEP),
             11,
@@ -472,7 +477,7 @@ mod tests {
         h.claimed(&[], false);
         h.snapshot(1, 2);
         h.snapshot(5, 6);
-        assert_eq!(h.claim_from(t), 0);
+        assert_eq!(h.claim_from(t), START);
         h.returned(&[], t);
         assert_eq!(h.next_retry(t), None);
     }

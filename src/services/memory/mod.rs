@@ -72,7 +72,22 @@ struct Claimed {
     key: String,
     payload: String,
     session: Option<String>,
-    claimed_until: std::time::SystemTime,
+}
+
+/// A claimed row as memory-sync sends it, or why it cannot be sent (a
+/// NULL `idempotency_key` or `payload` in a table the user made).
+fn read_claimed(r: &tokio_postgres::Row) -> Result<Claimed, String> {
+    let text = |i: usize, column: &str| -> Result<String, String> {
+        r.try_get::<_, Option<String>>(i)
+            .map_err(|e| format!("{column}: {e}"))?
+            .ok_or_else(|| format!("{column} is NULL; memory-sync needs a value to send"))
+    };
+    Ok(Claimed {
+        id: r.get(0),
+        key: text(1, "idempotency_key")?,
+        payload: text(2, "payload")?,
+        session: r.try_get(3).map_err(|e| format!("session: {e}"))?,
+    })
 }
 
 /// How many of `rows` (from the first) go out together: at most `width`,
@@ -269,18 +284,30 @@ impl Service for MemorySync {
                         }
                         return Ok(Some(wait.max(Duration::from_millis(10))));
                     }
-                    let mut rows: Vec<Claimed> = rows
-                        .iter()
-                        .map(|r| Claimed {
-                            id: r.get(0),
-                            key: r.get(1),
-                            payload: r.get(2),
-                            session: r.get(3),
-                            claimed_until: r.get(4),
-                        })
-                        .collect();
+                    let claim_token: std::time::SystemTime = rows[0].get(4);
+                    let mut claimed = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        match read_claimed(r) {
+                            Ok(c) => claimed.push(c),
+                            // No retry makes a NULL readable: it fails at
+                            // once with its reason, the rest goes on.
+                            Err(error) => {
+                                let id: i64 = r.get(0);
+                                let fatal = true;
+                                client
+                                    .query_opt(
+                                        &retry,
+                                        &[&id, &error, &max_retries, &claim_token, &0.0f64, &fatal],
+                                    )
+                                    .await?;
+                                metrics::jobs(&name, "failed");
+                                tracing::warn!(id, error = %error, "a row memory-sync cannot send failed");
+                                ctx.details().set("last_error", format!("row {id}: {error}"));
+                            }
+                        }
+                    }
+                    let mut rows = claimed;
                     rows.sort_by_key(|r| r.id);
-                    let claim_token = rows[0].claimed_until;
                     let mut next = 0;
                     // Accepted rows, marked sent together once the batch ends;
                     // rows the backend never saw, released with the rest.
@@ -485,7 +512,6 @@ mod tests {
                 key: format!("k{i}"),
                 payload: "{}".into(),
                 session: s.map(str::to_string),
-                claimed_until: std::time::SystemTime::UNIX_EPOCH,
             })
             .collect()
     }

@@ -69,8 +69,6 @@ struct Relay {
 
 /// One claimed row.
 struct Row {
-    /// The claim's token: its lease end (the same for the whole batch).
-    claim: std::time::SystemTime,
     id: i64,
     topic: String,
     partition_key: Option<String>,
@@ -146,6 +144,9 @@ impl Relay {
     /// stands alone) and reads each command's own answer, so a refused row
     /// never makes the accepted ones go twice.
     async fn send(&self, redis: &mut redis::aio::MultiplexedConnection, rows: &[Row]) -> Sent {
+        if rows.is_empty() {
+            return Sent::All;
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for r in rows {
@@ -206,9 +207,32 @@ struct Relaying {
 }
 
 /// A claimed batch, sorted by id.
+/// A claimed row as the relay sends it, or why it cannot be sent.
+fn read_row(r: &tokio_postgres::Row) -> Result<Row, String> {
+    let text = |i: usize, column: &str| -> Result<String, String> {
+        r.try_get::<_, Option<String>>(i)
+            .map_err(|e| format!("{column}: {e}"))?
+            .ok_or_else(|| format!("{column} is NULL; the relay needs a value to send"))
+    };
+    Ok(Row {
+        id: r.get(0),
+        topic: text(1, "topic")?,
+        partition_key: r.try_get(2).map_err(|e| format!("partition_key: {e}"))?,
+        payload: text(3, "payload")?,
+        headers: text(4, "headers")?,
+        dedupe_key: r.try_get(5).map_err(|e| format!("dedupe_key: {e}"))?,
+    })
+}
+
 struct Batch {
+    /// The rows that can be sent.
     rows: Vec<Row>,
+    /// Every row claimed, those that cannot be sent included.
     ids: Vec<i64>,
+    /// Rows that cannot be sent as they are (a NULL `topic`, `payload` or
+    /// `headers` in a table the user made): each fails at once with its
+    /// reason, and the rest of the batch goes on.
+    bad: Vec<(i64, String)>,
     /// When the claim was made (its lease began before).
     claimed_at: Instant,
     /// The claim's token: its lease end (the same for the whole batch).
@@ -358,30 +382,34 @@ impl Relay {
             client.query(&st.claim, &params),
             client.query_one(&st.snapshot, &[])
         );
-        let mut rows: Vec<Row> = rows?
-            .iter()
-            .map(|r| Row {
-                claim: r.get(6),
-                id: r.get(0),
-                topic: r.get(1),
-                partition_key: r.get(2),
-                payload: r.get(3),
-                headers: r.get(4),
-                dedupe_key: r.get(5),
-            })
-            .collect();
+        let raw = rows?;
+        let mut rows = Vec::with_capacity(raw.len());
+        let mut bad = Vec::new();
+        let mut ids = Vec::with_capacity(raw.len());
+        let mut token = None;
+        for r in &raw {
+            // The id and the claim are the table's key and the claim's own
+            // writing; the rest is what producers wrote.
+            let (id, claim): (i64, std::time::SystemTime) = (r.get(0), r.get(6));
+            ids.push(id);
+            token.get_or_insert(claim);
+            match read_row(r) {
+                Ok(row) => rows.push(row),
+                Err(why) => bad.push((id, why)),
+            }
+        }
         rows.sort_by_key(|r| r.id);
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
         horizon.claimed(&ids, ids.len() as i64 >= batch);
         let snapshot = snapshot?;
         horizon.snapshot(snapshot.get(0), snapshot.get(1));
-        let Some(first) = rows.first() else {
+        let Some(token) = token else {
             return Ok(None);
         };
-        let token = first.claim;
         Ok(Some(Batch {
             rows,
             ids,
+            bad,
             claimed_at: now,
             token,
         }))
@@ -517,6 +545,30 @@ impl Relay {
         }
     }
 
+    /// Rows that cannot be sent fail at once, each with its reason (no
+    /// retry can make a NULL column readable); `replay-failed` brings them
+    /// back once fixed.
+    async fn fail_unreadable(
+        &self,
+        client: &tokio_postgres::Client,
+        st: &Statements,
+        ctx: &Context,
+        state: &mut Relaying,
+        batch: &Batch,
+    ) -> Result<(), super::data::Fault> {
+        let (bad_ids, errors): (Vec<i64>, Vec<String>) = batch.bad.iter().cloned().unzip();
+        let settled = client
+            .query(&st.retry, &[&bad_ids, &errors, &0i32, &batch.token])
+            .await?;
+        metrics::published(&state.name, "failed", settled.len());
+        for (id, error) in &batch.bad {
+            tracing::warn!(id, error = %error, "a row the relay cannot send failed");
+            ctx.details()
+                .set("last_error", format!("row {id}: {error}"));
+        }
+        Ok(())
+    }
+
     /// A batch goes back unclaimed (a Redis outage, a stop), its retries
     /// untouched.
     async fn release(
@@ -553,9 +605,26 @@ impl Relay {
         batch: &Batch,
         sent: Sent,
     ) -> Result<(), super::data::Fault> {
-        let name = state.name.as_str();
         let max_retries = i32::try_from(self.spec.max_retries).unwrap_or(i32::MAX);
-        let ids = &batch.ids;
+        let unreadable: std::collections::HashSet<i64> =
+            batch.bad.iter().map(|(id, _)| *id).collect();
+        let readable: Vec<i64>;
+        let ids = if unreadable.is_empty() {
+            &batch.ids
+        } else {
+            readable = batch
+                .ids
+                .iter()
+                .copied()
+                .filter(|id| !unreadable.contains(id))
+                .collect();
+            &readable
+        };
+        if !batch.bad.is_empty() {
+            self.fail_unreadable(client, st, ctx, state, batch).await?;
+        }
+        let name = state.name.clone();
+        let name = name.as_str();
         match sent {
             Sent::All => {
                 let n = client.execute(&st.done, &[ids, &batch.token]).await?;
