@@ -810,3 +810,45 @@ fn a_row_with_a_null_column_fails_with_its_reason_and_the_batch_goes_on() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A table whose `id` is an `integer` (`serial`) is refused at the start,
+/// naming the column and the fix: it used to pass the start and fail at
+/// the first claim ("error serializing parameter 2"), with its rows stuck.
+#[test]
+fn a_table_with_an_integer_id_is_refused_at_the_start_naming_the_column() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    sql(
+        &pg.dsn,
+        "CREATE TABLE message_outbox (
+            id serial PRIMARY KEY, topic text NOT NULL, partition_key text,
+            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}', dedupe_key text,
+            status text NOT NULL DEFAULT 'pending', retry_count int NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT now(), claimed_until timestamptz,
+            last_error text, created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz)",
+    );
+    let port = free_port();
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &redis,
+        "restart = { policy = \"never\" }\n",
+    ));
+    wait_http(port, "/livez", 200);
+    wait_until(
+        "the relay refused the table",
+        Duration::from_secs(20),
+        || {
+            let (_, s) = get_json(port, "/v1/services/relay");
+            s["state"] == "failed"
+        },
+    );
+    let (_, s) = get_json(port, "/v1/services/relay");
+    let error = s["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("column id is integer; warden needs bigint")
+            && error.contains("ALTER COLUMN id TYPE bigint"),
+        "{s}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

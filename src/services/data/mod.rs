@@ -204,6 +204,35 @@ pub async fn adopt(
     Ok(())
 }
 
+/// The table's `id` is a `bigint`, as every statement of the workers
+/// binds it: an `integer` (`serial`) one would pass the start and fail at
+/// the first claim. Said at the start instead, naming the column and the
+/// fix.
+pub async fn check_id_column(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<(), ServiceError> {
+    let ty: Option<String> = client
+        .query_opt(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attname = 'id' AND NOT attisdropped",
+            &[&table],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| r.get(0));
+    match ty.as_deref() {
+        Some("bigint") => Ok(()),
+        Some(other) => Err(ServiceError(format!(
+            "table {table}: column id is {other}; warden needs bigint \
+             (ALTER TABLE {table} ALTER COLUMN id TYPE bigint)"
+        ))),
+        None => Err(ServiceError(format!(
+            "table {table} has no column id; warden needs id bigint, the table's key"
+        ))),
+    }
+}
+
 /// Why a round of a worker's loop stopped short.
 #[derive(Debug)]
 pub enum Fault {

@@ -171,6 +171,7 @@ impl Service for MemorySync {
                     .await?;
                     super::data::adopt(&c, &q.leased().table, &q.create_tx(), &q.indexes()).await?;
                 }
+                super::data::check_id_column(&c, &q.leased().table).await?;
                 // Every statement is checked against the tables now.
                 super::data::prepare_all(&c, &sqls).await.map_err(pg)?;
             }

@@ -265,6 +265,7 @@ impl Service for Relay {
                 if spec.create_schema {
                     super::data::adopt(&c, &t.leased().table, &t.create_tx(), &t.indexes()).await?;
                 }
+                super::data::check_id_column(&c, &t.leased().table).await?;
                 // Every statement is checked against the table now, not
                 // at the first row.
                 for st in self.statements(&t) {
