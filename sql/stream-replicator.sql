@@ -28,4 +28,9 @@ CREATE TABLE IF NOT EXISTS warden_dlq (
     replayed_at timestamptz,
     UNIQUE (service, stream, entry_id)
 );
+-- The size (dead letters not replayed) is read every second, and replayed
+-- ones are deleted after `dlq_keep_replayed`: each from an index, not the
+-- whole table.
+CREATE INDEX IF NOT EXISTS warden_dlq_unreplayed ON warden_dlq (service) WHERE replayed_at IS NULL;
+CREATE INDEX IF NOT EXISTS warden_dlq_replayed ON warden_dlq (service, replayed_at) WHERE replayed_at IS NOT NULL;
 COMMIT;

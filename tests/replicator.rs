@@ -609,3 +609,99 @@ fn a_nul_byte_in_an_entry_is_kept_without_a_crash_loop() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A `.dlq` stream keeps at most `dlq_maxlen` entries (the oldest go):
+/// it was written without a bound, so an entry that stays broken and is
+/// replayed on a schedule grew it for ever.
+#[test]
+fn a_dead_letter_stream_keeps_at_most_dlq_maxlen_entries() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    for n in 0..30 {
+        xadd(
+            &redis,
+            "orders",
+            &[
+                ("payload", "not json"),
+                ("outbox_id", &(1000 + n).to_string()),
+            ],
+        );
+    }
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "dlq_maxlen = 10\n"));
+    w.wait_event("rep", "ready");
+    wait_until("30 dead letters", Duration::from_secs(20), || {
+        sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(30)
+    });
+    wait_until("the stream written", Duration::from_secs(10), || {
+        pending(&redis, "orders") == 0
+    });
+    let dlq = stream(&redis.url, "orders.dlq");
+    assert_eq!(dlq.len(), 10, "the newest 10 dead letters");
+    assert_eq!(dlq[9]["outbox_id"], "1029", "the newest last");
+    // The size read every second has an index of its own.
+    let index = sql(
+        &pg.dsn,
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'warden_dlq_unreplayed'",
+    );
+    assert!(
+        index.first().is_some_and(|r| r
+            .get::<_, String>(0)
+            .contains("WHERE (replayed_at IS NULL)")),
+        "no partial index on the dead letters not replayed"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// Replayed dead letters are deleted `dlq_keep_replayed` after their
+/// replay: `warden_dlq` was never pruned, and a scheduled `replay-dlq` of
+/// an entry that stays broken added a row each time.
+#[test]
+fn replayed_dead_letters_are_deleted_after_dlq_keep_replayed() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    for n in 0..3 {
+        xadd(
+            &redis,
+            "orders",
+            &[
+                ("payload", "not json"),
+                ("outbox_id", &(2000 + n).to_string()),
+            ],
+        );
+    }
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "dlq_keep_replayed = \"2s\"\n"));
+    w.wait_event("rep", "ready");
+    wait_until("3 dead letters", Duration::from_secs(20), || {
+        sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(3)
+    });
+    // Replayed, they fail again: 3 replayed rows and 3 new ones.
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/v1/services/rep/actions/replay-dlq",
+        &[],
+        b"{}",
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    wait_until("3 new dead letters", Duration::from_secs(20), || {
+        sql_result_count(
+            &pg,
+            "SELECT count(*) FROM warden_dlq WHERE replayed_at IS NULL",
+        ) == Some(3)
+    });
+    // Two seconds after the replay, the replayed rows go.
+    wait_until("the replayed rows deleted", Duration::from_secs(10), || {
+        sql_result_count(
+            &pg,
+            "SELECT count(*) FROM warden_dlq WHERE replayed_at IS NOT NULL",
+        ) == Some(0)
+    });
+    assert_eq!(
+        sql_result_count(&pg, "SELECT count(*) FROM warden_dlq"),
+        Some(3),
+        "the dead letters not replayed stay"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -139,6 +139,9 @@ struct Replicating {
     /// refuses it).
     cleanup: bool,
     last_stats: Option<Instant>,
+    /// When replayed dead letters past `dlq_keep_replayed` were last
+    /// deleted.
+    last_prune: Option<Instant>,
 }
 
 /// A Redis error in words, passwords masked.
@@ -192,6 +195,7 @@ impl Service for Replicator {
                 janitor_from: HashMap::new(),
                 cleanup: true,
                 last_stats: None,
+                last_prune: None,
             };
             // Redis must be there at start: the groups are made now.
             self.connect(&mut state)
@@ -320,6 +324,20 @@ impl Replicator {
                 .get(0);
             ctx.details().set("dlq_size", size);
             metrics::dlq_size(&state.name, size);
+            // Replayed dead letters are kept a while (what was replayed,
+            // and why it had failed), then deleted: a scheduled replay of
+            // an entry that stays broken adds a row each time.
+            let keep = self.spec.dlq_keep_replayed;
+            let prune_every = (keep / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            if state.last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
+                state.last_prune = Some(Instant::now());
+                let pruned = client
+                    .execute(&sql::prune_replayed(), &[&state.name, &keep.as_secs_f64()])
+                    .await?;
+                if pruned > 0 {
+                    tracing::info!(rows = pruned, "replayed dead letters deleted");
+                }
+            }
         }
         if let Some(held) = state.held.take() {
             return self.apply(client, replica, ctx, state, held).await;
@@ -643,8 +661,13 @@ impl Replicator {
         let conn = &mut state.redis.as_mut().expect("connected").conn;
         let mut pipe = redis::pipe();
         for (e, why) in &dead {
+            // Bounded: a dead letter that comes back (a scheduled replay of
+            // an entry that stays broken) must not grow the stream for ever.
             pipe.cmd("XADD")
                 .arg(format!("{}.dlq", e.stream))
+                .arg("MAXLEN")
+                .arg("=")
+                .arg(self.spec.dlq_maxlen.0)
                 .arg("*")
                 .arg("dlq_stream")
                 .arg(&e.stream)

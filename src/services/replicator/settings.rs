@@ -31,6 +31,12 @@ config_table! {
         pub min_idle: Duration = Duration::from_secs(60),
         /// Deliveries after which an entry goes to the dead-letter queue.
         pub max_deliveries: u32 = 5,
+        /// Entries each `<stream>.dlq` stream keeps: the oldest go when a
+        /// new dead letter comes (the table `warden_dlq` keeps every one).
+        pub dlq_maxlen: Count = Count(10_000),
+        /// How long a replayed dead letter stays in `warden_dlq` (what was
+        /// replayed, and why it had failed) before it is deleted.
+        pub dlq_keep_replayed: Duration = Duration::from_secs(7 * 86_400),
         /// Entries read per batch from each stream.
         pub batch: Count = Count(500),
         /// Create the tables at start (idempotent DDL).

@@ -64,6 +64,11 @@ SELECT pg_advisory_xact_lock(hashtext('warden stream-replicator'));
     replayed_at timestamptz,
     UNIQUE (service, stream, entry_id)
 );
+-- The size (dead letters not replayed) is read every second, and replayed
+-- ones are deleted after `dlq_keep_replayed`: each from an index, not the
+-- whole table.
+CREATE INDEX IF NOT EXISTS warden_dlq_unreplayed ON {DLQ_TABLE} (service) WHERE replayed_at IS NULL;
+CREATE INDEX IF NOT EXISTS warden_dlq_replayed ON {DLQ_TABLE} (service, replayed_at) WHERE replayed_at IS NOT NULL;
 COMMIT;
 "
         ));
@@ -163,6 +168,13 @@ FOR UPDATE SKIP LOCKED"
 /// Dead letter `$1` went back to its stream.
 pub fn replayed() -> String {
     format!("UPDATE {DLQ_TABLE} SET replayed_at = now() WHERE id = $1")
+}
+
+/// Dead letters of service `$1` replayed more than `$2` seconds ago go.
+pub fn prune_replayed() -> String {
+    format!(
+        "DELETE FROM {DLQ_TABLE} WHERE service = $1 AND replayed_at < now() - $2::float8 * interval '1 second'"
+    )
 }
 
 /// Dead letters of service `$1` not replayed yet.
