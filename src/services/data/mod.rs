@@ -204,6 +204,20 @@ pub async fn adopt(
     Ok(())
 }
 
+/// Column `i` (`column`) of a claimed row, which `worker` needs as text:
+/// the text, or why the row cannot be sent (a NULL in a table that allows
+/// it, another type). Such a row fails at once with these words.
+pub fn needed_text(
+    r: &tokio_postgres::Row,
+    i: usize,
+    column: &str,
+    worker: &str,
+) -> Result<String, String> {
+    r.try_get::<_, Option<String>>(i)
+        .map_err(|e| format!("{column}: {e}"))?
+        .ok_or_else(|| format!("{column} is NULL; {worker} needs a value to send"))
+}
+
 /// The table's `id` is a `bigint`, as every statement of the workers
 /// binds it: an `integer` (`serial`) one would pass the start and fail at
 /// the first claim. Said at the start instead, naming the column and the

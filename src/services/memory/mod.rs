@@ -77,11 +77,7 @@ struct Claimed {
 /// A claimed row as memory-sync sends it, or why it cannot be sent (a
 /// NULL `idempotency_key` or `payload` in a table the user made).
 fn read_claimed(r: &tokio_postgres::Row) -> Result<Claimed, String> {
-    let text = |i: usize, column: &str| -> Result<String, String> {
-        r.try_get::<_, Option<String>>(i)
-            .map_err(|e| format!("{column}: {e}"))?
-            .ok_or_else(|| format!("{column} is NULL; memory-sync needs a value to send"))
-    };
+    let text = |i, column| super::data::needed_text(r, i, column, "memory-sync");
     Ok(Claimed {
         id: r.get(0),
         key: text(1, "idempotency_key")?,

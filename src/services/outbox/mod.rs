@@ -209,11 +209,7 @@ struct Relaying {
 /// A claimed batch, sorted by id.
 /// A claimed row as the relay sends it, or why it cannot be sent.
 fn read_row(r: &tokio_postgres::Row) -> Result<Row, String> {
-    let text = |i: usize, column: &str| -> Result<String, String> {
-        r.try_get::<_, Option<String>>(i)
-            .map_err(|e| format!("{column}: {e}"))?
-            .ok_or_else(|| format!("{column} is NULL; the relay needs a value to send"))
-    };
+    let text = |i, column| super::data::needed_text(r, i, column, "the relay");
     Ok(Row {
         id: r.get(0),
         topic: text(1, "topic")?,
