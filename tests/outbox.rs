@@ -481,14 +481,15 @@ fn the_backlog_is_read_while_the_relay_waits_on_redis() {
         .get(0);
         n == 5
     });
-    // Meanwhile the backlog grows, and the relay says so.
+    // Meanwhile the backlog grows, and the relay says so: the 100 rows
+    // pending and the 5 in flight.
     insert(100);
-    wait_until("the backlog of 100", Duration::from_secs(10), || {
-        get_json(port, "/v1/services/relay").1["details"]["backlog"] == 100
+    wait_until("the backlog of 105", Duration::from_secs(10), || {
+        get_json(port, "/v1/services/relay").1["details"]["backlog"] == 105
     });
     let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
     assert!(
-        String::from_utf8_lossy(&metrics).contains(r#"warden_outbox_backlog{service="relay"} 100"#)
+        String::from_utf8_lossy(&metrics).contains(r#"warden_outbox_backlog{service="relay"} 105"#)
     );
     redis.thaw();
     wait_until("every row", Duration::from_secs(40), published(106));
@@ -848,6 +849,34 @@ fn a_table_with_an_integer_id_is_refused_at_the_start_naming_the_column() {
         error.contains("column id is integer; warden needs bigint")
             && error.contains("ALTER COLUMN id TYPE bigint"),
         "{s}"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// Rows stuck in `sending` show in the backlog and the lag: they were
+/// counted in neither, so monitoring saw `backlog 0, lag 0` while rows
+/// waited (a lease far in the future, taken by a worker that is gone).
+#[test]
+fn rows_stuck_in_sending_show_in_the_backlog_and_the_lag() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, status, claimed_until, created_at)
+         VALUES ('orders', '{\"stuck\": 1}', 'sending', now() + interval '1 hour',
+                 now() - interval '1 minute')",
+    );
+    wait_until(
+        "the stuck row in the backlog",
+        Duration::from_secs(10),
+        || {
+            let (_, s) = get_json(port, "/v1/services/relay");
+            s["details"]["backlog"] == 1
+                && s["details"]["lag_seconds"].as_f64().unwrap_or(0.0) >= 59.0
+        },
     );
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);

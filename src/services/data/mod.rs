@@ -833,15 +833,18 @@ WHERE id = ANY($1) AND status = 'sending' AND claimed_until = $2",
         )
     }
 
-    /// Backlog (pending rows, counted on the pending index) and lag (age
-    /// in seconds of the oldest pending row, by id: one index probe).
+    /// Backlog (rows not delivered yet: pending, counted on the pending
+    /// index, and `sending`, on the sending index: a row stuck there must
+    /// show) and lag (age in seconds of the oldest of them: one probe of
+    /// each index).
     pub fn stats(&self) -> String {
         let t = &self.table;
         format!(
-            "SELECT count(*),
-       greatest(0, COALESCE(EXTRACT(EPOCH FROM now() - (
-           SELECT created_at FROM {t} WHERE status = 'pending' ORDER BY id LIMIT 1)), 0))::float8
-FROM {t} WHERE status = 'pending'"
+            "SELECT (SELECT count(*) FROM {t} WHERE status = 'pending')
+     + (SELECT count(*) FROM {t} WHERE status = 'sending'),
+       greatest(0, COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+           (SELECT created_at FROM {t} WHERE status = 'pending' ORDER BY id LIMIT 1),
+           (SELECT min(created_at) FROM {t} WHERE status = 'sending'))), 0))::float8"
         )
     }
 
