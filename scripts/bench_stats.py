@@ -19,10 +19,11 @@ import subprocess
 from bench_memory import PG_BIN, Postgres
 
 # The statement of Leased::stats() for "message_outbox".
-STATS = """SELECT count(*),
-       greatest(0, COALESCE(EXTRACT(EPOCH FROM now() - (
-           SELECT created_at FROM "message_outbox" WHERE status = 'pending' ORDER BY id LIMIT 1)), 0))::float8
-FROM "message_outbox" WHERE status = 'pending'"""
+STATS = """SELECT (SELECT count(*) FROM "message_outbox" WHERE status = 'pending')
+     + (SELECT count(*) FROM "message_outbox" WHERE status = 'sending'),
+       greatest(0, COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+           (SELECT created_at FROM "message_outbox" WHERE status = 'pending' ORDER BY id LIMIT 1),
+           (SELECT min(created_at) FROM "message_outbox" WHERE status = 'sending'))), 0))::float8"""
 
 
 def timed(pg, query):
