@@ -705,3 +705,131 @@ fn replayed_dead_letters_are_deleted_after_dlq_keep_replayed() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// An entry that PostgreSQL (or warden's own bounds) refuses is a dead
+/// letter alone, with its real reason, and the rest of its batch is
+/// applied once: only classes 22 and 23 were treated as an entry's fault,
+/// so one of these crash-looped the service and, after `max_deliveries`,
+/// sent its whole batch to the dead letters as "delivered too often".
+#[test]
+fn each_poison_entry_is_a_dead_letter_alone_with_its_real_reason() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    // The replica made ahead, with a trigger of the application's that
+    // refuses some events and takes too long over others.
+    sql(
+        &pg.dsn,
+        "CREATE TABLE memory_replica (
+            event_id text PRIMARY KEY, stream text NOT NULL, partition_key text,
+            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
+            event_ts timestamptz, replicated_at timestamptz NOT NULL DEFAULT now())",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE FUNCTION app_check() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.payload->>'p' = 'raise' THEN
+                 RAISE EXCEPTION 'the application refuses this order';
+             END IF;
+             IF NEW.payload->>'p' = 'slow' THEN PERFORM pg_sleep(3); END IF;
+             RETURN NEW;
+         END $$",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE TRIGGER app_check BEFORE INSERT ON memory_replica
+         FOR EACH ROW EXECUTE FUNCTION app_check()",
+    );
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(100_000));
+    let long_id = "e".repeat(3_000);
+    let poison: [(&str, Vec<(&str, &str)>); 5] = [
+        ("long id", vec![("payload", "{}"), ("event_id", &long_id)]),
+        ("deep", vec![("payload", &deep), ("event_id", "deep")]),
+        ("big", vec![("payload", &big), ("event_id", "big")]),
+        (
+            "raise",
+            vec![("payload", r#"{"p": "raise"}"#), ("event_id", "raise")],
+        ),
+        (
+            "slow",
+            vec![("payload", r#"{"p": "slow"}"#), ("event_id", "slow")],
+        ),
+    ];
+    // One batch: each poison entry among good ones.
+    let mut good = 0;
+    for (_, fields) in &poison {
+        for _ in 0..2 {
+            good += 1;
+            let id = format!("good-{good}");
+            xadd(
+                &redis,
+                "orders",
+                &[("payload", r#"{"ok": 1}"#), ("event_id", &id)],
+            );
+        }
+        xadd(&redis, "orders", fields);
+    }
+    let port = free_port();
+    let extra = "statement_timeout = \"1s\"\nmax_payload = \"64KiB\"\n";
+    let mut w = Warden::start(&registry(port, &pg, &redis, extra));
+    w.wait_event("rep", "ready");
+    wait_until(
+        "10 rows and 5 dead letters",
+        Duration::from_secs(30),
+        || {
+            count(&pg, "SELECT count(*) FROM memory_replica") == 10
+                && sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(5)
+        },
+    );
+    wait_until("every entry acknowledged", Duration::from_secs(10), || {
+        pending(&redis, "orders") == 0
+    });
+    let reasons: Vec<(String, String, i32)> = sql(
+        &pg.dsn,
+        "SELECT COALESCE(left(event_id, 8), ''), reason, deliveries FROM warden_dlq ORDER BY id",
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    let reason_of = |id: &str| {
+        reasons
+            .iter()
+            .find(|(e, _, _)| e == id)
+            .unwrap_or_else(|| panic!("no dead letter {id}: {reasons:#?}"))
+            .clone()
+    };
+    for (id, want) in [
+        (
+            "eeeeeeee",
+            "the event id is 3000 bytes, more than max_event_id_bytes (512)",
+        ),
+        (
+            "deep",
+            "the payload field nests arrays or objects deeper than max_json_depth (128)",
+        ),
+        (
+            "big",
+            "the payload field is 100009 bytes, more than max_payload (65536 bytes)",
+        ),
+        (
+            "raise",
+            "the application refuses this order (SQLSTATE P0001",
+        ),
+        ("slow", "statement timeout (SQLSTATE 57014"),
+    ] {
+        let (_, reason, deliveries) = reason_of(id);
+        assert!(
+            reason.contains(want),
+            "{id}: {reason:?} should say {want:?}"
+        );
+        assert_eq!(deliveries, 1, "{id} was dead at its first delivery");
+    }
+    let d = &details(port)["details"];
+    assert_eq!(d["applied"], 10, "{d:#}");
+    assert_eq!(d["duplicates"], 0, "each good entry applied once: {d:#}");
+    assert_eq!(d["dead_letters"], 5, "{d:#}");
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -542,11 +542,33 @@ fn check_pem_certificates(
 pub struct PgTarget {
     pub dsn: PostgresDsn,
     pub tls_ca: Option<CaFile>,
+    /// What warden's own sessions ask of the server (none for a probe).
+    pub limits: SessionLimits,
+}
+
+/// Limits a data service sets on its own PostgreSQL sessions, so that a
+/// statement stuck behind a lock or a dead network fails instead of
+/// hanging (`None`: the server's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionLimits {
+    /// `statement_timeout`: the server cancels a longer statement.
+    pub statement: Option<std::time::Duration>,
+    /// `lock_timeout`: the server gives up a longer wait for a lock.
+    pub lock: Option<std::time::Duration>,
 }
 
 impl PgTarget {
     pub fn new(dsn: PostgresDsn, tls_ca: Option<CaFile>) -> PgTarget {
-        PgTarget { dsn, tls_ca }
+        PgTarget {
+            dsn,
+            tls_ca,
+            limits: SessionLimits::default(),
+        }
+    }
+
+    /// The same server, with `limits` on each session.
+    pub fn with_limits(self, limits: SessionLimits) -> PgTarget {
+        PgTarget { limits, ..self }
     }
     /// The DSN with its password masked.
     pub fn redacted(&self) -> String {
@@ -556,7 +578,7 @@ impl PgTarget {
 
 impl From<PostgresDsn> for PgTarget {
     fn from(dsn: PostgresDsn) -> PgTarget {
-        PgTarget { dsn, tls_ca: None }
+        PgTarget::new(dsn, None)
     }
 }
 

@@ -32,6 +32,20 @@ pub async fn config(
             error_text(&e)
         )))
     })?;
+    // The session's limits follow any `options` of the DSN's own (later
+    // settings win, so these hold).
+    let mut options = config.get_options().unwrap_or_default().to_string();
+    for (name, limit) in [
+        ("statement_timeout", target.limits.statement),
+        ("lock_timeout", target.limits.lock),
+    ] {
+        if let Some(d) = limit {
+            options.push_str(&format!(" -c {name}={}", d.as_millis().max(1)));
+        }
+    }
+    if !options.is_empty() {
+        config.options(options.trim_start());
+    }
     config.ssl_mode(match parts.sslmode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,

@@ -281,8 +281,9 @@ impl From<ServiceError> for Fault {
 /// failed (but not a TLS handshake: that needs the operator), the server
 /// is shutting down or starting (57P01-57P03), a connection exception
 /// (class 08), short of resources (class 53: too many clients), a
-/// serialization failure or deadlock (40001, 40P01), or a read-only
-/// server (25006: a replica after a failover).
+/// serialization failure or deadlock (40001, 40P01), a lock not had
+/// within `lock_timeout` (55P03: a migration holds the table), or a
+/// read-only server (25006: a replica after a failover).
 pub fn is_lost(e: &tokio_postgres::Error) -> bool {
     use std::error::Error as _;
     use tokio_postgres::error::SqlState;
@@ -310,6 +311,7 @@ pub fn is_lost(e: &tokio_postgres::Error) -> bool {
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::READ_ONLY_SQL_TRANSACTION,
+                SqlState::LOCK_NOT_AVAILABLE,
             ]
             .contains(code);
     }

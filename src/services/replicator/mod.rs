@@ -5,10 +5,12 @@
 //! on each stream, created at start (`MKSTREAM`, from the stream's first
 //! entry); each warden process reads as its own consumer, so several
 //! share the work. A round reads a batch with `XREADGROUP`, applies it in
-//! one transaction (`INSERT ... ON CONFLICT (event_id) DO NOTHING`: an
+//! one statement (`INSERT ... ON CONFLICT (event_id) DO NOTHING`: an
 //! event delivered twice is a duplicate, not a second row), commits, and
 //! only then `XACK`s. An entry that cannot be applied (no payload, a
-//! payload that is not JSON, a row PostgreSQL refuses) or that was
+//! payload that is not JSON or beyond the service's bounds, a row
+//! PostgreSQL refuses: a refused batch is split until the entry at fault
+//! is found, and the rest applied once) or that was
 //! delivered more than `max_deliveries` times goes to the dead-letter
 //! queue (the stream `<stream>.dlq` and the table `warden_dlq`, under a
 //! key of its own: service, stream, entry id) and is acknowledged, so a
@@ -532,10 +534,21 @@ impl Replicator {
         Ok(())
     }
 
-    /// Applies a batch, dead letters included, in one transaction; then
-    /// sends the dead letters to their `.dlq` streams and acknowledges
-    /// every entry. A batch PostgreSQL refuses is applied entry by entry,
-    /// so that only the entries at fault become dead letters.
+    /// What this service accepts of an entry.
+    fn bounds(&self) -> stream::Bounds {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        stream::Bounds {
+            event_id: size(u64::from(self.spec.max_event_id_bytes.0)),
+            payload: size(self.spec.max_payload.0),
+            depth: size(u64::from(self.spec.max_json_depth.0)),
+        }
+    }
+
+    /// Applies a batch, then its dead letters; then sends the dead letters
+    /// to their `.dlq` streams and acknowledges every entry. A batch
+    /// PostgreSQL refuses is split until the entries at fault are found
+    /// ([`insert_split`]): those alone become dead letters, with
+    /// PostgreSQL's reason, and the rest is applied once.
     async fn apply(
         &self,
         mut client: deadpool_postgres::Object,
@@ -546,6 +559,7 @@ impl Replicator {
     ) -> Result<Option<Duration>, Fault> {
         let max = i64::from(self.spec.max_deliveries);
         let mapped = replica.keys().is_some();
+        let bounds = self.bounds();
         let mut events = Vec::new();
         let mut dead: Vec<(&Entry, String)> = Vec::new();
         for e in &entries {
@@ -559,7 +573,7 @@ impl Replicator {
                 ));
                 continue;
             }
-            match e.event() {
+            match e.event_within(&bounds) {
                 // Columns are filled from the payload's keys: anything but
                 // an object would make a row of NULLs.
                 Ok(ev)
@@ -582,15 +596,12 @@ impl Replicator {
             (!state.own_first && state.prefetched.is_none() && state.janitor_from.is_empty())
                 .then(|| state.redis.as_ref().map(|c| c.conn.clone()))
                 .flatten();
-        let (first, read_ahead) = tokio::join!(
-            write(&mut client, replica, &state.name, &events, &dead),
-            async {
-                match ahead {
-                    Some(conn) => Some(self.read_ahead(conn, &state.group, &state.consumer).await),
-                    None => None,
-                }
+        let (written, read_ahead) = tokio::join!(insert_split(&client, replica, &events), async {
+            match ahead {
+                Some(conn) => Some(self.read_ahead(conn, &state.group, &state.consumer).await),
+                None => None,
             }
-        );
+        });
         // A failed read ahead is read again: its entries are this
         // consumer's pending ones.
         match read_ahead {
@@ -598,57 +609,23 @@ impl Replicator {
             Some(Err(_)) => state.own_first = true,
             _ => {}
         }
-        let written = match first {
-            // A refusal about a row (class 22, 23): find the rows at fault.
-            Err(Refused::Row(e)) if !events.is_empty() => {
-                tracing::warn!(error = %e, "PostgreSQL refused a batch; applying its entries one by one");
-                let mut n = 0;
-                let mut refused = Vec::new();
-                let mut failed = None;
-                for one in &events {
-                    match write(
-                        &mut client,
-                        replica,
-                        &state.name,
-                        std::slice::from_ref(one),
-                        &[],
-                    )
-                    .await
-                    {
-                        Ok(k) => n += k,
-                        Err(Refused::Row(e)) => refused.push((one.0, e.0)),
-                        Err(Refused::Round(f)) => {
-                            failed = Some(f);
-                            break;
-                        }
-                    }
-                }
-                match failed {
-                    Some(f) => Err(f),
-                    None => {
-                        dead.extend(refused);
-                        events.retain(|(e, _)| {
-                            !dead
-                                .iter()
-                                .any(|(d, _)| d.id == e.id && d.stream == e.stream)
-                        });
-                        match write(&mut client, replica, &state.name, &[], &dead).await {
-                            Ok(_) => Ok(n),
-                            Err(Refused::Row(e)) => Err(Fault::Fatal(e)),
-                            Err(Refused::Round(f)) => Err(f),
-                        }
-                    }
+        let written = match written {
+            Ok((inserted, refused)) => {
+                let applied = events.len() - refused.len();
+                dead.extend(refused.into_iter().map(|(i, why)| (events[i].0, why)));
+                match write_dead(&mut client, replica, &state.name, &dead).await {
+                    Ok(()) => Ok((inserted, applied)),
+                    Err(f) => Err(f),
                 }
             }
-            Err(Refused::Row(e)) => Err(Fault::Fatal(e)),
-            Err(Refused::Round(f)) => Err(f),
-            Ok(n) => Ok(n),
+            Err(f) => Err(f),
         };
-        let inserted = match written {
-            Ok(n) => n,
+        let (inserted, applied) = match written {
+            Ok(w) => w,
             Err(f) => {
                 if matches!(f, Fault::Lost(_)) {
-                    // Applied again as it is once PostgreSQL is back.
+                    // Applied again as it is once PostgreSQL is back (what
+                    // went in already is a duplicate then).
                     state.held = Some(entries);
                 }
                 return Err(f);
@@ -695,7 +672,7 @@ impl Replicator {
         if let Err(e) = pipe.query_async::<()>(conn).await {
             return Ok(Some(self.outage(state, ctx, redis_words(&e))));
         }
-        let duplicates = events.len() as u64 - inserted.min(events.len() as u64);
+        let duplicates = applied as u64 - inserted.min(applied as u64);
         state.applied += inserted;
         state.duplicates += duplicates;
         state.dead += dead.len() as u64;
@@ -804,28 +781,145 @@ fn group_info(reply: &Value, group: &str) -> Option<HashMap<String, Value>> {
     })
 }
 
-/// Why a write did not commit.
-enum Refused {
-    /// PostgreSQL refused a row's data (class 22: a value of the wrong
-    /// type, a NUL; class 23: a constraint): the entries at fault are
-    /// dead letters.
-    Row(ServiceError),
-    /// Anything else (a lost session, a dropped table, a lock timeout):
-    /// the round fails and nothing is acknowledged.
-    Round(Fault),
+/// Whether an error PostgreSQL raised for a statement that applied one
+/// entry is that entry's fault (rather than the table's or the server's):
+/// its data (class 22), a constraint (23), a limit of the server's such
+/// as an index row or a nesting too large (54), a user's trigger or rule
+/// (P0, 38, 39, 2F, 09, 27, 44), a cardinality (21), or a statement that
+/// ran past `statement_timeout` (57014; a lock waited for past
+/// `lock_timeout`, 55P03, is a passing state of the server instead).
+pub fn entry_fault(code: &str) -> bool {
+    const CLASSES: [&str; 11] = [
+        "22", "23", "54", "P0", "38", "39", "2F", "09", "27", "44", "21",
+    ];
+    CLASSES.iter().any(|c| code.starts_with(c)) || code == "57014"
 }
 
-impl From<tokio_postgres::Error> for Refused {
-    fn from(e: tokio_postgres::Error) -> Refused {
-        let row = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"));
-        if row {
-            Refused::Row(ServiceError(refusal_words(&e)))
+/// Applies `events`, splitting a refused statement in halves until each
+/// refusal is pinned to one entry: answers the rows inserted and, by
+/// index in `events`, the entries refused with PostgreSQL's reason. A
+/// single entry refused for anything but its own fault ([`entry_fault`])
+/// is one too once another entry of the batch went in; when none has,
+/// the table is at fault (dropped, no permission) and the round fails.
+async fn insert_split(
+    client: &deadpool_postgres::Object,
+    replica: &sql::Replica,
+    events: &[(&Entry, stream::Event)],
+) -> Result<(u64, Vec<(usize, String)>), Fault> {
+    let mut inserted = 0;
+    let mut refused = Vec::new();
+    if events.is_empty() {
+        return Ok((inserted, refused));
+    }
+    let apply = client.prepare_cached(&replica.apply()).await?;
+    let mut went_in = false;
+    // Ranges of `events`, the next on top.
+    let mut todo = vec![(0, events.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        let e = match insert_events(&***client, &apply, replica, &events[lo..hi]).await {
+            Ok(n) => {
+                inserted += n;
+                went_in = true;
+                continue;
+            }
+            Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
+            Err(e) => e,
+        };
+        let words = refusal_words(&e);
+        if hi - lo > 1 {
+            if (lo, hi) == (0, events.len()) {
+                tracing::warn!(error = %words, entries = hi - lo, "PostgreSQL refused a batch; splitting it to find the entries at fault");
+            }
+            let mid = lo + (hi - lo) / 2;
+            todo.push((mid, hi));
+            todo.push((lo, mid));
+        } else if went_in || e.code().is_some_and(|c| entry_fault(c.code())) {
+            refused.push((lo, words));
         } else {
-            Refused::Round(Fault::from(e))
+            return Err(Fault::Fatal(ServiceError(words)));
         }
     }
+    Ok((inserted, refused))
+}
+
+/// Writes the dead letters `dead`, in one statement. One that PostgreSQL
+/// refuses (fields too large for a row) is kept without its fields, with
+/// the reason why: they stay in its `.dlq` stream.
+async fn write_dead(
+    client: &mut deadpool_postgres::Object,
+    replica: &sql::Replica,
+    service: &str,
+    dead: &[(&Entry, String)],
+) -> Result<(), Fault> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let statement = client.prepare_cached(&replica.dead_letters()).await?;
+    let all: Vec<(&Entry, String, String)> = dead
+        .iter()
+        .map(|(e, why)| (*e, redact(why), e.fields_json()))
+        .collect();
+    let e = match insert_dead(client, &statement, service, &all).await {
+        Ok(()) => return Ok(()),
+        Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
+        Err(e) => e,
+    };
+    tracing::warn!(error = %refusal_words(&e), "PostgreSQL refused the dead letters; writing them one by one");
+    for one in all {
+        match insert_dead(client, &statement, service, std::slice::from_ref(&one)).await {
+            Ok(()) => continue,
+            Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
+            Err(e) => {
+                let (entry, why, _) = one;
+                let why = format!(
+                    "{why} (its fields are kept only in {}.dlq: {})",
+                    entry.stream,
+                    refusal_words(&e)
+                );
+                insert_dead(client, &statement, service, &[(entry, why, "{}".into())])
+                    .await
+                    .map_err(|e| Fault::Fatal(ServiceError(refusal_words(&e))))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts dead letters (entry, reason, fields as JSON) with `statement`
+/// ([`sql::Replica::dead_letters`]).
+async fn insert_dead(
+    client: &deadpool_postgres::Object,
+    statement: &tokio_postgres::Statement,
+    service: &str,
+    dead: &[(&Entry, String, String)],
+) -> Result<(), tokio_postgres::Error> {
+    let streams: Vec<&str> = dead.iter().map(|(e, _, _)| e.stream.as_str()).collect();
+    let entry_ids: Vec<&str> = dead.iter().map(|(e, _, _)| e.id.as_str()).collect();
+    let event_ids: Vec<String> = dead
+        .iter()
+        .map(|(e, _, _)| e.event().map(|ev| ev.event_id).unwrap_or_default())
+        .collect();
+    let reasons: Vec<&str> = dead.iter().map(|(_, why, _)| why.as_str()).collect();
+    let fields: Vec<&str> = dead.iter().map(|(_, _, f)| f.as_str()).collect();
+    let deliveries: Vec<i32> = dead
+        .iter()
+        .map(|(e, _, _)| i32::try_from(e.deliveries).unwrap_or(i32::MAX))
+        .collect();
+    client
+        .execute(
+            statement,
+            &[
+                &service,
+                &streams,
+                &entry_ids,
+                &event_ids,
+                &reasons,
+                &fields,
+                &deliveries,
+            ],
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Why PostgreSQL refused a row, without the row's values: the server's
@@ -864,52 +958,6 @@ fn refusal_words(e: &tokio_postgres::Error) -> String {
 /// A PostgreSQL error in words, as [`pg`] gives them.
 fn pg_words(e: &tokio_postgres::Error) -> String {
     crate::services::data::pg_text(e)
-}
-
-/// Writes `events` and `dead` letters in one transaction; answers the
-/// rows inserted.
-async fn write(
-    client: &mut deadpool_postgres::Object,
-    replica: &sql::Replica,
-    service: &str,
-    events: &[(&Entry, stream::Event)],
-    dead: &[(&Entry, String)],
-) -> Result<u64, Refused> {
-    let apply = client.prepare_cached(&replica.apply()).await?;
-    if dead.is_empty() {
-        // One statement is a transaction of its own: two round trips fewer.
-        return Ok(insert_events(&***client, &apply, replica, events).await?);
-    }
-    let dead_letters = client.prepare_cached(&replica.dead_letters()).await?;
-    let tx = client.transaction().await?;
-    let inserted = insert_events(&*tx, &apply, replica, events).await?;
-    let streams: Vec<&str> = dead.iter().map(|(e, _)| e.stream.as_str()).collect();
-    let entry_ids: Vec<&str> = dead.iter().map(|(e, _)| e.id.as_str()).collect();
-    let event_ids: Vec<String> = dead
-        .iter()
-        .map(|(e, _)| e.event().map(|ev| ev.event_id).unwrap_or_default())
-        .collect();
-    let reasons: Vec<String> = dead.iter().map(|(_, why)| redact(why)).collect();
-    let fields: Vec<String> = dead.iter().map(|(e, _)| e.fields_json()).collect();
-    let deliveries: Vec<i32> = dead
-        .iter()
-        .map(|(e, _)| i32::try_from(e.deliveries).unwrap_or(i32::MAX))
-        .collect();
-    tx.execute(
-        &dead_letters,
-        &[
-            &service,
-            &streams,
-            &entry_ids,
-            &event_ids,
-            &reasons,
-            &fields,
-            &deliveries,
-        ],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(inserted)
 }
 
 /// Inserts `events` with the replica's statement `apply` (none: 0).
@@ -1032,4 +1080,25 @@ async fn replay_dlq(
         replayed += 1;
     }
     Ok(serde_json::json!({ "replayed": replayed }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_fault;
+
+    #[test]
+    fn an_entrys_own_faults_are_told_from_the_tables_and_the_servers() {
+        for code in [
+            "22P02", "23505", "54000", "54001", "P0001", "38000", "39P01", "2F005", "09000",
+            "27000", "44000", "21000", "57014",
+        ] {
+            assert!(entry_fault(code), "{code} is the entry's");
+        }
+        for code in [
+            "42P01", "42501", "55P03", "57P01", "08006", "40001", "53300", "XX000", "25006",
+            "0A000",
+        ] {
+            assert!(!entry_fault(code), "{code} is not the entry's");
+        }
+    }
 }

@@ -8,7 +8,8 @@ use crate::config::Endpoint;
 use crate::config::decode::config_table;
 use crate::config::kind::{Problems, Settings};
 use crate::config::types::{
-    CaFile, Count, Ident, PgTarget, PostgresDsn, RedisDsn, RedisTarget, TableName,
+    ByteSize, CaFile, Count, Ident, PgTarget, PostgresDsn, RedisDsn, RedisTarget, SessionLimits,
+    TableName,
 };
 
 config_table! {
@@ -39,6 +40,24 @@ config_table! {
         pub dlq_keep_replayed: Duration = Duration::from_secs(7 * 86_400),
         /// Entries read per batch from each stream.
         pub batch: Count = Count(500),
+        /// The longest event id accepted (bytes): a longer one is a dead
+        /// letter (PostgreSQL cannot index ids of a few kilobytes).
+        pub max_event_id_bytes: Count = Count(512),
+        /// The largest `payload` (and `headers`) accepted: a larger one is
+        /// a dead letter.
+        pub max_payload: ByteSize = ByteSize(16 << 20),
+        /// The deepest nesting of arrays and objects accepted in `payload`
+        /// and `headers`: a deeper one is a dead letter (PostgreSQL's
+        /// parser stops at its stack's depth).
+        pub max_json_depth: Count = Count(128),
+        /// How long one of the service's statements may run before
+        /// PostgreSQL cancels it: a batch that takes longer is split until
+        /// the entry at fault is found, and that entry is a dead letter.
+        pub statement_timeout: Duration = Duration::from_secs(30),
+        /// How long one of the service's statements may wait for a lock
+        /// (a table busy with a migration): the round is tried again
+        /// after a pause, charging no entry.
+        pub lock_timeout: Duration = Duration::from_secs(5),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
         /// Sessions of the service's pool (rounds, statistics, actions).
@@ -57,7 +76,10 @@ pub const MIN_MIN_IDLE: Duration = Duration::from_secs(1);
 impl StreamReplicatorSpec {
     /// The PostgreSQL of the replica, with the CA its TLS trusts.
     pub fn pg(&self) -> PgTarget {
-        PgTarget::new(self.postgres.clone(), self.tls_ca.clone())
+        PgTarget::new(self.postgres.clone(), self.tls_ca.clone()).with_limits(SessionLimits {
+            statement: Some(self.statement_timeout),
+            lock: Some(self.lock_timeout),
+        })
     }
 
     /// The Redis of the streams, with the CA its TLS trusts.

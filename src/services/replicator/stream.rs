@@ -154,7 +154,81 @@ pub fn deliveries(v: &Value) -> std::collections::HashMap<String, i64> {
         .collect()
 }
 
+/// What warden accepts of an entry: beyond these it is a dead letter,
+/// with a reason that names the bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// The longest event id, in bytes (`max_event_id_bytes`).
+    pub event_id: usize,
+    /// The largest payload or headers, in bytes (`max_payload`).
+    pub payload: usize,
+    /// The deepest nesting of arrays and objects (`max_json_depth`).
+    pub depth: usize,
+}
+
+/// Whether JSON text `s` nests arrays and objects deeper than `max`,
+/// read without recursion (brackets inside strings do not count), so
+/// that no depth, however large, costs more than a pass over the bytes.
+pub fn deeper_than(s: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in s.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 impl Entry {
+    /// [`Entry::event`], within `bounds`: an event id, a payload or
+    /// headers beyond them is refused, naming the bound and the setting.
+    pub fn event_within(&self, bounds: &Bounds) -> Result<Event, String> {
+        for name in ["payload", "headers"] {
+            let Some(text) = self.field(name) else {
+                continue;
+            };
+            if text.len() > bounds.payload {
+                return Err(format!(
+                    "the {name} field is {} bytes, more than max_payload ({} bytes)",
+                    text.len(),
+                    bounds.payload
+                ));
+            }
+            if deeper_than(text, bounds.depth) {
+                return Err(format!(
+                    "the {name} field nests arrays or objects deeper than max_json_depth ({})",
+                    bounds.depth
+                ));
+            }
+        }
+        let event = self.event()?;
+        if event.event_id.len() > bounds.event_id {
+            return Err(format!(
+                "the event id is {} bytes, more than max_event_id_bytes ({})",
+                event.event_id.len(),
+                bounds.event_id
+            ));
+        }
+        Ok(event)
+    }
+
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
@@ -294,6 +368,89 @@ mod tests {
             Err("the entry has no payload field".to_string())
         );
         assert!(e(&[]).event().is_err(), "a deleted entry");
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_without_recursion() {
+        assert!(!deeper_than("{}", 1));
+        assert!(deeper_than("[[]]", 1));
+        assert!(!deeper_than("[[]]", 2));
+        assert!(!deeper_than(r#"{"a": [1, {"b": 2}], "c": {}}"#, 3));
+        assert!(deeper_than(r#"{"a": [1, {"b": 2}], "c": {}}"#, 2));
+        // Brackets in strings, escaped quotes among them, do not count.
+        assert!(!deeper_than(r#"["[[[[", "\"[[[[", "\\"]"#, 1));
+        assert!(
+            deeper_than(r#"["\\", ["x"]]"#, 1),
+            "an escaped backslash ends"
+        );
+        // Closing brackets bring the depth down again.
+        assert!(!deeper_than("[[],[],[]]", 2));
+        assert!(!deeper_than("]]]][[", 2), "never below zero");
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(deeper_than(&deep, 128));
+        assert!(!deeper_than(&deep, 100_000));
+    }
+
+    #[test]
+    fn an_entry_beyond_the_bounds_is_refused_naming_the_setting() {
+        let bounds = Bounds {
+            event_id: 8,
+            payload: 20,
+            depth: 2,
+        };
+        let e = |fields: &[(&str, &str)]| Entry {
+            stream: "s".into(),
+            id: "1-0".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            deliveries: 1,
+        };
+        assert!(
+            e(&[("payload", "[[1]]"), ("event_id", "12345678")])
+                .event_within(&bounds)
+                .is_ok()
+        );
+        assert_eq!(
+            e(&[("payload", "{}"), ("event_id", "123456789")]).event_within(&bounds),
+            Err("the event id is 9 bytes, more than max_event_id_bytes (8)".to_string())
+        );
+        assert_eq!(
+            e(&[("payload", "[[[1]]]")]).event_within(&bounds),
+            Err(
+                "the payload field nests arrays or objects deeper than max_json_depth (2)"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            e(&[("payload", "{}"), ("headers", "[[[1]]]")]).event_within(&bounds),
+            Err(
+                "the headers field nests arrays or objects deeper than max_json_depth (2)"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            e(&[("payload", &format!("\"{}\"", "x".repeat(19)))]).event_within(&bounds),
+            Err("the payload field is 21 bytes, more than max_payload (20 bytes)".to_string())
+        );
+        assert!(
+            e(&[("payload", &format!("\"{}\"", "x".repeat(18)))])
+                .event_within(&bounds)
+                .is_ok(),
+            "20 bytes is within"
+        );
+        // The stream and entry id, when it is the event id, is bounded too.
+        let long = Entry {
+            stream: "a-long-stream-name".into(),
+            ..e(&[("payload", "{}")])
+        };
+        assert!(long.event_within(&bounds).is_err());
+        // Other faults are still found.
+        assert_eq!(
+            e(&[("payload", "nope")]).event_within(&bounds),
+            Err("the payload is not JSON".to_string())
+        );
     }
 
     #[test]
