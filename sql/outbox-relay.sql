@@ -19,8 +19,18 @@ CREATE TABLE IF NOT EXISTS "message_outbox" (
     claimed_until   timestamptz,
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    published_at    timestamptz
+    published_at    timestamptz,
+    event_id        uuid NOT NULL DEFAULT gen_random_uuid()
 );
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = '"message_outbox"'::regclass AND attname = 'event_id' AND NOT attisdropped) THEN
+        ALTER TABLE "message_outbox" ADD COLUMN event_id uuid;
+        ALTER TABLE "message_outbox" ALTER COLUMN event_id SET DEFAULT gen_random_uuid();
+    END IF;
+END
+$$;
 CREATE OR REPLACE FUNCTION "message_outbox_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('message_outbox_inserted', '');

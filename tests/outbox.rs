@@ -62,6 +62,12 @@ fn rows_become_stream_entries_in_order_at_once() {
     assert_eq!(first["headers"], r#"{"h": 1}"#);
     assert_eq!(first["dedupe_key"], "k1");
     assert_eq!(first["partition_key"], "p");
+    let event_id: String = sql(
+        &pg.dsn,
+        "SELECT event_id::text FROM message_outbox WHERE dedupe_key = 'k1'",
+    )[0]
+    .get(0);
+    assert_eq!(first["event_id"], event_id, "the row's own identity");
     wait_until("every row marked sent", Duration::from_secs(10), || {
         let r = sql(
             &pg.dsn,
@@ -378,6 +384,24 @@ fn adopting_an_existing_table_never_blocks_its_producers() {
                              'message_outbox_sending') AND i.indisvalid",
     );
     assert_eq!(valid[0].get::<_, i64>(0), 3, "the three indexes, valid");
+    // The table got its event_id column; the rows inserted before it was
+    // added carry an id derived from the row (a uuid too), each its own.
+    let entries = stream(&redis.url, "app.orders");
+    let ids: std::collections::HashSet<&str> =
+        entries.iter().map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1006, "an event id each");
+    assert!(
+        ids.iter().all(|id| id.len() == 36),
+        "uuids: {:?}",
+        ids.iter().next()
+    );
+    let given: bool = sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{}')
+         RETURNING event_id IS NOT NULL",
+    )[0]
+    .get(0);
+    assert!(given, "an insert now gets an event id of its own");
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

@@ -229,3 +229,99 @@ fn restarting_postgresql_mid_flow_loses_nothing() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Two outbox tables (`a_outbox`, `b_outbox`) feed one replica through
+/// one stream.
+fn two_outboxes(api: u16, pg: &Postgres, redis: &Redis) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{api}"
+
+[services.relay-a]
+kind = "outbox-relay"
+postgres = "{pg}"
+redis = "{redis}"
+table = "a_outbox"
+restart = {{ policy = "always" }}
+
+[services.relay-b]
+kind = "outbox-relay"
+postgres = "{pg}"
+redis = "{redis}"
+table = "b_outbox"
+
+[services.replicator]
+kind = "stream-replicator"
+postgres = "{pg}"
+redis = "{redis}"
+streams = ["orders"]
+"#,
+        pg = pg.dsn,
+        redis = redis.url
+    )
+}
+
+fn insert_orders(pg: &Postgres, table: &str, from: u32, to: u32) {
+    sql(
+        &pg.dsn,
+        &format!(
+            "INSERT INTO {table} (topic, payload)
+             SELECT 'orders', jsonb_build_object('table', '{table}', 'n', n)
+             FROM generate_series({from}, {to}) n"
+        ),
+    );
+}
+
+/// Every event keeps an identity of its own across the outbox table's
+/// lives and across outbox tables: the replica's event id was the row's
+/// `id`, which a `TRUNCATE ... RESTART IDENTITY`, a table dropped and made
+/// again, or a second outbox table gives out again, so the replicator
+/// discarded the new events as duplicates and acknowledged them.
+#[test]
+fn events_of_a_recreated_outbox_and_of_two_outboxes_are_all_replicated() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let api = free_port();
+    let mut w = Warden::start(&two_outboxes(api, &pg, &redis));
+    for s in ["relay-a", "relay-b", "replicator"] {
+        w.wait_event(s, "ready");
+    }
+    // Ids 1..5 in each table.
+    insert_orders(&pg, "a_outbox", 1, 5);
+    insert_orders(&pg, "b_outbox", 1, 5);
+    wait_until("10 events", Duration::from_secs(30), || {
+        replica_count(&pg) == 10
+    });
+    // A new life of a_outbox: its ids start at 1 again.
+    sql(&pg.dsn, "TRUNCATE a_outbox RESTART IDENTITY");
+    insert_orders(&pg, "a_outbox", 6, 10);
+    wait_until("15 events", Duration::from_secs(30), || {
+        replica_count(&pg) == 15
+    });
+    // Another: the table dropped (the relay fails and is restarted, and
+    // makes it again).
+    sql(&pg.dsn, "DROP TABLE a_outbox");
+    wait_until("a_outbox made again", Duration::from_secs(30), || {
+        support::db::sql_rows(&pg.dsn, "SELECT 1 FROM a_outbox").is_ok()
+    });
+    insert_orders(&pg, "a_outbox", 11, 15);
+    wait_until("20 events", Duration::from_secs(30), || {
+        replica_count(&pg) == 20
+    });
+    let per_table: Vec<(String, i64)> = sql(
+        &pg.dsn,
+        "SELECT payload->>'table', count(DISTINCT payload->>'n') FROM memory_replica
+         GROUP BY 1 ORDER BY 1",
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    assert_eq!(
+        per_table,
+        [("a_outbox".to_string(), 15), ("b_outbox".to_string(), 5)]
+    );
+    let (_, d) = get_json(api, "/v1/services/replicator");
+    assert_eq!(d["details"]["duplicates"], 0, "{d:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

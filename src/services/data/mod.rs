@@ -226,23 +226,44 @@ pub async fn check_id_column(
     client: &tokio_postgres::Client,
     table: &str,
 ) -> Result<(), ServiceError> {
+    check_column(
+        client,
+        table,
+        "id",
+        "bigint",
+        &format!("ALTER TABLE {table} ALTER COLUMN id TYPE bigint"),
+        "the table's key",
+    )
+    .await
+}
+
+/// Column `column` of `table` is of type `want`, else an error that
+/// names the column, what it is, and `fix`; `what` says what the column
+/// is for when it is missing.
+pub async fn check_column(
+    client: &tokio_postgres::Client,
+    table: &str,
+    column: &str,
+    want: &str,
+    fix: &str,
+    what: &str,
+) -> Result<(), ServiceError> {
     let ty: Option<String> = client
         .query_opt(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-             WHERE attrelid = $1::text::regclass AND attname = 'id' AND NOT attisdropped",
-            &[&table],
+             WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped",
+            &[&table, &column],
         )
         .await
         .map_err(pg)?
         .map(|r| r.get(0));
     match ty.as_deref() {
-        Some("bigint") => Ok(()),
+        Some(t) if t == want => Ok(()),
         Some(other) => Err(ServiceError(format!(
-            "table {table}: column id is {other}; warden needs bigint \
-             (ALTER TABLE {table} ALTER COLUMN id TYPE bigint)"
+            "table {table}: column {column} is {other}; warden needs {want} ({fix})"
         ))),
         None => Err(ServiceError(format!(
-            "table {table} has no column id; warden needs id bigint, the table's key"
+            "table {table} has no column {column}; warden needs {column} {want}, {what} ({fix})"
         ))),
     }
 }

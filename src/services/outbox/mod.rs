@@ -75,6 +75,8 @@ struct Row {
     payload: String,
     headers: String,
     dedupe_key: Option<String>,
+    /// The event's identity ([`sql::Outbox::EVENT_ID`]).
+    event_id: String,
 }
 
 /// How a batch went to Redis.
@@ -131,6 +133,8 @@ impl Relay {
             .arg(&row.payload)
             .arg("headers")
             .arg(&row.headers)
+            .arg("event_id")
+            .arg(&row.event_id)
             .arg("outbox_id")
             .arg(row.id)
             .arg("dedupe_key")
@@ -217,6 +221,7 @@ fn read_row(r: &tokio_postgres::Row) -> Result<Row, String> {
         payload: text(3, "payload")?,
         headers: text(4, "headers")?,
         dedupe_key: r.try_get(5).map_err(|e| format!("dedupe_key: {e}"))?,
+        event_id: r.get(6),
     })
 }
 
@@ -262,6 +267,20 @@ impl Service for Relay {
                     super::data::adopt(&c, &t.leased().table, &t.create_tx(), &t.indexes()).await?;
                 }
                 super::data::check_id_column(&c, &t.leased().table).await?;
+                let table = &t.leased().table;
+                super::data::check_column(
+                    &c,
+                    table,
+                    "event_id",
+                    "uuid",
+                    &format!(
+                        "ALTER TABLE {table} ADD COLUMN event_id uuid; \
+                         ALTER TABLE {table} ALTER COLUMN event_id SET DEFAULT gen_random_uuid(), \
+                         or create_schema = true"
+                    ),
+                    "each event's identity across the table's lives",
+                )
+                .await?;
                 // Every statement is checked against the table now, not
                 // at the first row.
                 for st in self.statements(&t) {
@@ -387,7 +406,7 @@ impl Relay {
         for r in &raw {
             // The id and the claim are the table's key and the claim's own
             // writing; the rest is what producers wrote.
-            let (id, claim): (i64, std::time::SystemTime) = (r.get(0), r.get(6));
+            let (id, claim): (i64, std::time::SystemTime) = (r.get(0), r.get(7));
             ids.push(id);
             token.get_or_insert(claim);
             match read_row(r) {

@@ -64,19 +64,54 @@ impl Outbox {
     claimed_until   timestamptz,
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    published_at    timestamptz
+    published_at    timestamptz,
+    event_id        uuid NOT NULL DEFAULT gen_random_uuid()
 );
-{end}",
+{event_id}{end}",
             begin = self.l.ddl_begin("outbox"),
+            event_id = self.event_id_column(),
             end = self.l.ddl_end(),
         )
     }
 
+    /// An outbox made before events had an identity of their own gets its
+    /// `event_id` column: added empty, then given its default (neither
+    /// rewrites the table, where a volatile default added with the column
+    /// would); rows already there fall back on [`Outbox::EVENT_ID`]'s
+    /// derived id. Checked first, so that no start takes the table's lock
+    /// once the column is there.
+    fn event_id_column(&self) -> String {
+        let t = &self.l.table;
+        format!(
+            "DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = '{t_lit}'::regclass AND attname = 'event_id' AND NOT attisdropped) THEN
+        ALTER TABLE {t} ADD COLUMN event_id uuid;
+        ALTER TABLE {t} ALTER COLUMN event_id SET DEFAULT gen_random_uuid();
+    END IF;
+END
+$$;
+",
+            t_lit = t.replace('\'', "''"),
+        )
+    }
+
+    /// A claimed row's event id, as text: its `event_id`, made when the
+    /// row was inserted and unique across the table's lives (a `TRUNCATE
+    /// ... RESTART IDENTITY` or a table made again gives out the same ids)
+    /// and across outbox tables. A row inserted before the column was
+    /// added has none: its id is derived from the table's oid, the row's
+    /// id and its creation time, the same at every claim.
+    pub const EVENT_ID: &'static str = "COALESCE(o.event_id::text, md5(o.tableoid::text || ':' || o.id || ':' || COALESCE(EXTRACT(EPOCH FROM o.created_at)::text, ''))::uuid::text)";
+
     /// Claims up to `$1` due rows for `$2` seconds; several relays never
     /// claim the same row (`SKIP LOCKED`).
     pub fn claim(&self) -> String {
-        self.l
-            .claim("o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key")
+        self.l.claim(&format!(
+            "o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key, {}",
+            Self::EVENT_ID
+        ))
     }
 
     /// Expired leases (a relay died holding them) go back to `pending`.
