@@ -905,3 +905,148 @@ fn rows_stuck_in_sending_show_in_the_backlog_and_the_lag() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// A row whose transaction commits while a claim runs comes with the
+/// claim after it, not with a sweep. The claims' bound was released by a
+/// snapshot read after the claim, which saw a commit the claim had not:
+/// the bound moved past the row, and only the next sweep (up to 5 s
+/// later, out of order) found it.
+#[test]
+fn a_row_committed_while_a_claim_runs_comes_with_the_next_claim() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    // The claim of a row marked slow takes a second: the window.
+    sql(
+        &pg.dsn,
+        "CREATE FUNCTION slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.status = 'sending' AND NEW.payload ? 'slow' THEN PERFORM pg_sleep(1); END IF;
+             RETURN NEW;
+         END $$",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE TRIGGER slow_claim BEFORE UPDATE ON message_outbox
+         FOR EACH ROW EXECUTE FUNCTION slow_claim()",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let has = |payload: &str| {
+        stream(&redis.url, "app.orders")
+            .iter()
+            .any(|e| e["payload"] == payload)
+    };
+    for trial in 1..=2 {
+        // Just after a sweep: the relay reaps `trial` rows whose lease ran
+        // out (the next sweep is 5 s away).
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload, status, claimed_until)
+                 SELECT 'orders', jsonb_build_object('expired', n), 'sending', now() - interval '1 hour'
+                 FROM generate_series(1, {trial}) n"
+            ),
+        );
+        w.wait_log("a sweep", |v| {
+            v["message"] == "expired leases returned to pending" && v["rows"] == trial
+        });
+        // A producer takes the lowest id and stays open across a claim.
+        let late = open_session(
+            &rt,
+            &pg.dsn,
+            &format!(
+                "BEGIN; INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{{\"late\": {trial}}}')"
+            ),
+        );
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{{\"quick\": {trial}}}')"
+            ),
+        );
+        wait_until("the quick row", Duration::from_secs(10), || {
+            has(&format!(r#"{{"quick": {trial}}}"#))
+        });
+        // It commits while the slow row's claim runs.
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{{\"slow\": {trial}}}')"
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        rt.block_on(late.batch_execute("COMMIT")).unwrap();
+        let committed = std::time::Instant::now();
+        wait_until("the late row", Duration::from_secs(15), || {
+            has(&format!(r#"{{"late": {trial}}}"#))
+        });
+        let took = committed.elapsed();
+        assert!(
+            took < Duration::from_millis(2500),
+            "trial {trial}: the late row came {took:?} after its commit: it waited for a sweep"
+        );
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// After its sequence starts again, the table's new rows come with the
+/// next claim once a sweep has found the first: a sweep that claimed
+/// fewer rows than it asked for never brought the bound back, so at a
+/// low rate every new row waited for a sweep (up to 5 s) until warden
+/// restarted.
+#[test]
+fn after_a_sequence_reset_new_rows_come_with_the_next_claim() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    let insert = |what: &str| {
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{{\"{what}\": 1}}')"
+            ),
+        );
+    };
+    let has = |what: &str| {
+        stream(&redis.url, "app.orders")
+            .iter()
+            .any(|e| e["payload"] == format!(r#"{{"{what}": 1}}"#))
+    };
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, 1000) n",
+    );
+    wait_until("1000 entries", Duration::from_secs(30), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(1000)
+    });
+    // The rows are kept (sent); only the sequence starts again, far below.
+    sql(&pg.dsn, "DELETE FROM message_outbox");
+    sql(
+        &pg.dsn,
+        "ALTER SEQUENCE message_outbox_id_seq RESTART WITH 1",
+    );
+    insert("first");
+    wait_until("the first new row", Duration::from_secs(15), || {
+        has("first")
+    });
+    for n in 0..3 {
+        let what = format!("next{n}");
+        insert(&what);
+        let inserted = std::time::Instant::now();
+        wait_until("the next row", Duration::from_secs(15), || has(&what));
+        let took = inserted.elapsed();
+        assert!(
+            took < Duration::from_millis(2500),
+            "{what} came {took:?} after its insert: it waited for a sweep"
+        );
+    }
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

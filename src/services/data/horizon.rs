@@ -11,18 +11,25 @@
 //! The bound must never pass a row that can still become due:
 //! - a row inserted by a transaction that has not committed yet (its id is
 //!   lower than rows already relayed). A candidate bound found by a claim
-//!   is paired with the `xmax` of a snapshot read afterwards (every
-//!   transaction that could hold a lower id has a transaction id below
-//!   it) and becomes the bound only once the oldest running transaction
-//!   is past that `xmax`. Transactions without a transaction id (reads,
-//!   reports: those that hold vacuum back) never hold the bound;
+//!   is paired with the `xmax` of the claim's own snapshot, read in the
+//!   claim's statement (every transaction whose rows that claim could not
+//!   see has a transaction id below it), and becomes the bound only at a
+//!   later claim whose own snapshot's `xmin` is past that `xmax`: that
+//!   claim saw every one of those rows, from a bound below them, and took
+//!   them (a full claim that stopped short of the candidate leaves it
+//!   waiting). A snapshot read apart, even just after the claim, could see
+//!   a commit the claim had not, and let the bound pass a row no claim
+//!   had seen. Transactions without a transaction id (reads, reports:
+//!   those that hold vacuum back) never hold the bound;
 //! - a row this worker returned to `pending` (released, or a retry not
 //!   yet due): the bound goes back to it, and stays at or below a retry
 //!   until its time has come and gone;
 //! - anything else: a sweep from the start of the index, every
 //!   [`Horizon::sweep_every`], finds it, and when the sweep claims rows
 //!   below the bound, the bound goes back to them, so the claims after it
-//!   drain that range at full speed. That covers another worker's
+//!   drain that range at full speed (also when it claimed fewer than it
+//!   asked for: after a sequence reset, new rows come there). That covers
+//!   another worker's
 //!   released rows or retries, a lease that ran out, a claim forgotten by
 //!   a crash, a row replayed or written by hand, and ids handed out out
 //!   of commit order where the transaction id says nothing (a sequence
@@ -44,11 +51,9 @@ pub fn sweep_every(lease: Duration) -> Duration {
 pub struct Horizon {
     /// Claims scan rows with `id >= low`.
     low: i64,
-    /// Candidate bounds, each with the `xmax` of a snapshot taken after
-    /// the claim that found it, oldest first.
+    /// Candidate bounds, each with the `xmax` of the snapshot of the
+    /// claim that found it, oldest first.
     waiting: VecDeque<(i64, i64)>,
-    /// The candidate of the last claim, not yet paired with a snapshot.
-    fresh: Option<i64>,
     /// Rows this worker gave a retry time: id → when it is due.
     retries: BTreeMap<i64, Instant>,
     /// When the next claim scans from the start.
@@ -80,7 +85,6 @@ impl Horizon {
         Horizon {
             low: START,
             waiting: VecDeque::new(),
-            fresh: None,
             retries: BTreeMap::new(),
             next_sweep: now,
             sweep_every,
@@ -115,61 +119,67 @@ impl Horizon {
         }
     }
 
-    /// A claim took rows `ids` (any order): every due row below the
-    /// highest was taken or is another worker's, so the bound may move
-    /// past it once no transaction can still add a lower id.
+    /// A claim took rows `ids` (any order), as its own snapshot saw the
+    /// table: `xmin`, the oldest transaction then running, and `xmax`, the
+    /// next to be assigned (read in the claim's statement).
     ///
-    /// A `full` claim (as many rows as it asked for) that ended below the
-    /// bound (a sweep found rows there) brings the bound back to just past
-    /// it: more may wait there, and the claims after it go on from there.
-    /// The bound never passes a retry this worker tracks.
-    pub fn claimed(&mut self, ids: &[i64], full: bool) {
+    /// Candidates whose transactions had all ended when this claim's
+    /// snapshot was taken become the bound: this claim saw their rows, from
+    /// a bound below them, and took them. A `full` claim (as many rows as
+    /// it asked for) may have stopped short of a candidate: that one waits
+    /// for a claim that went past it.
+    ///
+    /// Then this claim's own candidate, past its highest row, waits for
+    /// the transactions this snapshot could not see. A claim whose rows
+    /// lie below the bound (a sweep found them: ids handed out in blocks,
+    /// a replay, a sequence started again) brings the bound back to just
+    /// past them: more may come there, and the claims after it go on from
+    /// there. The bound never passes a retry this worker tracks.
+    pub fn claimed(&mut self, ids: &[i64], full: bool, xmin: i64, xmax: i64) {
         for id in ids {
             self.retries.remove(id);
         }
-        if let Some(&top) = ids.iter().max()
-            && full
+        let top = ids.iter().max().copied();
+        if let Some(top) = top
             && top < self.low
         {
             self.low = top.saturating_add(1);
             self.waiting.clear();
-            self.fresh = None;
         }
-        if let Some(&top) = ids.iter().max() {
-            let mut candidate = top.saturating_add(1);
-            // A retry below the bound already is claimed from `claim_from`
-            // when due; one above it keeps the bound from passing it.
-            if let Some((&retry, _)) = self.retries.range(self.low..).next() {
-                candidate = candidate.min(retry);
-            }
-            if candidate > self.low && self.fresh.is_none_or(|f| candidate > f) {
-                self.fresh = Some(candidate);
-            }
-        }
-    }
-
-    /// A snapshot read after the last claim: `xmin`, the oldest running
-    /// transaction id, and `xmax`, the next one to be assigned. Moves the
-    /// bound to every candidate whose transactions have all ended.
-    pub fn snapshot(&mut self, xmin: i64, xmax: i64) {
+        let reached = match (full, top) {
+            (false, _) => i64::MAX,
+            (true, Some(top)) => top.saturating_add(1),
+            (true, None) => i64::MIN,
+        };
         while let Some(&(candidate, after)) = self.waiting.front() {
-            if xmin < after {
+            if xmin < after || candidate > reached {
                 break;
             }
             self.low = self.low.max(candidate);
             self.waiting.pop_front();
         }
-        if let Some(candidate) = self.fresh.take() {
-            let full = self.waiting.len() >= MAX_WAITING;
-            match self.waiting.back_mut() {
-                // A later candidate behind the same transactions replaces
-                // the one before; so does any once the queue is full.
-                Some(last) if last.1 == xmax || full => {
-                    last.0 = last.0.max(candidate);
-                    last.1 = last.1.max(xmax);
-                }
-                _ => self.waiting.push_back((candidate, xmax)),
+        let Some(top) = top else {
+            return;
+        };
+        let mut candidate = top.saturating_add(1);
+        // A retry below the bound already is claimed from `claim_from`
+        // when due; one above it keeps the bound from passing it.
+        if let Some((&retry, _)) = self.retries.range(self.low..).next() {
+            candidate = candidate.min(retry);
+        }
+        if candidate <= self.low {
+            return;
+        }
+        let crowded = self.waiting.len() >= MAX_WAITING;
+        match self.waiting.back_mut() {
+            // A later candidate behind the same transactions replaces the
+            // one before; so does any once the queue is full (the higher
+            // bound behind the later xmax: later, never wrong).
+            Some(last) if last.1 == xmax || crowded => {
+                last.0 = last.0.max(candidate);
+                last.1 = last.1.max(xmax);
             }
+            _ => self.waiting.push_back((candidate, xmax)),
         }
     }
 
@@ -184,9 +194,6 @@ impl Horizon {
             return;
         };
         self.waiting.retain(|(candidate, _)| *candidate <= lowest);
-        if self.fresh.is_some_and(|f| f > lowest) {
-            self.fresh = None;
-        }
         if due <= Instant::now() {
             self.low = self.low.min(lowest);
         }
@@ -230,19 +237,17 @@ mod tests {
     fn a_claimed_batch_moves_the_bound_only_after_its_transactions_end() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[3, 1, 2], false);
-        assert_eq!(h.claim_from(t), START, "not before a snapshot");
-        // The snapshot after the claim: transaction 100 still runs, 105
-        // is the next to be assigned.
-        h.snapshot(100, 105);
+        // The claim's own snapshot: transaction 100 still runs, 105 is
+        // the next to be assigned.
+        h.claimed(&[3, 1, 2], false, 100, 105);
         assert_eq!(
             h.claim_from(t),
             START,
             "transactions below 105 may still add a lower id"
         );
-        h.snapshot(104, 110);
+        h.claimed(&[], false, 104, 110);
         assert_eq!(h.claim_from(t), START, "104 still runs");
-        h.snapshot(105, 110);
+        h.claimed(&[], false, 105, 110);
         assert_eq!(h.claim_from(t), 4, "past the highest row claimed");
     }
 
@@ -250,34 +255,38 @@ mod tests {
     fn the_bound_never_goes_back_for_a_lower_candidate() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[10], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 11);
-        // A sweep claims an old row (a late commit) below the bound.
-        h.claimed(&[5], false);
-        h.snapshot(3, 4);
-        h.snapshot(4, 5);
-        assert_eq!(h.claim_from(t), 11);
+        // A sweep claims an old row (a late commit) below the bound: the
+        // bound comes back past it (a sequence started again would put
+        // the next rows there), and never lower for a candidate.
+        h.claimed(&[5], false, 3, 4);
+        assert_eq!(h.claim_from(t), 6);
+        h.claimed(&[3], false, 4, 5);
+        assert_eq!(h.claim_from(t), 4, "a claim below it again");
+        h.claimed(&[], false, 5, 6);
+        assert_eq!(h.claim_from(t), 4);
+        // The claims from there go on up, and the bound with them.
+        h.claimed(&[11], false, 6, 7);
+        h.claimed(&[], false, 7, 8);
+        assert_eq!(h.claim_from(t), 12);
     }
 
     #[test]
     fn later_candidates_wait_behind_the_same_transactions() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10], false);
-        h.snapshot(50, 60);
-        h.claimed(&[20], false);
-        h.snapshot(50, 60);
-        h.claimed(&[30], false);
-        h.snapshot(55, 70);
-        h.snapshot(60, 70);
+        h.claimed(&[10], false, 50, 60);
+        h.claimed(&[20], false, 50, 60);
+        h.claimed(&[30], false, 55, 70);
+        h.claimed(&[], false, 60, 70);
         assert_eq!(
             h.claim_from(t),
             21,
             "the first two are free, the third waits for 70"
         );
-        h.snapshot(70, 71);
+        h.claimed(&[], false, 70, 71);
         assert_eq!(h.claim_from(t), 31);
     }
 
@@ -285,14 +294,12 @@ mod tests {
     fn released_rows_bring_the_bound_back_and_drop_waiting_candidates() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[10], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 11);
-        h.claimed(&[11, 12], false);
-        h.snapshot(3, 4);
+        h.claimed(&[11, 12], false, 3, 4);
         h.returned(&[12, 11], t);
-        h.snapshot(4, 5);
+        h.claimed(&[], false, 4, 5);
         assert_eq!(h.claim_from(t), 11, "the released rows are claimed again");
     }
 
@@ -300,25 +307,22 @@ mod tests {
     fn a_retry_above_the_bound_holds_it_and_claims_go_back_when_due() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[6], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[6], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 7);
-        h.claimed(&[7], false);
+        h.claimed(&[7], false, 0, i64::MAX);
         h.returned(&[7], t + Duration::from_secs(1));
         // Later rows are claimed and their transactions end: the bound
         // does not pass the retry, and claims do not wait on it either.
-        h.claimed(&[8, 9], false);
-        h.snapshot(3, 4);
-        h.snapshot(4, 5);
+        h.claimed(&[8, 9], false, 3, 4);
+        h.claimed(&[], false, 4, 5);
         assert_eq!(h.claim_from(t), 7);
         assert_eq!(h.next_retry(t), Some(Duration::from_secs(1)));
         // Claimed when due: the bound is free again.
         assert_eq!(h.claim_from(t + Duration::from_secs(1)), 7);
-        h.claimed(&[7, 10], false);
+        h.claimed(&[7, 10], false, 5, 6);
         assert_eq!(h.next_retry(t), None);
-        h.snapshot(5, 6);
-        h.snapshot(6, 7);
+        h.claimed(&[], false, 6, 7);
         assert_eq!(h.claim_from(t + Duration::from_secs(1)), 11);
     }
 
@@ -326,17 +330,15 @@ mod tests {
     fn a_retry_not_due_does_not_hold_the_claims_back() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[50], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[50], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 51);
         // Row 20, claimed by a sweep, is refused and retried in a minute.
-        h.claimed(&[20], true);
+        h.claimed(&[20], true, 0, i64::MAX);
         h.returned(&[20], t + Duration::from_secs(60));
         assert_eq!(h.claim_from(t), 21, "the sweep took the bound back");
-        h.claimed(&[51, 52], false);
-        h.snapshot(3, 4);
-        h.snapshot(4, 5);
+        h.claimed(&[51, 52], false, 3, 4);
+        h.claimed(&[], false, 4, 5);
         assert_eq!(h.claim_from(t), 53, "the claims go on");
         let due = t + Duration::from_secs(60);
         assert_eq!(h.claim_from(due), START, "a sweep");
@@ -351,14 +353,13 @@ mod tests {
     fn a_retry_another_worker_claimed_stops_holding_the_bound() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[7], false);
+        h.claimed(&[7], false, 0, i64::MAX);
         h.returned(&[7], t);
         assert_eq!(h.claim_from(t + Duration::from_millis(100)), START);
         // Its grace is over: the next claim's candidate is not capped.
         assert_eq!(h.claim_from(t + RETRY_GRACE), START);
-        h.claimed(&[8], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[8], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t + RETRY_GRACE), 9);
     }
 
@@ -366,19 +367,24 @@ mod tests {
     fn a_sweep_that_finds_rows_below_the_bound_brings_it_back() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[1000], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[1000], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 1001);
         // A sweep finds a full batch far below (ids handed out in blocks,
         // a replay): the claims go on from there at full speed.
         assert_eq!(h.claim_from(t + SWEEP), START);
-        h.claimed(&[100, 101, 102], true);
+        h.claimed(&[100, 101, 102], true, 0, i64::MAX);
         assert_eq!(h.claim_from(t + SWEEP), 103);
-        // A sweep that took fewer than it asked for took all there was.
+        // A sweep that took rows at the bound leaves it there.
         assert_eq!(h.claim_from(t + SWEEP * 2), START);
-        h.claimed(&[104], false);
+        h.claimed(&[104], false, 0, i64::MAX);
         assert_eq!(h.claim_from(t + SWEEP * 2), 103);
+        // A sequence started again: a sweep takes the few new rows far
+        // below, fewer than it asked for; the claims go on from there,
+        // where the next ones come.
+        assert_eq!(h.claim_from(t + SWEEP * 3), START);
+        h.claimed(&[1, 2], false, 0, i64::MAX);
+        assert_eq!(h.claim_from(t + SWEEP * 3), 3);
     }
 
     #[test]
@@ -387,12 +393,11 @@ mod tests {
         let mut h = started(t);
         // Transaction 10 stays open; every claim takes a new xid.
         for i in 0..(MAX_WAITING as i64 * 3) {
-            h.claimed(&[i + 1], false);
-            h.snapshot(10, 11 + i);
+            h.claimed(&[i + 1], false, 10, 11 + i);
         }
         assert!(h.waiting.len() <= MAX_WAITING);
         assert_eq!(h.claim_from(t), START, "held by transaction 10");
-        h.snapshot(i64::MAX - 1, i64::MAX);
+        h.claimed(&[], false, i64::MAX - 1, i64::MAX);
         assert_eq!(h.claim_from(t), MAX_WAITING as i64 * 3 + 1);
     }
 
@@ -400,9 +405,8 @@ mod tests {
     fn a_sweep_comes_every_period() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[10], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert!(!h.sweep_due(t + SWEEP - Duration::from_millis(1)));
         assert_eq!(h.until_sweep(t), SWEEP);
         assert_eq!(h.claim_from(t + SWEEP - Duration::from_millis(1)), 11);
@@ -430,26 +434,61 @@ mod tests {
     fn a_full_claim_at_the_bound_still_waits_for_its_transactions() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[10], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[10], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 11);
-        h.claimed(&[11], true);
-        assert_eq!(h.claim_from(t), 11, "not past 11 before a snapshot");
-        h.snapshot(3, 4);
-        h.snapshot(4, 5);
+        h.claimed(&[11], true, 3, 4);
+        assert_eq!(
+            h.claim_from(t),
+            11,
+            "not past 11 before its transactions end"
+        );
+        h.claimed(&[], false, 4, 5);
         assert_eq!(h.claim_from(t), 12);
+    }
+
+    #[test]
+    fn a_candidate_moves_the_bound_only_at_a_claim_that_saw_its_transactions_end() {
+        let t = Instant::now();
+        let mut h = started(t);
+        // Transaction 5 (a producer holding a lower id) runs while the
+        // claim of row 10 is taken.
+        h.claimed(&[10], false, 5, 8);
+        // It commits while the next claim runs: that claim's snapshot
+        // still had it running, so it did not see its row.
+        h.claimed(&[], false, 5, 9);
+        assert_eq!(h.claim_from(t), START, "the row of 5 may still come");
+        // The claim after it saw the commit (and took the row).
+        h.claimed(&[4], false, 8, 10);
+        assert_eq!(h.claim_from(t), 11);
+    }
+
+    #[test]
+    fn a_full_claim_that_stopped_short_of_a_candidate_leaves_it_waiting() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10], false, 1, 5);
+        // Late rows 3 and 4 fill the next claim: it may not have reached
+        // as far as 10.
+        h.claimed(&[3, 4], true, 5, 6);
+        assert_eq!(h.claim_from(t), START);
+        // One that took what there was releases both candidates.
+        h.claimed(&[], false, 6, 7);
+        assert_eq!(h.claim_from(t), 11);
+        // A full claim that went past a candidate releases it.
+        h.claimed(&[20], false, 7, 8);
+        h.claimed(&[21, 22], true, 8, 9);
+        assert_eq!(h.claim_from(t), 21);
     }
 
     #[test]
     fn the_highest_candidate_waits_not_the_last() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[20], false);
-        // A sweep's claim of an old row before the snapshot.
-        h.claimed(&[15], false);
-        h.snapshot(1, 2);
-        h.snapshot(2, 3);
+        h.claimed(&[20], false, 1, 2);
+        // A claim of an old row behind the same transactions.
+        h.claimed(&[15], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 21);
     }
 
@@ -457,14 +496,12 @@ mod tests {
     fn returned_rows_drop_the_candidates_above_them_and_keep_the_bound_down() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[3], false);
-        h.snapshot(1, 2);
-        h.claimed(&[10], false);
-        h.snapshot(1, 3);
+        h.claimed(&[3], false, 1, 2);
+        h.claimed(&[10], false, 1, 3);
         // Candidates 4 (behind xmax 2) and 11 (behind 3) wait; row 5 goes
         // back: 4 may still become the bound, 11 may not.
         h.returned(&[5], t);
-        h.snapshot(5, 6);
+        h.claimed(&[], false, 5, 6);
         assert_eq!(h.claim_from(t), 4);
         // The release keeps the bound down after the retry's grace too.
         assert_eq!(h.claim_from(t + RETRY_GRACE + Duration::from_millis(1)), 4);
@@ -474,9 +511,8 @@ mod tests {
     fn nothing_claimed_moves_nothing() {
         let t = Instant::now();
         let mut h = started(t);
-        h.claimed(&[], false);
-        h.snapshot(1, 2);
-        h.snapshot(5, 6);
+        h.claimed(&[], false, 1, 2);
+        h.claimed(&[], false, 5, 6);
         assert_eq!(h.claim_from(t), START);
         h.returned(&[], t);
         assert_eq!(h.next_retry(t), None);

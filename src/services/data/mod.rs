@@ -605,6 +605,27 @@ pub async fn replay_failed(
     Ok(serde_json::json!({ "replayed": n }))
 }
 
+/// What a claim ([`Leased::claim`]) answered: the rows it took, and its
+/// own snapshot's `xmin` and `xmax`.
+pub struct Claimed {
+    pub rows: Vec<tokio_postgres::Row>,
+    pub xmin: i64,
+    pub xmax: i64,
+}
+
+impl Claimed {
+    /// Reads a claim's answer (the row of NULLs it gives when it took
+    /// nothing is no row).
+    pub fn read(mut rows: Vec<tokio_postgres::Row>) -> Claimed {
+        let (xmin, xmax) = rows
+            .first()
+            .map(|r| (r.get(r.len() - 2), r.get(r.len() - 1)))
+            .unwrap_or((0, 0));
+        rows.retain(|r| r.get::<_, Option<i64>>(0).is_some());
+        Claimed { rows, xmin, xmax }
+    }
+}
+
 /// One reading of a leased table's statistics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stats {
@@ -813,7 +834,11 @@ COMMIT;
 
     /// Claims up to `$1` due rows with `id >= $3` (the claim's
     /// [`horizon::Horizon`]) for `$2` seconds, answering `returning`
-    /// (columns of `o`) and, last, the claim's token (its lease end).
+    /// (columns of `o`, the id first), then the claim's token (its lease
+    /// end), then the `xmin` and `xmax` of the statement's own snapshot
+    /// (what the claim could see, for the horizon). Always one row at
+    /// least: with nothing claimed, its `returning` columns are NULL
+    /// ([`Claimed::read`]).
     pub fn claim(&self, returning: &str) -> String {
         let t = &self.table;
         format!(
@@ -821,10 +846,15 @@ COMMIT;
     SELECT id FROM {t}
     WHERE status = 'pending' AND id >= $3 AND next_attempt_at <= now()
     ORDER BY id LIMIT $1
-    FOR UPDATE SKIP LOCKED)
-UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
-FROM c WHERE o.id = c.id
-RETURNING {returning}, o.claimed_until"
+    FOR UPDATE SKIP LOCKED),
+u AS (
+    UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
+    FROM c WHERE o.id = c.id
+    RETURNING {returning}, o.claimed_until)
+SELECT u.*, s.snap_xmin, s.snap_xmax
+FROM (SELECT pg_snapshot_xmin(x)::text::int8 AS snap_xmin, pg_snapshot_xmax(x)::text::int8 AS snap_xmax
+      FROM pg_current_snapshot() x) s
+LEFT JOIN u ON true"
         )
     }
 
@@ -839,12 +869,6 @@ WHERE status = 'sending' AND (claimed_until < now() OR claimed_until IS NULL)
 RETURNING id",
             self.table
         )
-    }
-
-    /// The oldest running transaction id and the next one to be assigned
-    /// (what moves a [`horizon::Horizon`]).
-    pub fn snapshot(&self) -> &'static str {
-        "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8 FROM pg_current_snapshot() s"
     }
 
     /// Rows `$1` of claim `$2` go back unclaimed, their retries untouched.

@@ -145,14 +145,7 @@ impl Service for MemorySync {
             // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
             let listener = super::data::listen(&spec.pg(), &q.channel_quoted()).await?;
-            let sqls = [
-                q.claim(),
-                q.reap(),
-                q.done(),
-                q.retry(),
-                q.release(),
-                q.leased().snapshot().to_string(),
-            ];
+            let sqls = [q.claim(), q.reap(), q.done(), q.retry(), q.release()];
             {
                 let c = super::data::pooled(&pool).await?;
                 if spec.create_schema {
@@ -240,7 +233,7 @@ impl Service for MemorySync {
                 }
                 let round: Result<Option<Duration>, super::data::Fault> = async {
                     let client = super::data::take(&pool).await?;
-                    let [claim, reap, done, retry, release, snapshot] =
+                    let [claim, reap, done, retry, release] =
                         super::data::prepare_all(&client, &sqls).await?;
                     // Expired leases (another instance's, or ours after a
                     // crash) go back at each sweep, not every batch.
@@ -259,20 +252,15 @@ impl Service for MemorySync {
                     let from = horizon.claim_from(now);
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
                         [&take, &lease, &from];
-                    // The claim, then a snapshot for the horizon, in one
-                    // round trip.
-                    let (rows, snap) = tokio::join!(
-                        biased;
-                        client.query(&claim, &params),
-                        client.query_one(&snapshot, &[])
-                    );
-                    let rows = rows?;
-                    // Measured after the claim: the lease began before this.
+                    // The lease runs from before the claim is sent: a slow
+                    // claim must not push a POST past the lease's real end.
                     let lease_end = Instant::now() + usable;
+                    // The claim answers its own snapshot, for the horizon.
+                    let claimed =
+                        super::data::Claimed::read(client.query(&claim, &params).await?);
+                    let rows = claimed.rows;
                     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-                    horizon.claimed(&ids, ids.len() as i64 >= take);
-                    let snap = snap?;
-                    horizon.snapshot(snap.get(0), snap.get(1));
+                    horizon.claimed(&ids, ids.len() as i64 >= take, claimed.xmin, claimed.xmax);
                     if rows.is_empty() {
                         let now = Instant::now();
                         let mut wait = spec.poll_interval.min(horizon.until_sweep(now));

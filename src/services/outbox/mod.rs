@@ -245,7 +245,6 @@ struct Batch {
 struct Statements {
     reap: tokio_postgres::Statement,
     claim: tokio_postgres::Statement,
-    snapshot: tokio_postgres::Statement,
     done: tokio_postgres::Statement,
     release: tokio_postgres::Statement,
     retry: tokio_postgres::Statement,
@@ -351,11 +350,10 @@ impl Service for Relay {
 
 impl Relay {
     /// The statements of a round, in the order of [`Statements`].
-    fn statements(&self, t: &sql::Outbox) -> [String; 6] {
+    fn statements(&self, t: &sql::Outbox) -> [String; 5] {
         [
             t.reap(),
             t.claim(),
-            t.leased().snapshot().to_string(),
             if self.spec.delete_sent {
                 t.delete_sent()
             } else {
@@ -391,19 +389,14 @@ impl Relay {
         let batch = i64::from(self.spec.batch.0);
         let lease = self.spec.lease.as_secs_f64();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&batch, &lease, &from];
-        // Pipelined, one round trip: the claim, then a snapshot read after
-        // it, which the horizon pairs with the claim's candidate bound.
-        let (rows, snapshot) = tokio::join!(
-            biased;
-            client.query(&st.claim, &params),
-            client.query_one(&st.snapshot, &[])
-        );
-        let raw = rows?;
+        // The claim answers its own snapshot, for the horizon.
+        let claimed = super::data::Claimed::read(client.query(&st.claim, &params).await?);
+        let raw = &claimed.rows;
         let mut rows = Vec::with_capacity(raw.len());
         let mut bad = Vec::new();
         let mut ids = Vec::with_capacity(raw.len());
         let mut token = None;
-        for r in &raw {
+        for r in raw {
             // The id and the claim are the table's key and the claim's own
             // writing; the rest is what producers wrote.
             let (id, claim): (i64, std::time::SystemTime) = (r.get(0), r.get(7));
@@ -416,9 +409,7 @@ impl Relay {
         }
         rows.sort_by_key(|r| r.id);
         ids.sort_unstable();
-        horizon.claimed(&ids, ids.len() as i64 >= batch);
-        let snapshot = snapshot?;
-        horizon.snapshot(snapshot.get(0), snapshot.get(1));
+        horizon.claimed(&ids, ids.len() as i64 >= batch, claimed.xmin, claimed.xmax);
         let Some(token) = token else {
             return Ok(None);
         };
@@ -464,13 +455,12 @@ impl Relay {
         state: &mut Relaying,
     ) -> Result<Next, super::data::Fault> {
         let spec = &self.spec;
-        let [reap, claim, snapshot, done, release, retry] =
+        let [reap, claim, done, release, retry] =
             super::data::prepare_all(client, &self.statements(t)).await?;
         let client: &tokio_postgres::Client = client;
         let st = Statements {
             reap,
             claim,
-            snapshot,
             done,
             release,
             retry,
