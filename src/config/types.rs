@@ -555,6 +555,19 @@ pub struct SessionLimits {
     pub statement: Option<std::time::Duration>,
     /// `lock_timeout`: the server gives up a longer wait for a lock.
     pub lock: Option<std::time::Duration>,
+    /// How long a silent network may keep a session: TCP keepalive probes
+    /// and `TCP_USER_TIMEOUT` give up on a peer that stopped answering,
+    /// and an answer is waited for at most this long past `statement`.
+    pub network: Option<std::time::Duration>,
+}
+
+impl SessionLimits {
+    /// How long a worker waits for the answer to one statement before it
+    /// counts the session lost: the server cancels at `statement`, and
+    /// its answer may take `network` more (`None`: no bound).
+    pub fn answer_within(&self) -> Option<std::time::Duration> {
+        Some(self.statement? + self.network?)
+    }
 }
 
 impl PgTarget {

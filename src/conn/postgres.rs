@@ -46,6 +46,19 @@ pub async fn config(
     if !options.is_empty() {
         config.options(options.trim_start());
     }
+    if let Some(network) = target.limits.network {
+        // A peer that stopped answering (a partition, a failover that
+        // sent no reset) is given up on within `network`: keepalive probes
+        // on an idle session, TCP_USER_TIMEOUT on data left unacknowledged.
+        let second = std::time::Duration::from_secs(1);
+        config
+            .connect_timeout(network)
+            .keepalives(true)
+            .keepalives_idle((network / 3).max(second))
+            .keepalives_interval((network / 6).max(second))
+            .keepalives_retries(3)
+            .tcp_user_timeout(network);
+    }
     config.ssl_mode(match parts.sslmode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,

@@ -27,6 +27,26 @@ pub struct Timeouts {
     pub connect: Option<Duration>,
     /// Each answer.
     pub response: Option<Duration>,
+    /// How long a silent network may hold the connection: TCP keepalive
+    /// probes and `TCP_USER_TIMEOUT` give up on a peer that stopped
+    /// answering within it.
+    pub network: Option<Duration>,
+}
+
+/// Keepalive probes and `TCP_USER_TIMEOUT` that give up on a silent
+/// peer within `network`.
+fn tcp_settings(network: Duration) -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let second = Duration::from_secs(1);
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time((network / 3).max(second))
+                .with_interval((network / 6).max(second))
+                .with_retries(3),
+        )
+        .set_user_timeout(network)
 }
 
 /// A Redis connection; the task that drives a TLS one ends with it.
@@ -53,7 +73,15 @@ pub async fn connect(target: &RedisTarget, timeouts: Timeouts) -> Result<Connect
         ))
     };
     let Some(verify) = parts.verify else {
-        let client = redis::Client::open(parts.driver.as_str()).map_err(bad_url)?;
+        let mut info = parts
+            .driver
+            .as_str()
+            .into_connection_info()
+            .map_err(bad_url)?;
+        if let Some(network) = timeouts.network {
+            info = info.set_tcp_settings(tcp_settings(network));
+        }
+        let client = redis::Client::open(info).map_err(bad_url)?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -80,6 +108,14 @@ pub async fn connect(target: &RedisTarget, timeouts: Timeouts) -> Result<Connect
             .await
             .map_err(|e| Error(format!("cannot connect to {host}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        if let Some(network) = timeouts.network {
+            let settings = tcp_settings(network);
+            let socket = redis::io::tcp::socket2::SockRef::from(&tcp);
+            if let Some(keepalive) = settings.keepalive() {
+                let _ = socket.set_tcp_keepalive(keepalive);
+            }
+            let _ = socket.set_tcp_user_timeout(settings.user_timeout());
+        }
         let stream = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, tcp)
             .await

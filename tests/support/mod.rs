@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod db;
 pub mod http;
+pub mod proxy;
 pub mod servers;
 
 use std::collections::HashMap;

@@ -77,6 +77,33 @@ pub fn check_pool_size(
     }
 }
 
+/// The session limits of a data service are within reason: a
+/// `statement_timeout` below 100 ms would cancel ordinary claims, a
+/// `network_timeout` below a second would give up on a loaded but live
+/// network (`lock_timeout` has no lower bound: 0 is PostgreSQL's "wait
+/// for ever").
+pub fn check_session_limits(
+    limits: &crate::config::types::SessionLimits,
+    problems: &mut crate::config::kind::Problems<'_>,
+) {
+    if let Some(statement) = limits.statement {
+        problems.at_least(
+            &["statement_timeout"],
+            statement,
+            Duration::from_millis(100),
+            "a shorter one cancels the workers' ordinary statements",
+        );
+    }
+    if let Some(network) = limits.network {
+        problems.at_least(
+            &["network_timeout"],
+            network,
+            Duration::from_secs(1),
+            "a shorter one gives up on a network that is only busy",
+        );
+    }
+}
+
 /// The pool of sessions of service `service` (at most `size`, to
 /// `target`): the one its run holds, when it runs with the same target
 /// and size, so that an action shares the run's sessions; else a new one,
@@ -347,6 +374,46 @@ pub fn is_lost(e: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// Waits for PostgreSQL's answer to `fut` at most `within`
+/// ([`SessionLimits::answer_within`]): a session that stays silent longer
+/// (a network that drops everything without a reset, a frozen server) is
+/// lost, and the worker goes on with a new one after a pause.
+///
+/// [`SessionLimits::answer_within`]: crate::config::types::SessionLimits::answer_within
+pub async fn answer<T>(
+    within: Option<Duration>,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Fault> {
+    step(within, async { fut.await.map_err(Fault::from) }).await
+}
+
+/// [`answer`] for a step of a worker that already says what failed.
+pub async fn step<T>(
+    within: Option<Duration>,
+    fut: impl std::future::Future<Output = Result<T, Fault>>,
+) -> Result<T, Fault> {
+    let Some(limit) = within else {
+        return fut.await;
+    };
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Fault::Lost(ServiceError(format!(
+            "PostgreSQL: no answer within {} (statement_timeout and network_timeout)",
+            humantime::format_duration(limit)
+        )))),
+    }
+}
+
+/// `fut`'s own result, or a [`Fault::Lost`] when PostgreSQL does not
+/// answer within `within` (a result the caller reads itself: a refusal
+/// may be a row's fault, not the round's).
+pub async fn within<T>(
+    within: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, Fault> {
+    step(within, async { Ok(fut.await) }).await
+}
+
 /// A session of `pool` for a worker's round: a session that cannot be
 /// had (PostgreSQL down or every session busy) is a [`Fault::Lost`].
 pub async fn take(pool: &crate::conn::postgres::Pool) -> Result<deadpool_postgres::Object, Fault> {
@@ -406,21 +473,43 @@ pub struct Listener {
 
 /// Listens on `channel_quoted` (a quoted identifier). The first session
 /// is made here: an error means PostgreSQL cannot be reached at start.
-pub async fn listen(target: &PgTarget, channel_quoted: &str) -> Result<Listener, ServiceError> {
+///
+/// Every `check`, the session must answer a round trip within the
+/// target's `network` limit: one behind a dead network (no reset ever
+/// came) is dropped and made again, rather than leaving the worker on its
+/// poll without a word.
+pub async fn listen(
+    target: &PgTarget,
+    channel_quoted: &str,
+    check: Duration,
+) -> Result<Listener, ServiceError> {
     let wake = Arc::new(Notify::new());
-    let first = listen_once(target, channel_quoted, &wake).await?;
+    let network = target.limits.network.unwrap_or(Duration::from_secs(30));
+    let first = listen_within(network, target, channel_quoted, &wake).await?;
     let task = {
         let (target, channel, wake) = (target.clone(), channel_quoted.to_string(), wake.clone());
         tokio::spawn(async move {
             let (mut client, mut driver) = first;
             loop {
-                let _ = (&mut driver.0).await;
+                loop {
+                    tokio::select! {
+                        _ = &mut driver.0 => break,
+                        _ = tokio::time::sleep(check) => {
+                            let alive = tokio::time::timeout(network, client.simple_query("SELECT 1")).await;
+                            if !matches!(alive, Ok(Ok(_))) {
+                                tracing::warn!(within = ?network, "the listening session did not answer; making it again");
+                                break;
+                            }
+                        }
+                    }
+                }
                 drop(client);
+                drop(driver);
                 wake.notify_one();
                 let mut attempt = 0u32;
                 (client, driver) = loop {
                     tokio::time::sleep(doubling(attempt, Duration::from_secs(30))).await;
-                    match listen_once(&target, &channel, &wake).await {
+                    match listen_within(network, &target, &channel, &wake).await {
                         Ok(session) => {
                             tracing::info!("listening for new rows again");
                             wake.notify_one();
@@ -441,6 +530,23 @@ pub async fn listen(target: &PgTarget, channel_quoted: &str) -> Result<Listener,
         wake,
         _task: AbortOnDrop(task),
     })
+}
+
+/// [`listen_once`], given up after `network`.
+async fn listen_within(
+    network: Duration,
+    target: &PgTarget,
+    channel_quoted: &str,
+    wake: &Arc<Notify>,
+) -> Result<(tokio_postgres::Client, AbortOnDrop), ServiceError> {
+    tokio::time::timeout(network, listen_once(target, channel_quoted, wake))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ServiceError(format!(
+                "PostgreSQL: no answer within {} (network_timeout)",
+                humantime::format_duration(network)
+            )))
+        })
 }
 
 /// One listening session: the client (kept, or the session closes) and
@@ -659,6 +765,7 @@ pub fn next_reading_after(took: Duration) -> Duration {
 /// dropped.
 pub fn statistics(
     pool: crate::conn::postgres::Pool,
+    within: Option<Duration>,
     l: &Leased,
     details: super::Details,
     publish: impl Fn(Stats) + Send + 'static,
@@ -674,7 +781,10 @@ pub fn statistics(
                 let c = pooled(&pool).await?;
                 let st = c.prepare_cached(&sql).await.map_err(pg)?;
                 let began = std::time::Instant::now();
-                let row = c.query_one(&st, &[]).await.map_err(pg)?;
+                let row = match answer(within, c.query_one(&st, &[])).await {
+                    Ok(row) => row,
+                    Err(Fault::Lost(e) | Fault::Fatal(e)) => return Err(e),
+                };
                 took = began.elapsed();
                 Ok::<_, ServiceError>(Stats {
                     backlog: row.get(0),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::data::answer as pg_answer;
 use super::data::horizon::Horizon;
 use super::data::pg;
 use super::{
@@ -144,7 +145,8 @@ impl Service for MemorySync {
             // Every statement goes through the service's pool; only the
             // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
-            let listener = super::data::listen(&spec.pg(), &q.channel_quoted()).await?;
+            let listener =
+                super::data::listen(&spec.pg(), &q.channel_quoted(), spec.listen_check).await?;
             let sqls = [q.claim(), q.reap(), q.done(), q.retry(), q.release()];
             {
                 let c = super::data::pooled(&pool).await?;
@@ -167,9 +169,13 @@ impl Service for MemorySync {
             // The backlog, on the pool and a timer of its own.
             let _stats = {
                 let name = name.clone();
-                super::data::statistics(pool.clone(), q.leased(), ctx.details().clone(), move |s| {
-                    metrics::backlog(&name, s.backlog)
-                })
+                super::data::statistics(
+                    pool.clone(),
+                    spec.pg().limits.answer_within(),
+                    q.leased(),
+                    ctx.details().clone(),
+                    move |s| metrics::backlog(&name, s.backlog),
+                )
             };
             let in_flight = (spec.in_flight.0 as usize).max(1);
             let cas: Vec<_> = spec.tls_ca.iter().map(|c| c.0.clone()).collect();
@@ -231,16 +237,17 @@ impl Service for MemorySync {
                     }
                     continue;
                 }
+                let within = spec.pg().limits.answer_within();
                 let round: Result<Option<Duration>, super::data::Fault> = async {
                     let client = super::data::take(&pool).await?;
                     let [claim, reap, done, retry, release] =
-                        super::data::prepare_all(&client, &sqls).await?;
+                        pg_answer(within, super::data::prepare_all(&client, &sqls)).await?;
                     // Expired leases (another instance's, or ours after a
                     // crash) go back at each sweep, not every batch.
                     let now = Instant::now();
                     if horizon.sweep_due(now) {
                         let reaped: Vec<i64> =
-                            client.query(&reap, &[]).await?.iter().map(|r| r.get(0)).collect();
+                            pg_answer(within, client.query(&reap, &[])).await?.iter().map(|r| r.get(0)).collect();
                         horizon.returned(&reaped, now);
                     }
                     // Half-open: one row decides.
@@ -257,7 +264,7 @@ impl Service for MemorySync {
                     let lease_end = Instant::now() + usable;
                     // The claim answers its own snapshot, for the horizon.
                     let claimed =
-                        super::data::Claimed::read(client.query(&claim, &params).await?);
+                        super::data::Claimed::read(pg_answer(within, client.query(&claim, &params)).await?);
                     let rows = claimed.rows;
                     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
                     horizon.claimed(&ids, ids.len() as i64 >= take, claimed.xmin, claimed.xmax);
@@ -279,11 +286,11 @@ impl Service for MemorySync {
                             Err(error) => {
                                 let id: i64 = r.get(0);
                                 let fatal = true;
-                                client
+                                pg_answer(within, client
                                     .query_opt(
                                         &retry,
                                         &[&id, &error, &max_retries, &claim_token, &0.0f64, &fatal],
-                                    )
+                                    ))
                                     .await?;
                                 metrics::jobs(&name, "failed");
                                 tracing::warn!(id, error = %error, "a row memory-sync cannot send failed");
@@ -327,9 +334,9 @@ impl Service for MemorySync {
                             a = futures_util::future::join_all(posts) => a,
                             _ = ctx.cancelled() => break 'batch,
                         };
-                        let took = began.elapsed();
+                        // One wave, one duration.
+                        metrics::seconds(&name, began.elapsed());
                         for (row, answer) in rows[next..next + wave].iter().zip(answers) {
-                            metrics::seconds(&name, took);
                             let id = &row.id;
                             let (error, after, fatal) = match answer {
                                 Answer::Accepted => {
@@ -384,11 +391,11 @@ impl Service for MemorySync {
                                     (e, 0.0, true)
                                 }
                             };
-                            let outcome = client
+                            let outcome = pg_answer(within, client
                                 .query_opt(
                                     &retry,
                                     &[id, &error, &max_retries, &claim_token, &after, &fatal],
-                                )
+                                ))
                                 .await
                                 ?;
                             if let Some(row) = outcome {
@@ -410,8 +417,8 @@ impl Service for MemorySync {
                         next += wave;
                     }
                     if !accepted.is_empty() {
-                        let marked: i64 = client
-                            .query_one(&done, &[&accepted, &claim_token, &spec.wal_topic])
+                        let marked: i64 = pg_answer(within, client
+                            .query_one(&done, &[&accepted, &claim_token, &spec.wal_topic]))
                             .await
                             ?
                             .get(0);
@@ -436,8 +443,8 @@ impl Service for MemorySync {
                             .map(|r| r.id)
                             .chain(unseen.iter().copied())
                             .collect();
-                        client
-                            .execute(&release, &[&rest, &claim_token])
+                        pg_answer(within, client
+                            .execute(&release, &[&rest, &claim_token]))
                             .await
                             ?;
                         horizon.returned(&rest, Instant::now());

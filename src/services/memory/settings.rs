@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::config::Endpoint;
 use crate::config::decode::{config_table, defaults_of};
 use crate::config::kind::{Problems, Settings, below_minimum};
-use crate::config::types::{CaFile, Count, HttpUrl, PgTarget, PostgresDsn, TableName};
+use crate::config::types::{
+    CaFile, Count, HttpUrl, PgTarget, PostgresDsn, SessionLimits, TableName,
+};
 
 config_table! {
     /// Circuit breaker of the memory backend.
@@ -44,6 +46,22 @@ config_table! {
         pub batch: Count = Count(50),
         /// Requests in flight at once (never two of one session).
         pub in_flight: Count = Count(8),
+        /// How long one of the service's statements may run before
+        /// PostgreSQL cancels it.
+        pub statement_timeout: Duration = Duration::from_secs(30),
+        /// How long one of the service's statements may wait for a lock (a
+        /// table busy with a migration): the round is tried again after a
+        /// pause, charging no row.
+        pub lock_timeout: Duration = Duration::from_secs(5),
+        /// How long a silent network may hold a connection (a partition,
+        /// a failover that sent no reset): TCP keepalive and
+        /// `TCP_USER_TIMEOUT` on every PostgreSQL socket, and how
+        /// long past `statement_timeout` an answer is waited for.
+        pub network_timeout: Duration = Duration::from_secs(15),
+        /// How often the session that listens for the insert trigger is
+        /// checked (a round trip that must come back within
+        /// `network_timeout`); a dead one is made again.
+        pub listen_check: Duration = Duration::from_secs(15),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
         /// Sessions of the service's pool (rounds, statistics, actions); the
@@ -69,7 +87,11 @@ impl MemorySyncSpec {
 
     /// The PostgreSQL of the queue, with the CA its TLS trusts.
     pub fn pg(&self) -> PgTarget {
-        PgTarget::new(self.postgres.clone(), self.tls_ca.clone())
+        PgTarget::new(self.postgres.clone(), self.tls_ca.clone()).with_limits(SessionLimits {
+            statement: Some(self.statement_timeout),
+            lock: Some(self.lock_timeout),
+            network: Some(self.network_timeout),
+        })
     }
 }
 
@@ -87,6 +109,13 @@ impl Settings for MemorySyncSpec {
 
     fn check(&self, problems: &mut Problems<'_>) {
         crate::services::data::check_pool_size(self.pool_size, problems);
+        crate::services::data::check_session_limits(&self.pg().limits, problems);
+        problems.at_least(
+            &["listen_check"],
+            self.listen_check,
+            Duration::from_secs(1),
+            "a shorter one sends a round trip more often than the poll",
+        );
         problems.at_least(
             &["poll_interval"],
             self.poll_interval,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use super::data::horizon::Horizon;
-use super::data::pg;
+use super::data::{answer, pg, step};
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
     settings_of,
@@ -259,7 +259,8 @@ impl Service for Relay {
             // Every statement goes through the service's pool; only the
             // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
-            let listener = super::data::listen(&spec.pg(), &t.channel_quoted()).await?;
+            let listener =
+                super::data::listen(&spec.pg(), &t.channel_quoted(), spec.listen_check).await?;
             {
                 let c = super::data::pooled(&pool).await?;
                 if spec.create_schema {
@@ -289,9 +290,13 @@ impl Service for Relay {
             // Backlog and lag, on the pool and a timer of their own.
             let _stats = {
                 let name = name.clone();
-                super::data::statistics(pool.clone(), t.leased(), ctx.details().clone(), move |s| {
-                    metrics::stats(&name, s.backlog, s.lag_seconds)
-                })
+                super::data::statistics(
+                    pool.clone(),
+                    spec.pg().limits.answer_within(),
+                    t.leased(),
+                    ctx.details().clone(),
+                    move |s| metrics::stats(&name, s.backlog, s.lag_seconds),
+                )
             };
             ctx.ready();
             tracing::info!(table = %spec.table, "relaying");
@@ -455,8 +460,14 @@ impl Relay {
         state: &mut Relaying,
     ) -> Result<Next, super::data::Fault> {
         let spec = &self.spec;
-        let [reap, claim, done, release, retry] =
-            super::data::prepare_all(client, &self.statements(t)).await?;
+        // Each step waits for PostgreSQL's answer a bounded time: a
+        // session behind a dead network is lost, not hung.
+        let within = spec.pg().limits.answer_within();
+        let [reap, claim, done, release, retry] = answer(
+            within,
+            super::data::prepare_all(client, &self.statements(t)),
+        )
+        .await?;
         let client: &tokio_postgres::Client = client;
         let st = Statements {
             reap,
@@ -473,12 +484,12 @@ impl Relay {
             biased;
             async {
                 if fresh {
-                    client.batch_execute("SET synchronous_commit = off").await
+                    answer(within, client.batch_execute("SET synchronous_commit = off")).await
                 } else {
                     Ok(())
                 }
             },
-            self.claim(client, &st, &mut state.horizon)
+            step(within, self.claim(client, &st, &mut state.horizon))
         );
         set?;
         let mut next = first?;
@@ -497,13 +508,14 @@ impl Relay {
                 // large entries; Redis's own default is 500 ms, which
                 // would turn a slow batch into an endless re-send).
                 let timeouts = crate::conn::redis::Timeouts {
-                    connect: Some(Duration::from_secs(5)),
+                    connect: Some(spec.network_timeout),
                     response: Some((spec.lease / 2).max(Duration::from_secs(1))),
+                    network: Some(spec.network_timeout),
                 };
                 match crate::conn::redis::connect(&state.redis_target, timeouts).await {
                     Ok(c) => state.redis = Some(c),
                     Err(e) => {
-                        self.release(client, &st, state, &batch).await?;
+                        step(within, self.release(client, &st, state, &batch)).await?;
                         let msg = redact(&format!("cannot connect to Redis: {e}"));
                         return Ok(self.outage(ctx, state, msg));
                     }
@@ -527,24 +539,24 @@ impl Relay {
                     if ctx.is_cancelled() {
                         Ok(None)
                     } else {
-                        self.claim(client, &st, &mut state.horizon).await
+                        step(within, self.claim(client, &st, &mut state.horizon)).await
                     }
                 }
             );
             if let Sent::Outage(msg) = sent {
                 state.redis = None;
-                self.release(client, &st, state, &batch).await?;
+                step(within, self.release(client, &st, state, &batch)).await?;
                 if let Ok(Some(claimed)) = &claimed {
-                    self.release(client, &st, state, claimed).await?;
+                    step(within, self.release(client, &st, state, claimed)).await?;
                 }
                 claimed?;
                 return Ok(self.outage(ctx, state, format!("Redis: {msg}")));
             }
-            self.settle(client, &st, ctx, state, &batch, sent).await?;
+            step(within, self.settle(client, &st, ctx, state, &batch, sent)).await?;
             next = claimed?;
             if ctx.is_cancelled() {
                 if let Some(b) = next.take() {
-                    self.release(client, &st, state, &b).await?;
+                    step(within, self.release(client, &st, state, &b)).await?;
                 }
                 return Ok(Next::Go);
             }

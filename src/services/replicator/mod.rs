@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use serde_json::Value as Json;
 
-use super::data::{Fault, pg};
+use super::data::{Fault, answer, pg};
 use super::{
     ActionError, BoxFuture, Context, Details, Factory, Registration, Service, ServiceError,
     settings_of,
@@ -248,9 +248,10 @@ impl Replicator {
     /// as they are).
     async fn connect(&self, state: &mut Replicating) -> Result<(), String> {
         let timeouts = crate::conn::redis::Timeouts {
-            connect: Some(Duration::from_secs(5)),
-            // Longer than the BLOCK of a read.
-            response: Some(BLOCK + Duration::from_secs(10)),
+            connect: Some(self.spec.network_timeout),
+            // The BLOCK of a read, and the network's time.
+            response: Some(BLOCK + self.spec.network_timeout),
+            network: Some(self.spec.network_timeout),
         };
         let mut c = crate::conn::redis::connect(&self.spec.redis_target(), timeouts)
             .await
@@ -320,10 +321,13 @@ impl Replicator {
         };
         if stats_due {
             // The dead letters waiting for attention (not replayed).
-            let size: i64 = client
-                .query_one(&sql::dead_letter_count(), &[&state.name])
-                .await?
-                .get(0);
+            let within = self.spec.pg().limits.answer_within();
+            let size: i64 = answer(
+                within,
+                client.query_one(&sql::dead_letter_count(), &[&state.name]),
+            )
+            .await?
+            .get(0);
             ctx.details().set("dlq_size", size);
             metrics::dlq_size(&state.name, size);
             // Replayed dead letters are kept a while (what was replayed,
@@ -333,9 +337,11 @@ impl Replicator {
             let prune_every = (keep / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
             if state.last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
                 state.last_prune = Some(Instant::now());
-                let pruned = client
-                    .execute(&sql::prune_replayed(), &[&state.name, &keep.as_secs_f64()])
-                    .await?;
+                let pruned = answer(
+                    within,
+                    client.execute(&sql::prune_replayed(), &[&state.name, &keep.as_secs_f64()]),
+                )
+                .await?;
                 if pruned > 0 {
                     tracing::info!(rows = pruned, "replayed dead letters deleted");
                 }
@@ -560,6 +566,7 @@ impl Replicator {
         let max = i64::from(self.spec.max_deliveries);
         let mapped = replica.keys().is_some();
         let bounds = self.bounds();
+        let within = self.spec.pg().limits.answer_within();
         let mut events = Vec::new();
         let mut dead: Vec<(&Entry, String)> = Vec::new();
         for e in &entries {
@@ -596,12 +603,13 @@ impl Replicator {
             (!state.own_first && state.prefetched.is_none() && state.janitor_from.is_empty())
                 .then(|| state.redis.as_ref().map(|c| c.conn.clone()))
                 .flatten();
-        let (written, read_ahead) = tokio::join!(insert_split(&client, replica, &events), async {
-            match ahead {
-                Some(conn) => Some(self.read_ahead(conn, &state.group, &state.consumer).await),
-                None => None,
-            }
-        });
+        let (written, read_ahead) =
+            tokio::join!(insert_split(&client, replica, &events, within), async {
+                match ahead {
+                    Some(conn) => Some(self.read_ahead(conn, &state.group, &state.consumer).await),
+                    None => None,
+                }
+            });
         // A failed read ahead is read again: its entries are this
         // consumer's pending ones.
         match read_ahead {
@@ -613,7 +621,7 @@ impl Replicator {
             Ok((inserted, refused)) => {
                 let applied = events.len() - refused.len();
                 dead.extend(refused.into_iter().map(|(i, why)| (events[i].0, why)));
-                match write_dead(&mut client, replica, &state.name, &dead).await {
+                match write_dead(&mut client, replica, &state.name, &dead, within).await {
                     Ok(()) => Ok((inserted, applied)),
                     Err(f) => Err(f),
                 }
@@ -805,18 +813,20 @@ async fn insert_split(
     client: &deadpool_postgres::Object,
     replica: &sql::Replica,
     events: &[(&Entry, stream::Event)],
+    within: Option<Duration>,
 ) -> Result<(u64, Vec<(usize, String)>), Fault> {
     let mut inserted = 0;
     let mut refused = Vec::new();
     if events.is_empty() {
         return Ok((inserted, refused));
     }
-    let apply = client.prepare_cached(&replica.apply()).await?;
+    let apply = answer(within, client.prepare_cached(&replica.apply())).await?;
     let mut went_in = false;
     // Ranges of `events`, the next on top.
     let mut todo = vec![(0, events.len())];
     while let Some((lo, hi)) = todo.pop() {
-        let e = match insert_events(&***client, &apply, replica, &events[lo..hi]).await {
+        let attempt = insert_events(&***client, &apply, replica, &events[lo..hi]);
+        let e = match super::data::within(within, attempt).await? {
             Ok(n) => {
                 inserted += n;
                 went_in = true;
@@ -850,23 +860,26 @@ async fn write_dead(
     replica: &sql::Replica,
     service: &str,
     dead: &[(&Entry, String)],
+    within: Option<Duration>,
 ) -> Result<(), Fault> {
     if dead.is_empty() {
         return Ok(());
     }
-    let statement = client.prepare_cached(&replica.dead_letters()).await?;
+    let statement = answer(within, client.prepare_cached(&replica.dead_letters())).await?;
     let all: Vec<(&Entry, String, String)> = dead
         .iter()
         .map(|(e, why)| (*e, redact(why), e.fields_json()))
         .collect();
-    let e = match insert_dead(client, &statement, service, &all).await {
-        Ok(()) => return Ok(()),
-        Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
-        Err(e) => e,
-    };
+    let e =
+        match super::data::within(within, insert_dead(client, &statement, service, &all)).await? {
+            Ok(()) => return Ok(()),
+            Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
+            Err(e) => e,
+        };
     tracing::warn!(error = %refusal_words(&e), "PostgreSQL refused the dead letters; writing them one by one");
     for one in all {
-        match insert_dead(client, &statement, service, std::slice::from_ref(&one)).await {
+        let attempt = insert_dead(client, &statement, service, std::slice::from_ref(&one));
+        match super::data::within(within, attempt).await? {
             Ok(()) => continue,
             Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
             Err(e) => {
@@ -876,8 +889,10 @@ async fn write_dead(
                     entry.stream,
                     refusal_words(&e)
                 );
-                insert_dead(client, &statement, service, &[(entry, why, "{}".into())])
-                    .await
+                let bare = [(entry, why, "{}".to_string())];
+                let bare = insert_dead(client, &statement, service, &bare);
+                super::data::within(within, bare)
+                    .await?
                     .map_err(|e| Fault::Fatal(ServiceError(refusal_words(&e))))?;
             }
         }

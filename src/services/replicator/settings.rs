@@ -58,6 +58,12 @@ config_table! {
         /// (a table busy with a migration): the round is tried again
         /// after a pause, charging no entry.
         pub lock_timeout: Duration = Duration::from_secs(5),
+        /// How long a silent network may hold a connection (a partition,
+        /// a failover that sent no reset): TCP keepalive and
+        /// `TCP_USER_TIMEOUT` on every PostgreSQL and Redis socket, and how
+        /// long past `statement_timeout` (or a read's wait) an answer is
+        /// waited for.
+        pub network_timeout: Duration = Duration::from_secs(15),
         /// Create the tables at start (idempotent DDL).
         pub create_schema: bool = true,
         /// Sessions of the service's pool (rounds, statistics, actions).
@@ -79,6 +85,7 @@ impl StreamReplicatorSpec {
         PgTarget::new(self.postgres.clone(), self.tls_ca.clone()).with_limits(SessionLimits {
             statement: Some(self.statement_timeout),
             lock: Some(self.lock_timeout),
+            network: Some(self.network_timeout),
         })
     }
 
@@ -107,6 +114,7 @@ impl Settings for StreamReplicatorSpec {
 
     fn check(&self, problems: &mut Problems<'_>) {
         crate::services::data::check_pool_size(self.pool_size, problems);
+        crate::services::data::check_session_limits(&self.pg().limits, problems);
         if self.streams.is_empty() {
             problems.error(
                 "invalid-value",
