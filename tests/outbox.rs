@@ -1050,3 +1050,178 @@ fn after_a_sequence_reset_new_rows_come_with_the_next_claim() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Large rows over a slow link: a batch Redis cannot take within half
+/// the lease is given back and claimed again smaller, until it fits (a
+/// single row that cannot is charged, not retried for ever). The batch
+/// was released uncharged and claimed again, whole, after each backoff:
+/// each cycle published the rows that had got through once more, the
+/// stream grew without end, and the rows stayed `pending`.
+#[test]
+fn a_batch_too_large_for_the_link_is_split_until_it_fits() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let link = support::proxy::Proxy::start(redis.port);
+    // 200 KB/s: half of a 2 s lease carries about four 50 KB rows.
+    link.limit(200_000);
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.relay]
+kind = "outbox-relay"
+postgres = "{pg}"
+redis = "{redis}"
+stream_prefix = "app."
+lease = "2s"
+batch = 20
+"#,
+        pg = pg.dsn,
+        redis = link.url(&redis.url, redis.port)
+    );
+    let mut w = Warden::start(&registry);
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', jsonb_build_object('n', n, 'pad', repeat('x', 50000))
+         FROM generate_series(1, 20) n",
+    );
+    wait_until("20 rows sent", Duration::from_secs(90), || {
+        let r = sql(
+            &pg.dsn,
+            "SELECT count(*) FROM message_outbox WHERE status = 'sent'",
+        );
+        r[0].get::<_, i64>(0) == 20
+    });
+    let xlen = match redis_cmd(&redis.url, &["XLEN", "app.orders"]) {
+        redis::Value::Int(n) => n,
+        other => panic!("XLEN answered {other:?}"),
+    };
+    // A batch that timed out may have reached Redis whole (the link
+    // holds what was sent): each halving can send it again, about twice
+    // the batch at most, never without end.
+    assert!(
+        (20..=60).contains(&xlen),
+        "{xlen} entries for 20 rows: the rows that got through were sent again and again"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// `batch_bytes` bounds what one batch (and so one Redis pipeline)
+/// carries: over the same slow link, batches of about 64 KiB each fit in
+/// half the lease, and no row goes twice.
+#[test]
+fn batch_bytes_bounds_each_pipeline() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let link = support::proxy::Proxy::start(redis.port);
+    link.limit(200_000);
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.relay]
+kind = "outbox-relay"
+postgres = "{pg}"
+redis = "{redis}"
+stream_prefix = "app."
+lease = "2s"
+batch = 20
+batch_bytes = "64KiB"
+"#,
+        pg = pg.dsn,
+        redis = link.url(&redis.url, redis.port)
+    );
+    let mut w = Warden::start(&registry);
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', jsonb_build_object('n', n, 'pad', repeat('x', 30000))
+         FROM generate_series(1, 20) n",
+    );
+    wait_until("20 entries", Duration::from_secs(60), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(20)
+    });
+    wait_until("20 rows sent", Duration::from_secs(10), || {
+        let r = sql(
+            &pg.dsn,
+            "SELECT count(*) FROM message_outbox WHERE status = 'sent'",
+        );
+        r[0].get::<_, i64>(0) == 20
+    });
+    // Two 30 KB rows at most per batch: at least 10 batches for 20 rows.
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let batches = metrics
+        .lines()
+        .find(|l| l.starts_with("warden_outbox_batch_size_count{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no batch histogram in:\n{metrics}"));
+    assert!(batches >= 10.0, "{batches} batches for 20 rows of 30 KB");
+    assert_eq!(
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]),
+        redis::Value::Int(20),
+        "no row twice"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// A Redis user allowed some stream keys only: a row for another key is
+/// that row's fault (`NOPERM` on the key), so it is charged and ends
+/// `failed` with its reason, while the rest of its batch goes through
+/// once. `NOPERM` was an outage: the whole batch was released uncharged
+/// and sent again after each backoff, for ever.
+#[test]
+fn a_key_the_redis_user_may_not_write_fails_its_rows_only() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    redis_cmd(
+        &redis.url,
+        &[
+            "ACL",
+            "SETUSER",
+            "relay",
+            "on",
+            ">secret-pw",
+            "~app.orders*",
+            "+@all",
+        ],
+    );
+    let port = free_port();
+    let url = redis.url.replace("redis://", "redis://relay:secret-pw@");
+    let mut w = Warden::start(&registry(port, &pg, &redis, "").replace(&redis.url, &url));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT CASE WHEN n % 5 = 0 THEN 'secret' ELSE 'orders' END, jsonb_build_object('n', n)
+         FROM generate_series(1, 50) n",
+    );
+    wait_until("40 sent and 10 failed", Duration::from_secs(30), || {
+        let r = sql(
+            &pg.dsn,
+            "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'failed')
+             FROM message_outbox",
+        );
+        (r[0].get::<_, i64>(0), r[0].get::<_, i64>(1)) == (40, 10)
+    });
+    let error: String = sql(
+        &pg.dsn,
+        "SELECT last_error FROM message_outbox WHERE status = 'failed' LIMIT 1",
+    )[0]
+    .get(0);
+    assert!(error.to_lowercase().contains("noperm"), "{error}");
+    assert!(!error.contains("secret-pw"), "{error}");
+    assert_eq!(
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]),
+        redis::Value::Int(40),
+        "each allowed row once"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

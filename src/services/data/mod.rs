@@ -711,24 +711,37 @@ pub async fn replay_failed(
     Ok(serde_json::json!({ "replayed": n }))
 }
 
-/// What a claim ([`Leased::claim`]) answered: the rows it took, and its
-/// own snapshot's `xmin` and `xmax`.
+/// What a claim ([`Leased::claim`]) answered: the rows it took, its own
+/// snapshot's `xmin` and `xmax`, and how many rows were due (more than
+/// it took when `size` cut the batch).
 pub struct Claimed {
     pub rows: Vec<tokio_postgres::Row>,
     pub xmin: i64,
     pub xmax: i64,
+    pub due: i64,
 }
 
 impl Claimed {
     /// Reads a claim's answer (the row of NULLs it gives when it took
     /// nothing is no row).
     pub fn read(mut rows: Vec<tokio_postgres::Row>) -> Claimed {
-        let (xmin, xmax) = rows
+        let (xmin, xmax, due) = rows
             .first()
-            .map(|r| (r.get(r.len() - 2), r.get(r.len() - 1)))
-            .unwrap_or((0, 0));
+            .map(|r| (r.get(r.len() - 3), r.get(r.len() - 2), r.get(r.len() - 1)))
+            .unwrap_or((0, 0, 0));
         rows.retain(|r| r.get::<_, Option<i64>>(0).is_some());
-        Claimed { rows, xmin, xmax }
+        Claimed {
+            rows,
+            xmin,
+            xmax,
+            due,
+        }
+    }
+
+    /// Whether every row the claim asked for (`asked`) was due: more may
+    /// wait beyond those it took.
+    pub fn full(&self, asked: i64) -> bool {
+        self.due >= asked
     }
 }
 
@@ -946,22 +959,39 @@ COMMIT;
     /// [`horizon::Horizon`]) for `$2` seconds, answering `returning`
     /// (columns of `o`, the id first), then the claim's token (its lease
     /// end), then the `xmin` and `xmax` of the statement's own snapshot
-    /// (what the claim could see, for the horizon). Always one row at
-    /// least: with nothing claimed, its `returning` columns are NULL
+    /// (what the claim could see, for the horizon), then how many rows
+    /// were due (locked, at most `$1`). Always one row at least: with
+    /// nothing claimed, its `returning` columns are NULL
     /// ([`Claimed::read`]).
-    pub fn claim(&self, returning: &str) -> String {
+    ///
+    /// With `size` (an expression over the table's columns: a row's
+    /// bytes), the claim stops before the row that would take the batch
+    /// past `$4` bytes: the first row always goes, however large.
+    pub fn claim(&self, returning: &str, size: Option<&str>) -> String {
         let t = &self.table;
+        let (size_col, take) = match size {
+            None => (String::new(), "c"),
+            Some(size) => (format!(", {size} AS size"), "b"),
+        };
+        let bounded = if size.is_some() {
+            "
+b AS (
+    SELECT id FROM (SELECT id, size, sum(size) OVER (ORDER BY id) - size AS before FROM c) w
+    WHERE before = 0 OR before + size <= $4),"
+        } else {
+            ""
+        };
         format!(
             "WITH c AS (
-    SELECT id FROM {t}
+    SELECT id{size_col} FROM {t}
     WHERE status = 'pending' AND id >= $3 AND next_attempt_at <= now()
     ORDER BY id LIMIT $1
-    FOR UPDATE SKIP LOCKED),
+    FOR UPDATE SKIP LOCKED),{bounded}
 u AS (
     UPDATE {t} o SET status = 'sending', claimed_until = now() + $2::float8 * interval '1 second'
-    FROM c WHERE o.id = c.id
+    FROM {take} WHERE o.id = {take}.id
     RETURNING {returning}, o.claimed_until)
-SELECT u.*, s.snap_xmin, s.snap_xmax
+SELECT u.*, s.snap_xmin, s.snap_xmax, (SELECT count(*) FROM c) AS due
 FROM (SELECT pg_snapshot_xmin(x)::text::int8 AS snap_xmin, pg_snapshot_xmax(x)::text::int8 AS snap_xmax
       FROM pg_current_snapshot() x) s
 LEFT JOIN u ON true"

@@ -265,9 +265,10 @@ impl Service for MemorySync {
                     // The claim answers its own snapshot, for the horizon.
                     let claimed =
                         super::data::Claimed::read(pg_answer(within, client.query(&claim, &params)).await?);
+                    let full = claimed.full(take);
                     let rows = claimed.rows;
                     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-                    horizon.claimed(&ids, ids.len() as i64 >= take, claimed.xmin, claimed.xmax);
+                    horizon.claimed(&ids, full, claimed.xmin, claimed.xmax);
                     if rows.is_empty() {
                         let now = Instant::now();
                         let mut wait = spec.poll_interval.min(horizon.until_sweep(now));

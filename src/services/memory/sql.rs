@@ -65,8 +65,10 @@ impl Queue {
 
     /// Claims up to `$1` due rows for `$2` seconds.
     pub fn claim(&self) -> String {
-        self.l
-            .claim("o.id, o.idempotency_key, o.payload::text, o.session_id")
+        self.l.claim(
+            "o.id, o.idempotency_key, o.payload::text, o.session_id",
+            None,
+        )
     }
 
     /// Expired leases go back to `pending`.

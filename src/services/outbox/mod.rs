@@ -87,6 +87,9 @@ enum Sent {
     Outage(String),
     /// Redis answered; these rows it refused, with why.
     Refused(Vec<(i64, String)>),
+    /// Redis did not answer the whole batch within half the lease: too
+    /// much for the link, or Redis is gone (the caller tells which).
+    TooSlow,
 }
 
 /// The backoff of a Redis outage: 0.5 s doubling to 30 s.
@@ -115,10 +118,12 @@ fn is_outage(e: &redis::RedisError) -> bool {
                     | "OOM"
                     | "NOAUTH"
                     | "WRONGPASS"
-                    | "NOPERM"
                     | "BUSY"
             )
         )
+        // A user that may not run XADD at all needs the operator; one that
+        // may not write this row's stream key refuses this row alone.
+        || (e.code() == Some("NOPERM") && !e.detail().is_some_and(|d| d.contains("key")))
 }
 
 impl Relay {
@@ -208,9 +213,12 @@ struct Relaying {
     horizon: Horizon,
     /// The session kept between wake-ups (none after a failure).
     session: Option<deadpool_postgres::Object>,
+    /// Rows a claim asks for: `batch`, halved after a batch Redis could
+    /// not take within half the lease (a slow link, large rows), and grown
+    /// back by a quarter after each batch that went through.
+    take: i64,
 }
 
-/// A claimed batch, sorted by id.
 /// A claimed row as the relay sends it, or why it cannot be sent.
 fn read_row(r: &tokio_postgres::Row) -> Result<Row, String> {
     let text = |i, column| super::data::needed_text(r, i, column, "the relay");
@@ -312,6 +320,7 @@ impl Service for Relay {
                     Instant::now(),
                 ),
                 session: None,
+                take: i64::from(spec.batch.0),
             };
             let mut lost = 0u32;
             loop {
@@ -376,6 +385,7 @@ impl Relay {
         client: &tokio_postgres::Client,
         st: &Statements,
         horizon: &mut Horizon,
+        take: i64,
     ) -> Result<Option<Batch>, super::data::Fault> {
         let now = Instant::now();
         if horizon.sweep_due(now) {
@@ -391,9 +401,10 @@ impl Relay {
             }
         }
         let from = horizon.claim_from(now);
-        let batch = i64::from(self.spec.batch.0);
         let lease = self.spec.lease.as_secs_f64();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&batch, &lease, &from];
+        let bytes = i64::try_from(self.spec.batch_bytes.0).unwrap_or(i64::MAX);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&take, &lease, &from, &bytes];
         // The claim answers its own snapshot, for the horizon.
         let claimed = super::data::Claimed::read(client.query(&st.claim, &params).await?);
         let raw = &claimed.rows;
@@ -414,7 +425,7 @@ impl Relay {
         }
         rows.sort_by_key(|r| r.id);
         ids.sort_unstable();
-        horizon.claimed(&ids, ids.len() as i64 >= batch, claimed.xmin, claimed.xmax);
+        horizon.claimed(&ids, claimed.full(take), claimed.xmin, claimed.xmax);
         let Some(token) = token else {
             return Ok(None);
         };
@@ -489,7 +500,7 @@ impl Relay {
                     Ok(())
                 }
             },
-            step(within, self.claim(client, &st, &mut state.horizon))
+            step(within, self.claim(client, &st, &mut state.horizon, state.take))
         );
         set?;
         let mut next = first?;
@@ -527,22 +538,81 @@ impl Relay {
             // the rows are still ours when we mark them. The next batch is
             // claimed meanwhile.
             let deadline = batch.claimed_at + (spec.lease / 2).max(Duration::from_secs(1));
-            let (sent, claimed) = tokio::join!(
+            let (sent, mut claimed) = tokio::join!(
                 async {
                     tokio::time::timeout_at(deadline.into(), self.send(conn, &batch.rows))
                         .await
-                        .unwrap_or_else(|_| {
-                            Sent::Outage("Redis did not answer within half the lease".into())
-                        })
+                        .unwrap_or(Sent::TooSlow)
                 },
                 async {
                     if ctx.is_cancelled() {
                         Ok(None)
                     } else {
-                        step(within, self.claim(client, &st, &mut state.horizon)).await
+                        step(
+                            within,
+                            self.claim(client, &st, &mut state.horizon, state.take),
+                        )
+                        .await
                     }
                 }
             );
+            let reclaim = matches!(sent, Sent::TooSlow);
+            let sent = match sent {
+                Sent::TooSlow => {
+                    // The pipeline's answers are still on their way: the
+                    // connection goes, and so does the next batch.
+                    state.redis = None;
+                    if let Some(next) = std::mem::replace(&mut claimed, Ok(None))? {
+                        step(within, self.release(client, &st, state, &next)).await?;
+                    }
+                    let rows = batch.rows.len();
+                    let bytes: usize = batch
+                        .rows
+                        .iter()
+                        .map(|r| r.payload.len() + r.headers.len())
+                        .sum();
+                    if let Err(msg) = self.redis_alive(state).await {
+                        step(within, self.release(client, &st, state, &batch)).await?;
+                        return Ok(self.outage(ctx, state, format!("Redis: {msg}")));
+                    }
+                    if rows > 1 {
+                        // Redis is there: the batch was too much for the
+                        // link. It goes back uncharged, and the claims ask
+                        // for half as many rows.
+                        step(within, self.release(client, &st, state, &batch)).await?;
+                        state.take = (rows as i64 / 2).max(1);
+                        tracing::warn!(
+                            rows,
+                            bytes,
+                            take = state.take,
+                            "Redis took longer than half the lease over a batch; claiming fewer rows"
+                        );
+                        next = step(
+                            within,
+                            self.claim(client, &st, &mut state.horizon, state.take),
+                        )
+                        .await?;
+                        continue;
+                    }
+                    // One row that does not fit: that row's fault.
+                    Sent::Refused(
+                        batch
+                            .rows
+                            .iter()
+                            .map(|r| {
+                                (r.id, format!("Redis did not take this row ({bytes} bytes) within half the lease: too large for the link"))
+                            })
+                            .collect(),
+                    )
+                }
+                other => other,
+            };
+            if !matches!(sent, Sent::Outage(_)) {
+                // Back towards `batch` by a quarter at a time: a link that
+                // took half as much must not be tried with double at once.
+                let batch_size = i64::from(spec.batch.0);
+                state.take = (state.take + (state.take / 4).max(1)).min(batch_size);
+            }
             if let Sent::Outage(msg) = sent {
                 state.redis = None;
                 step(within, self.release(client, &st, state, &batch)).await?;
@@ -554,6 +624,15 @@ impl Relay {
             }
             step(within, self.settle(client, &st, ctx, state, &batch, sent)).await?;
             next = claimed?;
+            if next.is_none() && reclaim && !ctx.is_cancelled() {
+                // The batch after a row too large for the link was given
+                // back: claimed again now, not at the poll.
+                next = step(
+                    within,
+                    self.claim(client, &st, &mut state.horizon, state.take),
+                )
+                .await?;
+            }
             if ctx.is_cancelled() {
                 if let Some(b) = next.take() {
                     step(within, self.release(client, &st, state, &b)).await?;
@@ -584,6 +663,26 @@ impl Relay {
             ctx.details()
                 .set("last_error", format!("row {id}: {error}"));
         }
+        Ok(())
+    }
+
+    /// After a batch Redis did not answer in time: whether Redis itself
+    /// answers (a new connection and a `PING` within `network_timeout`), or
+    /// why not.
+    async fn redis_alive(&self, state: &mut Relaying) -> Result<(), String> {
+        let network = self.spec.network_timeout;
+        let timeouts = crate::conn::redis::Timeouts {
+            connect: Some(network),
+            response: Some(network),
+            network: Some(network),
+        };
+        let mut c = crate::conn::redis::connect(&state.redis_target, timeouts)
+            .await
+            .map_err(|e| redact(&format!("cannot connect to Redis: {e}")))?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut c.conn)
+            .await
+            .map_err(|e| redact(&e.to_string()))?;
         Ok(())
     }
 
@@ -687,7 +786,7 @@ impl Relay {
                 }
                 ctx.details().set("published", state.published);
             }
-            Sent::Outage(_) => unreachable!("an outage releases the batch"),
+            Sent::Outage(_) | Sent::TooSlow => unreachable!("the batch was released"),
         }
         Ok(())
     }

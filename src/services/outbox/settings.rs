@@ -6,7 +6,7 @@ use crate::config::Endpoint;
 use crate::config::decode::config_table;
 use crate::config::kind::{Problems, Settings};
 use crate::config::types::{
-    CaFile, Count, PgTarget, PostgresDsn, RedisDsn, RedisTarget, SessionLimits, TableName,
+    ByteSize, CaFile, Count, PgTarget, PostgresDsn, RedisDsn, RedisTarget, SessionLimits, TableName,
 };
 
 config_table! {
@@ -32,6 +32,10 @@ config_table! {
         pub delete_sent: bool = false,
         /// Rows claimed per batch.
         pub batch: Count = Count(500),
+        /// Bytes (payloads and headers) claimed per batch, and so sent in
+        /// one Redis pipeline: a batch stops before the row that would
+        /// pass it (its first row goes, however large).
+        pub batch_bytes: ByteSize = ByteSize(4 << 20),
         /// How long one of the service's statements may run before
         /// PostgreSQL cancels it.
         pub statement_timeout: Duration = Duration::from_secs(30),

@@ -97,6 +97,11 @@ $$;
         )
     }
 
+    /// What a row weighs in a batch, as `batch_bytes` counts it: its
+    /// payload and headers as the relay sends them.
+    pub const SIZE: &'static str =
+        "COALESCE(octet_length(payload::text), 0) + COALESCE(octet_length(headers::text), 0)";
+
     /// A claimed row's event id, as text: its `event_id`, made when the
     /// row was inserted and unique across the table's lives (a `TRUNCATE
     /// ... RESTART IDENTITY` or a table made again gives out the same ids)
@@ -105,13 +110,17 @@ $$;
     /// id and its creation time, the same at every claim.
     pub const EVENT_ID: &'static str = "COALESCE(o.event_id::text, md5(o.tableoid::text || ':' || o.id || ':' || COALESCE(EXTRACT(EPOCH FROM o.created_at)::text, ''))::uuid::text)";
 
-    /// Claims up to `$1` due rows for `$2` seconds; several relays never
-    /// claim the same row (`SKIP LOCKED`).
+    /// Claims up to `$1` due rows for `$2` seconds, holding at most `$4`
+    /// bytes (the first row always); several relays never claim the same
+    /// row (`SKIP LOCKED`).
     pub fn claim(&self) -> String {
-        self.l.claim(&format!(
-            "o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key, {}",
-            Self::EVENT_ID
-        ))
+        self.l.claim(
+            &format!(
+                "o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key, {}",
+                Self::EVENT_ID
+            ),
+            Some(Self::SIZE),
+        )
     }
 
     /// Expired leases (a relay died holding them) go back to `pending`.
