@@ -542,3 +542,48 @@ fn a_row_with_a_null_column_fails_with_its_reason_and_the_batch_goes_on() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// `warden_memory_sync_seconds` records one duration per wave of requests
+/// in flight together: it recorded the wave's time once per row, so a
+/// wave of 8 counted 8 observations of the same time.
+#[test]
+fn the_request_histogram_counts_waves_not_rows() {
+    let pg = Postgres::start();
+    let backend = Backend::start(|_, _| (200, ""));
+    let port = free_port();
+    let mut w = Warden::start(&registry(
+        port,
+        &pg,
+        &backend,
+        "in_flight = 8\nbatch = 16\n",
+    ));
+    w.wait_event("memory", "ready");
+    // 16 writes of 16 sessions: two waves of 8.
+    sql(
+        &pg.dsn,
+        "INSERT INTO memory_write_outbox (tenant, session_id, idempotency_key, payload)
+         SELECT 't1', 's' || n, 'key-' || n, jsonb_build_object('n', n)
+         FROM generate_series(1, 16) n",
+    );
+    wait_until("16 rows sent", Duration::from_secs(20), || {
+        sql(
+            &pg.dsn,
+            "SELECT count(*) FROM memory_write_outbox WHERE status = 'sent'",
+        )[0]
+        .get::<_, i64>(0)
+            == 16
+    });
+    let (_, _, metrics) = support::http::http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let observations: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("warden_memory_sync_seconds_count{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no histogram in:\n{metrics}"));
+    assert!(
+        (2.0..=4.0).contains(&observations),
+        "{observations} observations for 16 writes in waves of 8"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

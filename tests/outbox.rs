@@ -1225,3 +1225,46 @@ fn a_key_the_redis_user_may_not_write_fails_its_rows_only() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// Rows whose mark was lost (the lease ran out first, or the row was
+/// changed under the relay) are not counted as sent: the relay counted
+/// every row it had sent to Redis, marked or not.
+#[test]
+fn rows_whose_mark_was_lost_are_not_counted_as_sent() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, ""));
+    w.wait_event("relay", "ready");
+    // The mark of rows marked "keep" does not take.
+    sql(
+        &pg.dsn,
+        "CREATE FUNCTION keep_sending() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.status = 'sent' AND NEW.payload ? 'keep' THEN RETURN NULL; END IF;
+             RETURN NEW;
+         END $$",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE TRIGGER keep_sending BEFORE UPDATE ON message_outbox
+         FOR EACH ROW EXECUTE FUNCTION keep_sending()",
+    );
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload)
+         SELECT 'orders', CASE WHEN n <= 3 THEN jsonb_build_object('keep', n) ELSE jsonb_build_object('n', n) END
+         FROM generate_series(1, 10) n",
+    );
+    wait_until("10 entries", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(10)
+    });
+    wait_until("the details", Duration::from_secs(5), || {
+        get_json(port, "/v1/services/relay").1["details"]["published"] == 7
+    });
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = r#"warden_outbox_published_total{service="relay",result="sent"} 7"#;
+    assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

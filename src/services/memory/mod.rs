@@ -315,8 +315,9 @@ impl Service for MemorySync {
                             break;
                         }
                         // A wave of requests in flight together, in id order,
-                        // never two of one session (a session's writes reach
-                        // the backend one after the other); half-open: one.
+                        // never two of one session (within a batch, a
+                        // session's writes are in flight one at a time);
+                        // half-open: one.
                         // And no more than the failures the circuit still
                         // allows: it opens after `circuit.failures` in a row
                         // without more requests already on their way.

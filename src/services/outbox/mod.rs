@@ -190,6 +190,18 @@ impl Relay {
     }
 }
 
+/// Says so when fewer than the `sent` rows were marked (`marked`): the
+/// lease ran out first (another relay took them) or the rows changed
+/// under the relay; they are sent again, and not counted as sent.
+fn mark_lost(sent: usize, marked: u64) {
+    if marked < sent as u64 {
+        tracing::warn!(
+            rows = sent as u64 - marked,
+            "the lease ran out before the rows were marked; another relay sends them again"
+        );
+    }
+}
+
 /// What a worker does after a round.
 enum Next {
     /// Claim again at once.
@@ -745,24 +757,21 @@ impl Relay {
         match sent {
             Sent::All => {
                 let n = client.execute(&st.done, &[ids, &batch.token]).await?;
-                if n < ids.len() as u64 {
-                    tracing::warn!(
-                        rows = ids.len() as u64 - n,
-                        "the lease ran out before the rows were marked; another relay sends them again"
-                    );
-                }
+                mark_lost(ids.len(), n);
                 state.outages = 0;
-                state.published += ids.len() as u64;
+                // Only the rows marked: the others are sent again.
+                state.published += n;
                 ctx.details().set("published", state.published);
-                metrics::published(name, "sent", ids.len());
+                metrics::published(name, "sent", n as usize);
             }
             Sent::Refused(refused) => {
                 let bad: std::collections::HashSet<i64> =
                     refused.iter().map(|(id, _)| *id).collect();
                 let good: Vec<i64> = ids.iter().copied().filter(|id| !bad.contains(id)).collect();
-                client.execute(&st.done, &[&good, &batch.token]).await?;
-                state.published += good.len() as u64;
-                metrics::published(name, "sent", good.len());
+                let n = client.execute(&st.done, &[&good, &batch.token]).await?;
+                mark_lost(good.len(), n);
+                state.published += n;
+                metrics::published(name, "sent", n as usize);
                 // Every refused row of the batch in one statement.
                 let (bad_ids, errors): (Vec<i64>, Vec<String>) = refused.iter().cloned().unzip();
                 let settled = client

@@ -703,9 +703,14 @@ impl Replicator {
     /// entries of the group over its streams, and the age of the oldest.
     async fn stats(&self, state: &mut Replicating, ctx: &Context) -> redis::RedisResult<()> {
         let conn = &mut state.redis.as_mut().expect("connected").conn;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_millis() as f64);
+        // Entry ids carry Redis's clock: the lag is read against it, not
+        // against this host's (which may differ by any amount).
+        let time: Value = redis::cmd("TIME").query_async(conn).await?;
+        let now_ms = stream::redis_time_ms(&time).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_millis() as f64)
+        });
         let ms_of = |id: &str| id.split('-').next().and_then(|m| m.parse::<f64>().ok());
         let mut pending = 0i64;
         let mut oldest: Option<f64> = None;

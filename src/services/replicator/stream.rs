@@ -112,6 +112,15 @@ pub fn read_reply(v: &Value) -> Vec<Entry> {
     out
 }
 
+/// Redis's clock in ms since the epoch, from a `TIME` reply (`[seconds,
+/// microseconds]`).
+pub fn redis_time_ms(v: &Value) -> Option<f64> {
+    let parts = items(v);
+    let seconds = int(parts.first()?)?;
+    let micros = int(parts.get(1)?)?;
+    Some(seconds as f64 * 1000.0 + micros as f64 / 1000.0)
+}
+
 /// What an `XAUTOCLAIM` reply says (`[next, [entries], [deleted]]`).
 pub struct Autoclaimed {
     /// Where the next scan starts (`0-0`: the scan is complete).
@@ -368,6 +377,14 @@ mod tests {
             Err("the entry has no payload field".to_string())
         );
         assert!(e(&[]).event().is_err(), "a deleted entry");
+    }
+
+    #[test]
+    fn redis_time_is_read_in_milliseconds() {
+        let reply = Value::Array(vec![bulk("1700000000"), bulk("123456")]);
+        assert_eq!(redis_time_ms(&reply), Some(1_700_000_000_123.456));
+        assert_eq!(redis_time_ms(&Value::Nil), None);
+        assert_eq!(redis_time_ms(&Value::Array(vec![bulk("1")])), None);
     }
 
     #[test]
