@@ -218,3 +218,61 @@ fn text_format_lists_endpoints() {
     assert!(!o.contains(PASSWORD), "the password leaked to stdout:\n{o}");
     assert!(!e.contains(PASSWORD), "the password leaked to stderr:\n{e}");
 }
+
+/// `check --connect` looks at the tables the data services adopt: an
+/// outbox whose `id` is an `integer` (serial), which every statement binds
+/// as a `bigint`, is reported naming the column, what it needs and the fix
+/// (it passed, and the relay failed at its first claim once it was ready);
+/// a missing table is fine when the service makes it (`create_schema`).
+#[test]
+fn a_table_warden_cannot_use_fails_the_check_naming_the_column() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    support::db::sql(
+        &pg.dsn,
+        "CREATE TABLE message_outbox (
+            id serial PRIMARY KEY, topic text NOT NULL, partition_key text,
+            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}', dedupe_key text,
+            status text NOT NULL DEFAULT 'pending', retry_count int NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT now(), claimed_until timestamptz,
+            last_error text, created_at timestamptz NOT NULL DEFAULT now(), published_at timestamptz)",
+    );
+    let reg = registry(pg.port, redis.port)
+        + &format!(
+            r#"
+[services.sync]
+kind = "memory-sync"
+postgres = "postgres://postgres@127.0.0.1:{}/postgres"
+endpoint = "http://127.0.0.1:9/v1/memories"
+"#,
+            pg.port
+        );
+    let (_dir, out) = check(&reg, &["--connect", "--format", "json"]);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{o}\nstderr:\n{e}");
+    let j = json(&out);
+    let relay = entries_of(&j, "relay");
+    let table = relay
+        .iter()
+        .find(|e| e["kind"] == "postgres-table")
+        .unwrap_or_else(|| panic!("no table check for relay: {j:#}"));
+    assert_eq!(table["ok"], false, "{table:#}");
+    let error = table["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("column id is integer; warden needs bigint")
+            && error.contains("ALTER TABLE \"message_outbox\" ALTER COLUMN id TYPE bigint"),
+        "{error}"
+    );
+    // memory-sync's queue does not exist yet: it makes it at its start.
+    let sync = entries_of(&j, "sync");
+    let queue = sync
+        .iter()
+        .find(|e| {
+            e["kind"] == "postgres-table"
+                && e["target"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("memory_write_outbox"))
+        })
+        .unwrap_or_else(|| panic!("no table check for sync: {j:#}"));
+    assert_eq!(queue["ok"], true, "{queue:#}");
+}

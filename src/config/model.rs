@@ -599,11 +599,73 @@ pub enum Endpoint {
     /// roots (memory-sync's `tls_ca`; none for probes).
     Http(HttpUrl, Option<CaFile>),
     Tcp(HostPort),
+    /// A table a data service works on, in that PostgreSQL.
+    PostgresTable(PgTarget, TableNeeds),
+}
+
+/// What a data service needs of a table it adopts: checked by `warden
+/// check --connect` and at the service's start, so that a table it cannot
+/// use is refused naming the column, not found at the first claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableNeeds {
+    /// The table, quoted as SQL names it.
+    pub table: String,
+    /// Its columns, each with the type it must have (`None`: any).
+    pub columns: &'static [(&'static str, Option<&'static str>)],
+    /// Whether the service makes the table at its start when it is
+    /// missing (`create_schema`), with the columns of `added`.
+    pub create_schema: bool,
+    /// Columns the service adds to an existing table at its start (with
+    /// `create_schema`).
+    pub added: &'static [&'static str],
+}
+
+impl TableNeeds {
+    /// What is wrong with the table, given its columns and their types
+    /// (`None`: there is no such table); nothing when it can be used.
+    pub fn problems(&self, found: Option<&[(String, String)]>) -> Vec<String> {
+        let t = &self.table;
+        let Some(found) = found else {
+            return if self.create_schema {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "table {t} does not exist (create it with the statements shipped in sql/, or set create_schema = true)"
+                )]
+            };
+        };
+        let mut out = Vec::new();
+        for (column, want) in self.columns {
+            match found.iter().find(|(name, _)| name == column) {
+                None if self.create_schema && self.added.contains(column) => {}
+                None => out.push(format!(
+                    "table {t} has no column {column}; warden needs {column}{}{}",
+                    want.map(|w| format!(" {w}")).unwrap_or_default(),
+                    if self.added.contains(column) {
+                        " (create_schema = true adds it at the start)"
+                    } else {
+                        ""
+                    }
+                )),
+                Some((_, ty)) => {
+                    if let Some(want) = want
+                        && ty != want
+                    {
+                        out.push(format!(
+                            "table {t}: column {column} is {ty}; warden needs {want} (ALTER TABLE {t} ALTER COLUMN {column} TYPE {want})"
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Endpoint {
     pub fn kind(&self) -> &'static str {
         match self {
+            Endpoint::PostgresTable(..) => "postgres-table",
             Endpoint::Postgres(_) => "postgres",
             Endpoint::Redis(_) => "redis",
             Endpoint::Http(..) => "http",
@@ -614,6 +676,7 @@ impl Endpoint {
     pub fn display(&self) -> String {
         match self {
             Endpoint::Postgres(t) => t.redacted(),
+            Endpoint::PostgresTable(t, needs) => format!("{} table {}", t.redacted(), needs.table),
             Endpoint::Redis(t) => t.redacted(),
             Endpoint::Http(u, _) => super::secret::redact_dsn(&u.0),
             Endpoint::Tcp(h) => h.to_string(),

@@ -429,3 +429,56 @@ fn amounts_of_memory_take_iec_and_si_units() {
         ]
     );
 }
+
+#[test]
+fn a_table_is_told_what_it_lacks_naming_column_type_and_fix() {
+    use super::TableNeeds;
+    const COLUMNS: &[(&str, Option<&str>)] = &[
+        ("id", Some("bigint")),
+        ("topic", None),
+        ("event_id", Some("uuid")),
+    ];
+    let needs = |create_schema| TableNeeds {
+        table: "\"t\"".into(),
+        columns: COLUMNS,
+        create_schema,
+        added: &["event_id"],
+    };
+    let cols = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let good = cols(&[
+        ("id", "bigint"),
+        ("topic", "text"),
+        ("event_id", "uuid"),
+        ("extra", "int"),
+    ]);
+    assert!(needs(false).problems(Some(&good)).is_empty());
+    assert!(needs(true).problems(None).is_empty(), "made at the start");
+    assert_eq!(
+        needs(false).problems(None),
+        [
+            "table \"t\" does not exist (create it with the statements shipped in sql/, or set create_schema = true)"
+        ]
+    );
+    let bad = cols(&[("id", "integer"), ("topic", "text")]);
+    assert_eq!(
+        needs(false).problems(Some(&bad)),
+        [
+            "table \"t\": column id is integer; warden needs bigint (ALTER TABLE \"t\" ALTER COLUMN id TYPE bigint)",
+            "table \"t\" has no column event_id; warden needs event_id uuid (create_schema = true adds it at the start)",
+        ]
+    );
+    assert_eq!(
+        needs(true).problems(Some(&bad)).len(),
+        1,
+        "event_id is added at the start; id's type is not changed"
+    );
+    let no_topic = cols(&[("id", "bigint"), ("event_id", "uuid")]);
+    assert_eq!(
+        needs(true).problems(Some(&no_topic)),
+        ["table \"t\" has no column topic; warden needs topic"]
+    );
+}

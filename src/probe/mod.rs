@@ -26,6 +26,7 @@ pub async fn check(endpoint: &Endpoint, timeout: Duration) -> Outcome {
             Endpoint::Tcp(h) => tcp(h).await,
             Endpoint::Http(u, ca) => http(u, ca.as_ref()).await,
             Endpoint::Postgres(d) => postgres(d).await,
+            Endpoint::PostgresTable(d, needs) => postgres_table(d, needs).await,
             Endpoint::Redis(d) => redis(d).await,
         }
     };
@@ -124,6 +125,66 @@ pub async fn postgres(target: &PgTarget) -> Result<(), String> {
     drop(client);
     driver.abort();
     r
+}
+
+/// The table of `needs` can be used as its service needs it (see
+/// [`table`]).
+pub async fn postgres_table(
+    target: &PgTarget,
+    needs: &crate::config::TableNeeds,
+) -> Result<(), String> {
+    let (client, conn) = crate::conn::postgres::connect(target)
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let r = table(&client, needs).await;
+    drop(client);
+    driver.abort();
+    r
+}
+
+/// Reads the table's columns and says what is wrong with them for its
+/// service ([`crate::config::TableNeeds::problems`]), every problem in one
+/// error.
+pub async fn table(
+    client: &tokio_postgres::Client,
+    needs: &crate::config::TableNeeds,
+) -> Result<(), String> {
+    let words = |e: tokio_postgres::Error| {
+        format!(
+            "cannot read table {}: {}",
+            needs.table,
+            crate::conn::postgres::error_text(&e)
+        )
+    };
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&needs.table])
+        .await
+        .map_err(words)?
+        .get(0);
+    let found: Option<Vec<(String, String)>> = if exists {
+        Some(
+            client
+                .query(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+                    &[&needs.table],
+                )
+                .await
+                .map_err(words)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let problems = needs.problems(found.as_deref());
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Redis answers `PING` (over TLS for `rediss://`).

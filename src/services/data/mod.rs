@@ -245,56 +245,6 @@ pub fn needed_text(
         .ok_or_else(|| format!("{column} is NULL; {worker} needs a value to send"))
 }
 
-/// The table's `id` is a `bigint`, as every statement of the workers
-/// binds it: an `integer` (`serial`) one would pass the start and fail at
-/// the first claim. Said at the start instead, naming the column and the
-/// fix.
-pub async fn check_id_column(
-    client: &tokio_postgres::Client,
-    table: &str,
-) -> Result<(), ServiceError> {
-    check_column(
-        client,
-        table,
-        "id",
-        "bigint",
-        &format!("ALTER TABLE {table} ALTER COLUMN id TYPE bigint"),
-        "the table's key",
-    )
-    .await
-}
-
-/// Column `column` of `table` is of type `want`, else an error that
-/// names the column, what it is, and `fix`; `what` says what the column
-/// is for when it is missing.
-pub async fn check_column(
-    client: &tokio_postgres::Client,
-    table: &str,
-    column: &str,
-    want: &str,
-    fix: &str,
-    what: &str,
-) -> Result<(), ServiceError> {
-    let ty: Option<String> = client
-        .query_opt(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-             WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped",
-            &[&table, &column],
-        )
-        .await
-        .map_err(pg)?
-        .map(|r| r.get(0));
-    match ty.as_deref() {
-        Some(t) if t == want => Ok(()),
-        Some(other) => Err(ServiceError(format!(
-            "table {table}: column {column} is {other}; warden needs {want} ({fix})"
-        ))),
-        None => Err(ServiceError(format!(
-            "table {table} has no column {column}; warden needs {column} {want}, {what} ({fix})"
-        ))),
-    }
-}
-
 /// Why a round of a worker's loop stopped short.
 #[derive(Debug)]
 pub enum Fault {

@@ -162,7 +162,9 @@ impl Service for MemorySync {
                     .await?;
                     super::data::adopt(&c, &q.leased().table, &q.create_tx(), &q.indexes()).await?;
                 }
-                super::data::check_id_column(&c, &q.leased().table).await?;
+                crate::probe::table(&c, &sql::Queue::needs(&spec.table, false))
+                    .await
+                    .map_err(ServiceError)?;
                 // Every statement is checked against the tables now.
                 super::data::prepare_all(&c, &sqls).await.map_err(pg)?;
             }

@@ -99,6 +99,10 @@ impl Settings for MemorySyncSpec {
     fn endpoints(&self) -> Vec<Endpoint> {
         vec![
             Endpoint::Postgres(self.pg()),
+            Endpoint::PostgresTable(
+                self.pg(),
+                super::sql::Queue::needs(&self.table, self.create_schema),
+            ),
             Endpoint::Http(self.endpoint.clone(), self.tls_ca.clone()),
         ]
     }

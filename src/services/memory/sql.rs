@@ -23,6 +23,34 @@ impl Queue {
         self.l.channel_quoted()
     }
 
+    /// What memory-sync needs of its queue (checked at its start and by
+    /// `check --connect`): every column its statements name; `id` a
+    /// `bigint`, `claimed_until` a `timestamptz`.
+    pub const COLUMNS: &'static [(&'static str, Option<&'static str>)] = &[
+        ("id", Some("bigint")),
+        ("tenant", None),
+        ("session_id", None),
+        ("idempotency_key", None),
+        ("payload", None),
+        ("status", None),
+        ("retry_count", None),
+        ("next_attempt_at", None),
+        ("claimed_until", Some("timestamp with time zone")),
+        ("last_error", None),
+        ("created_at", None),
+        ("sent_at", None),
+    ];
+
+    /// [`Queue::COLUMNS`] of `table`.
+    pub fn needs(table: &TableName, create_schema: bool) -> crate::config::TableNeeds {
+        crate::config::TableNeeds {
+            table: table.quoted(),
+            columns: Self::COLUMNS,
+            create_schema,
+            added: &[],
+        }
+    }
+
     /// Idempotent DDL of the queue (the outbox's is the relay's), as
     /// shipped in `sql/memory-sync.sql`: the table and its insert trigger
     /// in one transaction, then its indexes.

@@ -286,21 +286,9 @@ impl Service for Relay {
                 if spec.create_schema {
                     super::data::adopt(&c, &t.leased().table, &t.create_tx(), &t.indexes()).await?;
                 }
-                super::data::check_id_column(&c, &t.leased().table).await?;
-                let table = &t.leased().table;
-                super::data::check_column(
-                    &c,
-                    table,
-                    "event_id",
-                    "uuid",
-                    &format!(
-                        "ALTER TABLE {table} ADD COLUMN event_id uuid; \
-                         ALTER TABLE {table} ALTER COLUMN event_id SET DEFAULT gen_random_uuid(), \
-                         or create_schema = true"
-                    ),
-                    "each event's identity across the table's lives",
-                )
-                .await?;
+                crate::probe::table(&c, &sql::Outbox::needs(&spec.table, false))
+                    .await
+                    .map_err(ServiceError)?;
                 // Every statement is checked against the table now, not
                 // at the first row.
                 for st in self.statements(&t) {

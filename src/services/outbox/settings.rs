@@ -94,6 +94,10 @@ impl Settings for OutboxRelaySpec {
     fn endpoints(&self) -> Vec<Endpoint> {
         vec![
             Endpoint::Postgres(self.pg()),
+            Endpoint::PostgresTable(
+                self.pg(),
+                super::sql::Outbox::needs(&self.table, self.create_schema),
+            ),
             Endpoint::Redis(self.redis_target()),
         ]
     }

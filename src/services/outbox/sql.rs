@@ -97,6 +97,38 @@ $$;
         )
     }
 
+    /// What the relay needs of its table (checked at its start and by
+    /// `check --connect`): every column its statements name; `id` a
+    /// `bigint` (bound as one), `claimed_until` a `timestamptz` (the
+    /// claim's token), `event_id` a `uuid` (added at the start with
+    /// `create_schema`).
+    pub const COLUMNS: &'static [(&'static str, Option<&'static str>)] = &[
+        ("id", Some("bigint")),
+        ("topic", None),
+        ("partition_key", None),
+        ("payload", None),
+        ("headers", None),
+        ("dedupe_key", None),
+        ("status", None),
+        ("retry_count", None),
+        ("next_attempt_at", None),
+        ("claimed_until", Some("timestamp with time zone")),
+        ("last_error", None),
+        ("created_at", None),
+        ("published_at", None),
+        ("event_id", Some("uuid")),
+    ];
+
+    /// [`Outbox::COLUMNS`] of `table`.
+    pub fn needs(table: &TableName, create_schema: bool) -> crate::config::TableNeeds {
+        crate::config::TableNeeds {
+            table: table.quoted(),
+            columns: Self::COLUMNS,
+            create_schema,
+            added: &["event_id"],
+        }
+    }
+
     /// What a row weighs in a batch, as `batch_bytes` counts it: its
     /// payload and headers as the relay sends them.
     pub const SIZE: &'static str =
