@@ -50,12 +50,13 @@ REPLICATOR_SETTINGS = os.environ.get("BENCH_REPLICATOR_SETTINGS", "")
 
 
 class Redis:
-    def __init__(self):
+    def __init__(self, aof=False):
         self.dir = tempfile.mkdtemp(prefix="warden-bench-redis-")
         self.port = free_port()
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             *persistence, "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}"
         deadline = time.time() + 20
@@ -248,11 +249,139 @@ def latency(warden, out, quick, relay, replicator):
         p50, p99, pmax = (float(x) * 1000 for x in pg.sql(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d), "
             "max(d) FROM (SELECT EXTRACT(EPOCH FROM pg_xact_commit_timestamp(r.xmin) - o.created_at) AS d "
-            "FROM lat_replica r JOIN lat_outbox o ON o.id::text = r.event_id) x").split("|"))
+            "FROM lat_replica r JOIN lat_outbox o ON o.event_id::text = r.event_id) x").split("|"))
         return lat_n, p50, p99, pmax
     finally:
         redis.stop()
         pg.stop()
+
+
+LIVE_TOPICS = 8
+LIVE_CLIENTS = 4
+
+
+def producers(pg, seconds, rate=None):
+    """pgbench producers on their own connections (LIVE_CLIENTS, each
+    insert its own transaction, `synchronous_commit` on as the server
+    says): 1 KB events over LIVE_TOPICS topics. Answers inserts/s."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(f"\\set t random(0, {LIVE_TOPICS - 1})\n"
+                "INSERT INTO message_outbox (topic, payload, headers) "
+                "VALUES ('live' || :t, jsonb_build_object('pad', repeat('x', 1000)), '{}');\n")
+    os.chmod(f.name, 0o644)
+    argv = [f"{PG_BIN}/pgbench", "-n", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+            "-c", str(LIVE_CLIENTS), "-j", "2", "-T", str(seconds), "-f", f.name]
+    if rate:
+        argv += ["-R", str(int(rate))]
+    r = subprocess.run(argv + ["postgres"], capture_output=True, text=True)
+    os.unlink(f.name)
+    if r.returncode != 0:
+        raise SystemExit(f"bench dataplane: pgbench failed: {r.stderr}")
+    return float(re.search(r"tps = ([0-9.]+)", r.stdout).group(1))
+
+
+def backlog(pg):
+    return int(pg.sql("SELECT count(*) FROM message_outbox WHERE status IN ('pending', 'sending')"))
+
+
+def live(warden, root, out, quick):
+    """The live scenario: producers insert while the relay and the
+    replicator run, Redis with an append-only file synced every second."""
+    secs = 3 if quick else 60
+    lat_secs = 2 if quick else 20
+    pg, redis = Postgres(settings=("track_commit_timestamp=on",)), Redis(aof=True)
+    streams = ", ".join(f'"live{i}"' for i in range(LIVE_TOPICS))
+    services = f"""
+[services.relay]
+kind = "outbox-relay"
+postgres = "{pg.dsn}"
+redis = "{redis.url}"
+{RELAY_SETTINGS}
+
+[services.replicator]
+kind = "stream-replicator"
+postgres = "{pg.dsn}"
+redis = "{redis.url}"
+streams = [{streams}]
+{REPLICATOR_SETTINGS}
+"""
+    try:
+        for s in outbox_ddl(root):
+            pg.sql(s)
+        alone = producers(pg, secs)
+        pg.sql("TRUNCATE message_outbox")
+        pg.sql("VACUUM ANALYZE message_outbox")
+
+        def with_warden(aport, timeout):
+            res = {}
+            drained = lambda: backlog(pg) == 0
+            # Unpaced: what the producers get with warden running, and
+            # whether warden keeps up (the backlog at the end, and how long
+            # it takes to drain).
+            res["with"] = producers(pg, secs)
+            res["backlog_end"] = backlog(pg)
+            t = time.perf_counter()
+            timed_until(drained, "the live backlog drained", timeout)
+            res["drain"] = time.perf_counter() - t
+
+            def latency_at(rate):
+                first = int(pg.sql("SELECT COALESCE(max(id), 0) FROM message_outbox"))
+                producers(pg, lat_secs, rate)
+                timed_until(drained, "the paced backlog drained", timeout)
+                total = int(pg.sql(f"SELECT count(*) FROM message_outbox WHERE id > {first}"))
+                timed_until(lambda: int(pg.sql(
+                    f"SELECT count(*) FROM memory_replica r JOIN message_outbox o ON o.event_id::text = r.event_id "
+                    f"WHERE o.id > {first}")) >= total, "the paced events replicated", timeout)
+                return tuple(float(x) * 1000 for x in pg.sql(
+                    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
+                    "percentile_cont(0.99) WITHIN GROUP (ORDER BY d) FROM ("
+                    "SELECT EXTRACT(EPOCH FROM pg_xact_commit_timestamp(r.xmin) - o.created_at) AS d "
+                    "FROM memory_replica r JOIN message_outbox o ON o.event_id::text = r.event_id "
+                    f"WHERE o.id > {first}) x").split("|"))
+            res["lat_1000"] = latency_at(1000)
+            res["rate_90"] = 0.9 * res["with"]
+            res["lat_90"] = latency_at(res["rate_90"])
+            # A transaction that writes, then stays open for the run.
+            pg.sql("CREATE TABLE IF NOT EXISTS live_hold (n int)")
+            holder = subprocess.Popen(
+                [f"{PG_BIN}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                 "-d", "postgres", "-c", "BEGIN", "-c", "INSERT INTO live_hold VALUES (1)",
+                 "-c", f"SELECT pg_sleep({secs + 30})"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            try:
+                res["held"] = producers(pg, secs)
+                res["held_backlog_end"] = backlog(pg)
+            finally:
+                pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE query LIKE '%pg_sleep(%' AND pid <> pg_backend_pid()")
+                holder.terminate()
+                holder.wait()
+            timed_until(drained, "the held backlog drained", timeout)
+            return res
+        res = run_warden(warden, out, "live", services, with_warden)
+    finally:
+        redis.stop()
+        pg.stop()
+    print("### Live: producers inserting while warden runs\n")
+    print(f"pgbench producers ({LIVE_CLIENTS} clients, one insert per transaction, `synchronous_commit` on, "
+          f"fsync on) insert 1 KB events over {LIVE_TOPICS} topics for {secs} s; Redis with "
+          "`appendonly yes`, `appendfsync everysec`; the relay and the replicator with their defaults.\n")
+    print("| | inserts/s | ratio |")
+    print("|---|---:|---:|")
+    print(f"| producers alone (the machine's limit for this load) | {alone:,.0f} | 1.00 |")
+    print(f"| producers with warden running | {res['with']:,.0f} | {res['with'] / alone:.2f} |")
+    print(f"| the same, a writing transaction held open for the run | {res['held']:,.0f} | "
+          f"{res['held'] / alone:.2f} ({res['held'] / res['with']:.2f} of the clean live rate) |")
+    print()
+    print(f"Backlog when the producers stopped: {res['backlog_end']:,} rows (drained {res['drain']:.1f} s later); "
+          f"with the writer held open: {res['held_backlog_end']:,}.\n")
+    p50, p99 = res["lat_1000"]
+    q50, q99 = res["lat_90"]
+    print(f"Commit-to-replica latency: at 1,000 events/s p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+          f"at 90% of the live rate ({res['rate_90']:,.0f}/s) p50 {q50:.1f} ms, p99 {q99:.1f} ms "
+          "(goals: producers with warden ≥ 0.7 of alone, p99 < 10 ms at 90%, ≥ 0.8 of the clean live rate "
+          "with the writer open).\n")
 
 
 def latency_for(services, pg, redis):
@@ -394,3 +523,4 @@ table = "replica_bench"
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {pmax:.1f} ms (goals: p50 under 3 ms, p99 under 10 ms).\n")
     if RELAY_SETTINGS or REPLICATOR_SETTINGS:
         print(f"Settings: relay `{RELAY_SETTINGS}`, replicator `{REPLICATOR_SETTINGS}`.\n")
+    live(warden, root, out, quick)

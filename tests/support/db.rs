@@ -47,6 +47,26 @@ pub fn sql_result(dsn: &str, q: &str) -> Result<u64, tokio_postgres::Error> {
     })
 }
 
+/// Runs one SQL statement, connecting too: its error, or the server's
+/// refusal to connect (it may be restarting), never a panic.
+pub fn try_sql(dsn: &str, q: &str) -> Result<u64, tokio_postgres::Error> {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.execute(q, &[]).await
+    })
+}
+
+/// Runs one SQL statement and returns its rows, connecting too: never a
+/// panic (see [`try_sql`]).
+pub fn try_rows(dsn: &str, q: &str) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    rt().block_on(async {
+        let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.query(q, &[]).await
+    })
+}
+
 /// Runs one Redis command.
 pub fn redis_cmd(url: &str, args: &[&str]) -> redis::Value {
     rt().block_on(async {
