@@ -287,7 +287,7 @@ def backlog(pg):
 def live(warden, root, out, quick):
     """The live scenario: producers insert while the relay and the
     replicator run, Redis with an append-only file synced every second."""
-    secs = 3 if quick else 60
+    secs = 3 if quick else int(os.environ.get("BENCH_LIVE_SECS", "60"))
     lat_secs = 2 if quick else 20
     pg, redis = Postgres(settings=("track_commit_timestamp=on",)), Redis(aof=True)
     streams = ", ".join(f'"live{i}"' for i in range(LIVE_TOPICS))

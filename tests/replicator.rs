@@ -833,3 +833,103 @@ fn each_poison_entry_is_a_dead_letter_alone_with_its_real_reason() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// When PostgreSQL refuses every entry of a batch (a trigger of the
+/// application that raises for every row, a stalled server cancelling
+/// every statement), nothing tells a poison entry from a table-wide
+/// refusal: the entries are delivered again after a pause rather than
+/// dumped into the dead letters at once, and one that is still refused
+/// past `max_deliveries` becomes a dead letter with the real reason. A
+/// refusal that spared some entries of the batch pins the rest, as ever.
+#[test]
+fn a_refusal_of_every_entry_is_tried_again_before_any_dead_letter() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    sql(
+        &pg.dsn,
+        "CREATE TABLE memory_replica (
+            event_id text PRIMARY KEY, stream text NOT NULL, partition_key text,
+            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
+            event_ts timestamptz, replicated_at timestamptz NOT NULL DEFAULT now())",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE FUNCTION maintenance() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.payload->>'p' = 'poison' OR EXISTS (SELECT 1 FROM pg_class WHERE relname = 'closed_for_maintenance') THEN
+                 RAISE EXCEPTION 'the application refuses this order';
+             END IF;
+             RETURN NEW;
+         END $$",
+    );
+    sql(
+        &pg.dsn,
+        "CREATE TRIGGER maintenance BEFORE INSERT ON memory_replica
+         FOR EACH ROW EXECUTE FUNCTION maintenance()",
+    );
+    sql(&pg.dsn, "CREATE TABLE closed_for_maintenance ()");
+    for n in 0..5 {
+        xadd(
+            &redis,
+            "orders",
+            &[("payload", "{}"), ("event_id", &format!("e{n}"))],
+        );
+    }
+    let port = free_port();
+    let registry = format!(
+        r#"
+[api]
+listen = "127.0.0.1:{port}"
+
+[services.rep]
+kind = "stream-replicator"
+postgres = "{pg}"
+redis = "{redis}"
+streams = ["orders"]
+max_deliveries = 4
+"#,
+        pg = pg.dsn,
+        redis = redis.url
+    );
+    let mut w = Warden::start(&registry);
+    w.wait_event("rep", "ready");
+    // Refused as a whole, and again (pauses of 0.5 s, then 1 s): still no
+    // dead letter.
+    w.wait_log("a refused batch", |v| {
+        v["message"]
+            == "PostgreSQL refused every entry of a batch; delivering them again after a pause"
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        sql_result_count(&pg, "SELECT count(*) FROM warden_dlq"),
+        Some(0),
+        "no dead letter while the whole table refuses"
+    );
+    // The maintenance ends: every entry goes in, none is a dead letter.
+    sql(&pg.dsn, "DROP TABLE closed_for_maintenance");
+    wait_until("5 rows", Duration::from_secs(30), || {
+        count(&pg, "SELECT count(*) FROM memory_replica") == 5
+    });
+    // A poison entry alone in its batch: delivered again, then a dead
+    // letter with its real reason once past max_deliveries (4).
+    xadd(
+        &redis,
+        "orders",
+        &[("payload", r#"{"p": "poison"}"#), ("event_id", "poison")],
+    );
+    wait_until(
+        "the poison entry a dead letter",
+        Duration::from_secs(60),
+        || sql_result_count(&pg, "SELECT count(*) FROM warden_dlq") == Some(1),
+    );
+    let reason: String = sql(&pg.dsn, "SELECT reason FROM warden_dlq")[0].get(0);
+    assert!(
+        reason.contains("more than max_deliveries (4)")
+            && reason.contains("the application refuses this order (SQLSTATE P0001"),
+        "{reason}"
+    );
+    assert_eq!(count(&pg, "SELECT count(*) FROM memory_replica"), 5);
+    let (_, s) = get_json(port, "/v1/services/rep");
+    assert_eq!(s["restarts"], 0, "{s:#}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

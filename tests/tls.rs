@@ -260,7 +260,9 @@ tls_ca = "{ca}"
         String::from_utf8_lossy(&out.stderr)
     );
     let entries = j["connect"].as_array().expect("connect entries");
-    assert_eq!(entries.len(), 4, "{j:#}");
+    // db, cache, and the relay's PostgreSQL, table (not made yet: the
+    // relay makes it) and Redis.
+    assert_eq!(entries.len(), 5, "{j:#}");
     for e in entries {
         assert_eq!(e["ok"], true, "{e:#}");
     }
@@ -377,8 +379,10 @@ redis = "{redis}"
                        unknown issuer (set tls_ca to the CA that signed it)";
     assert_eq!(error_of(&j, "db"), pg_words);
     assert_eq!(error_of(&j, "cache"), redis_words);
-    // The relay's two endpoints: its PostgreSQL (require + another CA) and
-    // its Redis without tls_ca (the system's roots do not know the CA).
+    // The relay's endpoints: its PostgreSQL (require + another CA), the
+    // check of its table there (the same connection, refused the same
+    // way), and its Redis without tls_ca (the system's roots do not know
+    // the CA).
     let relay: Vec<String> = j["connect"]
         .as_array()
         .expect("connect entries")
@@ -390,7 +394,14 @@ redis = "{redis}"
         })
         .map(|e| e["error"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert_eq!(relay, vec![pg_words.to_string(), redis_words.to_string()]);
+    assert_eq!(
+        relay,
+        vec![
+            pg_words.to_string(),
+            pg_words.to_string(),
+            redis_words.to_string()
+        ]
+    );
 }
 
 #[test]

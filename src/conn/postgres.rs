@@ -40,7 +40,8 @@ pub async fn config(
         ("lock_timeout", target.limits.lock),
     ] {
         if let Some(d) = limit {
-            options.push_str(&format!(" -c {name}={}", d.as_millis().max(1)));
+            // 0 is the server's own "no limit", as written.
+            options.push_str(&format!(" -c {name}={}", d.as_millis()));
         }
     }
     if !options.is_empty() {

@@ -60,6 +60,10 @@ pub struct Horizon {
     next_sweep: Instant,
     /// How often a claim scans from the start.
     sweep_every: Duration,
+    /// Whether the claim under way is a sweep (only a sweep brings the
+    /// bound back to rows below it: a retry claimed alone must not drag
+    /// the claims after it through the range the bound skips).
+    sweeping: bool,
 }
 
 /// The start of every table: the lowest `bigint`. Any id may be in use
@@ -88,6 +92,7 @@ impl Horizon {
             retries: BTreeMap::new(),
             next_sweep: now,
             sweep_every,
+            sweeping: false,
         }
     }
 
@@ -101,7 +106,8 @@ impl Horizon {
     /// counts as done).
     pub fn claim_from(&mut self, now: Instant) -> i64 {
         self.retries.retain(|_, due| *due + RETRY_GRACE > now);
-        if self.sweep_due(now) {
+        self.sweeping = self.sweep_due(now);
+        if self.sweeping {
             self.next_sweep = now + self.sweep_every;
             return START;
         }
@@ -134,7 +140,8 @@ impl Horizon {
     /// lie below the bound (a sweep found them: ids handed out in blocks,
     /// a replay, a sequence started again) brings the bound back to just
     /// past them: more may come there, and the claims after it go on from
-    /// there. The bound never passes a retry this worker tracks.
+    /// there (a sweep only: see [`Horizon::claim_from`]). The bound never
+    /// passes a retry this worker tracks.
     pub fn claimed(&mut self, ids: &[i64], full: bool, xmin: i64, xmax: i64) {
         for id in ids {
             self.retries.remove(id);
@@ -142,6 +149,7 @@ impl Horizon {
         let top = ids.iter().max().copied();
         if let Some(top) = top
             && top < self.low
+            && std::mem::take(&mut self.sweeping)
         {
             self.low = top.saturating_add(1);
             self.waiting.clear();
@@ -261,11 +269,17 @@ mod tests {
         // A sweep claims an old row (a late commit) below the bound: the
         // bound comes back past it (a sequence started again would put
         // the next rows there), and never lower for a candidate.
+        assert_eq!(h.claim_from(t + SWEEP), START);
         h.claimed(&[5], false, 3, 4);
         assert_eq!(h.claim_from(t), 6);
+        assert_eq!(h.claim_from(t + SWEEP * 2), START);
         h.claimed(&[3], false, 4, 5);
-        assert_eq!(h.claim_from(t), 4, "a claim below it again");
+        assert_eq!(h.claim_from(t), 4, "a sweep below it again");
         h.claimed(&[], false, 5, 6);
+        assert_eq!(h.claim_from(t), 4);
+        // A claim that is not a sweep never brings it down (a retry
+        // claimed alone, rows another worker gave back).
+        h.claimed(&[2], false, 5, 6);
         assert_eq!(h.claim_from(t), 4);
         // The claims from there go on up, and the bound with them.
         h.claimed(&[11], false, 6, 7);
@@ -334,6 +348,7 @@ mod tests {
         h.claimed(&[], false, 2, 3);
         assert_eq!(h.claim_from(t), 51);
         // Row 20, claimed by a sweep, is refused and retried in a minute.
+        assert_eq!(h.claim_from(t + SWEEP), START);
         h.claimed(&[20], true, 0, i64::MAX);
         h.returned(&[20], t + Duration::from_secs(60));
         assert_eq!(h.claim_from(t), 21, "the sweep took the bound back");

@@ -171,6 +171,29 @@ pub async fn adopt(
     tx: &str,
     indexes: &[(String, String)],
 ) -> Result<(), ServiceError> {
+    // The DDL is not one of the rounds the session's limits are for: an
+    // index built concurrently on a large table takes as long as it takes
+    // (and waits for every older transaction first). The limits come back
+    // afterwards, whatever happened.
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .map_err(pg)?;
+    let done = adopt_unlimited(client, table, tx, indexes).await;
+    let reset = client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await
+        .map_err(pg);
+    done.and(reset)
+}
+
+/// [`adopt`], on a session without statement or lock limits.
+async fn adopt_unlimited(
+    client: &tokio_postgres::Client,
+    table: &str,
+    tx: &str,
+    indexes: &[(String, String)],
+) -> Result<(), ServiceError> {
     // Short attempts at the table's lock (for the trigger), so that the
     // producers queued behind an attempt wait at most its 200 ms.
     let mut attempt = 0u32;
@@ -688,10 +711,11 @@ impl Claimed {
         }
     }
 
-    /// Whether every row the claim asked for (`asked`) was due: more may
-    /// wait beyond those it took.
+    /// Whether more rows may wait beyond those the claim took: every row
+    /// it asked for (`asked`) was due, or `size` cut the batch short of
+    /// the rows it had locked.
     pub fn full(&self, asked: i64) -> bool {
-        self.due >= asked
+        self.due >= asked || (self.rows.len() as i64) < self.due
     }
 }
 
@@ -926,8 +950,9 @@ COMMIT;
         let bounded = if size.is_some() {
             "
 b AS (
-    SELECT id FROM (SELECT id, size, sum(size) OVER (ORDER BY id) - size AS before FROM c) w
-    WHERE before = 0 OR before + size <= $4),"
+    SELECT id FROM (SELECT id, size, sum(size) OVER (ORDER BY id) - size AS before,
+                           row_number() OVER (ORDER BY id) AS n FROM c) w
+    WHERE n = 1 OR before + size <= $4),"
         } else {
             ""
         };

@@ -144,6 +144,21 @@ struct Replicating {
     /// When replayed dead letters past `dlq_keep_replayed` were last
     /// deleted.
     last_prune: Option<Instant>,
+    /// Why PostgreSQL last refused an entry that is being delivered again
+    /// (by [`entry_key`]): the reason its dead letter gives, should it
+    /// pass `max_deliveries`.
+    refusals: HashMap<String, String>,
+    /// Batches in a row whose every entry PostgreSQL refused.
+    refused_rounds: u32,
+}
+
+/// How many refusals [`Replicating::refusals`] keeps; past that it starts
+/// afresh (a dead letter then gives the delivery count alone).
+const MAX_REFUSALS: usize = 10_000;
+
+/// An entry's key among the refusals: its stream and id.
+fn entry_key(e: &Entry) -> String {
+    format!("{} {}", e.stream, e.id)
 }
 
 /// A Redis error in words, passwords masked.
@@ -198,6 +213,8 @@ impl Service for Replicator {
                 cleanup: true,
                 last_stats: None,
                 last_prune: None,
+                refusals: HashMap::new(),
+                refused_rounds: 0,
             };
             // Redis must be there at start: the groups are made now.
             self.connect(&mut state)
@@ -571,10 +588,15 @@ impl Replicator {
         let mut dead: Vec<(&Entry, String)> = Vec::new();
         for e in &entries {
             if e.deliveries > max {
+                let last = state
+                    .refusals
+                    .get(&entry_key(e))
+                    .map(|why| format!("; last refused: {why}"))
+                    .unwrap_or_default();
                 dead.push((
                     e,
                     format!(
-                        "delivered {} times, more than max_deliveries ({max})",
+                        "delivered {} times, more than max_deliveries ({max}){last}",
                         e.deliveries
                     ),
                 ));
@@ -617,12 +639,34 @@ impl Replicator {
             Some(Err(_)) => state.own_first = true,
             _ => {}
         }
+        // Entries delivered again rather than acknowledged: every entry
+        // the batch gave PostgreSQL was refused, and nothing tells a batch
+        // of poison from a table that refuses everything (a trigger that
+        // raises for every row, a stalled server cancelling every
+        // statement). Past `max_deliveries` they become dead letters, with
+        // the reason remembered here.
+        let mut again: Vec<&Entry> = Vec::new();
         let written = match written {
-            Ok((inserted, refused)) => {
-                let applied = events.len() - refused.len();
-                dead.extend(refused.into_iter().map(|(i, why)| (events[i].0, why)));
+            Ok(a) if !a.went_in && !a.refused.is_empty() => {
+                tracing::warn!(entries = a.refused.len(), error = %a.refused[0].1, "PostgreSQL refused every entry of a batch; delivering them again after a pause");
+                if state.refusals.len() > MAX_REFUSALS {
+                    state.refusals.clear();
+                }
+                for (i, why) in a.refused {
+                    let e = events[i].0;
+                    state.refusals.insert(entry_key(e), why);
+                    again.push(e);
+                }
                 match write_dead(&mut client, replica, &state.name, &dead, within).await {
-                    Ok(()) => Ok((inserted, applied)),
+                    Ok(()) => Ok((0, 0)),
+                    Err(f) => Err(f),
+                }
+            }
+            Ok(a) => {
+                let applied = events.len() - a.refused.len();
+                dead.extend(a.refused.into_iter().map(|(i, why)| (events[i].0, why)));
+                match write_dead(&mut client, replica, &state.name, &dead, within).await {
+                    Ok(()) => Ok((a.inserted, applied)),
                     Err(f) => Err(f),
                 }
             }
@@ -670,7 +714,9 @@ impl Replicator {
         for s in &self.spec.streams {
             let ids: Vec<&str> = entries
                 .iter()
-                .filter(|e| &e.stream == s)
+                .filter(|e| {
+                    &e.stream == s && !again.iter().any(|a| a.id == e.id && a.stream == e.stream)
+                })
                 .map(|e| e.id.as_str())
                 .collect();
             if !ids.is_empty() {
@@ -696,7 +742,25 @@ impl Replicator {
         ctx.details().set("applied", state.applied);
         ctx.details().set("duplicates", state.duplicates);
         ctx.details().set("dead_letters", state.dead);
-        Ok(None)
+        for e in &entries {
+            if !again.iter().any(|a| a.id == e.id && a.stream == e.stream) {
+                state.refusals.remove(&entry_key(e));
+            }
+        }
+        if again.is_empty() {
+            state.refused_rounds = 0;
+            return Ok(None);
+        }
+        // Read again as this consumer's own pending entries, counting a
+        // delivery each, after a pause (0.5 s doubling to 5 s).
+        state.own_first = true;
+        state.prefetched = None;
+        let pause = super::data::doubling(state.refused_rounds, Duration::from_secs(5));
+        state.refused_rounds += 1;
+        if let Some(why) = state.refusals.get(&entry_key(again[0])) {
+            ctx.details().set("last_error", why.clone());
+        }
+        Ok(Some(pause))
     }
 
     /// Pending (delivered, not acknowledged) plus not yet delivered
@@ -808,33 +872,52 @@ pub fn entry_fault(code: &str) -> bool {
     CLASSES.iter().any(|c| code.starts_with(c)) || code == "57014"
 }
 
+/// What applying a batch came to.
+struct Applied {
+    /// Rows inserted (the rest of what went in were duplicates).
+    inserted: u64,
+    /// Entries refused, by index in the batch, with PostgreSQL's reason.
+    refused: Vec<(usize, String)>,
+    /// Whether any statement of the batch went in.
+    went_in: bool,
+}
+
+/// How many single entries refused for a reason that is not theirs
+/// (outside [`entry_fault`]), before anything of the batch went in, it
+/// takes to call the table at fault rather than the entries.
+const UNDECIDED: usize = 4;
+
 /// Applies `events`, splitting a refused statement in halves until each
-/// refusal is pinned to one entry: answers the rows inserted and, by
-/// index in `events`, the entries refused with PostgreSQL's reason. A
-/// single entry refused for anything but its own fault ([`entry_fault`])
-/// is one too once another entry of the batch went in; when none has,
-/// the table is at fault (dropped, no permission) and the round fails.
+/// refusal is pinned to one entry. A single entry refused for anything
+/// but its own fault ([`entry_fault`]) is one too once another entry of
+/// the batch went in; when none does (a few such, or all), the table is
+/// at fault (dropped, no permission) and the round fails.
 async fn insert_split(
     client: &deadpool_postgres::Object,
     replica: &sql::Replica,
     events: &[(&Entry, stream::Event)],
     within: Option<Duration>,
-) -> Result<(u64, Vec<(usize, String)>), Fault> {
-    let mut inserted = 0;
-    let mut refused = Vec::new();
+) -> Result<Applied, Fault> {
+    let mut applied = Applied {
+        inserted: 0,
+        refused: Vec::new(),
+        went_in: false,
+    };
     if events.is_empty() {
-        return Ok((inserted, refused));
+        return Ok(applied);
     }
     let apply = answer(within, client.prepare_cached(&replica.apply())).await?;
-    let mut went_in = false;
+    // Single entries refused for a reason not theirs, while nothing had
+    // gone in: decided once the rest of the batch has been tried.
+    let mut undecided: Vec<(usize, String)> = Vec::new();
     // Ranges of `events`, the next on top.
     let mut todo = vec![(0, events.len())];
     while let Some((lo, hi)) = todo.pop() {
         let attempt = insert_events(&***client, &apply, replica, &events[lo..hi]);
         let e = match super::data::within(within, attempt).await? {
             Ok(n) => {
-                inserted += n;
-                went_in = true;
+                applied.inserted += n;
+                applied.went_in = true;
                 continue;
             }
             Err(e) if super::data::is_lost(&e) => return Err(Fault::from(e)),
@@ -848,13 +931,23 @@ async fn insert_split(
             let mid = lo + (hi - lo) / 2;
             todo.push((mid, hi));
             todo.push((lo, mid));
-        } else if went_in || e.code().is_some_and(|c| entry_fault(c.code())) {
-            refused.push((lo, words));
+        } else if applied.went_in || e.code().is_some_and(|c| entry_fault(c.code())) {
+            applied.refused.push((lo, words));
         } else {
-            return Err(Fault::Fatal(ServiceError(words)));
+            undecided.push((lo, words));
+            if undecided.len() >= UNDECIDED {
+                break;
+            }
         }
     }
-    Ok((inserted, refused))
+    if let Some((_, words)) = undecided.first() {
+        if !applied.went_in {
+            return Err(Fault::Fatal(ServiceError(words.clone())));
+        }
+        applied.refused.extend(undecided);
+        applied.refused.sort_by_key(|(i, _)| *i);
+    }
+    Ok(applied)
 }
 
 /// Writes the dead letters `dead`, in one statement. One that PostgreSQL
