@@ -308,7 +308,10 @@ streams = [{streams}]
     try:
         for s in outbox_ddl(root):
             pg.sql(s)
+        wal = lambda: int(pg.sql("SELECT pg_current_wal_lsn() - '0/0'"))
+        w0 = wal()
         alone = producers(pg, secs)
+        wal_alone = (wal() - w0) / (alone * secs)
         pg.sql("TRUNCATE message_outbox")
         pg.sql("VACUUM ANALYZE message_outbox")
 
@@ -317,12 +320,23 @@ streams = [{streams}]
             drained = lambda: backlog(pg) == 0
             # Unpaced: what the producers get with warden running, and
             # whether warden keeps up (the backlog at the end, and how long
-            # it takes to drain).
+            # it takes to drain). What each event cost the server: WAL
+            # bytes, and the outbox's row versions (updates, HOT or not).
+            stats = lambda: [int(x) for x in pg.sql(
+                "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables "
+                "WHERE relname = 'message_outbox'").split("|")]
+            w1, s1 = wal(), stats()
             res["with"] = producers(pg, secs)
             res["backlog_end"] = backlog(pg)
             t = time.perf_counter()
             timed_until(drained, "the live backlog drained", timeout)
             res["drain"] = time.perf_counter() - t
+            time.sleep(1)  # the statistics collector
+            events = res["with"] * secs
+            res["wal_with"] = (wal() - w1) / events
+            s2 = stats()
+            res["upd"] = (s2[1] - s1[1]) / events
+            res["hot"] = (s2[2] - s1[2]) / events
 
             def latency_at(rate):
                 first = int(pg.sql("SELECT COALESCE(max(id), 0) FROM message_outbox"))
@@ -376,6 +390,9 @@ streams = [{streams}]
     print()
     print(f"Backlog when the producers stopped: {res['backlog_end']:,} rows (drained {res['drain']:.1f} s later); "
           f"with the writer held open: {res['held_backlog_end']:,}.\n")
+    print(f"What an event costs PostgreSQL: {wal_alone:,.0f} bytes of WAL for the producer's insert alone, "
+          f"{res['wal_with']:,.0f} with warden running (the claim, the mark and the replica's insert); "
+          f"{res['upd']:.2f} updates of the outbox row per event, {res['hot']:.2f} of them HOT.\n")
     p50, p99 = res["lat_1000"]
     q50, q99 = res["lat_90"]
     print(f"Commit-to-replica latency: at 1,000 events/s p50 {p50:.1f} ms, p99 {p99:.1f} ms; "

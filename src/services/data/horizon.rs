@@ -332,6 +332,11 @@ mod tests {
         h.claimed(&[], false, 4, 5);
         assert_eq!(h.claim_from(t), 7);
         assert_eq!(h.next_retry(t), Some(Duration::from_secs(1)));
+        assert_eq!(
+            h.next_retry(t + Duration::from_secs(1)),
+            None,
+            "due now: nothing to wait for"
+        );
         // Claimed when due: the bound is free again.
         assert_eq!(h.claim_from(t + Duration::from_secs(1)), 7);
         h.claimed(&[7, 10], false, 5, 6);
@@ -494,6 +499,34 @@ mod tests {
         h.claimed(&[20], false, 7, 8);
         h.claimed(&[21, 22], true, 8, 9);
         assert_eq!(h.claim_from(t), 21);
+    }
+
+    #[test]
+    fn a_full_claim_that_reached_a_candidate_exactly_releases_it() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10], false, 1, 5);
+        // Full, its rows up to 10 again (given back and claimed anew):
+        // it went as far as the candidate, 11.
+        h.claimed(&[9, 10], true, 5, 6);
+        assert_eq!(h.claim_from(t), 11);
+    }
+
+    #[test]
+    fn a_sweep_that_takes_the_row_at_the_bound_keeps_the_candidates() {
+        let t = Instant::now();
+        let mut h = started(t);
+        h.claimed(&[10], false, 1, 2);
+        h.claimed(&[], false, 2, 3);
+        assert_eq!(h.claim_from(t), 11);
+        // A candidate waits for transaction 3.
+        h.claimed(&[20], false, 2, 4);
+        // A sweep takes row 11, at the bound, not below it.
+        assert_eq!(h.claim_from(t + SWEEP), START);
+        h.claimed(&[11], false, 2, 5);
+        assert_eq!(h.claim_from(t), 11, "the candidate still waits");
+        h.claimed(&[], false, 5, 6);
+        assert_eq!(h.claim_from(t), 21, "and is released");
     }
 
     #[test]
