@@ -1051,17 +1051,15 @@ fn after_a_sequence_reset_new_rows_come_with_the_next_claim() {
     assert_eq!(w.exit_code(), 0);
 }
 
-/// Large rows over a slow link: a batch Redis cannot take within half
-/// the lease is given back and claimed again smaller, until it fits (a
-/// single row that cannot is charged, not retried for ever). The batch
-/// was released uncharged and claimed again, whole, after each backoff:
-/// each cycle published the rows that had got through once more, the
-/// stream grew without end, and the rows stayed `pending`.
-#[test]
-fn a_batch_too_large_for_the_link_is_split_until_it_fits() {
-    let (pg, redis) = (Postgres::start(), Redis::start());
-    let link = support::proxy::Proxy::start(redis.port);
-    // 200 KB/s: half of a 2 s lease carries about four 50 KB rows.
+/// A relay to `redis` through a TCP proxy that forwards 200 KB/s (half
+/// of its 2 s lease carries about four 50 KB rows), claiming 20 rows at a
+/// time, with `extra` settings; answers its API port and warden, ready.
+fn relay_over_a_slow_link(
+    pg: &Postgres,
+    redis: &Redis,
+    link: &support::proxy::Proxy,
+    extra: &str,
+) -> (u16, Warden) {
     link.limit(200_000);
     let port = free_port();
     let registry = format!(
@@ -1076,12 +1074,27 @@ redis = "{redis}"
 stream_prefix = "app."
 lease = "2s"
 batch = 20
+{extra}
 "#,
         pg = pg.dsn,
         redis = link.url(&redis.url, redis.port)
     );
     let mut w = Warden::start(&registry);
     w.wait_event("relay", "ready");
+    (port, w)
+}
+
+/// Large rows over a slow link: a batch Redis cannot take within half
+/// the lease is given back and claimed again smaller, until it fits (a
+/// single row that cannot is charged, not retried for ever). The batch
+/// was released uncharged and claimed again, whole, after each backoff:
+/// each cycle published the rows that had got through once more, the
+/// stream grew without end, and the rows stayed `pending`.
+#[test]
+fn a_batch_too_large_for_the_link_is_split_until_it_fits() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let link = support::proxy::Proxy::start(redis.port);
+    let (_, mut w) = relay_over_a_slow_link(&pg, &redis, &link, "");
     sql(
         &pg.dsn,
         "INSERT INTO message_outbox (topic, payload)
@@ -1117,27 +1130,7 @@ batch = 20
 fn batch_bytes_bounds_each_pipeline() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let link = support::proxy::Proxy::start(redis.port);
-    link.limit(200_000);
-    let port = free_port();
-    let registry = format!(
-        r#"
-[api]
-listen = "127.0.0.1:{port}"
-
-[services.relay]
-kind = "outbox-relay"
-postgres = "{pg}"
-redis = "{redis}"
-stream_prefix = "app."
-lease = "2s"
-batch = 20
-batch_bytes = "64KiB"
-"#,
-        pg = pg.dsn,
-        redis = link.url(&redis.url, redis.port)
-    );
-    let mut w = Warden::start(&registry);
-    w.wait_event("relay", "ready");
+    let (port, mut w) = relay_over_a_slow_link(&pg, &redis, &link, "batch_bytes = \"64KiB\"");
     sql(
         &pg.dsn,
         "INSERT INTO message_outbox (topic, payload)

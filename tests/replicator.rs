@@ -63,6 +63,13 @@ fn pending(redis: &Redis, stream: &str) -> i64 {
     }
 }
 
+/// The built-in replica table, made ahead of the replicator (so that a
+/// test can put a trigger of its own on it).
+const REPLICA: &str = "CREATE TABLE memory_replica (
+    event_id text PRIMARY KEY, stream text NOT NULL, partition_key text,
+    payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
+    event_ts timestamptz, replicated_at timestamptz NOT NULL DEFAULT now())";
+
 fn details(port: u16) -> Json {
     get_json(port, "/v1/services/rep").1
 }
@@ -716,13 +723,7 @@ fn each_poison_entry_is_a_dead_letter_alone_with_its_real_reason() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     // The replica made ahead, with a trigger of the application's that
     // refuses some events and takes too long over others.
-    sql(
-        &pg.dsn,
-        "CREATE TABLE memory_replica (
-            event_id text PRIMARY KEY, stream text NOT NULL, partition_key text,
-            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
-            event_ts timestamptz, replicated_at timestamptz NOT NULL DEFAULT now())",
-    );
+    sql(&pg.dsn, REPLICA);
     sql(
         &pg.dsn,
         "CREATE FUNCTION app_check() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -844,13 +845,7 @@ fn each_poison_entry_is_a_dead_letter_alone_with_its_real_reason() {
 #[test]
 fn a_refusal_of_every_entry_is_tried_again_before_any_dead_letter() {
     let (pg, redis) = (Postgres::start(), Redis::start());
-    sql(
-        &pg.dsn,
-        "CREATE TABLE memory_replica (
-            event_id text PRIMARY KEY, stream text NOT NULL, partition_key text,
-            payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}',
-            event_ts timestamptz, replicated_at timestamptz NOT NULL DEFAULT now())",
-    );
+    sql(&pg.dsn, REPLICA);
     sql(
         &pg.dsn,
         "CREATE FUNCTION maintenance() RETURNS trigger LANGUAGE plpgsql AS $$

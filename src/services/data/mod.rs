@@ -104,6 +104,17 @@ pub fn check_session_limits(
     }
 }
 
+/// `listen_check` is at least a second: a shorter one sends a round trip
+/// more often than the poll would.
+pub fn check_listen(listen_check: Duration, problems: &mut crate::config::kind::Problems<'_>) {
+    problems.at_least(
+        &["listen_check"],
+        listen_check,
+        Duration::from_secs(1),
+        "a shorter one sends a round trip more often than the poll",
+    );
+}
+
 /// The pool of sessions of service `service` (at most `size`, to
 /// `target`): the one its run holds, when it runs with the same target
 /// and size, so that an action shares the run's sessions; else a new one,

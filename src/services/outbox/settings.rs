@@ -109,12 +109,7 @@ impl Settings for OutboxRelaySpec {
     fn check(&self, problems: &mut Problems<'_>) {
         crate::services::data::check_pool_size(self.pool_size, problems);
         crate::services::data::check_session_limits(&self.pg().limits, problems);
-        problems.at_least(
-            &["listen_check"],
-            self.listen_check,
-            Duration::from_secs(1),
-            "a shorter one sends a round trip more often than the poll",
-        );
+        crate::services::data::check_listen(self.listen_check, problems);
         problems.at_least(
             &["poll_interval"],
             self.poll_interval,
