@@ -380,6 +380,32 @@ mod tests {
     }
 
     #[test]
+    fn every_text_reply_reads_as_text_nul_and_bad_utf8_replaced() {
+        assert_eq!(text(&bulk("a")), Some("a".to_string()));
+        assert_eq!(
+            text(&Value::SimpleString("OK".into())),
+            Some("OK".to_string())
+        );
+        assert_eq!(
+            text(&Value::VerbatimString {
+                format: redis::VerbatimFormat::Text,
+                text: "v".into()
+            }),
+            Some("v".to_string())
+        );
+        assert_eq!(text(&Value::Int(-7)), Some("-7".to_string()));
+        assert_eq!(text(&Value::Nil), None);
+        assert_eq!(text(&bulk("a\0b")), Some("a\u{FFFD}b".to_string()));
+        assert_eq!(
+            text(&Value::BulkString(vec![b'x', 0xff])),
+            Some("x\u{FFFD}".to_string())
+        );
+        assert_eq!(int(&Value::Int(3)), Some(3));
+        assert_eq!(int(&bulk("12")), Some(12));
+        assert_eq!(int(&bulk("x")), None);
+    }
+
+    #[test]
     fn redis_time_is_read_in_milliseconds() {
         let reply = Value::Array(vec![bulk("1700000000"), bulk("123456")]);
         assert_eq!(redis_time_ms(&reply), Some(1_700_000_000_123.456));
