@@ -364,6 +364,8 @@ mod tests {
         assert_eq!(ev.event_id, "s:1700000000123-4");
         assert_eq!(ev.ms, 1_700_000_000_123.0);
         assert_eq!(ev.headers, "{}");
+        let with_headers = e(&[("payload", "{}"), ("headers", r#"{"h": 1}"#)]);
+        assert_eq!(with_headers.event().unwrap().headers, r#"{"h": 1}"#);
         assert_eq!(
             e(&[("payload", "nope")]).event(),
             Err("the payload is not JSON".to_string())
