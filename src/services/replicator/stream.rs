@@ -408,6 +408,24 @@ mod tests {
     }
 
     #[test]
+    fn an_entrys_fields_are_kept_as_a_json_object_of_strings() {
+        let e = Entry {
+            stream: "s".into(),
+            id: "1-0".into(),
+            fields: vec![
+                ("payload".into(), "{}".into()),
+                ("q\"uote".into(), "v\u{FFFD}".into()),
+            ],
+            deliveries: 1,
+        };
+        let json: serde_json::Value = serde_json::from_str(&e.fields_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"payload": "{}", "q\"uote": "v\u{FFFD}"})
+        );
+    }
+
+    #[test]
     fn redis_time_is_read_in_milliseconds() {
         let reply = Value::Array(vec![bulk("1700000000"), bulk("123456")]);
         assert_eq!(redis_time_ms(&reply), Some(1_700_000_000_123.456));
