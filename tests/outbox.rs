@@ -1148,13 +1148,7 @@ fn batch_bytes_bounds_each_pipeline() {
         r[0].get::<_, i64>(0) == 20
     });
     // Two 30 KB rows at most per batch: at least 10 batches for 20 rows.
-    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
-    let metrics = String::from_utf8_lossy(&metrics);
-    let batches = metrics
-        .lines()
-        .find(|l| l.starts_with("warden_outbox_batch_size_count{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no batch histogram in:\n{metrics}"));
+    let batches = batches(port);
     assert!(batches >= 10.0, "{batches} batches for 20 rows of 30 KB");
     assert_eq!(
         redis_cmd(&redis.url, &["XLEN", "app.orders"]),
@@ -1258,6 +1252,68 @@ fn rows_whose_mark_was_lost_are_not_counted_as_sent() {
     let metrics = String::from_utf8_lossy(&metrics);
     let line = r#"warden_outbox_published_total{service="relay",result="sent"} 7"#;
     assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// The count of `warden_outbox_batch_size` in `/metrics`: batches claimed.
+fn batches(port: u16) -> f64 {
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    metrics
+        .lines()
+        .find(|l| l.starts_with("warden_outbox_batch_size_count{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no batch histogram in:\n{metrics}"))
+}
+
+/// Rows committed one by one, each its own transaction and NOTIFY, while
+/// the relay is busy go out together: after a claim that did not fill its
+/// batch, the next one waits `linger`. Each batch costs PostgreSQL a claim
+/// and a mark and Redis a pipeline, so a claim per arriving row took half
+/// of what the producers could insert on a busy server.
+#[test]
+fn rows_arriving_one_by_one_while_the_relay_is_busy_go_out_together() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "linger = \"1s\""));
+    w.wait_event("relay", "ready");
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"n\": 0}')",
+    );
+    wait_until("the first row", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(1)
+    });
+    // 20 rows, each committed on its own, well within the linger of the
+    // claim that took the first.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = open_session(&rt, &pg.dsn, "");
+    rt.block_on(async {
+        for n in 1..=20 {
+            client
+                .execute(
+                    "INSERT INTO message_outbox (topic, payload) VALUES ('orders', jsonb_build_object('n', $1::int))",
+                    &[&n],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    wait_until("21 entries", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(21)
+    });
+    let entries = stream(&redis.url, "app.orders");
+    let ns: Vec<String> = entries.iter().map(|e| e["payload"].clone()).collect();
+    assert_eq!(ns[20], r#"{"n": 20}"#, "in order: {ns:?}");
+    assert_eq!(
+        batches(port),
+        2.0,
+        "the first row alone, then the 20 that came during the linger"
+    );
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }

@@ -51,6 +51,22 @@ impl<'a> Problems<'a> {
             self.error("invalid-value", path, below_minimum(value, min, why));
         }
     }
+
+    /// An `invalid-value` error about the duration at `path` when it is
+    /// longer than `max`, with `why` a longer one is refused.
+    pub fn at_most(&mut self, path: &[&str], value: Duration, max: Duration, why: &str) {
+        if value > max {
+            self.error(
+                "invalid-value",
+                path,
+                format!(
+                    "{} is above the maximum of {}: {why}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ),
+            );
+        }
+    }
 }
 
 /// The words of a duration below its minimum: `0s is below the minimum of

@@ -229,14 +229,23 @@ struct Relaying {
     outages: u32,
     /// Rows published by this run.
     published: u64,
-    /// Where claims start scanning.
-    horizon: Horizon,
     /// The session kept between wake-ups (none after a failure).
     session: Option<deadpool_postgres::Object>,
+    /// What the next claim asks for.
+    claims: Claims,
+}
+
+/// What the relay's next claim asks for, and from where.
+struct Claims {
+    /// Where claims start scanning.
+    horizon: Horizon,
     /// Rows a claim asks for: `batch`, halved after a batch Redis could
     /// not take within half the lease (a slow link, large rows), and grown
     /// back by a quarter after each batch that went through.
     take: i64,
+    /// When the next claim may run, after a claim that did not fill its
+    /// batch (`linger`).
+    linger: Option<Instant>,
 }
 
 /// A claimed row as the relay sends it, or why it cannot be sent.
@@ -323,12 +332,15 @@ impl Service for Relay {
                 redis: None,
                 outages: 0,
                 published: 0,
-                horizon: Horizon::new(
-                    super::data::horizon::sweep_every(spec.lease),
-                    Instant::now(),
-                ),
                 session: None,
-                take: i64::from(spec.batch.0),
+                claims: Claims {
+                    horizon: Horizon::new(
+                        super::data::horizon::sweep_every(spec.lease),
+                        Instant::now(),
+                    ),
+                    take: i64::from(spec.batch.0),
+                    linger: None,
+                },
             };
             let mut lost = 0u32;
             loop {
@@ -392,9 +404,17 @@ impl Relay {
         &self,
         client: &tokio_postgres::Client,
         st: &Statements,
-        horizon: &mut Horizon,
-        take: i64,
+        claims: &mut Claims,
     ) -> Result<Option<Batch>, super::data::Fault> {
+        let Claims {
+            horizon,
+            take,
+            linger,
+        } = claims;
+        let take = *take;
+        if let Some(until) = linger.take() {
+            tokio::time::sleep_until(until.into()).await;
+        }
         let now = Instant::now();
         if horizon.sweep_due(now) {
             let reaped: Vec<i64> = client
@@ -433,7 +453,12 @@ impl Relay {
         }
         rows.sort_by_key(|r| r.id);
         ids.sort_unstable();
-        horizon.claimed(&ids, claimed.full(take), claimed.xmin, claimed.xmax);
+        let full = claimed.full(take);
+        horizon.claimed(&ids, full, claimed.xmin, claimed.xmax);
+        // Rows are coming one by one: the next claim lets them gather.
+        if !ids.is_empty() && !full && !self.spec.linger.is_zero() {
+            *linger = Some(now + self.spec.linger);
+        }
         let Some(token) = token else {
             return Ok(None);
         };
@@ -508,15 +533,17 @@ impl Relay {
                     Ok(())
                 }
             },
-            step(within, self.claim(client, &st, &mut state.horizon, state.take))
+            step(within, self.claim(client, &st, &mut state.claims))
         );
         set?;
         let mut next = first?;
         loop {
             let Some(batch) = next.take() else {
                 let now = Instant::now();
-                let mut wait = spec.poll_interval.min(state.horizon.until_sweep(now));
-                if let Some(retry) = state.horizon.next_retry(now) {
+                let mut wait = spec
+                    .poll_interval
+                    .min(state.claims.horizon.until_sweep(now));
+                if let Some(retry) = state.claims.horizon.next_retry(now) {
                     wait = wait.min(retry);
                 }
                 return Ok(Next::Idle(wait.max(Duration::from_millis(10))));
@@ -558,11 +585,7 @@ impl Relay {
                     if ctx.is_cancelled() {
                         Ok(None)
                     } else {
-                        step(
-                            within,
-                            self.claim(client, &st, &mut state.horizon, state.take),
-                        )
-                        .await
+                        step(within, self.claim(client, &st, &mut state.claims)).await
                     }
                 }
             );
@@ -588,11 +611,7 @@ impl Relay {
                         // Back uncharged, and claimed again with a lease,
                         // and a time, of its own.
                         step(within, self.release(client, &st, state, &batch)).await?;
-                        next = step(
-                            within,
-                            self.claim(client, &st, &mut state.horizon, state.take),
-                        )
-                        .await?;
+                        next = step(within, self.claim(client, &st, &mut state.claims)).await?;
                         continue;
                     }
                     let rows = batch.rows.len();
@@ -610,18 +629,14 @@ impl Relay {
                         // link. It goes back uncharged, and the claims ask
                         // for half as many rows.
                         step(within, self.release(client, &st, state, &batch)).await?;
-                        state.take = (rows as i64 / 2).max(1);
+                        state.claims.take = (rows as i64 / 2).max(1);
                         tracing::warn!(
                             rows,
                             bytes,
-                            take = state.take,
+                            take = state.claims.take,
                             "Redis took longer than half the lease over a batch; claiming fewer rows"
                         );
-                        next = step(
-                            within,
-                            self.claim(client, &st, &mut state.horizon, state.take),
-                        )
-                        .await?;
+                        next = step(within, self.claim(client, &st, &mut state.claims)).await?;
                         continue;
                     }
                     // One row that does not fit: that row's fault.
@@ -641,7 +656,8 @@ impl Relay {
                 // Back towards `batch` by a quarter at a time: a link that
                 // took half as much must not be tried with double at once.
                 let batch_size = i64::from(spec.batch.0);
-                state.take = (state.take + (state.take / 4).max(1)).min(batch_size);
+                state.claims.take =
+                    (state.claims.take + (state.claims.take / 4).max(1)).min(batch_size);
             }
             if let Sent::Outage(msg) = sent {
                 state.redis = None;
@@ -657,11 +673,7 @@ impl Relay {
             if next.is_none() && reclaim && !ctx.is_cancelled() {
                 // The batch after a row too large for the link was given
                 // back: claimed again now, not at the poll.
-                next = step(
-                    within,
-                    self.claim(client, &st, &mut state.horizon, state.take),
-                )
-                .await?;
+                next = step(within, self.claim(client, &st, &mut state.claims)).await?;
             }
             if ctx.is_cancelled() {
                 if let Some(b) = next.take() {
@@ -728,7 +740,7 @@ impl Relay {
         client
             .execute(&st.release, &[&batch.ids, &batch.token])
             .await?;
-        state.horizon.returned(&batch.ids, Instant::now());
+        state.claims.horizon.returned(&batch.ids, Instant::now());
         Ok(())
     }
 
@@ -804,7 +816,7 @@ impl Relay {
                     let result = if failed { "failed" } else { "retry" };
                     if !failed {
                         let due = Duration::from_secs_f64(due.clamp(0.0, 86_400.0));
-                        state.horizon.returned(&[id], now + due);
+                        state.claims.horizon.returned(&[id], now + due);
                     }
                     metrics::published(name, result, 1);
                     tracing::warn!(id, error = %error, result, "Redis refused a row");

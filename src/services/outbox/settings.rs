@@ -28,6 +28,13 @@ config_table! {
         pub max_retries: u32 = 10,
         /// Fallback poll when no NOTIFY arrives.
         pub poll_interval: Duration = Duration::from_secs(1),
+        /// While rows keep coming, how long after a claim that did not
+        /// fill its batch the next claim waits, so that rows arriving one
+        /// by one go out in batches: each batch costs PostgreSQL a claim
+        /// and a mark, and Redis a pipeline, whatever its size. A claim
+        /// after an idle wait (the first row after a quiet spell) does not
+        /// wait. `0s` claims again at once.
+        pub linger: Duration = Duration::from_millis(2),
         /// Delete rows once published instead of marking them sent.
         pub delete_sent: bool = false,
         /// Rows claimed per batch.
@@ -116,6 +123,12 @@ impl Settings for OutboxRelaySpec {
             MIN_POLL_INTERVAL,
             "a shorter poll queries PostgreSQL without pause",
         );
+        problems.at_most(
+            &["linger"],
+            self.linger,
+            MAX_LINGER,
+            "each row may wait this long before it is claimed; batches fill by themselves when rows come faster than the relay sends them",
+        );
         problems.at_least(
             &["lease"],
             self.lease,
@@ -132,6 +145,9 @@ impl Settings for OutboxRelaySpec {
 /// The shortest `poll_interval` of the data kinds: below it the fallback
 /// poll is a busy loop on PostgreSQL.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest `linger`.
+pub const MAX_LINGER: Duration = Duration::from_secs(1);
 
 /// The shortest relay `lease`: the relay waits for Redis up to half the
 /// lease but at least 1 s, which must still be within the lease.
