@@ -180,6 +180,7 @@ def run_warden(warden, out, name, services, until, timeout=600):
         f.write(f"[api]\nlisten = \"127.0.0.1:{aport}\"\n{services}")
     log = open(os.path.join(out, f"dataplane-{name}.log"), "w")
     w = subprocess.Popen([warden, "run", "-c", reg], stdout=log, stderr=log)
+    WARDEN[:] = [w.pid]
     try:
         deadline = time.time() + 60
         while not ready(f"http://127.0.0.1:{aport}/v1/health"):
@@ -289,6 +290,40 @@ def producers(pg, seconds, rate=None, table="message_outbox", stamp=False):
     return float(re.search(r"tps = ([0-9.]+)", r.stdout).group(1))
 
 
+def cpu(pg, redis):
+    """CPU seconds spent so far by warden, by `pg` (its postmaster, its live
+    processes and the backends the postmaster has reaped) and by `redis`:
+    what an event costs each, a figure the disk's drift does not move."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        # ppid, own time (user + system), reaped children's time
+        procs[int(pid)] = (int(fields[1]), int(fields[11]) + int(fields[12]),
+                           int(fields[13]) + int(fields[14]))
+
+    def tree(root):
+        """`root` and its live descendants, each with its reaped children."""
+        used, level = 0, {root} & procs.keys()
+        while level:
+            used += sum(procs[p][1] + procs[p][2] for p in level)
+            level = {p for p, (pp, _, _) in procs.items() if pp in level}
+        return used
+    return {"warden": tree(WARDEN[0]) / tick if WARDEN else 0.0,
+            "postgres": tree(pg.proc.pid) / tick, "redis": tree(redis.proc.pid) / tick}
+
+
+# The pid of the warden `run_warden` runs.
+WARDEN = []
+
+
 def backlog(pg):
     return int(pg.sql("SELECT count(*) FROM message_outbox WHERE status IN ('pending', 'sending')"))
 
@@ -345,24 +380,32 @@ streams = [{streams}]
                 "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables "
                 "WHERE relname = 'message_outbox'").split("|")]
             s1 = stats()
+            spent = {"alone": {}, "with": {}}
+
+            def charge(which, before):
+                for k, v in cpu(pg, redis).items():
+                    spent[which][k] = spent[which].get(k, 0) + v - before[k]
             for _ in range(pairs):
-                w = wal()
+                w, c = wal(), cpu(pg, redis)
                 rate = producers(pg, window, table=twin)
+                charge("alone", c)
                 res["alone"].append(rate)
                 res["wal_alone"] += wal() - w
                 res["n_alone"] += rate * window
                 # Unpaced: what the producers get with warden running, and
                 # whether warden keeps up (the backlog at the end, and how
                 # long it takes to drain).
-                w = wal()
+                w, c = wal(), cpu(pg, redis)
                 rate = producers(pg, window)
                 res["with"].append(rate)
                 res["backlog_end"].append(backlog(pg))
                 t = time.perf_counter()
                 timed_until(drained, "the live backlog drained", timeout)
                 res["drain"].append(time.perf_counter() - t)
+                charge("with", c)
                 res["wal_with"] += wal() - w
                 res["n_with"] += rate * window
+            res["cpu"] = {w: {k: v / res[f"n_{w}"] * 1e6 for k, v in spent[w].items()} for w in spent}
             time.sleep(1)  # the statistics collector
             s2 = stats()
             res["upd"] = (s2[1] - s1[1]) / res["n_with"]
@@ -432,6 +475,12 @@ streams = [{streams}]
           f"producer's insert alone, {res['wal_with'] / res['n_with']:,.0f} with warden running (the relay's "
           f"writes and the replica's insert); {res['upd']:.2f} updates of the outbox row per event, "
           f"{res['hot']:.2f} of them HOT, {res['del']:.2f} deletes.\n")
+    ca, cw = res["cpu"]["alone"], res["cpu"]["with"]
+    print(f"CPU per event (µs, the drift of the disk does not move these): PostgreSQL {ca['postgres']:,.0f} "
+          f"for the producer's insert alone, {cw['postgres']:,.0f} with warden running; warden "
+          f"{cw['warden']:,.0f}; Redis {cw['redis']:,.0f}. Warden's whole cost: "
+          f"{cw['postgres'] - ca['postgres'] + cw['warden'] + cw['redis'] - ca['redis'] - ca['warden']:,.0f} µs "
+          "per event, on 2 cores shared with the producers.\n")
     p50, p99 = res["lat_1000"]
     q50, q99 = res["lat_90"]
     print(f"Commit-to-replica latency (the producer's commit to the replica row's, by commit timestamps): "
