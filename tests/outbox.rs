@@ -1317,3 +1317,85 @@ fn rows_arriving_one_by_one_while_the_relay_is_busy_go_out_together() {
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
 }
+
+/// The last statement of the session that listens for the insert trigger.
+fn listening_statement(dsn: &str) -> String {
+    sql(
+        dsn,
+        "SELECT query FROM pg_stat_activity WHERE query LIKE '%LISTEN%' \
+         AND pid <> pg_backend_pid()",
+    )[0]
+    .get(0)
+}
+
+/// A relay that finds rows claim after claim stops hearing the insert
+/// trigger: each producer's commit would otherwise cost PostgreSQL a
+/// notification to deliver and warden a wake-up to read, for rows the
+/// relay takes anyway. Once the rows stop, it hears again: a single row
+/// later is relayed at once, with a poll of an hour.
+#[test]
+fn a_relay_busy_with_rows_stops_hearing_each_insert_and_hears_again_when_idle() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "linger = \"20ms\""));
+    w.wait_event("relay", "ready");
+    assert_eq!(
+        listening_statement(&pg.dsn),
+        "LISTEN \"message_outbox_inserted\""
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = open_session(&rt, &pg.dsn, "");
+    // 300 rows, one per transaction every 5 ms: every claim finds some.
+    let mut heard = Vec::new();
+    rt.block_on(async {
+        for n in 1..=300 {
+            client
+                .execute(
+                    "INSERT INTO message_outbox (topic, payload) VALUES ('orders', jsonb_build_object('n', $1::int))",
+                    &[&n],
+                )
+                .await
+                .unwrap();
+            if n % 20 == 0 {
+                let row = client
+                    .query_one(
+                        "SELECT query FROM pg_stat_activity WHERE query LIKE '%LISTEN%' \
+                         AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                heard.push(row.get::<_, String>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(
+        heard.iter().any(|q| q.starts_with("UNLISTEN")),
+        "the relay kept hearing every insert while rows kept coming: {heard:?}"
+    );
+    wait_until("300 entries", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(300)
+    });
+    wait_until("the relay listening again", Duration::from_secs(20), || {
+        listening_statement(&pg.dsn).starts_with("LISTEN")
+    });
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"n\": 301}')",
+    );
+    wait_until(
+        "the row after the rush, at once",
+        Duration::from_secs(10),
+        || redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(301),
+    );
+    let entries = stream(&redis.url, "app.orders");
+    let ns: Vec<&str> = entries.iter().map(|e| e["payload"].as_str()).collect();
+    let want: Vec<String> = (1..=301).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    assert_eq!(ns, want, "each row once, in order");
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}

@@ -246,7 +246,18 @@ struct Claims {
     /// When the next claim may run, after a claim that did not fill its
     /// batch (`linger`).
     linger: Option<Instant>,
+    /// Claims in a row that found rows: at [`BUSY`], the relay stops
+    /// hearing the insert trigger (it looks for rows anyway) until a claim
+    /// finds none.
+    streak: u32,
+    hearing: super::data::Hearing,
 }
+
+/// Claims in a row that found rows, after which the relay stops hearing
+/// each producer's notification: rows are coming without pause. Below
+/// it, a relay that wakes for a row now and then keeps listening (each
+/// stop and resume costs the listening session two statements).
+const BUSY: u32 = 3;
 
 /// A claimed row as the relay sends it, or why it cannot be sent.
 fn read_row(r: &tokio_postgres::Row) -> Result<Row, String> {
@@ -296,7 +307,7 @@ impl Service for Relay {
             // Every statement goes through the service's pool; only the
             // LISTEN keeps a session of its own.
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
-            let listener =
+            let mut listener =
                 super::data::listen(&spec.pg(), &t.channel_quoted(), spec.listen_check).await?;
             {
                 let c = super::data::pooled(&pool).await?;
@@ -340,6 +351,8 @@ impl Service for Relay {
                     ),
                     take: i64::from(spec.batch.0),
                     linger: None,
+                    streak: 0,
+                    hearing: listener.hearing(),
                 },
             };
             let mut lost = 0u32;
@@ -367,6 +380,15 @@ impl Service for Relay {
                 };
                 match next {
                     Next::Go => {}
+                    Next::Idle(wait) if listener.stopped() => {
+                        // Deaf while rows kept coming: hear again, then
+                        // look once more before waiting (a row committed
+                        // meanwhile was not notified).
+                        tokio::select! {
+                            _ = listener.resume(wait) => {}
+                            _ = ctx.cancelled() => return Ok(()),
+                        }
+                    }
                     Next::Idle(wait) => tokio::select! {
                         _ = listener.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
@@ -410,6 +432,8 @@ impl Relay {
             horizon,
             take,
             linger,
+            streak,
+            hearing,
         } = claims;
         let take = *take;
         if let Some(until) = linger.take() {
@@ -458,6 +482,14 @@ impl Relay {
         // Rows are coming one by one: the next claim lets them gather.
         if !ids.is_empty() && !full && !self.spec.linger.is_zero() {
             *linger = Some(now + self.spec.linger);
+        }
+        if ids.is_empty() {
+            *streak = 0;
+        } else {
+            *streak += 1;
+            if *streak == BUSY {
+                hearing.stop();
+            }
         }
         let Some(token) = token else {
             return Ok(None);
