@@ -612,21 +612,36 @@ fn open_session(rt: &tokio::runtime::Runtime, dsn: &str, setup: &str) -> tokio_p
 
 #[test]
 fn claims_walk_only_the_live_end_while_a_transaction_holds_vacuum_back() {
+    // A report holds a snapshot for the whole run: no row version the
+    // claims leave behind can be removed, nor its index entry marked dead.
+    claims_walk_only_the_live_end_behind(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class",
+    );
+}
+
+/// A transaction that has written elsewhere and stays open (a batch job, a
+/// migration) holds vacuum back as a report does, and its transaction id
+/// is older than every row: it must not hold the claims' bound either,
+/// as it holds no lock on the outbox nor on its sequence.
+#[test]
+fn claims_walk_only_the_live_end_while_a_writer_elsewhere_stays_open() {
+    claims_walk_only_the_live_end_behind(
+        "CREATE TABLE batch_job (n int); BEGIN; INSERT INTO batch_job VALUES (1)",
+    );
+}
+
+/// Relays 10,000 rows while a session that ran `holder` stays open, and
+/// counts the pending index's entries the claims read.
+fn claims_walk_only_the_live_end_behind(holder: &str) {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, ""));
     w.wait_event("relay", "ready");
-    // A report holds a snapshot for the whole run: no row version the
-    // claims leave behind can be removed, nor its index entry marked dead.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let report = open_session(
-        &rt,
-        &pg.dsn,
-        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class",
-    );
+    let report = open_session(&rt, &pg.dsn, holder);
     const N: i64 = 10_000;
     sql(&pg.dsn, "CREATE EXTENSION pg_stat_statements");
     sql(
@@ -706,6 +721,69 @@ fn a_row_committed_after_rows_with_higher_ids_is_relayed() {
     assert_eq!(
         entries[300]["outbox_id"], "1",
         "the lowest id, relayed last"
+    );
+    w.signal("TERM");
+    assert_eq!(w.exit_code(), 0);
+}
+
+/// While a writer elsewhere holds the oldest transaction (so the claims
+/// look only at transactions holding a lock on the outbox), a producer
+/// that took a low id and commits late still holds the claims' bound: its
+/// row comes with the next claim after its commit, not with a sweep.
+#[test]
+fn a_late_producer_holds_the_bound_while_a_writer_elsewhere_stays_open() {
+    let (pg, redis) = (Postgres::start(), Redis::start());
+    let port = free_port();
+    let mut w = Warden::start(&registry(port, &pg, &redis, "batch = 10"));
+    w.wait_event("relay", "ready");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _job = open_session(
+        &rt,
+        &pg.dsn,
+        "CREATE TABLE batch_job (n int); BEGIN; INSERT INTO batch_job VALUES (1)",
+    );
+    // Just after a sweep: the relay reaps a row whose lease ran out (the
+    // next sweep is 5 s away).
+    sql(
+        &pg.dsn,
+        "INSERT INTO message_outbox (topic, payload, status, claimed_until)
+         VALUES ('orders', '{\"expired\": true}', 'sending', now() - interval '1 hour')",
+    );
+    w.wait_log("a sweep", |v| {
+        v["message"] == "expired leases returned to pending" && v["rows"] == 1
+    });
+    let late = open_session(
+        &rt,
+        &pg.dsn,
+        "BEGIN; INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"late\": true}')",
+    );
+    // 30 claims of 10 rows, one statement each: the bound is held.
+    for n in 0..30 {
+        sql(
+            &pg.dsn,
+            &format!(
+                "INSERT INTO message_outbox (topic, payload)
+                 SELECT 'orders', jsonb_build_object('n', {n} * 10 + i) FROM generate_series(1, 10) i"
+            ),
+        );
+    }
+    wait_until("301 entries", Duration::from_secs(20), || {
+        stream(&redis.url, "app.orders").len() == 301
+    });
+    rt.block_on(late.batch_execute("COMMIT")).unwrap();
+    let committed = std::time::Instant::now();
+    wait_until("the late row", Duration::from_secs(15), || {
+        stream(&redis.url, "app.orders")
+            .iter()
+            .any(|e| e["payload"] == r#"{"late": true}"#)
+    });
+    let took = committed.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "the late row came {took:?} after its commit: it waited for a sweep"
     );
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);

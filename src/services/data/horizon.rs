@@ -20,7 +20,12 @@
 //!   waiting). A snapshot read apart, even just after the claim, could see
 //!   a commit the claim had not, and let the bound pass a row no claim
 //!   had seen. Transactions without a transaction id (reads, reports:
-//!   those that hold vacuum back) never hold the bound;
+//!   those that hold vacuum back) never hold the bound. Nor, once the
+//!   bound is held ([`Horizon::held`]: a candidate waited through a few
+//!   claims), do writers that hold no lock on the table or on its `id`
+//!   sequence (a batch job writing elsewhere): the claim then answers the
+//!   oldest running transaction that holds one, in place of its
+//!   snapshot's `xmin`;
 //! - a row this worker returned to `pending` (released, or a retry not
 //!   yet due): the bound goes back to it, and stays at or below a retry
 //!   until its time has come and gone;
@@ -60,6 +65,9 @@ pub struct Horizon {
     next_sweep: Instant,
     /// How often a claim scans from the start.
     sweep_every: Duration,
+    /// Claims the oldest candidate has waited through (see
+    /// [`Horizon::held`]).
+    front_waits: u32,
     /// Whether the claim under way is a sweep (only a sweep brings the
     /// bound back to rows below it: a retry claimed alone must not drag
     /// the claims after it through the range the bound skips).
@@ -78,6 +86,10 @@ const RETRY_GRACE: Duration = Duration::from_secs(2);
 /// How many retries the bound tracks; past that it stays at the lowest.
 const MAX_TRACKED_RETRIES: usize = 100_000;
 
+/// Claims a candidate waits through before the bound counts as held
+/// ([`Horizon::held`]).
+pub const HELD_AFTER: u32 = 4;
+
 /// How many candidates wait for their transactions; past that the last
 /// two merge (the higher bound behind the later `xmax`: later, never
 /// wrong). A writer held open for an hour keeps every candidate waiting.
@@ -92,6 +104,7 @@ impl Horizon {
             retries: BTreeMap::new(),
             next_sweep: now,
             sweep_every,
+            front_waits: 0,
             sweeping: false,
         }
     }
@@ -159,13 +172,19 @@ impl Horizon {
             (true, Some(top)) => top.saturating_add(1),
             (true, None) => i64::MIN,
         };
+        let mut moved = false;
         while let Some(&(candidate, after)) = self.waiting.front() {
             if xmin < after || candidate > reached {
                 break;
             }
             self.low = self.low.max(candidate);
             self.waiting.pop_front();
+            moved = true;
         }
+        self.front_waits = match (moved, self.waiting.is_empty()) {
+            (false, false) => self.front_waits.saturating_add(1),
+            _ => 0,
+        };
         let Some(top) = top else {
             return;
         };
@@ -189,6 +208,17 @@ impl Horizon {
             }
             _ => self.waiting.push_back((candidate, xmax)),
         }
+    }
+
+    /// Whether the bound is held: its oldest candidate has waited through
+    /// [`HELD_AFTER`] claims for the transactions it waits for. Under load
+    /// one or two claims pass before they end; more, and one of them is
+    /// long, perhaps a writer that never touches this table: the next
+    /// claim then asks which running transactions hold a lock on the
+    /// table or its sequence (see `Leased::claim`), and only those hold
+    /// the bound.
+    pub fn held(&self) -> bool {
+        self.front_waits >= HELD_AFTER
     }
 
     /// Rows `ids` went back to `pending`, due at `due` (released: now).
@@ -285,6 +315,38 @@ mod tests {
         h.claimed(&[11], false, 6, 7);
         h.claimed(&[], false, 7, 8);
         assert_eq!(h.claim_from(t), 12);
+    }
+
+    #[test]
+    fn the_bound_is_held_once_a_candidate_has_waited_through_a_few_claims() {
+        let t = Instant::now();
+        let mut h = started(t);
+        assert!(!h.held(), "nothing waits");
+        h.claimed(&[10], false, 50, 60);
+        assert!(!h.held(), "a candidate just found");
+        // Transaction 50 goes on while claims come and go.
+        for waited in 1..HELD_AFTER {
+            h.claimed(&[10 + i64::from(waited)], false, 50, 60 + i64::from(waited));
+            assert!(!h.held(), "{waited} claims waited");
+        }
+        h.claimed(&[], false, 50, 70);
+        assert!(h.held(), "{HELD_AFTER} claims waited");
+        h.claimed(&[], false, 50, 70);
+        assert!(h.held(), "still");
+        // A narrowed xmin lets the first candidates go: not held any more,
+        // though later ones wait.
+        h.claimed(&[], false, 62, 70);
+        assert_eq!(h.claim_from(t), 13);
+        assert!(!h.held(), "the bound moved");
+        h.claimed(&[], false, 62, 70);
+        assert!(!h.held(), "one claim waited");
+        // Nothing waiting is never held.
+        h.claimed(&[], false, 70, 71);
+        assert_eq!(h.claim_from(t), 14);
+        for _ in 0..=HELD_AFTER {
+            h.claimed(&[], false, 71, 72);
+            assert!(!h.held(), "nothing waits");
+        }
     }
 
     #[test]

@@ -259,8 +259,9 @@ impl Service for MemorySync {
                         batch
                     };
                     let from = horizon.claim_from(now);
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-                        [&take, &lease, &from];
+                    let held = horizon.held();
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                        [&take, &lease, &from, &held];
                     // The lease runs from before the claim is sent: a slow
                     // claim must not push a POST past the lease's real end.
                     let lease_end = Instant::now() + usable;

@@ -455,8 +455,9 @@ impl Relay {
         let from = horizon.claim_from(now);
         let lease = self.spec.lease.as_secs_f64();
         let bytes = i64::try_from(self.spec.batch_bytes.0).unwrap_or(i64::MAX);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&take, &lease, &from, &bytes];
+        let held = horizon.held();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&take, &lease, &from, &bytes, &held];
         // The claim answers its own snapshot, for the horizon.
         let claimed = super::data::Claimed::read(client.query(&st.claim, &params).await?);
         let raw = &claimed.rows;
