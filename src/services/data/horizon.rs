@@ -86,6 +86,13 @@ const RETRY_GRACE: Duration = Duration::from_secs(2);
 /// How many retries the bound tracks; past that it stays at the lowest.
 const MAX_TRACKED_RETRIES: usize = 100_000;
 
+/// A sweep taking `d` is followed by the next one `d × SWEEP_SHARE` after
+/// it at the soonest ([`Horizon::swept`]).
+pub const SWEEP_SHARE: u32 = 20;
+
+/// The longest a slow sweep puts off the next one.
+const MAX_SWEEP_SPACING: Duration = Duration::from_secs(60);
+
 /// Claims a candidate waits through before the bound counts as held
 /// ([`Horizon::held`]).
 pub const HELD_AFTER: u32 = 4;
@@ -252,6 +259,19 @@ impl Horizon {
             .map(|due| *due - now)
     }
 
+    /// A sweep (with the reap before it) began at `began` and took
+    /// `took`: the next one comes no sooner than `took` ×
+    /// [`SWEEP_SHARE`] after it. While a transaction holds vacuum back,
+    /// a walk of the whole index grows with every row relayed meanwhile
+    /// (measured: 30 ms, then 200 ms, within a minute); spaced so, the
+    /// sweeps never take more than 1/[`SWEEP_SHARE`] of the worker's
+    /// session, and the claims at the live end keep the rest.
+    pub fn swept(&mut self, began: Instant, took: Duration) {
+        self.next_sweep = self
+            .next_sweep
+            .max(began + took.saturating_mul(SWEEP_SHARE).min(MAX_SWEEP_SPACING));
+    }
+
     /// Time until the next sweep.
     pub fn until_sweep(&self, now: Instant) -> Duration {
         self.next_sweep.saturating_duration_since(now)
@@ -347,6 +367,28 @@ mod tests {
             h.claimed(&[], false, 71, 72);
             assert!(!h.held(), "nothing waits");
         }
+    }
+
+    #[test]
+    fn a_slow_sweep_puts_off_the_next_one() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut h = started(t);
+        // Quick: the next sweep comes at its time.
+        h.swept(t, ms(10));
+        assert_eq!(h.until_sweep(t), SWEEP);
+        // 200 ms: 20 × 200 ms = 4 s, within the 5 s anyway.
+        h.swept(t, ms(200));
+        assert_eq!(h.until_sweep(t), SWEEP);
+        // 400 ms: 8 s after it began.
+        h.swept(t, ms(400));
+        assert_eq!(h.until_sweep(t), ms(8000));
+        assert!(!h.sweep_due(t + ms(7999)));
+        assert!(h.sweep_due(t + ms(8000)));
+        assert_eq!(h.claim_from(t + ms(8000)), START, "the sweep, later");
+        // However slow, a sweep a minute at the latest.
+        h.swept(t + ms(8000), Duration::MAX);
+        assert_eq!(h.until_sweep(t + ms(8000)), Duration::from_secs(60));
     }
 
     #[test]

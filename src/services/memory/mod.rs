@@ -247,7 +247,8 @@ impl Service for MemorySync {
                     // Expired leases (another instance's, or ours after a
                     // crash) go back at each sweep, not every batch.
                     let now = Instant::now();
-                    if horizon.sweep_due(now) {
+                    let sweep = horizon.sweep_due(now);
+                    if sweep {
                         let reaped: Vec<i64> =
                             pg_answer(within, client.query(&reap, &[])).await?.iter().map(|r| r.get(0)).collect();
                         horizon.returned(&reaped, now);
@@ -268,6 +269,9 @@ impl Service for MemorySync {
                     // The claim answers its own snapshot, for the horizon.
                     let claimed =
                         super::data::Claimed::read(pg_answer(within, client.query(&claim, &params)).await?);
+                    if sweep {
+                        horizon.swept(now, now.elapsed());
+                    }
                     let full = claimed.full(take);
                     let rows = claimed.rows;
                     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();

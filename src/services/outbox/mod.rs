@@ -440,7 +440,8 @@ impl Relay {
             tokio::time::sleep_until(until.into()).await;
         }
         let now = Instant::now();
-        if horizon.sweep_due(now) {
+        let sweep = horizon.sweep_due(now);
+        if sweep {
             let reaped: Vec<i64> = client
                 .query(&st.reap, &[])
                 .await?
@@ -460,6 +461,9 @@ impl Relay {
             [&take, &lease, &from, &bytes, &held];
         // The claim answers its own snapshot, for the horizon.
         let claimed = super::data::Claimed::read(client.query(&st.claim, &params).await?);
+        if sweep {
+            horizon.swept(now, now.elapsed());
+        }
         let raw = &claimed.rows;
         let mut rows = Vec::with_capacity(raw.len());
         let mut bad = Vec::new();
