@@ -616,6 +616,8 @@ fn claims_walk_only_the_live_end_while_a_transaction_holds_vacuum_back() {
     // claims leave behind can be removed, nor its index entry marked dead.
     claims_walk_only_the_live_end_behind(
         "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM pg_class",
+        10_000,
+        0,
     );
 }
 
@@ -625,14 +627,20 @@ fn claims_walk_only_the_live_end_while_a_transaction_holds_vacuum_back() {
 /// as it holds no lock on the outbox nor on its sequence.
 #[test]
 fn claims_walk_only_the_live_end_while_a_writer_elsewhere_stays_open() {
+    // The bound is found held after 4 claims (`HELD_AFTER`): each claim
+    // may walk up to 4 batches behind it, 4N in all; from the start, the
+    // claims would walk about N²/1000 (20N here).
     claims_walk_only_the_live_end_behind(
         "CREATE TABLE batch_job (n int); BEGIN; INSERT INTO batch_job VALUES (1)",
+        20_000,
+        4,
     );
 }
 
-/// Relays 10,000 rows while a session that ran `holder` stays open, and
-/// counts the pending index's entries the claims read.
-fn claims_walk_only_the_live_end_behind(holder: &str) {
+/// Relays `n` rows while a session that ran `holder` stays open, and
+/// counts the pending index's entries the claims read: at most `lag` × `n`
+/// more than claims from the live end would.
+fn claims_walk_only_the_live_end_behind(holder: &str, n: i64, lag: i64) {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, ""));
@@ -642,17 +650,16 @@ fn claims_walk_only_the_live_end_behind(holder: &str) {
         .build()
         .unwrap();
     let report = open_session(&rt, &pg.dsn, holder);
-    const N: i64 = 10_000;
     sql(&pg.dsn, "CREATE EXTENSION pg_stat_statements");
     sql(
         &pg.dsn,
         &format!(
             "INSERT INTO message_outbox (topic, payload)
-             SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, {N}) n"
+             SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, {n}) n"
         ),
     );
     wait_until("every row relayed", Duration::from_secs(60), || {
-        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(N)
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(n)
     });
     // Sessions report their index statistics when they end.
     w.signal("TERM");
@@ -677,12 +684,12 @@ fn claims_walk_only_the_live_end_behind(holder: &str) {
     .get(0);
     eprintln!("{read} pending-index entries read; {readings} backlog readings");
     assert!(
-        read >= N,
+        read >= n,
         "the claims used the pending index ({read} entries read)"
     );
     assert!(
-        read <= 10 * N + readings * 2 * N,
-        "{read} index entries read to claim {N} rows ({readings} backlog readings): the claims walk the dead entries"
+        read <= 10 * n + lag * n + readings * 2 * n,
+        "{read} index entries read to claim {n} rows ({readings} backlog readings): the claims walk the dead entries"
     );
 }
 
@@ -1354,24 +1361,21 @@ fn batches(port: u16) -> f64 {
 fn rows_arriving_one_by_one_while_the_relay_is_busy_go_out_together() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     let port = free_port();
-    let mut w = Warden::start(&registry(port, &pg, &redis, "linger = \"1s\""));
+    let mut w = Warden::start(&registry(port, &pg, &redis, "linger = \"100ms\""));
     w.wait_event("relay", "ready");
-    sql(
-        &pg.dsn,
-        "INSERT INTO message_outbox (topic, payload) VALUES ('orders', '{\"n\": 0}')",
-    );
-    wait_until("the first row", Duration::from_secs(20), || {
-        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(1)
-    });
-    // 20 rows, each committed on its own, well within the linger of the
-    // claim that took the first.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let client = open_session(&rt, &pg.dsn, "");
-    rt.block_on(async {
-        for n in 1..=20 {
+    // Rows, each committed on its own, without pause for a second: a
+    // claim per arriving row would be hundreds of batches; with a linger
+    // of 100 ms, about one batch per 100 ms.
+    let inserted = rt.block_on(async {
+        let began = std::time::Instant::now();
+        let mut n = 0i32;
+        while began.elapsed() < Duration::from_secs(1) {
+            n += 1;
             client
                 .execute(
                     "INSERT INTO message_outbox (topic, payload) VALUES ('orders', jsonb_build_object('n', $1::int))",
@@ -1380,17 +1384,20 @@ fn rows_arriving_one_by_one_while_the_relay_is_busy_go_out_together() {
                 .await
                 .unwrap();
         }
+        n
     });
-    wait_until("21 entries", Duration::from_secs(20), || {
-        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(21)
+    assert!(inserted > 100, "only {inserted} rows in a second");
+    wait_until("every entry", Duration::from_secs(20), || {
+        redis_cmd(&redis.url, &["XLEN", "app.orders"]) == redis::Value::Int(inserted.into())
     });
     let entries = stream(&redis.url, "app.orders");
-    let ns: Vec<String> = entries.iter().map(|e| e["payload"].clone()).collect();
-    assert_eq!(ns[20], r#"{"n": 20}"#, "in order: {ns:?}");
-    assert_eq!(
-        batches(port),
-        2.0,
-        "the first row alone, then the 20 that came during the linger"
+    let ns: Vec<&str> = entries.iter().map(|e| e["payload"].as_str()).collect();
+    let want: Vec<String> = (1..=inserted).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    assert_eq!(ns, want, "each row once, in order");
+    let batches = batches(port);
+    assert!(
+        batches <= 25.0,
+        "{inserted} rows over a second went out in {batches} batches: the claims did not linger"
     );
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);

@@ -874,7 +874,7 @@ linger = "2s"
         expected: &[
             "5:17 invalid-value: services.relay.poll_interval: 0s is below the minimum of 10ms: a shorter poll queries PostgreSQL without pause",
             "6:9 invalid-value: services.relay.lease: 1s is below the minimum of 2s: the relay waits for Redis up to half the lease, and at least 1s; a shorter lease runs out while Redis answers, and another relay takes the rows and sends them again",
-            "7:10 invalid-value: services.relay.linger: 2s is above the maximum of 1s: each row may wait this long before it is claimed; batches fill by themselves when rows come faster than the relay sends them",
+            "7:10 invalid-value: services.relay.linger: 2s is above the maximum of 100ms: each row may wait this long before it is claimed; batches fill by themselves when rows come faster than the relay sends them",
         ],
     },
     Case {

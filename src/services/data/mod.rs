@@ -1048,20 +1048,22 @@ COMMIT;
     /// bytes), the claim stops before the row that would take the batch
     /// past `$4` bytes: the first row always goes, however large.
     ///
-    /// The last parameter (`$4`, or `$5` with `size`) narrows the `xmin`
-    /// it answers when true ([`horizon::Horizon::held`]): the oldest of the
-    /// snapshot's running transactions that hold a lock on the table or on
-    /// its `id` sequence. Only those can hold a row the claim could not
-    /// see: an insert locks the table, a `nextval()` the sequence, each
-    /// until its transaction ends, and a transaction that took neither
-    /// gets an id above every row already claimed when it does. A writer
-    /// elsewhere in the database (a long batch job, a migration) then no
-    /// longer holds the bound back. It reads `pg_locks` (every backend's
-    /// locks), so only when the bound is held.
-    pub fn claim(&self, returning: &str, size: Option<&str>) -> String {
+    /// With `narrow` (used when [`horizon::Horizon::held`]: a statement
+    /// of its own, so that the plain claim keeps its plans), the `xmin`
+    /// it answers is narrowed: the oldest of the
+    /// snapshot's running transactions, leaving out those still running
+    /// that hold no lock on the table nor on its `id` sequence. Only the
+    /// others can hold a row the claim could not see: an insert locks the
+    /// table, a `nextval()` the sequence, each until its transaction ends,
+    /// and a transaction that took neither gets an id above every row
+    /// already claimed when it does. One that has ended since the
+    /// snapshot was taken (its locks gone, its rows unseen by the claim)
+    /// is kept. A writer elsewhere in the database (a long batch job, a
+    /// migration) then no longer holds the bound back. It reads
+    /// `pg_locks` (every backend's locks, once), so only when the bound is
+    /// held.
+    pub fn claim(&self, returning: &str, size: Option<&str>, narrow: bool) -> String {
         let t = &self.table;
-        let narrow = if size.is_some() { "$5" } else { "$4" };
-        let t_lit = t.replace('\'', "''");
         let (size_col, take) = match size {
             None => (String::new(), "c"),
             Some(size) => (format!(", {size} AS size"), "b"),
@@ -1075,6 +1077,27 @@ b AS (
         } else {
             ""
         };
+        let xmin = if narrow {
+            let t_lit = t.replace('\'', "''");
+            format!(
+                "(WITH k AS MATERIALIZED (
+          SELECT locktype, database, relation, virtualtransaction, transactionid, mode, granted
+          FROM pg_locks),
+      free AS (
+          SELECT x.transactionid::text::int8 AS xid FROM k x
+          WHERE x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock' AND x.granted
+            AND NOT EXISTS (
+                SELECT 1 FROM k l
+                WHERE l.virtualtransaction = x.virtualtransaction AND l.locktype = 'relation'
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.relation IN ('{t_lit}'::regclass, pg_get_serial_sequence('{t_lit}', 'id')::regclass)))
+      SELECT COALESCE(min(r::text::int8), pg_snapshot_xmax(x)::text::int8)
+      FROM pg_snapshot_xip(x) r
+      WHERE r::text::int8 & 4294967295 NOT IN (SELECT xid FROM free))"
+            )
+        } else {
+            "pg_snapshot_xmin(x)::text::int8".to_string()
+        };
         format!(
             "WITH c AS (
     SELECT id{size_col} FROM {t}
@@ -1086,18 +1109,7 @@ u AS (
     FROM {take} WHERE o.id = {take}.id
     RETURNING {returning}, o.claimed_until)
 SELECT u.*, s.snap_xmin, s.snap_xmax, (SELECT count(*) FROM c) AS due
-FROM (SELECT CASE WHEN {narrow}::bool THEN (
-                  SELECT COALESCE(min(r::text::int8), pg_snapshot_xmax(x)::text::int8)
-                  FROM pg_snapshot_xip(x) r
-                  WHERE r::text::int8 & 4294967295 IN (
-                      SELECT k.transactionid::text::int8
-                      FROM pg_locks l JOIN pg_locks k ON k.virtualtransaction = l.virtualtransaction
-                      WHERE l.locktype = 'relation'
-                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                        AND l.relation IN ('{t_lit}'::regclass, pg_get_serial_sequence('{t_lit}', 'id')::regclass)
-                        AND k.locktype = 'transactionid' AND k.mode = 'ExclusiveLock' AND k.granted))
-              ELSE pg_snapshot_xmin(x)::text::int8 END AS snap_xmin,
-             pg_snapshot_xmax(x)::text::int8 AS snap_xmax
+FROM (SELECT {xmin} AS snap_xmin, pg_snapshot_xmax(x)::text::int8 AS snap_xmax
       FROM pg_current_snapshot() x) s
 LEFT JOIN u ON true"
         )

@@ -147,7 +147,14 @@ impl Service for MemorySync {
             let pool = super::data::pool_of(&name, &spec.pg(), spec.pool_size.0).await?;
             let listener =
                 super::data::listen(&spec.pg(), &q.channel_quoted(), spec.listen_check).await?;
-            let sqls = [q.claim(), q.reap(), q.done(), q.retry(), q.release()];
+            let sqls = [
+                q.claim(false),
+                q.reap(),
+                q.done(),
+                q.retry(),
+                q.release(),
+                q.claim(true),
+            ];
             {
                 let c = super::data::pooled(&pool).await?;
                 if spec.create_schema {
@@ -242,7 +249,7 @@ impl Service for MemorySync {
                 let within = spec.pg().limits.answer_within();
                 let round: Result<Option<Duration>, super::data::Fault> = async {
                     let client = super::data::take(&pool).await?;
-                    let [claim, reap, done, retry, release] =
+                    let [claim, reap, done, retry, release, claim_held] =
                         pg_answer(within, super::data::prepare_all(&client, &sqls)).await?;
                     // Expired leases (another instance's, or ours after a
                     // crash) go back at each sweep, not every batch.
@@ -260,15 +267,15 @@ impl Service for MemorySync {
                         batch
                     };
                     let from = horizon.claim_from(now);
-                    let held = horizon.held();
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                        [&take, &lease, &from, &held];
+                    let claim = if horizon.held() { &claim_held } else { &claim };
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                        [&take, &lease, &from];
                     // The lease runs from before the claim is sent: a slow
                     // claim must not push a POST past the lease's real end.
                     let lease_end = Instant::now() + usable;
                     // The claim answers its own snapshot, for the horizon.
                     let claimed =
-                        super::data::Claimed::read(pg_answer(within, client.query(&claim, &params)).await?);
+                        super::data::Claimed::read(pg_answer(within, client.query(claim, &params)).await?);
                     if sweep {
                         horizon.swept(now, now.elapsed());
                     }

@@ -91,11 +91,13 @@ impl Queue {
         )
     }
 
-    /// Claims up to `$1` due rows for `$2` seconds.
-    pub fn claim(&self) -> String {
+    /// Claims up to `$1` due rows for `$2` seconds (`narrow`: see
+    /// `Leased::claim`).
+    pub fn claim(&self, narrow: bool) -> String {
         self.l.claim(
             "o.id, o.idempotency_key, o.payload::text, o.session_id",
             None,
+            narrow,
         )
     }
 

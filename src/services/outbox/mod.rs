@@ -293,6 +293,8 @@ struct Batch {
 struct Statements {
     reap: tokio_postgres::Statement,
     claim: tokio_postgres::Statement,
+    /// The claim while the bound is held (see `Leased::claim`).
+    claim_held: tokio_postgres::Statement,
     done: tokio_postgres::Statement,
     release: tokio_postgres::Statement,
     retry: tokio_postgres::Statement,
@@ -385,7 +387,9 @@ impl Service for Relay {
                         // look once more before waiting (a row committed
                         // meanwhile was not notified).
                         tokio::select! {
-                            _ = listener.resume(wait) => {}
+                            // A second at least: a retry or sweep due
+                            // soon must not cut the confirmation short.
+                            _ = listener.resume(wait.max(Duration::from_secs(1))) => {}
                             _ = ctx.cancelled() => return Ok(()),
                         }
                     }
@@ -406,10 +410,10 @@ impl Service for Relay {
 
 impl Relay {
     /// The statements of a round, in the order of [`Statements`].
-    fn statements(&self, t: &sql::Outbox) -> [String; 5] {
+    fn statements(&self, t: &sql::Outbox) -> [String; 6] {
         [
             t.reap(),
-            t.claim(),
+            t.claim(false),
             if self.spec.delete_sent {
                 t.delete_sent()
             } else {
@@ -417,6 +421,7 @@ impl Relay {
             },
             t.release(),
             t.retry_many(),
+            t.claim(true),
         ]
     }
 
@@ -456,11 +461,15 @@ impl Relay {
         let from = horizon.claim_from(now);
         let lease = self.spec.lease.as_secs_f64();
         let bytes = i64::try_from(self.spec.batch_bytes.0).unwrap_or(i64::MAX);
-        let held = horizon.held();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&take, &lease, &from, &bytes, &held];
+        let claim = if horizon.held() {
+            &st.claim_held
+        } else {
+            &st.claim
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&take, &lease, &from, &bytes];
         // The claim answers its own snapshot, for the horizon.
-        let claimed = super::data::Claimed::read(client.query(&st.claim, &params).await?);
+        let claimed = super::data::Claimed::read(client.query(claim, &params).await?);
         if sweep {
             horizon.swept(now, now.elapsed());
         }
@@ -544,7 +553,7 @@ impl Relay {
         // Each step waits for PostgreSQL's answer a bounded time: a
         // session behind a dead network is lost, not hung.
         let within = spec.pg().limits.answer_within();
-        let [reap, claim, done, release, retry] = answer(
+        let [reap, claim, done, release, retry, claim_held] = answer(
             within,
             super::data::prepare_all(client, &self.statements(t)),
         )
@@ -553,6 +562,7 @@ impl Relay {
         let st = Statements {
             reap,
             claim,
+            claim_held,
             done,
             release,
             retry,

@@ -146,8 +146,10 @@ impl Settings for OutboxRelaySpec {
 /// poll is a busy loop on PostgreSQL.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The longest `linger`.
-pub const MAX_LINGER: Duration = Duration::from_secs(1);
+/// The longest `linger` (the claim's wait counts within the claim's own
+/// time limit, `statement_timeout` + `network_timeout`, 1.1 s at their
+/// lowest).
+pub const MAX_LINGER: Duration = Duration::from_millis(100);
 
 /// The shortest relay `lease`: the relay waits for Redis up to half the
 /// lease but at least 1 s, which must still be within the lease.

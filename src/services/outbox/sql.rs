@@ -145,13 +145,16 @@ $$;
     /// Claims up to `$1` due rows for `$2` seconds, holding at most `$4`
     /// bytes (the first row always); several relays never claim the same
     /// row (`SKIP LOCKED`).
-    pub fn claim(&self) -> String {
+    ///
+    /// `narrow`: see `Leased::claim`.
+    pub fn claim(&self, narrow: bool) -> String {
         self.l.claim(
             &format!(
                 "o.id, o.topic, o.partition_key, o.payload::text, o.headers::text, o.dedupe_key, {}",
                 Self::EVENT_ID
             ),
             Some(Self::SIZE),
+            narrow,
         )
     }
 
@@ -270,7 +273,7 @@ mod tests {
         );
         assert!(t.create().contains(r#"FUNCTION "app"."events_notify"()"#));
         assert_eq!(t.channel_quoted(), r#""events_inserted""#);
-        assert!(t.claim().contains(r#"FROM "app"."events""#));
+        assert!(t.claim(false).contains(r#"FROM "app"."events""#));
     }
 
     #[test]
