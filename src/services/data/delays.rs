@@ -1,5 +1,5 @@
-//! The pauses of the data kinds: before a lost round's next attempt, and
-//! before a row's next attempt (as SQL).
+//! The pauses of the data kinds: before a lost round's next attempt,
+//! before a row's next attempt (as SQL), and the shortest poll.
 
 use std::time::Duration;
 
@@ -23,3 +23,7 @@ pub fn doubling(attempt: u32, max: Duration) -> Duration {
         .saturating_mul(1 << attempt.min(16))
         .min(max)
 }
+
+/// The shortest `poll_interval` of the data kinds: below it the fallback
+/// poll is a busy loop on PostgreSQL.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);

@@ -118,7 +118,7 @@ impl Settings for MemorySyncSpec {
         problems.at_least(
             &["poll_interval"],
             self.poll_interval,
-            super::super::outbox::settings::MIN_POLL_INTERVAL,
+            crate::services::data::MIN_POLL_INTERVAL,
             "a shorter poll queries PostgreSQL without pause",
         );
         problems.at_least(

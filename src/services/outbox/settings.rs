@@ -120,7 +120,7 @@ impl Settings for OutboxRelaySpec {
         problems.at_least(
             &["poll_interval"],
             self.poll_interval,
-            MIN_POLL_INTERVAL,
+            crate::services::data::MIN_POLL_INTERVAL,
             "a shorter poll queries PostgreSQL without pause",
         );
         problems.at_most(
@@ -141,10 +141,6 @@ impl Settings for OutboxRelaySpec {
         self.tls_ca.as_ref()
     }
 }
-
-/// The shortest `poll_interval` of the data kinds: below it the fallback
-/// poll is a busy loop on PostgreSQL.
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The longest `linger` (the claim's wait counts within the claim's own
 /// time limit, `statement_timeout` + `network_timeout`, 1.1 s at their
