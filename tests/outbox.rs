@@ -322,10 +322,7 @@ fn adopting_an_existing_table_never_blocks_its_producers() {
          SELECT 'orders', jsonb_build_object('n', n) FROM generate_series(1, 1000) n",
     );
     // A producer's transaction, open across warden's start.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let open = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&pg.dsn, tokio_postgres::NoTls)
             .await
@@ -566,10 +563,7 @@ fn a_long_transaction_elsewhere_does_not_hold_the_start_of_a_new_table() {
     let (pg, redis) = (Postgres::start(), Redis::start());
     // A report in another session: a transaction with a snapshot, open
     // for the whole test. CREATE INDEX CONCURRENTLY would wait for it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let report = rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&pg.dsn, tokio_postgres::NoTls)
             .await
@@ -595,6 +589,14 @@ fn a_long_transaction_elsewhere_does_not_hold_the_start_of_a_new_table() {
     drop(report);
     w.signal("TERM");
     assert_eq!(w.exit_code(), 0);
+}
+
+/// A runtime for the test's own sessions.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Opens a session on `dsn` and runs `setup` in it, leaving whatever
@@ -645,10 +647,7 @@ fn claims_walk_only_the_live_end_behind(holder: &str, n: i64, lag: i64) {
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, ""));
     w.wait_event("relay", "ready");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let report = open_session(&rt, &pg.dsn, holder);
     sql(&pg.dsn, "CREATE EXTENSION pg_stat_statements");
     sql(
@@ -699,10 +698,7 @@ fn a_row_committed_after_rows_with_higher_ids_is_relayed() {
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, ""));
     w.wait_event("relay", "ready");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     // A producer takes the lowest id and commits last.
     let late = open_session(
         &rt,
@@ -743,10 +739,7 @@ fn a_late_producer_holds_the_bound_while_a_writer_elsewhere_stays_open() {
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, "batch = 10"));
     w.wait_event("relay", "ready");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _job = open_session(
         &rt,
         &pg.dsn,
@@ -1016,10 +1009,7 @@ fn a_row_committed_while_a_claim_runs_comes_with_the_next_claim() {
         "CREATE TRIGGER slow_claim BEFORE UPDATE ON message_outbox
          FOR EACH ROW EXECUTE FUNCTION slow_claim()",
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let has = |payload: &str| {
         stream(&redis.url, "app.orders")
             .iter()
@@ -1363,10 +1353,7 @@ fn rows_arriving_one_by_one_while_the_relay_is_busy_go_out_together() {
     let port = free_port();
     let mut w = Warden::start(&registry(port, &pg, &redis, "linger = \"100ms\""));
     w.wait_event("relay", "ready");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let client = open_session(&rt, &pg.dsn, "");
     // Rows, each committed on its own, without pause for a second: a
     // claim per arriving row would be hundreds of batches; with a linger
@@ -1428,10 +1415,7 @@ fn a_relay_busy_with_rows_stops_hearing_each_insert_and_hears_again_when_idle() 
         listening_statement(&pg.dsn),
         "LISTEN \"message_outbox_inserted\""
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let client = open_session(&rt, &pg.dsn, "");
     // 300 rows, one per transaction every 5 ms: every claim finds some.
     let mut heard = Vec::new();
